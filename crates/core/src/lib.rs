@@ -1,0 +1,1 @@
+//! Domain types of yatai-rs: names, tags, manifests. No IO lives here.
