@@ -69,8 +69,12 @@ fn widget(name: &str, spec: serde_json::Value) -> anyhow::Result<DynamicObject> 
 
 #[tokio::test]
 async fn control_plane_validates_schedules_and_garbage_collects() -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| eprintln!("smoke: {what} at {:.1}s", t0.elapsed().as_secs_f64());
     let testbed = Testbed::shared().await?;
+    step("testbed ready");
     let ns = testbed.namespace("smoke").await?;
+    step("namespace ready");
     let client = ns.client();
 
     // --- A CustomResourceDefinition; the API server enforces its schema. --------------------
@@ -121,6 +125,7 @@ async fn control_plane_validates_schedules_and_garbage_collects() -> anyhow::Res
         }
     }
     assert!(widgets.get_opt("bad-type").await?.is_none(), "a rejected Widget was stored");
+    step("CRD served and validating");
 
     // --- Ownership: a ConfigMap owned by the Widget goes when the Widget goes. ---------------
     // (This is what an operator relies on; the garbage collector first has to discover the
@@ -142,6 +147,7 @@ async fn control_plane_validates_schedules_and_garbage_collects() -> anyhow::Res
         configmaps.get_opt("iris-config").await.map(|cm| cm.is_none().then_some(()))
     })
     .await?;
+    step("Widget-owned ConfigMap collected");
 
     // --- A Deployment with two replicas becomes two Ready pods on kwok nodes. ----------------
     let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
@@ -169,6 +175,7 @@ async fn control_plane_validates_schedules_and_garbage_collects() -> anyhow::Res
     })
     .await?;
 
+    step("Deployment ready");
     let pods: Api<Pod> = ns.api();
     let listed = pods.list(&ListParams::default().labels("app=web")).await?;
     assert_eq!(listed.items.len(), 2, "expected exactly the two replicas");
@@ -207,10 +214,12 @@ async fn control_plane_validates_schedules_and_garbage_collects() -> anyhow::Res
     })
     .await?;
     assert_eq!(slice_ips, pod_ips, "the EndpointSlice should list exactly the pods' IPs");
+    step("EndpointSlice lists both pods");
 
     // --- Deleting the namespace removes everything in it. -----------------------------------
     let name = ns.name().to_string();
     ns.delete().await?;
+    step("namespace deleted");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     ensure!(namespaces.get_opt(&name).await?.is_none(), "namespace {name} still exists");
     // Listing across all namespaces proves the objects are gone, not just hidden.
