@@ -101,17 +101,24 @@ fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
     tail.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
-/// A base port whose six ports are free now. Derived from the pid so that concurrent test
-/// processes start from different places; the script re-checks and fails clearly on a race.
+/// A base port whose six ports are free now, below Linux's ephemeral range (32768 and up) so
+/// that no outgoing connection can take one of them between this check and the bind.
+/// Derived from the pid so that concurrent test processes start from different places; the
+/// script re-checks and fails clearly on a race.
 fn free_port_base() -> anyhow::Result<u16> {
-    let first = 30000 + (std::process::id() % 500) as u16 * PORTS_PER_TESTBED * 2;
-    for attempt in 0..50u16 {
-        let base = 30000 + (first - 30000 + attempt * PORTS_PER_TESTBED) % 6000;
+    const LOW: u16 = 20000;
+    const SPAN: u16 = 12000;
+    let start = (std::process::id() % 1000) as u16 * PORTS_PER_TESTBED * 2;
+    for attempt in 0..100u16 {
+        let base = LOW + (start + attempt * PORTS_PER_TESTBED) % SPAN;
         let all_free =
             (base..base + PORTS_PER_TESTBED).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return Ok(base);
         }
     }
-    bail!("found no six consecutive free loopback ports in 30000..36000")
+    bail!(
+        "found no six consecutive free loopback ports in {LOW}..{}",
+        LOW + SPAN
+    )
 }
