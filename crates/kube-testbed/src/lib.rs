@@ -46,8 +46,8 @@ static SHARED: OnceLock<Result<Testbed, String>> = OnceLock::new();
 impl Testbed {
     /// The control plane for this test process, attached or started on first use.
     ///
-    /// Starting one takes 10–20 s (and, on a machine without the build cache, a cold Go build
-    /// of tens of minutes); all tests of the process share it, each in its own namespace. A
+    /// Starting one takes about 7 s (and, on a machine without the build cache, a cold Go
+    /// build of about 18 min); all tests of the process share it, each in its own namespace. A
     /// started testbed lives until the process exits: `scripts/k8s-testbed run` holds it and
     /// stops it when the pipe to this process closes.
     pub async fn shared() -> anyhow::Result<&'static Testbed> {
