@@ -8,9 +8,20 @@ use support::*;
 fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
     let (ta, tb) = (tree(a), tree(b));
     assert!(!ta.is_empty(), "{} is empty", a.display());
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "different files in {} and {}", a.display(), b.display());
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "different files in {} and {}",
+        a.display(),
+        b.display()
+    );
     for (k, v) in &ta {
-        assert!(v == &tb[k], "{k} differs between {} and {}", a.display(), b.display());
+        assert!(
+            v == &tb[k],
+            "{k} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
 }
 
@@ -41,15 +52,28 @@ backend_test! {
 /// Pushes a model with one server configuration, pulls it into a fresh
 /// home, and compares every file.
 fn model_round_trip(backend: Backend, strategy: &str, size: usize) {
-    let server = Server::start_with(ServerOptions::new(backend).args(&["--transmission-strategy", strategy]));
+    let server = Server::start_with(
+        ServerOptions::new(backend).args(&["--transmission-strategy", strategy]),
+    );
     let pusher = server.client();
     let tag = pusher.create_model("roundtrip", size);
     let out = pusher.ok(&["models", "push", &tag]);
     assert!(out.contains("Successfully pushed model"), "{out}");
 
-    let version = server.http().get(&format!("/api/v1/model_repositories/roundtrip/models/{}", tag.split_once(':').unwrap().1)).json();
+    let version = server
+        .http()
+        .get(&format!(
+            "/api/v1/model_repositories/roundtrip/models/{}",
+            tag.split_once(':').unwrap().1
+        ))
+        .json();
     assert_eq!(version["upload_status"], "success");
-    assert!(version["archive_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        version["archive_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
 
     let puller = server.client();
     let out = puller.ok(&["models", "pull", &tag]);

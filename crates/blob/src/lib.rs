@@ -24,7 +24,11 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send
 pub enum BlobError {
     /// The incoming body failed (client went away, connection cut).
     #[error("the upload was interrupted after {received}{} bytes: {reason}", match expected { Some(e) => format!(" of the {e} announced"), None => String::new() })]
-    Interrupted { received: u64, expected: Option<u64>, reason: String },
+    Interrupted {
+        received: u64,
+        expected: Option<u64>,
+        reason: String,
+    },
     #[error("the upload ended after {received} bytes but {expected} were announced")]
     LengthMismatch { expected: u64, received: u64 },
     #[error("the upload exceeds the limit of {limit} bytes")]
