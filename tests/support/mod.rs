@@ -30,6 +30,11 @@ pub fn venv() -> PathBuf {
     PathBuf::from(std::env::var("YATAI_TEST_VENV").unwrap_or_else(|_| "/var/cache/yatai-rs/venv".into()))
 }
 
+/// The machine-wide cache the test setup uses.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var("YATAI_CACHE").unwrap_or_else(|_| "/var/cache/yatai-rs".into()))
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A name unique within this test run.
@@ -146,6 +151,12 @@ impl Server {
             ("YATAI_LOG".to_owned(), "info,yatai_api=debug,sqlx=warn".to_owned()),
             // Tests do not measure durability; syncing slows them down.
             ("YATAI_FSYNC".to_owned(), "false".to_owned()),
+            // Deployments: build Python environments with the test venv's uv,
+            // cached across tests and runs (the first build downloads from PyPI).
+            ("YATAI_UV".to_owned(), venv().join("bin/uv").display().to_string()),
+            ("YATAI_ENV_DIR".to_owned(), cache_dir().join("test-envs").display().to_string()),
+            ("UV_CACHE_DIR".to_owned(), cache_dir().join("uv-cache").display().to_string()),
+            ("YATAI_STOP_GRACE".to_owned(), "5s".to_owned()),
         ];
         let mut bucket_dir = None;
         if opts.backend == Backend::PostgresS3 {
@@ -189,6 +200,17 @@ impl Server {
     /// same configuration and data.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Kills the server with SIGKILL (a crash): nothing of it gets to clean up.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again after [`Server::stop`] or [`Server::crash`].
+    pub fn start_again(&mut self) {
         // Keep listening on the same address, so clients' endpoints stay valid.
         let mut args = self.args.clone();
         let bind = args.iter().position(|a| a == "--bind").expect("bind") + 1;
@@ -453,6 +475,10 @@ impl Bentoml {
 pub struct IrisHome {
     pub home: Scratch,
     pub bento: String,
+    /// A second build of the same service: same models, another version.
+    pub bento_v2: String,
+    /// The service built with a required environment variable (no default).
+    pub needs_env: String,
     pub models: Vec<String>,
 }
 
@@ -462,16 +488,23 @@ pub fn iris_home() -> &'static IrisHome {
         let b = Bentoml::new("http://127.0.0.1:9", "unused");
         let out = b.python(&format!("{FIXTURES}/iris/save_models.py"), &["fixture"]);
         let models: Vec<String> = out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
-        let built = b.ok_in(Path::new(&format!("{FIXTURES}/iris")), &["build", ".", "--output", "tag"]);
-        let bento = built
-            .lines()
-            .rev()
-            .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
-            .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{built}"));
+        let build = |extra: &[&str]| {
+            let mut args = vec!["build", ".", "--output", "tag"];
+            args.extend_from_slice(extra);
+            let built = b.ok_in(Path::new(&format!("{FIXTURES}/iris")), &args);
+            built
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
+                .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{built}"))
+        };
+        let bento = build(&[]);
+        let bento_v2 = build(&[]);
+        let needs_env = build(&["-f", "bentofile-needs-env.yaml"]);
         // Keep the template outside Scratch's cleanup (it lives for the process).
         let home = Scratch(b.home.0.clone());
         std::mem::forget(b);
-        IrisHome { home, bento, models }
+        IrisHome { home, bento, bento_v2, needs_env, models }
     })
 }
 
@@ -628,4 +661,27 @@ macro_rules! backend_test {
             }
         }
     };
+}
+
+/// Pids of `bentoml serve` processes running from `dir` (a server's data dir).
+pub fn serve_processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("bentoml serve") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }

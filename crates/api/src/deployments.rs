@@ -433,7 +433,7 @@ pub async fn runtime_spec(state: &AppState, d: &DeploymentRow) -> ApiResult<Depl
     })
 }
 
-async fn artifact_ref(state: &AppState, v: &VersionRow) -> ApiResult<ArtifactRef> {
+pub async fn artifact_ref(state: &AppState, v: &VersionRow) -> ApiResult<ArtifactRef> {
     let digest = v
         .blob_digest
         .clone()
@@ -444,6 +444,27 @@ async fn artifact_ref(state: &AppState, v: &VersionRow) -> ApiResult<ArtifactRef
         .await?
         .ok_or_else(|| ApiError::internal(format!("blob of {} missing", v.tag())))?;
     Ok(ArtifactRef { name: v.repository_name.clone(), version: v.version.clone(), digest, storage_key: key })
+}
+
+/// Checks, before anything is stored or started, that a bento can run: its
+/// models are all in the registry and its archive is safe to extract.
+pub async fn preflight(state: &AppState, bento: &VersionRow) -> ApiResult<()> {
+    for (name, version, found) in state.store.bento_models(bento).await? {
+        if !found.is_some_and(|m| m.is_uploaded()) {
+            return Err(ApiError::bad_request(format!(
+                "bento {} needs model {name}:{version}, which is not in the registry; push it with `bentoml models push {name}:{version}`",
+                bento.tag()
+            )));
+        }
+    }
+    if let Some(runtime) = &state.runtime {
+        let r = artifact_ref(state, bento).await?;
+        runtime.check_bento(&r).await.map_err(|e| match e {
+            yatai_runtime::RuntimeError::BadArchive(m) => ApiError::bad_request(format!("refused {m}")),
+            other => ApiError::unavailable(other.to_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Sends the deployment's active revision to the runtime.
@@ -647,10 +668,12 @@ impl StatusSink for DbStatusSink {
     }
 }
 
-/// At server start: stop replicas a crashed server left behind, then bring
-/// back every deployment that should be running.
-pub async fn restore_all(state: &AppState) {
-    let Some(runtime) = state.runtime.clone() else { return };
+/// At server start, before it answers: stops replicas a crashed server left
+/// behind, and marks every deployment that should run as `deploying`, so
+/// that nobody reads a stale `running`. Returns those deployments, for
+/// [`restore_all`].
+pub async fn prepare_restore(state: &AppState) -> Vec<DeploymentRow> {
+    let Some(runtime) = state.runtime.clone() else { return Vec::new() };
     let orphans = runtime.stop_orphans().await;
     if orphans > 0 {
         tracing::warn!(orphans, "stopped replicas left running by a previous server");
@@ -659,15 +682,24 @@ pub async fn restore_all(state: &AppState) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot list deployments to restore");
-            return;
+            return Vec::new();
         }
     };
+    let mut to_run = Vec::new();
     for d in deployments {
-        if d.desired != "running" {
+        if d.desired == "running" {
+            let _ = state.store.set_status(&d.uid, "deploying", "restoring after a server restart").await;
+            to_run.push(d);
+        } else {
             let _ = state.store.set_status(&d.uid, "terminated", "").await;
-            continue;
         }
-        let _ = state.store.set_status(&d.uid, "deploying", "restoring after a server restart").await;
+    }
+    to_run
+}
+
+/// Brings back the deployments [`prepare_restore`] returned.
+pub async fn restore_all(state: &AppState, deployments: Vec<DeploymentRow>) {
+    for d in deployments {
         if let Err(e) = apply(state, &d).await {
             tracing::warn!(deployment = %d.name, error = %e.message, "cannot restore a deployment");
             let _ = state.store.set_status(&d.uid, "failed", &e.message).await;

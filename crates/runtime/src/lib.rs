@@ -256,6 +256,12 @@ impl LocalRuntime {
         Err(RuntimeError::Listen("no free port".into()))
     }
 
+    /// Fetches and checks a bento's archive now (before anything is stored or
+    /// started), so that a bad archive is refused up front.
+    pub async fn check_bento(&self, bento: &ArtifactRef) -> Result<(), RuntimeError> {
+        self.shared.materializer.bento_files(bento).await.map(|_| ())
+    }
+
     /// The key host-based routing uses: `<name>-<namespace>`.
     pub fn host_key(name: &str, namespace: &str) -> String {
         format!("{name}-{namespace}")

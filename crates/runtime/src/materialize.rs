@@ -63,7 +63,24 @@ impl Materializer {
         })
     }
 
-    /// A directory holding the bento with its models, ready for `bentoml serve`.
+    /// The bento's own files, extracted once per archive digest and checked:
+    /// an archive with unsafe paths, or without `bento.yaml`, is refused.
+    pub async fn bento_files(&self, bento: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
+        let dir = self.root.join("bento-archives").join(&bento.digest);
+        self.extract_once(&bento.storage_key, &dir, &format!("bento {}:{}", bento.name, bento.version)).await?;
+        if !dir.join("bento.yaml").exists() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(RuntimeError::BadArchive(format!(
+                "bento {}:{}: the archive has no bento.yaml at its top",
+                bento.name, bento.version
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// A directory holding the bento with its models, ready for `bentoml serve`:
+    /// the bento's files (hard links into the extracted archive) plus
+    /// `models/<name>/<version>` links to the extracted models.
     pub async fn bento_dir(&self, bento: &ArtifactRef, models: &[ArtifactRef]) -> Result<PathBuf, RuntimeError> {
         let mut key = Sha256::new();
         key.update(bento.digest.as_bytes());
@@ -82,29 +99,49 @@ impl Materializer {
         if dir.join(".ready").exists() {
             return Ok(dir);
         }
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let files = self.bento_files(bento).await?;
         for m in &sorted {
             let mdir = self.root.join("models").join(&m.digest);
             self.extract_once(&m.storage_key, &mdir, &format!("model {}:{}", m.name, m.version)).await?;
         }
-        self.extract_once(&bento.storage_key, &dir, &format!("bento {}:{}", bento.name, bento.version)).await?;
-        if !dir.join("bento.yaml").exists() {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(RuntimeError::BadArchive(format!(
-                "bento {}:{} has no bento.yaml at the top of its archive",
-                bento.name, bento.version
-            )));
-        }
-        let io = |e: std::io::Error| RuntimeError::Fetch(format!("laying out models: {e}"));
-        for m in &sorted {
-            let name_dir = dir.join("models").join(&m.name);
-            tokio::fs::create_dir_all(&name_dir).await.map_err(io)?;
-            let link = name_dir.join(&m.version);
-            let _ = tokio::fs::remove_file(&link).await;
-            tokio::fs::symlink(self.root.join("models").join(&m.digest), &link).await.map_err(io)?;
-            tokio::fs::write(name_dir.join("latest"), &m.version).await.map_err(io)?;
-        }
-        tokio::fs::write(dir.join(".ready"), b"").await.map_err(io)?;
+        let models_root = self.root.join("models");
+        let entries: Vec<(String, String, String)> =
+            sorted.iter().map(|m| (m.name.clone(), m.version.clone(), m.digest.clone())).collect();
+        let target = dir.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let _ = std::fs::remove_dir_all(&target);
+            link_tree(&files, &target)?;
+            for (name, version, digest) in entries {
+                let name_dir = target.join("models").join(&name);
+                std::fs::create_dir_all(&name_dir)?;
+                let link = name_dir.join(&version);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(models_root.join(&digest), &link)?;
+                std::fs::write(name_dir.join("latest"), &version)?;
+            }
+            std::fs::write(target.join(".ready"), b"")
+        })
+        .await
+        .map_err(|e| RuntimeError::Fetch(e.to_string()))?
+        .map_err(|e| RuntimeError::Fetch(format!("laying out the bento: {e}")))?;
         Ok(dir)
     }
+}
+
+/// Recreates the tree at `src` under `dst` with hard links to its files.
+fn link_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&from, &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else {
+            std::fs::hard_link(&from, &to)?;
+        }
+    }
+    Ok(())
 }

@@ -32,6 +32,7 @@ const TICK: Duration = Duration::from_millis(250);
 const READINESS_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const LOAD_WINDOW: Duration = Duration::from_secs(5);
+const REPORT_AGAIN: Duration = Duration::from_secs(10);
 
 pub(crate) enum Command {
     Apply(Box<DeploymentSpec>),
@@ -109,6 +110,7 @@ pub(crate) struct Supervisor {
     load: VecDeque<(Instant, usize)>,
     below_since: Option<Instant>,
     reported: Option<(Phase, String)>,
+    reported_at: Instant,
 }
 
 impl Supervisor {
@@ -143,6 +145,7 @@ impl Supervisor {
             load: VecDeque::new(),
             below_since: None,
             reported: None,
+            reported_at: Instant::now(),
         }
     }
 
@@ -633,6 +636,19 @@ impl Supervisor {
         if let Some(u) = &self.update_failure {
             return (Phase::Unhealthy, u.clone());
         }
+        if let Some(next) = &self.next {
+            let ready = next.replicas.iter().filter(|r| r.state == State::Ready).count();
+            return (
+                Phase::Deploying,
+                format!(
+                    "rolling out revision {}: {ready} of {} new replicas ready",
+                    next.spec.revision_uid, self.desired
+                ),
+            );
+        }
+        if let Some((_, spec, _)) = &self.preparing {
+            return (Phase::Deploying, format!("preparing revision {}", spec.revision_uid));
+        }
         (Phase::Running, String::new())
     }
 
@@ -672,10 +688,13 @@ impl Supervisor {
                 })
                 .collect();
         }
+        // Report changes at once, and the same status again now and then, so
+        // that a status written meanwhile by someone else does not stick.
         let changed = self.reported.as_ref() != Some(&(phase, reason.clone()));
-        if changed {
+        if changed || self.reported_at.elapsed() >= REPORT_AGAIN {
             self.shared.sink.status(&self.uid, &self.name, phase, &reason);
             self.reported = Some((phase, reason));
+            self.reported_at = Instant::now();
         }
     }
 }

@@ -38,8 +38,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     {
+        let to_restore = yatai_api::deployments::prepare_restore(&state).await;
         let state = state.clone();
-        tokio::spawn(async move { yatai_api::deployments::restore_all(&state).await });
+        tokio::spawn(async move { yatai_api::deployments::restore_all(&state, to_restore).await });
     }
     if let Some(token) = first_token {
         let endpoint = format!("http://{addr}");

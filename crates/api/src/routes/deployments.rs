@@ -207,6 +207,7 @@ pub async fn create_deployment(
     };
     dep::check_deployment_name(&name)?;
     dep::validate_config(state, &bento, config)?;
+    dep::preflight(state, &bento).await?;
     if let Some(labels) = &config.labels {
         crate::routes::artifacts::check_labels(labels)?;
     }
@@ -246,6 +247,7 @@ pub async fn update_deployment(
 ) -> ApiResult<DeploymentRow> {
     let bento = dep::resolve_bento(state, caller, bento_tag).await?;
     dep::validate_config(state, &bento, config)?;
+    dep::preflight(state, &bento).await?;
     let cfg = config_json(config);
     state
         .store

@@ -293,6 +293,7 @@ async fn create(
     Path(cluster): Path<String>,
     JsonBody(body): JsonBody<V1CreateDeployment>,
 ) -> ApiResult<Json<DeploymentSchema>> {
+    dep::resolve_cluster(&state, &caller, Some(&cluster)).await?;
     let (bento, config) = from_v1(&body.targets, body.labels)?;
     let ns = body.kube_namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(dep::DEFAULT_NAMESPACE);
     let d = create_deployment(
