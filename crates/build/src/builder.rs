@@ -1,0 +1,583 @@
+//! One build: fetch the bento and its models, assemble the layers (cached), push what the
+//! target repository lacks, and commit with the manifest PUT — the only write that makes a tag
+//! point anywhere, so a failure before it never leaves a tag on a half-pushed image.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::base::{self, BaseFacts, ResolvedBase};
+use crate::bento::BentoInfo;
+use crate::blob::{self, Cache, Compression, Encoding, LayerBlob};
+use crate::image::{self, AddedLayer, Platform};
+use crate::progress::{BlobAction, Event, LayerKind, Progress};
+use crate::python::{self, Target, Uv, VENV, venv_owner};
+use crate::registry::{self, ImageRef, Mount, Registry, auth};
+use crate::source::{BentoSource, BentoTag};
+use crate::tarball::{BENTO_UID, Source, Tree};
+
+/// Bumped whenever the layout of a layer changes, so old cache entries are not reused.
+const FORMAT: &str = "v1";
+
+/// Everything a build needs besides the bento source. No environment is read here: the CLI
+/// (or the server) fills it in.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// `name`, `name:latest` or `name:version`.
+    pub bento: String,
+    /// Target repository, `HOST[:PORT]/REPO` (no tag: the tag is Yatai's `yatai.<name>.<version>`).
+    pub registry: String,
+    /// Base image; default: the bento's `image.base_image` (`python:3.X-slim`).
+    pub base: Option<String>,
+    /// `linux/amd64` or `linux/arm64`; default: the build host's.
+    pub platform: Option<String>,
+    pub compression: Compression,
+    /// Speak plain HTTP to the target registry (and to a base image on the same host).
+    pub plain_http: bool,
+    /// Build and push even if the tag exists.
+    pub force: bool,
+    /// The builder's cache (layers, base scans, uv's cache).
+    pub cache_dir: PathBuf,
+    /// docker `config.json` with registry credentials; default `$DOCKER_CONFIG` or `~/.docker`.
+    pub docker_config: Option<PathBuf>,
+    /// The `uv` executable.
+    pub uv: PathBuf,
+    /// A python of the target minor on the build host, for bytecode; default: `python3.X` on PATH.
+    pub host_python: Option<PathBuf>,
+    /// The interpreter inside the base image (e.g. `/usr/bin/python3.11`). When set, the base
+    /// layers are not scanned (useful for multi-GB bases) and no passwd entry is added.
+    pub base_python: Option<String>,
+}
+
+impl BuildConfig {
+    pub fn new(bento: impl Into<String>, registry: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bento: bento.into(),
+            registry: registry.into(),
+            base: None,
+            platform: None,
+            compression: Compression::Zstd,
+            plain_http: false,
+            force: false,
+            cache_dir: cache_dir.into(),
+            docker_config: None,
+            uv: PathBuf::from("uv"),
+            host_python: None,
+            base_python: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub kind: LayerKind,
+    pub name: String,
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    /// Taken from the builder's cache instead of being assembled again.
+    pub cached: bool,
+    /// What the push did with it.
+    pub action: BlobAction,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildOutcome {
+    pub bento: String,
+    /// `HOST/REPO:TAG@sha256:…`
+    pub reference: String,
+    /// `HOST/REPO:TAG`
+    pub image: String,
+    pub digest: String,
+    /// The tag existed and `force` was off: nothing was built or pushed.
+    pub already_built: bool,
+    pub bytes_pushed: u64,
+    pub base: String,
+    pub base_digest: String,
+    /// All layers of the image, base first (empty when `already_built`).
+    pub layers: Vec<LayerReport>,
+    pub seconds: f64,
+}
+
+impl BuildOutcome {
+    /// Layers that did not need uploading (already in the registry, or mounted).
+    pub fn reused(&self) -> impl Iterator<Item = &LayerReport> {
+        self.layers.iter().filter(|l| matches!(l.action, BlobAction::Present | BlobAction::Mounted))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "base image {base} has no python{want} (it has: {have}). The bento was built for Python \
+         {want}: pass --base with an image that has it (e.g. python:{want}-slim), or rebuild the \
+         bento with image.python_version matching the base"
+    )]
+    BasePython { base: String, want: String, have: String },
+    #[error(
+        "bento {bento} needs steps that only a Dockerfile RUN can do, and this builder assembles \
+         layers without running anything in the image: {steps:?}. Remove them from the bento \
+         (system packages, image.commands, post_commands, setup_script), or build this bento \
+         with `bentoml containerize`"
+    )]
+    RunStepsRefused { bento: String, steps: Vec<String> },
+    #[error("--registry {0:?} must be HOST[:PORT]/REPOSITORY without a tag or digest")]
+    RegistryWithTag(String),
+}
+
+struct Ctx<'a> {
+    cfg: &'a BuildConfig,
+    cache: Cache,
+    progress: &'a dyn Progress,
+    encoding: Encoding,
+}
+
+impl Ctx<'_> {
+    fn step(&self, s: impl Into<String>) {
+        self.progress.event(&Event::Step(s.into()));
+    }
+}
+
+struct Built {
+    kind: LayerKind,
+    name: String,
+    blob: LayerBlob,
+    cached: bool,
+    created_by: String,
+}
+
+/// Builds the image of `cfg.bento` from `source` and pushes it to `cfg.registry`.
+pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn Progress) -> anyhow::Result<BuildOutcome> {
+    let started = Instant::now();
+    let target = ImageRef::parse(&cfg.registry).map_err(|e| anyhow::anyhow!("--registry: {e}"))?;
+    if target.tag.is_some() || target.digest.is_some() {
+        return Err(BuildError::RegistryWithTag(cfg.registry.clone()).into());
+    }
+    let tag = BentoTag::parse(&cfg.bento)?;
+    let platform = match &cfg.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let cache = Cache::new(&cfg.cache_dir)?;
+    let ctx = Ctx { cfg, cache, progress, encoding: cfg.compression.into() };
+
+    // Registry first: an unreachable registry or bad credentials fail before any work.
+    let creds = auth::lookup(cfg.docker_config.as_deref(), &target.registry)?;
+    let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
+    treg.ping().await?;
+
+    let work = tempfile::Builder::new().prefix("build-").tempdir_in(ctx.cache.tmp_dir())?;
+    ctx.step(format!("fetching bento {tag} from {}", source.describe()));
+    let bento_dir = source.fetch_bento(&tag, work.path()).await?;
+    let bento = BentoInfo::load(&bento_dir)?;
+    let image_tag = image::yatai_tag(&bento.name, &bento.version);
+    let image_ref = target.with_tag(&image_tag);
+
+    if !cfg.force {
+        if let Some(d) = treg.manifest_digest(&target.repository, &image_tag).await? {
+            let reference = image_ref.with_digest(&d).to_string();
+            progress.event(&Event::Done { reference: reference.clone(), bytes_pushed: 0, already_built: true });
+            return Ok(BuildOutcome {
+                bento: bento.tag(),
+                reference,
+                image: image_ref.to_string(),
+                digest: d,
+                already_built: true,
+                bytes_pushed: 0,
+                base: String::new(),
+                base_digest: String::new(),
+                layers: Vec::new(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+
+    let steps = bento.run_steps();
+    if !steps.is_empty() {
+        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps }.into());
+    }
+    if bento.has_default_command() {
+        ctx.step(
+            "not running BentoML's default `apt-get install … build-essential git` line: it installs \
+             compilers for building sdists inside the image, and this builder installs wheels on the \
+             build host instead",
+        );
+    }
+
+    // Base image.
+    let minor_wanted = bento.python_version.as_deref().and_then(python::minor);
+    let base_name = cfg
+        .base
+        .clone()
+        .or_else(|| bento.base_image.clone())
+        .unwrap_or_else(|| format!("python:{}-slim", minor_wanted.as_deref().unwrap_or("3.11")));
+    let base_ref = ImageRef::parse(&base_name).map_err(|e| anyhow::anyhow!("base image: {e}"))?;
+    let same_registry = base_ref.api_host() == target.api_host();
+    let breg_owned;
+    let breg: &Registry = if same_registry {
+        &treg
+    } else {
+        let creds = auth::lookup(cfg.docker_config.as_deref(), &base_ref.registry)?;
+        breg_owned = Registry::new(base_ref.api_host(), false, creds)?;
+        &breg_owned
+    };
+    ctx.step(format!("resolving base image {base_ref} for {platform}"));
+    let base = base::resolve(breg, &base_ref, &platform).await?;
+
+    let (python_path, minor, facts) = match &cfg.base_python {
+        Some(p) => {
+            let m = python::minor(p.rsplit('/').next().unwrap_or(p))
+                .with_context(|| format!("--base-python {p:?} must name a python3.X executable"))?;
+            (p.clone(), m, None)
+        }
+        None => {
+            ctx.step(format!("reading the base image's files (once per base digest {})", &base.digest[..19]));
+            let facts = base::scan(breg, &base, &ctx.cache).await?;
+            let minor = match &minor_wanted {
+                Some(m) => m.clone(),
+                None => facts.minors().pop().unwrap_or_default(),
+            };
+            match facts.python_for(&minor) {
+                Some(p) => (p, minor, Some(facts)),
+                None => {
+                    let have = if facts.pythons.is_empty() { "no python3.X at all".to_string() } else { facts.pythons.join(", ") };
+                    return Err(BuildError::BasePython { base: base_ref.to_string(), want: minor, have }.into());
+                }
+            }
+        }
+    };
+    if let Some(m) = &minor_wanted {
+        if *m != minor {
+            return Err(BuildError::BasePython { base: base_ref.to_string(), want: m.clone(), have: python_path }.into());
+        }
+    }
+
+    // Layers, from the most to the least shared.
+    let mut built: Vec<Built> = Vec::new();
+    built.push(user_layer(&ctx, facts.as_ref())?);
+    let target_py = Target { uv_platform: platform.uv_platform()?, python: minor.clone() };
+    built.push(deps_layer(&ctx, &bento, &bento_dir, &target_py, work.path()).await?);
+    built.push(small_layer(&ctx, LayerKind::Shim, VENV, python::shim_tree(&python_path, &minor), format!("yatai-rs: venv {VENV} on {python_path}"))?);
+    for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
+        ctx.step(format!("fetching model {}", m.tag()));
+        let dir = source.fetch_model(m, &bento_dir, work.path()).await?;
+        built.push(model_layer(&ctx, &m.name, &m.version, &dir).await?);
+    }
+    built.push(bento_layer(&ctx, &bento, &bento_dir)?);
+    for b in &built {
+        progress.event(&Event::Layer { kind: b.kind, name: b.name.clone(), digest: b.blob.digest.clone(), size: b.blob.size, cached: b.cached });
+    }
+
+    let added: Vec<AddedLayer> = built.iter().map(|b| AddedLayer { blob: b.blob.clone(), created_by: b.created_by.clone() }).collect();
+    let config = image::config(&image::ConfigInput {
+        base_config: &base.config,
+        bento: &bento,
+        platform: &platform,
+        layers: &added,
+        passwd_entry: facts.as_ref().is_some_and(|f| f.passwd.is_some()),
+        image_tag: &image_tag,
+    });
+    let config_bytes = image::canonical(&config);
+    let manifest = image::manifest(&config_bytes, &base.layers, &added, &base_ref, &base.digest);
+    let manifest_bytes = image::canonical(&manifest);
+
+    // Push: base blobs, ours, the config; then the manifest.
+    let mut bytes_pushed = 0u64;
+    let mut reports = Vec::new();
+    let push_scopes = vec![registry::push(&target.repository)];
+    for (i, l) in base.layers.iter().enumerate() {
+        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
+        let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
+        let action = if media.contains("foreign") || media.contains("nondistributable") {
+            BlobAction::Present
+        } else {
+            ensure_remote_blob(&treg, &target, breg, &base, same_registry, digest, size).await?
+        };
+        if action == BlobAction::Copied {
+            bytes_pushed += size;
+        }
+        progress.event(&Event::Blob { digest: digest.into(), size, action });
+        let diff_id = base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").to_string();
+        reports.push(LayerReport {
+            kind: LayerKind::Base,
+            name: base_ref.to_string(),
+            diff_id,
+            digest: digest.into(),
+            size,
+            media_type: image::oci_layer_media_type(media),
+            cached: true,
+            action,
+        });
+    }
+    for b in &built {
+        let path = ctx.cache.blob_path(&b.blob.digest);
+        let action = ensure_local_blob(&treg, &target.repository, &b.blob.digest, b.blob.size, &path, &push_scopes).await?;
+        if action == BlobAction::Uploaded {
+            bytes_pushed += b.blob.size;
+        }
+        progress.event(&Event::Blob { digest: b.blob.digest.clone(), size: b.blob.size, action });
+        reports.push(LayerReport {
+            kind: b.kind,
+            name: b.name.clone(),
+            diff_id: b.blob.diff_id.clone(),
+            digest: b.blob.digest.clone(),
+            size: b.blob.size,
+            media_type: b.blob.media_type.clone(),
+            cached: b.cached,
+            action,
+        });
+    }
+    let config_digest = blob::sha256_digest(&config_bytes);
+    let config_path = ctx.cache.blob_path(&config_digest);
+    std::fs::write(&config_path, &config_bytes)?;
+    let action = ensure_local_blob(&treg, &target.repository, &config_digest, config_bytes.len() as u64, &config_path, &push_scopes).await?;
+    if action == BlobAction::Uploaded {
+        bytes_pushed += config_bytes.len() as u64;
+    }
+
+    progress.event(&Event::PushingManifest { reference: image_ref.to_string() });
+    let digest = treg
+        .put_manifest(&target.repository, &image_tag, &manifest_bytes, registry::MEDIA_OCI_MANIFEST)
+        .await?;
+    bytes_pushed += manifest_bytes.len() as u64;
+    let reference = image_ref.with_digest(&digest).to_string();
+    progress.event(&Event::Done { reference: reference.clone(), bytes_pushed, already_built: false });
+    Ok(BuildOutcome {
+        bento: bento.tag(),
+        reference,
+        image: image_ref.to_string(),
+        digest,
+        already_built: false,
+        bytes_pushed,
+        base: base_ref.to_string(),
+        base_digest: base.digest.clone(),
+        layers: reports,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A layer blob we hold on disk: HEAD, else upload it.
+async fn ensure_local_blob(reg: &Registry, repo: &str, digest: &str, size: u64, path: &Path, scopes: &[String]) -> anyhow::Result<BlobAction> {
+    if reg.blob_exists(repo, digest, scopes).await? {
+        return Ok(BlobAction::Present);
+    }
+    let loc = reg.start_upload(repo, scopes).await?;
+    reg.put_blob_file(&loc, digest, path, size, scopes).await?;
+    Ok(BlobAction::Uploaded)
+}
+
+/// A base layer: HEAD in the target, else mount from the base repository (same registry), else
+/// stream it from the base registry into the target, once.
+async fn ensure_remote_blob(
+    treg: &Registry,
+    target: &ImageRef,
+    breg: &Registry,
+    base: &ResolvedBase,
+    same_registry: bool,
+    digest: &str,
+    size: u64,
+) -> anyhow::Result<BlobAction> {
+    let repo = &target.repository;
+    let mut scopes = vec![registry::push(repo)];
+    if treg.blob_exists(repo, digest, &scopes).await? {
+        return Ok(BlobAction::Present);
+    }
+    let location = if same_registry && base.reference.repository != *repo {
+        scopes.push(registry::pull(&base.reference.repository));
+        match treg.mount_blob(repo, digest, &base.reference.repository, &scopes).await {
+            Ok(Mount::Mounted) => return Ok(BlobAction::Mounted),
+            Ok(Mount::Upload(loc)) => loc,
+            // Any mount failure (e.g. a token without pull on the source) means "upload it".
+            Err(e) => {
+                tracing::debug!("mount of {digest} failed, copying instead: {e}");
+                treg.start_upload(repo, &scopes).await?
+            }
+        }
+    } else {
+        treg.start_upload(repo, &scopes).await?
+    };
+    let resp = breg.get_blob(&base.reference.repository, digest).await?;
+    let body = reqwest::Body::wrap_stream(resp.bytes_stream());
+    treg.put_blob_stream(&location, digest, size, body, &scopes).await?;
+    Ok(BlobAction::Copied)
+}
+
+fn bento_owner(path: &str) -> u64 {
+    if path == "home/bentoml" || path.starts_with("home/bentoml/") { BENTO_UID } else { 0 }
+}
+
+/// Small layers are rebuilt every time (milliseconds); their digest is stable anyway.
+fn small_layer(ctx: &Ctx, kind: LayerKind, name: &str, tree: Tree, created_by: String) -> anyhow::Result<Built> {
+    let (blob, _) = blob::write_blob(&tree, ctx.encoding, &ctx.cache.blobs_dir())?;
+    Ok(Built { kind, name: name.to_string(), blob, cached: false, created_by })
+}
+
+fn user_layer(ctx: &Ctx, facts: Option<&BaseFacts>) -> anyhow::Result<Built> {
+    let mut t = Tree::new();
+    t.dir("home/bentoml", &bento_owner);
+    t.dir("app", &|_| 0);
+    if let Some(f) = facts {
+        if let (Some(p), Some(g)) = (&f.passwd, &f.group) {
+            let (p, g) = base::with_bento_user(p, g);
+            t.file("etc/passwd", Source::Bytes(p.into_bytes()), false, &|_| 0);
+            t.file("etc/group", Source::Bytes(g.into_bytes()), false, &|_| 0);
+        }
+    }
+    small_layer(ctx, LayerKind::User, "bentoml", t, "yatai-rs: user bentoml (1034:1034), /home/bentoml, /app".into())
+}
+
+/// The requirements to install, as BentoML's Dockerfile / install.sh would pick them.
+fn requirements(bento: &BentoInfo, bento_dir: &Path, work: &Path) -> anyhow::Result<(PathBuf, PathBuf, Vec<String>)> {
+    let py = bento_dir.join("env/python");
+    let lock = py.join("requirements.lock.txt");
+    let req = if bento.spec == 1 && lock.is_file() { lock } else { py.join("requirements.txt") };
+    let mut text = std::fs::read_to_string(&req).with_context(|| format!("bento {} has no {}", bento.tag(), req.display()))?;
+    let mut extra_keys = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(py.join("wheels")) {
+        let mut wheels: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "whl")).collect();
+        wheels.sort();
+        for w in wheels {
+            extra_keys.push(format!("{}={}", w.file_name().unwrap().to_string_lossy(), blob::sha256_file(&w)?));
+            text.push_str(&format!("\n{}\n", w.display()));
+        }
+    }
+    if bento.spec == 1 && !text.lines().any(|l| l.trim_start().starts_with("bentoml")) && !bento.bentoml_version.is_empty() {
+        text.push_str(&format!("\nbentoml=={}\n", bento.bentoml_version));
+    }
+    let file = work.join("requirements.in.txt");
+    std::fs::write(&file, &text)?;
+    let cwd = if bento_dir.join("src").is_dir() { bento_dir.join("src") } else { py };
+    extra_keys.push(format!("req={}", blob::sha256_digest(text.replace(&bento_dir.display().to_string(), "${BENTO}").as_bytes())));
+    Ok((file, cwd, extra_keys))
+}
+
+async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: &Target, work: &Path) -> anyhow::Result<Built> {
+    let uv = Uv { bin: ctx.cfg.uv.clone(), cache_dir: ctx.cache.root().join("uv") };
+    let uv_version = uv.version().await?;
+    let (req_file, cwd, req_keys) = requirements(bento, bento_dir, work)?;
+    let build_envs: Vec<(String, String)> = bento
+        .envs
+        .iter()
+        .filter(|e| e.stage == "build" || e.stage == "all")
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let envs_key = blob::sha256_digest(format!("{build_envs:?}").as_bytes());
+    let bento_root = bento_dir.display().to_string();
+
+    // 1. Pin. Cached: a warm build never asks the index again.
+    let resolve_key = format!(
+        "resolve:{FORMAT}:{}:{}:{}:{}:{envs_key}",
+        req_keys.join(","),
+        target.uv_platform,
+        target.python,
+        bento.creation_time
+    );
+    let resolved = match ctx.cache.meta::<String>(&resolve_key) {
+        Some(r) => r,
+        None => {
+            ctx.step(format!("resolving Python requirements for {} / python {}", target.uv_platform, target.python));
+            let r = uv.compile(&req_file, &cwd, target, Some(&bento.creation_time), &build_envs).await?;
+            let r = r.replace(&bento_root, "${BENTO}");
+            ctx.cache.put_meta(&resolve_key, &r)?;
+            r
+        }
+    };
+
+    // 2. The layer, keyed by what it contains, not by which bento asked for it.
+    let host_python = ctx.cfg.host_python.clone().or_else(|| python::find_host_python(&target.python));
+    let pyc = match &host_python {
+        Some(p) => format!("pyc:{}", p.display()),
+        None => "no-pyc".into(),
+    };
+    let key = format!(
+        "deps:{FORMAT}:{}:{}:{}:{uv_version}:{pyc}:{:?}",
+        blob::sha256_digest(resolved.as_bytes()),
+        target.uv_platform,
+        target.python,
+        ctx.encoding
+    );
+    let name = format!("python{} {} ({} packages)", target.python, target.uv_platform, resolved.lines().filter(|l| l.contains("==") || l.contains(" @ ")).count());
+    let created_by = format!("yatai-rs: uv pip install --target {VENV} ({}, {})", blob::sha256_digest(resolved.as_bytes()), target.uv_platform);
+    if let Some(blob) = ctx.cache.layer(&key) {
+        return Ok(Built { kind: LayerKind::Deps, name, blob, cached: true, created_by });
+    }
+
+    let stage = work.join("deps");
+    let site = stage.join("site-packages");
+    let pinned = work.join("requirements.pinned.txt");
+    std::fs::write(&pinned, resolved.replace("${BENTO}", &bento_root))?;
+    ctx.step(format!("installing Python packages for {} / python {}", target.uv_platform, target.python));
+    uv.install(&pinned, &cwd, &site, target, &build_envs).await?;
+    let venv_bin = stage.join("bin");
+    let scripts = python::relocate_scripts(&site.join("bin"), &venv_bin)?;
+    let image_site = format!("{VENV}/lib/python{}/site-packages", target.python);
+    match &host_python {
+        Some(p) => {
+            ctx.step(format!("compiling bytecode with {}", p.display()));
+            python::compile_bytecode(p, &site, &image_site).await?;
+        }
+        None => ctx.step(format!(
+            "no python{} on the build host: the image ships no precompiled bytecode (modules compile on first import)",
+            target.python
+        )),
+    }
+    let mut tree = Tree::new();
+    tree.add_dir_all(&site, image_site.trim_start_matches('/'), &venv_owner, &|_| false)?;
+    if !scripts.is_empty() {
+        tree.add_dir_all(&venv_bin, &format!("{}/bin", VENV.trim_start_matches('/')), &venv_owner, &|_| false)?;
+    }
+    let enc = ctx.encoding;
+    let blobs = ctx.cache.blobs_dir();
+    let (blob, _) = tokio::task::spawn_blocking(move || blob::write_blob(&tree, enc, &blobs)).await??;
+    ctx.cache.put_layer(&key, &blob)?;
+    Ok(Built { kind: LayerKind::Deps, name, blob, cached: false, created_by })
+}
+
+async fn model_layer(ctx: &Ctx<'_>, name: &str, version: &str, dir: &Path) -> anyhow::Result<Built> {
+    let mut tree = Tree::new();
+    let dest = format!("home/bentoml/bento/models/{name}/{version}");
+    tree.add_dir_all(dir, &dest, &bento_owner, &|_| false)?;
+    let enc = ctx.encoding;
+    let blobs = ctx.cache.blobs_dir();
+    let cache = ctx.cache.clone();
+    let created_by = format!("yatai-rs: model {name}:{version}");
+    let (blob, cached) = tokio::task::spawn_blocking(move || -> anyhow::Result<(LayerBlob, bool)> {
+        // A hashing pass first (fast); only a layer never seen before is compressed.
+        let diff_id = blob::diff_id_of(&tree)?;
+        let key = format!("model:{FORMAT}:{diff_id}:{enc:?}");
+        if let Some(b) = cache.layer(&key) {
+            return Ok((b, true));
+        }
+        let enc = if blob::worth_compressing(&tree)? { enc } else { Encoding::None };
+        let (b, _) = blob::write_blob(&tree, enc, &blobs)?;
+        cache.put_layer(&key, &b)?;
+        Ok((b, false))
+    })
+    .await??;
+    Ok(Built { kind: LayerKind::Model, name: format!("{name}:{version}"), blob, cached, created_by })
+}
+
+fn bento_layer(ctx: &Ctx, bento: &BentoInfo, dir: &Path) -> anyhow::Result<Built> {
+    let mut tree = Tree::new();
+    let root = "home/bentoml/bento";
+    // Model versions have their own layers; `models/<name>/latest` stays here.
+    let model_dirs: Vec<String> = bento.models.iter().map(|m| format!("models/{}/{}", m.name, m.version)).collect();
+    tree.add_dir_all(dir, root, &bento_owner, &|rel| model_dirs.iter().any(|m| rel == m || rel.starts_with(&format!("{m}/"))))?;
+    for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
+        let latest = format!("{root}/models/{}/latest", m.name);
+        if !tree.paths().any(|p| p == latest) {
+            tree.file(&latest, Source::Bytes(m.version.clone().into_bytes()), false, &bento_owner);
+        }
+    }
+    tree.dir(&format!("{root}/hf-models"), &bento_owner);
+    let ep = format!("{root}/env/docker/entrypoint.sh");
+    if !tree.paths().any(|p| p == ep) {
+        bail!("bento {} has no env/docker/entrypoint.sh (bentoml ≥ 1.2 writes it at build time)", bento.tag());
+    }
+    tree.file(&ep, Source::Path(dir.join("env/docker/entrypoint.sh")), true, &bento_owner);
+    small_layer(ctx, LayerKind::Bento, &bento.tag(), tree, format!("yatai-rs: bento {}", bento.tag()))
+}
