@@ -44,6 +44,8 @@ pub struct BuildConfig {
     pub docker_config: Option<PathBuf>,
     /// The `uv` executable.
     pub uv: PathBuf,
+    /// uv's download cache; default `<cache_dir>/uv`.
+    pub uv_cache: Option<PathBuf>,
     /// A python of the target minor on the build host, for bytecode; default: `python3.X` on PATH.
     pub host_python: Option<PathBuf>,
     /// The interpreter inside the base image (e.g. `/usr/bin/python3.11`). When set, the base
@@ -64,6 +66,7 @@ impl BuildConfig {
             cache_dir: cache_dir.into(),
             docker_config: None,
             uv: PathBuf::from("uv"),
+            uv_cache: None,
             host_python: None,
             base_python: None,
         }
@@ -456,7 +459,10 @@ fn requirements(bento: &BentoInfo, bento_dir: &Path, work: &Path) -> anyhow::Res
 }
 
 async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: &Target, work: &Path) -> anyhow::Result<Built> {
-    let uv = Uv { bin: ctx.cfg.uv.clone(), cache_dir: ctx.cache.root().join("uv") };
+    let uv = Uv {
+        bin: ctx.cfg.uv.clone(),
+        cache_dir: ctx.cfg.uv_cache.clone().unwrap_or_else(|| ctx.cache.root().join("uv")),
+    };
     let uv_version = uv.version().await?;
     let (req_file, cwd, req_keys) = requirements(bento, bento_dir, work)?;
     let build_envs: Vec<(String, String)> = bento
@@ -468,14 +474,12 @@ async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: 
     let envs_key = blob::sha256_digest(format!("{build_envs:?}").as_bytes());
     let bento_root = bento_dir.display().to_string();
 
-    // 1. Pin. Cached: a warm build never asks the index again.
-    let resolve_key = format!(
-        "resolve:{FORMAT}:{}:{}:{}:{}:{envs_key}",
-        req_keys.join(","),
-        target.uv_platform,
-        target.python,
-        bento.creation_time
-    );
+    // 1. Pin. Cached by the requirements, the platform and the python minor (not by bento), so
+    //    a warm build and a code-only rebuild never ask the index again. A cold resolution sees
+    //    nothing published after the bento was created (`--exclude-newer`), so unpinned
+    //    requirements give what the bento's author could have got; bentos built with
+    //    `lock_packages` (bentoml's default) are fully pinned anyway.
+    let resolve_key = format!("resolve:{FORMAT}:{}:{}:{}:{envs_key}", req_keys.join(","), target.uv_platform, target.python);
     let resolved = match ctx.cache.meta::<String>(&resolve_key) {
         Some(r) => r,
         None => {
