@@ -184,9 +184,9 @@ impl BentoInfo {
         })
     }
 
-    /// Everything that would need a `RUN` in BentoML's Dockerfile, minus the distro default
-    /// line. Empty means a pure layer assembly reproduces the image.
-    pub fn run_steps(&self) -> Vec<String> {
+    /// Steps that run before the Python install in BentoML's Dockerfile (system packages,
+    /// `image.commands` minus the distro default line): they need only the base image.
+    pub fn pre_install_steps(&self) -> Vec<String> {
         let mut steps: Vec<String> = Vec::new();
         if !self.system_packages.is_empty() {
             steps.push(format!(
@@ -195,11 +195,24 @@ impl BentoInfo {
             ));
         }
         steps.extend(self.commands.iter().filter(|c| !is_default_command(c)).cloned());
-        steps.extend(self.post_commands.iter().cloned());
+        steps
+    }
+
+    /// Steps that run after the Python install (`post_commands`, spec-1 `setup_script`).
+    pub fn post_install_steps(&self) -> Vec<String> {
+        let mut steps = self.post_commands.clone();
         if let Some(s) = &self.setup_script {
             steps.push(format!("setup_script {s}"));
         }
         steps
+    }
+
+    /// Everything that would need a `RUN` in BentoML's Dockerfile, minus the distro default
+    /// line. Empty means a pure layer assembly reproduces the image.
+    pub fn run_steps(&self) -> Vec<String> {
+        let mut s = self.pre_install_steps();
+        s.extend(self.post_install_steps());
+        s
     }
 
     pub fn has_default_command(&self) -> bool {
@@ -274,6 +287,8 @@ image:
     fn extra_commands_and_system_packages_are_run_steps() {
         let b = BentoInfo::parse(&SPEC2.replace("post_commands: []", "post_commands: [\"echo hi\"]")).unwrap();
         assert_eq!(b.run_steps(), vec!["echo hi".to_string()]);
+        assert!(b.pre_install_steps().is_empty());
+        assert_eq!(b.post_install_steps(), vec!["echo hi".to_string()]);
         let spec1 = "name: a\nversion: b\ncreation_time: '2024-01-01T00:00:00+00:00'\nspec: 1\nmodels: [m:v]\n\
                      docker: {python_version: '3.10', system_packages: [curl]}\n";
         let b = BentoInfo::parse(spec1).unwrap();

@@ -48,6 +48,9 @@ pub struct BuildConfig {
     pub uv_cache: Option<PathBuf>,
     /// A python of the target minor on the build host, for bytecode; default: `python3.X` on PATH.
     pub host_python: Option<PathBuf>,
+    /// Run the bento's pre-install `RUN` steps (`image.commands`, system packages) in a
+    /// sandbox (overlay + chroot on this host; needs root) instead of refusing the bento.
+    pub run_commands: bool,
     /// The interpreter inside the base image (e.g. `/usr/bin/python3.11`). When set, the base
     /// layers are not scanned (useful for multi-GB bases) and no passwd entry is added.
     pub base_python: Option<String>,
@@ -69,6 +72,7 @@ impl BuildConfig {
             uv_cache: None,
             host_python: None,
             base_python: None,
+            run_commands: false,
         }
     }
 }
@@ -122,11 +126,9 @@ pub enum BuildError {
     BasePython { base: String, want: String, have: String },
     #[error(
         "bento {bento} needs steps that only a Dockerfile RUN can do, and this builder assembles \
-         layers without running anything in the image: {steps:?}. Remove them from the bento \
-         (system packages, image.commands, post_commands, setup_script), or build this bento \
-         with `bentoml containerize`"
+         layers without running anything in the image: {steps:?}. {hint}"
     )]
-    RunStepsRefused { bento: String, steps: Vec<String> },
+    RunStepsRefused { bento: String, steps: Vec<String>, hint: String },
     #[error("--registry {0:?} must be HOST[:PORT]/REPOSITORY without a tag or digest")]
     RegistryWithTag(String),
 }
@@ -198,9 +200,17 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
         }
     }
 
-    let steps = bento.run_steps();
-    if !steps.is_empty() {
-        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps }.into());
+    let post = bento.post_install_steps();
+    if !post.is_empty() {
+        let hint = "post_commands and setup_script run on top of the installed Python environment and \
+                    are not supported: remove them, or build this bento with `bentoml containerize`";
+        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: post, hint: hint.into() }.into());
+    }
+    let pre = bento.pre_install_steps();
+    if !pre.is_empty() && !cfg.run_commands {
+        let hint = "Pass --run-commands to run them in a sandbox on this host (overlay + chroot, \
+                    needs root), remove them from the bento, or build it with `bentoml containerize`";
+        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: pre, hint: hint.into() }.into());
     }
     if bento.has_default_command() {
         ctx.step(
@@ -260,6 +270,9 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
 
     // Layers, from the most to the least shared.
     let mut built: Vec<Built> = Vec::new();
+    if !pre.is_empty() {
+        built.push(commands_layer(&ctx, breg, &base, &bento, &pre, &platform).await?);
+    }
     built.push(user_layer(&ctx, facts.as_ref())?);
     let target_py = Target { uv_platform: platform.uv_platform()?, python: minor.clone() };
     built.push(deps_layer(&ctx, &bento, &bento_dir, &target_py, work.path()).await?);
@@ -407,6 +420,38 @@ async fn ensure_remote_blob(
     let body = reqwest::Body::wrap_stream(resp.bytes_stream());
     treg.put_blob_stream(&location, digest, size, body, &scopes).await?;
     Ok(BlobAction::Copied)
+}
+
+async fn commands_layer(
+    ctx: &Ctx<'_>,
+    breg: &Registry,
+    base: &ResolvedBase,
+    bento: &BentoInfo,
+    steps: &[String],
+    platform: &Platform,
+) -> anyhow::Result<Built> {
+    if platform.architecture != Platform::host().architecture {
+        bail!("image commands {steps:?} can only run for this host's platform ({}), not {platform}", Platform::host());
+    }
+    let envs: Vec<(String, String)> = bento
+        .envs
+        .iter()
+        .filter(|e| e.stage == "build" || e.stage == "all")
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let key = format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}", base.digest, ctx.encoding);
+    let name = format!("{} command(s)", steps.len());
+    let created_by = format!("yatai-rs: RUN {}", steps.join(" && "));
+    if let Some(blob) = ctx.cache.layer(&key) {
+        return Ok(Built { kind: LayerKind::Commands, name, blob, cached: true, created_by });
+    }
+    ctx.step(format!("unpacking the base image to run {} command(s) in it (once per base digest)", steps.len()));
+    let rootfs = crate::sandbox::base_rootfs(breg, base, &ctx.cache).await?;
+    ctx.step(format!("running in a sandbox (overlay + chroot): {steps:?}"));
+    let log = |l: String| ctx.progress.event(&Event::Step(l));
+    let blob = crate::sandbox::commands_layer(&rootfs, steps, &envs, &ctx.cache, ctx.encoding, &log).await?;
+    ctx.cache.put_layer(&key, &blob)?;
+    Ok(Built { kind: LayerKind::Commands, name, blob, cached: false, created_by })
 }
 
 fn bento_owner(path: &str) -> u64 {

@@ -56,9 +56,19 @@ pub struct BuildArgs {
     /// uv executable used to install the Python dependencies.
     #[arg(long, env = "YATAI_BUILD_UV", default_value = "uv")]
     pub uv: PathBuf,
+    /// uv's download cache (default: inside --cache-dir).
+    #[arg(long, env = "YATAI_BUILD_UV_CACHE")]
+    pub uv_cache: Option<PathBuf>,
+    /// Also write the build outcome (reference, digest, bytes pushed, layers) as JSON here.
+    #[arg(long)]
+    pub json_report: Option<PathBuf>,
     /// python3.X on this machine used to precompile bytecode (default: found on PATH).
     #[arg(long, env = "YATAI_BUILD_HOST_PYTHON")]
     pub host_python: Option<PathBuf>,
+    /// Run the bento's image.commands / system packages in a sandbox on this host (overlay +
+    /// chroot; needs root) instead of refusing the bento.
+    #[arg(long, env = "YATAI_BUILD_RUN_COMMANDS")]
+    pub run_commands: bool,
     /// The interpreter inside the base image, e.g. /usr/local/bin/python3.11; skips reading
     /// the base image's files (for multi-GB bases).
     #[arg(long, env = "YATAI_BUILD_BASE_PYTHON")]
@@ -79,8 +89,10 @@ impl BuildArgs {
         c.force = self.force;
         c.docker_config = self.docker_config.clone();
         c.uv = self.uv.clone();
+        c.uv_cache = self.uv_cache.clone();
         c.host_python = self.host_python.clone();
         c.base_python = self.base_python.clone();
+        c.run_commands = self.run_commands;
         Ok(c)
     }
 
@@ -117,6 +129,9 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let source = args.source()?;
     let outcome = build(&cfg, source.as_ref(), &Stderr).await?;
+    if let Some(p) = &args.json_report {
+        std::fs::write(p, serde_json::to_vec_pretty(&outcome)?).with_context(|| format!("writing {}", p.display()))?;
+    }
     if !outcome.already_built {
         let reused = outcome.reused().count();
         eprintln!(

@@ -20,6 +20,7 @@ pub mod image;
 pub mod progress;
 pub mod python;
 pub mod registry;
+pub mod sandbox;
 pub mod source;
 pub mod tarball;
 

@@ -7,6 +7,8 @@ use std::fmt;
 #[serde(rename_all = "snake_case")]
 pub enum LayerKind {
     Base,
+    /// What `image.commands` / system packages changed, run in a sandbox.
+    Commands,
     User,
     Deps,
     Shim,
@@ -18,6 +20,7 @@ impl fmt::Display for LayerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             LayerKind::Base => "base",
+            LayerKind::Commands => "commands",
             LayerKind::User => "user",
             LayerKind::Deps => "deps",
             LayerKind::Shim => "venv",

@@ -34,6 +34,18 @@ pub enum Entry {
     Dir { uid: u64 },
     File { src: Source, executable: bool, uid: u64 },
     Symlink { target: String, uid: u64 },
+    /// Kept with its own mode and owners (files written by commands run in the base, where
+    /// setuid bits, 0640 secrets and group owners matter). Only the mtime is normalised.
+    Exact { kind: ExactKind, mode: u32, uid: u64, gid: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub enum ExactKind {
+    Dir,
+    File(PathBuf),
+    Symlink(String),
+    /// An empty regular file (overlay whiteouts: `.wh.<name>`, `.wh..wh..opq`).
+    Empty,
 }
 
 /// A layer's content: paths relative to `/` (no leading `/`, no `./`), sorted.
@@ -92,6 +104,11 @@ impl Tree {
         }
         let uid = owner(&path);
         self.entries.insert(path, Entry::Symlink { target: target.to_string(), uid });
+    }
+
+    /// Adds an entry with its own metadata; parents must be added by the caller.
+    pub fn exact(&mut self, path: &str, kind: ExactKind, mode: u32, uid: u64, gid: u64) {
+        self.entries.insert(path.trim_matches('/').to_string(), Entry::Exact { kind, mode, uid, gid });
     }
 
     /// Adds everything under `src` (not `src` itself) below `dest`, skipping paths for which
@@ -170,6 +187,35 @@ impl Tree {
                     h.set_gid(*uid);
                     h.set_size(0);
                     b.append_link(&mut h, path, target)?;
+                }
+                Entry::Exact { kind, mode, uid, gid } => {
+                    h.set_mode(*mode & 0o7777);
+                    h.set_uid(*uid);
+                    h.set_gid(*gid);
+                    match kind {
+                        ExactKind::Dir => {
+                            h.set_entry_type(tar::EntryType::Directory);
+                            h.set_size(0);
+                            b.append_data(&mut h, format!("{path}/"), io::empty())?;
+                        }
+                        ExactKind::Symlink(target) => {
+                            h.set_entry_type(tar::EntryType::Symlink);
+                            h.set_size(0);
+                            b.append_link(&mut h, path, target)?;
+                        }
+                        ExactKind::Empty => {
+                            h.set_entry_type(tar::EntryType::Regular);
+                            h.set_size(0);
+                            b.append_data(&mut h, path, io::empty())?;
+                        }
+                        ExactKind::File(p) => {
+                            h.set_entry_type(tar::EntryType::Regular);
+                            let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                            let len = f.metadata()?.len();
+                            h.set_size(len);
+                            b.append_data(&mut h, path, f.take(len))?;
+                        }
+                    }
                 }
                 Entry::File { src, executable, uid } => {
                     h.set_entry_type(tar::EntryType::Regular);

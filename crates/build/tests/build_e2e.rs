@@ -205,19 +205,70 @@ async fn a_requirement_without_a_wheel_for_the_platform_is_refused() {
     assert_no_tags(&reg, "sdist").await;
 }
 
+fn with_commands(yaml: &str, commands: &str, post: &str) -> String {
+    let start = yaml.find("  commands:\n").expect("image.commands in bento.yaml");
+    let end = start + yaml[start..].find("  python_requirements:").unwrap();
+    format!("{}  commands: {commands}\n{}", &yaml[..start], &yaml[end..]).replace("post_commands: []", &format!("post_commands: {post}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn run_steps_are_refused_not_skipped() {
     let fx = fixtures();
     let reg = TestRegistry::start(None);
     reg.push_base();
     let dir = extract(&fx.bento("iris-v1"));
-    let yaml = std::fs::read_to_string(dir.path().join("bento.yaml")).unwrap();
-    std::fs::write(dir.path().join("bento.yaml"), yaml.replace("post_commands: []", "post_commands: ['pip install extra']")).unwrap();
+    let path = dir.path().join("bento.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+
+    std::fs::write(&path, with_commands(&yaml, "['apt-get install -y jq']", "[]")).unwrap();
     let err = build(&config(&reg, "iris_classifier", "runsteps"), &local(dir.path()), &quiet()).await.unwrap_err();
     let msg = format!("{err:#}");
     assert!(matches!(err.downcast_ref::<BuildError>(), Some(BuildError::RunStepsRefused { .. })), "{msg}");
+    assert!(msg.contains("apt-get install -y jq") && msg.contains("--run-commands"), "{msg}");
+
+    // post_commands need the installed environment: refused even with --run-commands.
+    std::fs::write(&path, yaml.replace("post_commands: []", "post_commands: ['pip install extra']")).unwrap();
+    let mut cfg = config(&reg, "iris_classifier", "runsteps");
+    cfg.run_commands = true;
+    let err = build(&cfg, &local(dir.path()), &quiet()).await.unwrap_err();
+    let msg = format!("{err:#}");
     assert!(msg.contains("pip install extra") && msg.contains("bentoml containerize"), "{msg}");
     assert_no_tags(&reg, "runsteps").await;
+}
+
+/// With --run-commands, image.commands run in the base (overlay + chroot) and what they change
+/// becomes one layer: new files with their own modes, deletions as whiteouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_commands_run_in_a_sandbox_and_become_a_layer() {
+    let fx = fixtures();
+    let reg = TestRegistry::start(None);
+    reg.push_base();
+    let dir = extract(&fx.bento("iris-v1"));
+    let path = dir.path().join("bento.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let cmds = "['mkdir -p /opt/tool && printf \"%s\" \"$(id -u)\" > /opt/tool/ran-as && chmod 4750 /opt/tool/ran-as', 'rm /etc/issue']";
+    std::fs::write(&path, with_commands(&yaml, cmds, "[]")).unwrap();
+    let mut cfg = config(&reg, "iris_classifier", "commands");
+    cfg.run_commands = true;
+    let out = build(&cfg, &local(dir.path()), &quiet()).await.expect("build with commands");
+    let kinds: Vec<LayerKind> = out.layers.iter().map(|l| l.kind).collect();
+    assert_eq!(kinds[..3], [LayerKind::Base, LayerKind::Commands, LayerKind::User]);
+
+    let (_tmp, bundle) = unpack(&pinned(&out));
+    let root = bundle.join("rootfs");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(root.join("opt/tool/ran-as")).unwrap(), "0");
+    assert_eq!(std::fs::metadata(root.join("opt/tool/ran-as")).unwrap().permissions().mode() & 0o7777, 0o4750);
+    assert!(!root.join("etc/issue").exists(), "the deletion is a whiteout");
+    assert!(root.join("etc/issue.net").exists(), "nothing else is removed");
+
+    // Cached per (base, commands): the next bento with the same commands reuses the layer.
+    let mut again = cfg.clone();
+    again.force = true;
+    let out2 = build(&again, &local(dir.path()), &quiet()).await.unwrap();
+    let cmd_layer = |o: &yatai_build::BuildOutcome| o.layers.iter().find(|l| l.kind == LayerKind::Commands).unwrap().clone();
+    assert!(cmd_layer(&out2).cached);
+    assert_eq!(cmd_layer(&out2).digest, cmd_layer(&out).digest);
 }
 
 #[tokio::test(flavor = "multi_thread")]
