@@ -30,13 +30,16 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/yatai-build
 LAYOUT=$(scripts/build-testbed/base-image.sh "$CACHE")
 BENTOS=$(scripts/build-testbed/make-bentos.sh "$CACHE")
 
-T=$(mktemp -d /tmp/yatai-build-bench.XXXXXX)
+# lowercase only: buildah parses an oci: layout path as an image name
+T=/tmp/yatai-build-bench-$$-$(date +%s)
+mkdir -p "$T"
 REG_PID=
 cleanup() {
-  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
   [ -d "$T/buildah-root" ] && buildah --root "$T/buildah-root" --runroot "$T/buildah-run" rm -a >/dev/null 2>&1
   umount -R "$T/buildah-root/overlay" 2>/dev/null || true
   rm -rf "$T"
+  return 0
 }
 trap cleanup EXIT
 
@@ -90,7 +93,8 @@ if [ $BUILDAH = 1 ] && command -v buildah >/dev/null; then
   tar -C "$T/bbase" --numeric-owner --exclude=./.complete -cf "$T/bbase.tar" .
   umoci init --layout "$T/bbase-oci" && umoci new --image "$T/bbase-oci:b"
   umoci raw add-layer --image "$T/bbase-oci:b" "$T/bbase.tar"
-  umoci config --image "$T/bbase-oci:b" --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  umoci config --image "$T/bbase-oci:b" --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt --config.env UV_NATIVE_TLS=1
   rm -rf "$T/bbase" "$T/bbase.tar"
   B="buildah --root $T/buildah-root --runroot $T/buildah-run"
   bb() { # label bento
@@ -109,7 +113,7 @@ if [ $BUILDAH = 1 ] && command -v buildah >/dev/null; then
   bb "code-only change (bento v2, --layers cache)" iris-v2 || row "buildah bud v2: failed" "–" "–" "–"
 fi
 
-echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(git -C "$ROOT" rev-parse --short HEAD): \`bench/build/run.sh $*\`"
+echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)), $(git -C "$ROOT" rev-parse --short HEAD): \`bench/build/run.sh $*\`"
 echo
 echo "| build | wall time (s) | bytes pushed (builder) | registry storage growth |"
 echo "|---|---|---|---|"

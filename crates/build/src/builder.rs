@@ -48,6 +48,10 @@ pub struct BuildConfig {
     pub uv_cache: Option<PathBuf>,
     /// A python of the target minor on the build host, for bytecode; default: `python3.X` on PATH.
     pub host_python: Option<PathBuf>,
+    /// Scratch space for the fetched bento and the dependency install (deleted after the
+    /// build). Default: `/dev/shm` when it has ≥ 8 GiB free (installing and byte-compiling
+    /// thousands of files is disk-metadata bound), else `<cache_dir>/tmp`.
+    pub work_dir: Option<PathBuf>,
     /// Run the bento's pre-install `RUN` steps (`image.commands`, system packages) in a
     /// sandbox (overlay + chroot on this host; needs root) instead of refusing the bento.
     pub run_commands: bool,
@@ -73,6 +77,7 @@ impl BuildConfig {
             host_python: None,
             base_python: None,
             run_commands: false,
+            work_dir: None,
         }
     }
 }
@@ -174,7 +179,11 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
     treg.ping().await?;
 
-    let work = tempfile::Builder::new().prefix("build-").tempdir_in(ctx.cache.tmp_dir())?;
+    let work_root = cfg.work_dir.clone().unwrap_or_else(|| default_work_dir(&ctx.cache));
+    let work = tempfile::Builder::new()
+        .prefix("yatai-build-")
+        .tempdir_in(&work_root)
+        .with_context(|| format!("creating a work directory in {}", work_root.display()))?;
     ctx.step(format!("fetching bento {tag} from {}", source.describe()));
     let bento_dir = source.fetch_bento(&tag, work.path()).await?;
     let bento = BentoInfo::load(&bento_dir)?;
@@ -374,6 +383,21 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
         layers: reports,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+fn default_work_dir(cache: &Cache) -> PathBuf {
+    const MIN_FREE: u64 = 8 << 30;
+    let shm = Path::new("/dev/shm");
+    let free = (|| {
+        let c = std::ffi::CString::new("/dev/shm").ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a zeroed out-struct.
+        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    })();
+    match free {
+        Some(f) if f >= MIN_FREE && tempfile::tempdir_in(shm).is_ok() => shm.to_path_buf(),
+        _ => cache.tmp_dir(),
+    }
 }
 
 /// A layer blob we hold on disk: HEAD, else upload it.

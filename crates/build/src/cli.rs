@@ -65,6 +65,10 @@ pub struct BuildArgs {
     /// python3.X on this machine used to precompile bytecode (default: found on PATH).
     #[arg(long, env = "YATAI_BUILD_HOST_PYTHON")]
     pub host_python: Option<PathBuf>,
+    /// Scratch directory for the fetched bento and the dependency install (default: /dev/shm
+    /// when it has ≥ 8 GiB free, else inside --cache-dir).
+    #[arg(long, env = "YATAI_BUILD_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
     /// Run the bento's image.commands / system packages in a sandbox on this host (overlay +
     /// chroot; needs root) instead of refusing the bento.
     #[arg(long, env = "YATAI_BUILD_RUN_COMMANDS")]
@@ -93,6 +97,7 @@ impl BuildArgs {
         c.host_python = self.host_python.clone();
         c.base_python = self.base_python.clone();
         c.run_commands = self.run_commands;
+        c.work_dir = self.work_dir.clone();
         Ok(c)
     }
 
@@ -116,11 +121,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("yatai/build"))
 }
 
-struct Stderr;
+struct Stderr(std::time::Instant);
 
 impl Progress for Stderr {
     fn event(&self, e: &Event) {
-        eprintln!("{e}");
+        eprintln!("[{:6.2}s] {e}", self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -128,7 +133,7 @@ impl Progress for Stderr {
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let source = args.source()?;
-    let outcome = build(&cfg, source.as_ref(), &Stderr).await?;
+    let outcome = build(&cfg, source.as_ref(), &Stderr(std::time::Instant::now())).await?;
     if let Some(p) = &args.json_report {
         std::fs::write(p, serde_json::to_vec_pretty(&outcome)?).with_context(|| format!("writing {}", p.display()))?;
     }
