@@ -1,1 +1,11 @@
-//! Domain types of yatai-rs: names, tags, manifests. No IO lives here.
+//! Domain types of yatai-rs: names and tags, artifact kinds, manifests and
+//! timestamps. Nothing here does IO, so every rule can be unit-tested alone.
+
+pub mod kind;
+pub mod manifest;
+pub mod tag;
+pub mod time;
+
+pub use kind::Kind;
+pub use tag::{Tag, TagError, validate_name_part};
+pub use time::Timestamp;

@@ -1,0 +1,102 @@
+//! The audit feed: who (user and token) did what to which resource, when.
+
+use sqlx::FromRow;
+
+use crate::{built, Result, Store, Timestamp, new_uid};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub uid: String,
+    pub org_uid: String,
+    pub created_at: i64,
+    pub actor_uid: Option<String>,
+    pub actor_name: String,
+    pub api_token_name: String,
+    pub operation: String,
+    pub resource_type: String,
+    pub resource_name: String,
+    pub status: String,
+    pub info: String,
+}
+
+pub struct NewEvent<'a> {
+    pub org_uid: &'a str,
+    pub actor_uid: Option<&'a str>,
+    pub actor_name: &'a str,
+    pub api_token_name: &'a str,
+    /// `created`, `pushed`, `pulled`, `deleted`, `updated`, …
+    pub operation: &'a str,
+    pub resource_type: &'a str,
+    pub resource_name: &'a str,
+    /// `success` or `failed`.
+    pub status: &'a str,
+    /// JSON object with details.
+    pub info: &'a str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub operation: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_name: Option<String>,
+    pub actor_name: Option<String>,
+    /// Only events with `seq` below this (for paging backwards).
+    pub before_seq: Option<i64>,
+    pub start: i64,
+    pub count: i64,
+}
+
+impl Store {
+    pub async fn record_event(&self, e: NewEvent<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, \
+             resource_type, resource_name, status, info) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(new_uid())
+        .bind(e.org_uid)
+        .bind(Timestamp::now().0)
+        .bind(e.actor_uid)
+        .bind(e.actor_name)
+        .bind(e.api_token_name)
+        .bind(e.operation)
+        .bind(e.resource_type)
+        .bind(e.resource_name)
+        .bind(e.status)
+        .bind(e.info)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Events of an organization, newest first, with the total that matches.
+    pub async fn list_events(&self, org_uid: &str, f: &EventFilter) -> Result<(Vec<EventRow>, i64)> {
+        let filter = "WHERE org_uid = $1 AND ($2 IS NULL OR operation = $2) AND ($3 IS NULL OR resource_type = $3) \
+                      AND ($4 IS NULL OR resource_name = $4) AND ($5 IS NULL OR actor_name = $5) \
+                      AND ($6 IS NULL OR seq < $6)";
+        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM events {filter}")))
+            .bind(org_uid)
+            .bind(&f.operation)
+            .bind(&f.resource_type)
+            .bind(&f.resource_name)
+            .bind(&f.actor_name)
+            .bind(f.before_seq)
+            .fetch_one(self.pool())
+            .await?;
+        let rows = sqlx::query_as(built(format!(
+            "SELECT seq, uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, resource_type, \
+             resource_name, status, info FROM events {filter} ORDER BY seq DESC LIMIT $7 OFFSET $8"
+        )))
+        .bind(org_uid)
+        .bind(&f.operation)
+        .bind(&f.resource_type)
+        .bind(&f.resource_name)
+        .bind(&f.actor_name)
+        .bind(f.before_seq)
+        .bind(f.count)
+        .bind(f.start)
+        .fetch_all(self.pool())
+        .await?;
+        Ok((rows, total))
+    }
+}

@@ -1,0 +1,451 @@
+//! Organizations, users, memberships and API tokens.
+//!
+//! Tokens are stored as the SHA-256 of the secret (the secret is 256 random
+//! bits, so a fast hash is the right tool: there is nothing to brute-force),
+//! plus a short hint so a person can tell tokens apart in a list.
+
+use serde::Serialize;
+use sqlx::FromRow;
+
+use crate::{built, Result, Store, StoreError, Timestamp, is_unique_violation, new_uid, opt_ts};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    Guest,
+    Developer,
+    Admin,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Guest => "guest",
+            MemberRole::Developer => "developer",
+            MemberRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "guest" => Some(MemberRole::Guest),
+            "developer" => Some(MemberRole::Developer),
+            "admin" => Some(MemberRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct OrgRow {
+    pub uid: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub uid: String,
+    pub name: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub password_hash: Option<String>,
+    pub is_admin: i64,
+    pub created_at: i64,
+    pub updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TokenRow {
+    pub uid: String,
+    pub org_uid: String,
+    pub user_uid: String,
+    pub user_name: String,
+    pub name: String,
+    pub description: String,
+    pub token_hint: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl TokenRow {
+    pub fn scope_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.scopes).unwrap_or_default()
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|e| e <= now.0)
+    }
+}
+
+/// Who a request acts as, resolved from its token.
+#[derive(Debug, Clone)]
+pub struct TokenIdentity {
+    pub token: TokenRow,
+    pub user: UserRow,
+    pub org: OrgRow,
+    pub role: MemberRole,
+}
+
+pub struct NewToken<'a> {
+    pub org_uid: &'a str,
+    pub user_uid: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
+    pub token_hash: &'a str,
+    pub token_hint: &'a str,
+    pub scopes: &'a [String],
+    pub expires_at: Option<Timestamp>,
+}
+
+const TOKEN_COLUMNS: &str = "t.uid, t.org_uid, t.user_uid, u.name AS user_name, t.name, t.description, \
+     t.token_hint, t.scopes, t.expires_at, t.last_used_at, t.created_at";
+
+impl Store {
+    pub async fn create_org(&self, name: &str, description: &str) -> Result<OrgRow> {
+        let row = OrgRow {
+            uid: new_uid(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            created_at: Timestamp::now().0,
+            updated_at: None,
+        };
+        sqlx::query("INSERT INTO organizations (uid, name, description, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&row.uid)
+            .bind(&row.name)
+            .bind(&row.description)
+            .bind(row.created_at)
+            .execute(self.pool())
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("organization {name:?} already exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(row)
+    }
+
+    pub async fn get_org_by_name(&self, name: &str) -> Result<Option<OrgRow>> {
+        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    pub async fn list_orgs(&self) -> Result<Vec<OrgRow>> {
+        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations ORDER BY name")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    pub async fn create_user(
+        &self,
+        name: &str,
+        email: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+    ) -> Result<UserRow> {
+        let row = UserRow {
+            uid: new_uid(),
+            name: name.to_owned(),
+            email: email.to_owned(),
+            first_name: String::new(),
+            last_name: String::new(),
+            password_hash: password_hash.map(str::to_owned),
+            is_admin: is_admin as i64,
+            created_at: Timestamp::now().0,
+            updated_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO users (uid, name, email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&row.uid)
+        .bind(&row.name)
+        .bind(&row.email)
+        .bind(&row.password_hash)
+        .bind(row.is_admin)
+        .bind(row.created_at)
+        .execute(self.pool())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("user {name:?} already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(row)
+    }
+
+    pub async fn get_user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
+        Ok(sqlx::query_as(
+            "SELECT uid, name, email, first_name, last_name, password_hash, is_admin, created_at, updated_at \
+             FROM users WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn has_admin(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Adds `user` to `org` with `role`, or changes the role if already a member.
+    pub async fn set_member(&self, org_uid: &str, user_uid: &str, role: MemberRole) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (org_uid, user_uid) DO UPDATE SET role = excluded.role",
+        )
+        .bind(org_uid)
+        .bind(user_uid)
+        .bind(role.as_str())
+        .bind(Timestamp::now().0)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn member_role(&self, org_uid: &str, user_uid: &str) -> Result<Option<MemberRole>> {
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2")
+                .bind(org_uid)
+                .bind(user_uid)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(role.as_deref().and_then(MemberRole::parse))
+    }
+
+    pub async fn create_token(&self, t: NewToken<'_>) -> Result<TokenRow> {
+        let uid = new_uid();
+        let now = Timestamp::now().0;
+        let scopes = serde_json::to_string(t.scopes).expect("strings serialise");
+        sqlx::query(
+            "INSERT INTO api_tokens (uid, org_uid, user_uid, name, description, token_hash, token_hint, scopes, \
+             expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&uid)
+        .bind(t.org_uid)
+        .bind(t.user_uid)
+        .bind(t.name)
+        .bind(t.description)
+        .bind(t.token_hash)
+        .bind(t.token_hint)
+        .bind(&scopes)
+        .bind(t.expires_at.map(|e| e.0))
+        .bind(now)
+        .execute(self.pool())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("an API token named {:?} already exists for this user", t.name))
+            } else {
+                e.into()
+            }
+        })?;
+        self.get_token(t.org_uid, &uid)
+            .await?
+            .ok_or_else(|| StoreError::NotFound("token vanished after insert".into()))
+    }
+
+    /// Resolves a token hash to the identity it grants. Expiry is the
+    /// caller's to check, so that it can say "expired" rather than "unknown".
+    pub async fn find_token_identity(&self, token_hash: &str) -> Result<Option<TokenIdentity>> {
+        #[derive(FromRow)]
+        struct Joined {
+            #[sqlx(flatten)]
+            token: TokenRow,
+            u_uid: String,
+            u_email: String,
+            u_first_name: String,
+            u_last_name: String,
+            u_password_hash: Option<String>,
+            u_is_admin: i64,
+            u_created_at: i64,
+            u_updated_at: Option<i64>,
+            o_name: String,
+            o_description: String,
+            o_created_at: i64,
+            o_updated_at: Option<i64>,
+            role: Option<String>,
+        }
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, u.uid AS u_uid, u.email AS u_email, u.first_name AS u_first_name, \
+             u.last_name AS u_last_name, u.password_hash AS u_password_hash, u.is_admin AS u_is_admin, \
+             u.created_at AS u_created_at, u.updated_at AS u_updated_at, o.name AS o_name, \
+             o.description AS o_description, o.created_at AS o_created_at, o.updated_at AS o_updated_at, m.role \
+             FROM api_tokens t JOIN users u ON u.uid = t.user_uid JOIN organizations o ON o.uid = t.org_uid \
+             LEFT JOIN organization_members m ON m.org_uid = t.org_uid AND m.user_uid = t.user_uid \
+             WHERE t.token_hash = $1"
+        );
+        let Some(j) = sqlx::query_as::<_, Joined>(built(sql)).bind(token_hash).fetch_optional(self.pool()).await? else {
+            return Ok(None);
+        };
+        // A token outlives its user's membership only as a dead token.
+        let Some(role) = j.role.as_deref().and_then(MemberRole::parse) else {
+            return Ok(None);
+        };
+        let user = UserRow {
+            uid: j.u_uid,
+            name: j.token.user_name.clone(),
+            email: j.u_email,
+            first_name: j.u_first_name,
+            last_name: j.u_last_name,
+            password_hash: j.u_password_hash,
+            is_admin: j.u_is_admin,
+            created_at: j.u_created_at,
+            updated_at: j.u_updated_at,
+        };
+        let org = OrgRow {
+            uid: j.token.org_uid.clone(),
+            name: j.o_name,
+            description: j.o_description,
+            created_at: j.o_created_at,
+            updated_at: j.o_updated_at,
+        };
+        Ok(Some(TokenIdentity { token: j.token, user, org, role }))
+    }
+
+    /// Tokens of an organization, optionally only one user's, newest first.
+    pub async fn list_tokens(&self, org_uid: &str, user_uid: Option<&str>, search: Option<&str>) -> Result<Vec<TokenRow>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
+             WHERE t.org_uid = $1 AND ($2 IS NULL OR t.user_uid = $2) AND ($3 IS NULL OR t.name LIKE $3) \
+             ORDER BY t.created_at DESC"
+        );
+        Ok(sqlx::query_as(built(sql))
+            .bind(org_uid)
+            .bind(user_uid)
+            .bind(search.map(|s| format!("%{s}%")))
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    pub async fn get_token(&self, org_uid: &str, uid: &str) -> Result<Option<TokenRow>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
+             WHERE t.org_uid = $1 AND t.uid = $2"
+        );
+        Ok(sqlx::query_as(built(sql)).bind(org_uid).bind(uid).fetch_optional(self.pool()).await?)
+    }
+
+    /// Deletes a token; returns it, or `None` if the organization has no such token.
+    pub async fn delete_token(&self, org_uid: &str, uid: &str) -> Result<Option<TokenRow>> {
+        let Some(row) = self.get_token(org_uid, uid).await? else { return Ok(None) };
+        sqlx::query("DELETE FROM api_tokens WHERE org_uid = $1 AND uid = $2")
+            .bind(org_uid)
+            .bind(uid)
+            .execute(self.pool())
+            .await?;
+        Ok(Some(row))
+    }
+
+    /// Records when tokens were last used. Called in batches by the server,
+    /// never once per request.
+    pub async fn touch_tokens(&self, uses: &[(String, Timestamp)]) -> Result<()> {
+        for (uid, at) in uses {
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE uid = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
+                .bind(at.0)
+                .bind(uid)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// First start: creates the organization, its admin user and a token with
+    /// full scope, all or nothing. Returns `None` when an admin already exists,
+    /// which makes bootstrapping idempotent across restarts.
+    pub async fn bootstrap_admin(
+        &self,
+        org_name: &str,
+        user_name: &str,
+        email: &str,
+        token_name: &str,
+        token_hash: &str,
+        token_hint: &str,
+    ) -> Result<Option<(OrgRow, UserRow)>> {
+        let mut tx = self.pool().begin().await?;
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins > 0 {
+            return Ok(None);
+        }
+        let now = Timestamp::now().0;
+        let org_uid: String = match sqlx::query_scalar::<_, String>("SELECT uid FROM organizations WHERE name = $1")
+            .bind(org_name)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(uid) => uid,
+            None => {
+                let uid = new_uid();
+                sqlx::query("INSERT INTO organizations (uid, name, description, created_at) VALUES ($1, $2, '', $3)")
+                    .bind(&uid)
+                    .bind(org_name)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                uid
+            }
+        };
+        let user_uid = new_uid();
+        sqlx::query("INSERT INTO users (uid, name, email, is_admin, created_at) VALUES ($1, $2, $3, 1, $4)")
+            .bind(&user_uid)
+            .bind(user_name)
+            .bind(email)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("user {user_name:?} exists but is not an admin"))
+                } else {
+                    e.into()
+                }
+            })?;
+        sqlx::query("INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, 'admin', $3)")
+            .bind(&org_uid)
+            .bind(&user_uid)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (uid, org_uid, user_uid, name, description, token_hash, token_hint, scopes, created_at) \
+             VALUES ($1, $2, $3, $4, 'created when the server first started', $5, $6, '[\"api\"]', $7)",
+        )
+        .bind(new_uid())
+        .bind(&org_uid)
+        .bind(&user_uid)
+        .bind(token_name)
+        .bind(token_hash)
+        .bind(token_hint)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let org = self.get_org_by_name(org_name).await?.expect("just created");
+        let user = self.get_user_by_name(user_name).await?.expect("just created");
+        Ok(Some((org, user)))
+    }
+}
+
+impl OrgRow {
+    pub fn created(&self) -> Timestamp {
+        Timestamp(self.created_at)
+    }
+    pub fn updated(&self) -> Option<Timestamp> {
+        opt_ts(self.updated_at)
+    }
+}
