@@ -1,11 +1,11 @@
-//! A thin OCI distribution client over reqwest 0.12.
+//! A thin OCI distribution client over reqwest (the workspace's 0.13).
 //!
-//! Why not oci-client: 0.18 pulls reqwest 0.13 (the workspace is on 0.12, and its default TLS
-//! provider is aws-lc); its `mount_blob` drops the upload session on a 202 and asks for a token
-//! scoped to the target repository only, so cross-repository mounts fail on token-auth
-//! registries; and its `push` uploads every layer without checking. What we need is small:
-//! HEAD, mount-or-continue, a monolithic streamed PUT from a file, manifest GET/HEAD/PUT, and
-//! the Basic/Bearer token dance with several scopes.
+//! Why not oci-client 0.18: its `mount_blob` drops the upload session on a 202 and asks for a
+//! token scoped to the target repository only, so cross-repository mounts fail on token-auth
+//! registries; `push` uploads every layer without checking; `push_blob` wants the whole blob in
+//! memory; and it has no docker config.json reader. What we need is small: HEAD,
+//! mount-or-continue, a monolithic streamed PUT from a file, manifest GET/HEAD/PUT, and the
+//! Basic/Bearer token dance with several scopes.
 
 pub mod auth;
 pub mod reference;
