@@ -61,7 +61,11 @@ pub struct BuildConfig {
 }
 
 impl BuildConfig {
-    pub fn new(bento: impl Into<String>, registry: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        bento: impl Into<String>,
+        registry: impl Into<String>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             bento: bento.into(),
             registry: registry.into(),
@@ -117,7 +121,9 @@ pub struct BuildOutcome {
 impl BuildOutcome {
     /// Layers that did not need uploading (already in the registry, or mounted).
     pub fn reused(&self) -> impl Iterator<Item = &LayerReport> {
-        self.layers.iter().filter(|l| matches!(l.action, BlobAction::Present | BlobAction::Mounted))
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.action, BlobAction::Present | BlobAction::Mounted))
     }
 }
 
@@ -128,12 +134,20 @@ pub enum BuildError {
          {want}: pass --base with an image that has it (e.g. python:{want}-slim), or rebuild the \
          bento with image.python_version matching the base"
     )]
-    BasePython { base: String, want: String, have: String },
+    BasePython {
+        base: String,
+        want: String,
+        have: String,
+    },
     #[error(
         "bento {bento} needs steps that only a Dockerfile RUN can do, and this builder assembles \
          layers without running anything in the image: {steps:?}. {hint}"
     )]
-    RunStepsRefused { bento: String, steps: Vec<String>, hint: String },
+    RunStepsRefused {
+        bento: String,
+        steps: Vec<String>,
+        hint: String,
+    },
     #[error("--registry {0:?} must be HOST[:PORT]/REPOSITORY without a tag or digest")]
     RegistryWithTag(String),
 }
@@ -160,7 +174,11 @@ struct Built {
 }
 
 /// Builds the image of `cfg.bento` from `source` and pushes it to `cfg.registry`.
-pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn Progress) -> anyhow::Result<BuildOutcome> {
+pub async fn build(
+    cfg: &BuildConfig,
+    source: &dyn BentoSource,
+    progress: &dyn Progress,
+) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
     let target = ImageRef::parse(&cfg.registry).map_err(|e| anyhow::anyhow!("--registry: {e}"))?;
     if target.tag.is_some() || target.digest.is_some() {
@@ -172,14 +190,22 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
         None => Platform::host(),
     };
     let cache = Cache::new(&cfg.cache_dir)?;
-    let ctx = Ctx { cfg, cache, progress, encoding: cfg.compression.into() };
+    let ctx = Ctx {
+        cfg,
+        cache,
+        progress,
+        encoding: cfg.compression.into(),
+    };
 
     // Registry first: an unreachable registry or bad credentials fail before any work.
     let creds = auth::lookup(cfg.docker_config.as_deref(), &target.registry)?;
     let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
     treg.ping().await?;
 
-    let work_root = cfg.work_dir.clone().unwrap_or_else(|| default_work_dir(&ctx.cache));
+    let work_root = cfg
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| default_work_dir(&ctx.cache));
     let work = tempfile::Builder::new()
         .prefix("yatai-build-")
         .tempdir_in(&work_root)
@@ -190,36 +216,50 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     let image_tag = image::yatai_tag(&bento.name, &bento.version);
     let image_ref = target.with_tag(&image_tag);
 
-    if !cfg.force {
-        if let Some(d) = treg.manifest_digest(&target.repository, &image_tag).await? {
-            let reference = image_ref.with_digest(&d).to_string();
-            progress.event(&Event::Done { reference: reference.clone(), bytes_pushed: 0, already_built: true });
-            return Ok(BuildOutcome {
-                bento: bento.tag(),
-                reference,
-                image: image_ref.to_string(),
-                digest: d,
-                already_built: true,
-                bytes_pushed: 0,
-                base: String::new(),
-                base_digest: String::new(),
-                layers: Vec::new(),
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
+    if !cfg.force
+        && let Some(d) = treg.manifest_digest(&target.repository, &image_tag).await?
+    {
+        let reference = image_ref.with_digest(&d).to_string();
+        progress.event(&Event::Done {
+            reference: reference.clone(),
+            bytes_pushed: 0,
+            already_built: true,
+        });
+        return Ok(BuildOutcome {
+            bento: bento.tag(),
+            reference,
+            image: image_ref.to_string(),
+            digest: d,
+            already_built: true,
+            bytes_pushed: 0,
+            base: String::new(),
+            base_digest: String::new(),
+            layers: Vec::new(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
 
     let post = bento.post_install_steps();
     if !post.is_empty() {
         let hint = "post_commands and setup_script run on top of the installed Python environment and \
                     are not supported: remove them, or build this bento with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: post, hint: hint.into() }.into());
+        return Err(BuildError::RunStepsRefused {
+            bento: bento.tag(),
+            steps: post,
+            hint: hint.into(),
+        }
+        .into());
     }
     let pre = bento.pre_install_steps();
     if !pre.is_empty() && !cfg.run_commands {
         let hint = "Pass --run-commands to run them in a sandbox on this host (overlay + chroot, \
                     needs root), remove them from the bento, or build it with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: pre, hint: hint.into() }.into());
+        return Err(BuildError::RunStepsRefused {
+            bento: bento.tag(),
+            steps: pre,
+            hint: hint.into(),
+        }
+        .into());
     }
     if bento.has_default_command() {
         ctx.step(
@@ -256,7 +296,10 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
             (p.clone(), m, None)
         }
         None => {
-            ctx.step(format!("reading the base image's files (once per base digest {})", &base.digest[..19]));
+            ctx.step(format!(
+                "reading the base image's files (once per base digest {})",
+                &base.digest[..19]
+            ));
             let facts = base::scan(breg, &base, &ctx.cache).await?;
             let minor = match &minor_wanted {
                 Some(m) => m.clone(),
@@ -265,16 +308,30 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
             match facts.python_for(&minor) {
                 Some(p) => (p, minor, Some(facts)),
                 None => {
-                    let have = if facts.pythons.is_empty() { "no python3.X at all".to_string() } else { facts.pythons.join(", ") };
-                    return Err(BuildError::BasePython { base: base_ref.to_string(), want: minor, have }.into());
+                    let have = if facts.pythons.is_empty() {
+                        "no python3.X at all".to_string()
+                    } else {
+                        facts.pythons.join(", ")
+                    };
+                    return Err(BuildError::BasePython {
+                        base: base_ref.to_string(),
+                        want: minor,
+                        have,
+                    }
+                    .into());
                 }
             }
         }
     };
-    if let Some(m) = &minor_wanted {
-        if *m != minor {
-            return Err(BuildError::BasePython { base: base_ref.to_string(), want: m.clone(), have: python_path }.into());
+    if let Some(m) = &minor_wanted
+        && *m != minor
+    {
+        return Err(BuildError::BasePython {
+            base: base_ref.to_string(),
+            want: m.clone(),
+            have: python_path,
         }
+        .into());
     }
 
     // Layers, from the most to the least shared.
@@ -283,9 +340,18 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
         built.push(commands_layer(&ctx, breg, &base, &bento, &pre, &platform).await?);
     }
     built.push(user_layer(&ctx, facts.as_ref())?);
-    let target_py = Target { uv_platform: platform.uv_platform()?, python: minor.clone() };
+    let target_py = Target {
+        uv_platform: platform.uv_platform()?,
+        python: minor.clone(),
+    };
     built.push(deps_layer(&ctx, &bento, &bento_dir, &target_py, work.path()).await?);
-    built.push(small_layer(&ctx, LayerKind::Shim, VENV, python::shim_tree(&python_path, &minor), format!("yatai-rs: venv {VENV} on {python_path}"))?);
+    built.push(small_layer(
+        &ctx,
+        LayerKind::Shim,
+        VENV,
+        python::shim_tree(&python_path, &minor),
+        format!("yatai-rs: venv {VENV} on {python_path}"),
+    )?);
     for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
         ctx.step(format!("fetching model {}", m.tag()));
         let dir = source.fetch_model(m, &bento_dir, work.path()).await?;
@@ -293,10 +359,22 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     }
     built.push(bento_layer(&ctx, &bento, &bento_dir)?);
     for b in &built {
-        progress.event(&Event::Layer { kind: b.kind, name: b.name.clone(), digest: b.blob.digest.clone(), size: b.blob.size, cached: b.cached });
+        progress.event(&Event::Layer {
+            kind: b.kind,
+            name: b.name.clone(),
+            digest: b.blob.digest.clone(),
+            size: b.blob.size,
+            cached: b.cached,
+        });
     }
 
-    let added: Vec<AddedLayer> = built.iter().map(|b| AddedLayer { blob: b.blob.clone(), created_by: b.created_by.clone() }).collect();
+    let added: Vec<AddedLayer> = built
+        .iter()
+        .map(|b| AddedLayer {
+            blob: b.blob.clone(),
+            created_by: b.created_by.clone(),
+        })
+        .collect();
     let config = image::config(&image::ConfigInput {
         base_config: &base.config,
         bento: &bento,
@@ -314,7 +392,10 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     let mut reports = Vec::new();
     let push_scopes = vec![registry::push(&target.repository)];
     for (i, l) in base.layers.iter().enumerate() {
-        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
+        let digest = l
+            .get("digest")
+            .and_then(Value::as_str)
+            .context("base layer without digest")?;
         let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
         let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
         let action = if media.contains("foreign") || media.contains("nondistributable") {
@@ -325,8 +406,17 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
         if action == BlobAction::Copied {
             bytes_pushed += size;
         }
-        progress.event(&Event::Blob { digest: digest.into(), size, action });
-        let diff_id = base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").to_string();
+        progress.event(&Event::Blob {
+            digest: digest.into(),
+            size,
+            action,
+        });
+        let diff_id = base
+            .config
+            .pointer(&format!("/rootfs/diff_ids/{i}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         reports.push(LayerReport {
             kind: LayerKind::Base,
             name: base_ref.to_string(),
@@ -340,11 +430,23 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     }
     for b in &built {
         let path = ctx.cache.blob_path(&b.blob.digest);
-        let action = ensure_local_blob(&treg, &target.repository, &b.blob.digest, b.blob.size, &path, &push_scopes).await?;
+        let action = ensure_local_blob(
+            &treg,
+            &target.repository,
+            &b.blob.digest,
+            b.blob.size,
+            &path,
+            &push_scopes,
+        )
+        .await?;
         if action == BlobAction::Uploaded {
             bytes_pushed += b.blob.size;
         }
-        progress.event(&Event::Blob { digest: b.blob.digest.clone(), size: b.blob.size, action });
+        progress.event(&Event::Blob {
+            digest: b.blob.digest.clone(),
+            size: b.blob.size,
+            action,
+        });
         reports.push(LayerReport {
             kind: b.kind,
             name: b.name.clone(),
@@ -359,18 +461,37 @@ pub async fn build(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn P
     let config_digest = blob::sha256_digest(&config_bytes);
     let config_path = ctx.cache.blob_path(&config_digest);
     std::fs::write(&config_path, &config_bytes)?;
-    let action = ensure_local_blob(&treg, &target.repository, &config_digest, config_bytes.len() as u64, &config_path, &push_scopes).await?;
+    let action = ensure_local_blob(
+        &treg,
+        &target.repository,
+        &config_digest,
+        config_bytes.len() as u64,
+        &config_path,
+        &push_scopes,
+    )
+    .await?;
     if action == BlobAction::Uploaded {
         bytes_pushed += config_bytes.len() as u64;
     }
 
-    progress.event(&Event::PushingManifest { reference: image_ref.to_string() });
+    progress.event(&Event::PushingManifest {
+        reference: image_ref.to_string(),
+    });
     let digest = treg
-        .put_manifest(&target.repository, &image_tag, &manifest_bytes, registry::MEDIA_OCI_MANIFEST)
+        .put_manifest(
+            &target.repository,
+            &image_tag,
+            &manifest_bytes,
+            registry::MEDIA_OCI_MANIFEST,
+        )
         .await?;
     bytes_pushed += manifest_bytes.len() as u64;
     let reference = image_ref.with_digest(&digest).to_string();
-    progress.event(&Event::Done { reference: reference.clone(), bytes_pushed, already_built: false });
+    progress.event(&Event::Done {
+        reference: reference.clone(),
+        bytes_pushed,
+        already_built: false,
+    });
     Ok(BuildOutcome {
         bento: bento.tag(),
         reference,
@@ -392,7 +513,8 @@ fn default_work_dir(cache: &Cache) -> PathBuf {
         let c = std::ffi::CString::new("/dev/shm").ok()?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid path and a zeroed out-struct.
-        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
     })();
     match free {
         Some(f) if f >= MIN_FREE && tempfile::tempdir_in(shm).is_ok() => shm.to_path_buf(),
@@ -401,7 +523,14 @@ fn default_work_dir(cache: &Cache) -> PathBuf {
 }
 
 /// A layer blob we hold on disk: HEAD, else upload it.
-async fn ensure_local_blob(reg: &Registry, repo: &str, digest: &str, size: u64, path: &Path, scopes: &[String]) -> anyhow::Result<BlobAction> {
+async fn ensure_local_blob(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+    size: u64,
+    path: &Path,
+    scopes: &[String],
+) -> anyhow::Result<BlobAction> {
     if reg.blob_exists(repo, digest, scopes).await? {
         return Ok(BlobAction::Present);
     }
@@ -428,7 +557,10 @@ async fn ensure_remote_blob(
     }
     let location = if same_registry && base.reference.repository != *repo {
         scopes.push(registry::pull(&base.reference.repository));
-        match treg.mount_blob(repo, digest, &base.reference.repository, &scopes).await {
+        match treg
+            .mount_blob(repo, digest, &base.reference.repository, &scopes)
+            .await
+        {
             Ok(Mount::Mounted) => return Ok(BlobAction::Mounted),
             Ok(Mount::Upload(loc)) => loc,
             // Any mount failure (e.g. a token without pull on the source) means "upload it".
@@ -442,7 +574,8 @@ async fn ensure_remote_blob(
     };
     let resp = breg.get_blob(&base.reference.repository, digest).await?;
     let body = reqwest::Body::wrap_stream(resp.bytes_stream());
-    treg.put_blob_stream(&location, digest, size, body, &scopes).await?;
+    treg.put_blob_stream(&location, digest, size, body, &scopes)
+        .await?;
     Ok(BlobAction::Copied)
 }
 
@@ -455,7 +588,10 @@ async fn commands_layer(
     platform: &Platform,
 ) -> anyhow::Result<Built> {
     if platform.architecture != Platform::host().architecture {
-        bail!("image commands {steps:?} can only run for this host's platform ({}), not {platform}", Platform::host());
+        bail!(
+            "image commands {steps:?} can only run for this host's platform ({}), not {platform}",
+            Platform::host()
+        );
     }
     let envs: Vec<(String, String)> = bento
         .envs
@@ -463,74 +599,157 @@ async fn commands_layer(
         .filter(|e| e.stage == "build" || e.stage == "all")
         .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
         .collect();
-    let key = format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}", base.digest, ctx.encoding);
+    let key = format!(
+        "commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}",
+        base.digest, ctx.encoding
+    );
     let name = format!("{} command(s)", steps.len());
     let created_by = format!("yatai-rs: RUN {}", steps.join(" && "));
     if let Some(blob) = ctx.cache.layer(&key) {
-        return Ok(Built { kind: LayerKind::Commands, name, blob, cached: true, created_by });
+        return Ok(Built {
+            kind: LayerKind::Commands,
+            name,
+            blob,
+            cached: true,
+            created_by,
+        });
     }
-    ctx.step(format!("unpacking the base image to run {} command(s) in it (once per base digest)", steps.len()));
+    ctx.step(format!(
+        "unpacking the base image to run {} command(s) in it (once per base digest)",
+        steps.len()
+    ));
     let rootfs = crate::sandbox::base_rootfs(breg, base, &ctx.cache).await?;
-    ctx.step(format!("running in a sandbox (overlay + chroot): {steps:?}"));
+    ctx.step(format!(
+        "running in a sandbox (overlay + chroot): {steps:?}"
+    ));
     let log = |l: String| ctx.progress.event(&Event::Step(l));
-    let blob = crate::sandbox::commands_layer(&rootfs, steps, &envs, &ctx.cache, ctx.encoding, &log).await?;
+    let blob =
+        crate::sandbox::commands_layer(&rootfs, steps, &envs, &ctx.cache, ctx.encoding, &log)
+            .await?;
     ctx.cache.put_layer(&key, &blob)?;
-    Ok(Built { kind: LayerKind::Commands, name, blob, cached: false, created_by })
+    Ok(Built {
+        kind: LayerKind::Commands,
+        name,
+        blob,
+        cached: false,
+        created_by,
+    })
 }
 
 fn bento_owner(path: &str) -> u64 {
-    if path == "home/bentoml" || path.starts_with("home/bentoml/") { BENTO_UID } else { 0 }
+    if path == "home/bentoml" || path.starts_with("home/bentoml/") {
+        BENTO_UID
+    } else {
+        0
+    }
 }
 
 /// Small layers are rebuilt every time (milliseconds); their digest is stable anyway.
-fn small_layer(ctx: &Ctx, kind: LayerKind, name: &str, tree: Tree, created_by: String) -> anyhow::Result<Built> {
+fn small_layer(
+    ctx: &Ctx,
+    kind: LayerKind,
+    name: &str,
+    tree: Tree,
+    created_by: String,
+) -> anyhow::Result<Built> {
     let (blob, _) = blob::write_blob(&tree, ctx.encoding, &ctx.cache.blobs_dir())?;
-    Ok(Built { kind, name: name.to_string(), blob, cached: false, created_by })
+    Ok(Built {
+        kind,
+        name: name.to_string(),
+        blob,
+        cached: false,
+        created_by,
+    })
 }
 
 fn user_layer(ctx: &Ctx, facts: Option<&BaseFacts>) -> anyhow::Result<Built> {
     let mut t = Tree::new();
     t.dir("home/bentoml", &bento_owner);
     t.dir("app", &|_| 0);
-    if let Some(f) = facts {
-        if let (Some(p), Some(g)) = (&f.passwd, &f.group) {
-            let (p, g) = base::with_bento_user(p, g);
-            t.file("etc/passwd", Source::Bytes(p.into_bytes()), false, &|_| 0);
-            t.file("etc/group", Source::Bytes(g.into_bytes()), false, &|_| 0);
-        }
+    if let Some(f) = facts
+        && let (Some(p), Some(g)) = (&f.passwd, &f.group)
+    {
+        let (p, g) = base::with_bento_user(p, g);
+        t.file("etc/passwd", Source::Bytes(p.into_bytes()), false, &|_| 0);
+        t.file("etc/group", Source::Bytes(g.into_bytes()), false, &|_| 0);
     }
-    small_layer(ctx, LayerKind::User, "bentoml", t, "yatai-rs: user bentoml (1034:1034), /home/bentoml, /app".into())
+    small_layer(
+        ctx,
+        LayerKind::User,
+        "bentoml",
+        t,
+        "yatai-rs: user bentoml (1034:1034), /home/bentoml, /app".into(),
+    )
 }
 
 /// The requirements to install, as BentoML's Dockerfile / install.sh would pick them.
-fn requirements(bento: &BentoInfo, bento_dir: &Path, work: &Path) -> anyhow::Result<(PathBuf, PathBuf, Vec<String>)> {
+fn requirements(
+    bento: &BentoInfo,
+    bento_dir: &Path,
+    work: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf, Vec<String>)> {
     let py = bento_dir.join("env/python");
     let lock = py.join("requirements.lock.txt");
-    let req = if bento.spec == 1 && lock.is_file() { lock } else { py.join("requirements.txt") };
-    let mut text = std::fs::read_to_string(&req).with_context(|| format!("bento {} has no {}", bento.tag(), req.display()))?;
+    let req = if bento.spec == 1 && lock.is_file() {
+        lock
+    } else {
+        py.join("requirements.txt")
+    };
+    let mut text = std::fs::read_to_string(&req)
+        .with_context(|| format!("bento {} has no {}", bento.tag(), req.display()))?;
     let mut extra_keys = Vec::new();
     if let Ok(rd) = std::fs::read_dir(py.join("wheels")) {
-        let mut wheels: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "whl")).collect();
+        let mut wheels: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
         wheels.sort();
         for w in wheels {
-            extra_keys.push(format!("{}={}", w.file_name().unwrap().to_string_lossy(), blob::sha256_file(&w)?));
+            extra_keys.push(format!(
+                "{}={}",
+                w.file_name().unwrap().to_string_lossy(),
+                blob::sha256_file(&w)?
+            ));
             text.push_str(&format!("\n{}\n", w.display()));
         }
     }
-    if bento.spec == 1 && !text.lines().any(|l| l.trim_start().starts_with("bentoml")) && !bento.bentoml_version.is_empty() {
+    if bento.spec == 1
+        && !text.lines().any(|l| l.trim_start().starts_with("bentoml"))
+        && !bento.bentoml_version.is_empty()
+    {
         text.push_str(&format!("\nbentoml=={}\n", bento.bentoml_version));
     }
     let file = work.join("requirements.in.txt");
     std::fs::write(&file, &text)?;
-    let cwd = if bento_dir.join("src").is_dir() { bento_dir.join("src") } else { py };
-    extra_keys.push(format!("req={}", blob::sha256_digest(text.replace(&bento_dir.display().to_string(), "${BENTO}").as_bytes())));
+    let cwd = if bento_dir.join("src").is_dir() {
+        bento_dir.join("src")
+    } else {
+        py
+    };
+    extra_keys.push(format!(
+        "req={}",
+        blob::sha256_digest(
+            text.replace(&bento_dir.display().to_string(), "${BENTO}")
+                .as_bytes()
+        )
+    ));
     Ok((file, cwd, extra_keys))
 }
 
-async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: &Target, work: &Path) -> anyhow::Result<Built> {
+async fn deps_layer(
+    ctx: &Ctx<'_>,
+    bento: &BentoInfo,
+    bento_dir: &Path,
+    target: &Target,
+    work: &Path,
+) -> anyhow::Result<Built> {
     let uv = Uv {
         bin: ctx.cfg.uv.clone(),
-        cache_dir: ctx.cfg.uv_cache.clone().unwrap_or_else(|| ctx.cache.root().join("uv")),
+        cache_dir: ctx
+            .cfg
+            .uv_cache
+            .clone()
+            .unwrap_or_else(|| ctx.cache.root().join("uv")),
     };
     let uv_version = uv.version().await?;
     let (req_file, cwd, req_keys) = requirements(bento, bento_dir, work)?;
@@ -548,12 +767,28 @@ async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: 
     //    nothing published after the bento was created (`--exclude-newer`), so unpinned
     //    requirements give what the bento's author could have got; bentos built with
     //    `lock_packages` (bentoml's default) are fully pinned anyway.
-    let resolve_key = format!("resolve:{FORMAT}:{}:{}:{}:{envs_key}", req_keys.join(","), target.uv_platform, target.python);
+    let resolve_key = format!(
+        "resolve:{FORMAT}:{}:{}:{}:{envs_key}",
+        req_keys.join(","),
+        target.uv_platform,
+        target.python
+    );
     let resolved = match ctx.cache.meta::<String>(&resolve_key) {
         Some(r) => r,
         None => {
-            ctx.step(format!("resolving Python requirements for {} / python {}", target.uv_platform, target.python));
-            let r = uv.compile(&req_file, &cwd, target, Some(&bento.creation_time), &build_envs).await?;
+            ctx.step(format!(
+                "resolving Python requirements for {} / python {}",
+                target.uv_platform, target.python
+            ));
+            let r = uv
+                .compile(
+                    &req_file,
+                    &cwd,
+                    target,
+                    Some(&bento.creation_time),
+                    &build_envs,
+                )
+                .await?;
             let r = r.replace(&bento_root, "${BENTO}");
             ctx.cache.put_meta(&resolve_key, &r)?;
             r
@@ -561,7 +796,11 @@ async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: 
     };
 
     // 2. The layer, keyed by what it contains, not by which bento asked for it.
-    let host_python = ctx.cfg.host_python.clone().or_else(|| python::find_host_python(&target.python));
+    let host_python = ctx
+        .cfg
+        .host_python
+        .clone()
+        .or_else(|| python::find_host_python(&target.python));
     let pyc = match &host_python {
         Some(p) => format!("pyc:{}", p.display()),
         None => "no-pyc".into(),
@@ -573,18 +812,40 @@ async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: 
         target.python,
         ctx.encoding
     );
-    let name = format!("python{} {} ({} packages)", target.python, target.uv_platform, resolved.lines().filter(|l| l.contains("==") || l.contains(" @ ")).count());
-    let created_by = format!("yatai-rs: uv pip install --target {VENV} ({}, {})", blob::sha256_digest(resolved.as_bytes()), target.uv_platform);
+    let name = format!(
+        "python{} {} ({} packages)",
+        target.python,
+        target.uv_platform,
+        resolved
+            .lines()
+            .filter(|l| l.contains("==") || l.contains(" @ "))
+            .count()
+    );
+    let created_by = format!(
+        "yatai-rs: uv pip install --target {VENV} ({}, {})",
+        blob::sha256_digest(resolved.as_bytes()),
+        target.uv_platform
+    );
     if let Some(blob) = ctx.cache.layer(&key) {
-        return Ok(Built { kind: LayerKind::Deps, name, blob, cached: true, created_by });
+        return Ok(Built {
+            kind: LayerKind::Deps,
+            name,
+            blob,
+            cached: true,
+            created_by,
+        });
     }
 
     let stage = work.join("deps");
     let site = stage.join("site-packages");
     let pinned = work.join("requirements.pinned.txt");
     std::fs::write(&pinned, resolved.replace("${BENTO}", &bento_root))?;
-    ctx.step(format!("installing Python packages for {} / python {}", target.uv_platform, target.python));
-    uv.install(&pinned, &cwd, &site, target, &build_envs).await?;
+    ctx.step(format!(
+        "installing Python packages for {} / python {}",
+        target.uv_platform, target.python
+    ));
+    uv.install(&pinned, &cwd, &site, target, &build_envs)
+        .await?;
     let venv_bin = stage.join("bin");
     let scripts = python::relocate_scripts(&site.join("bin"), &venv_bin)?;
     let image_site = format!("{VENV}/lib/python{}/site-packages", target.python);
@@ -599,18 +860,40 @@ async fn deps_layer(ctx: &Ctx<'_>, bento: &BentoInfo, bento_dir: &Path, target: 
         )),
     }
     let mut tree = Tree::new();
-    tree.add_dir_all(&site, image_site.trim_start_matches('/'), &venv_owner, &|_| false)?;
+    tree.add_dir_all(
+        &site,
+        image_site.trim_start_matches('/'),
+        &venv_owner,
+        &|_| false,
+    )?;
     if !scripts.is_empty() {
-        tree.add_dir_all(&venv_bin, &format!("{}/bin", VENV.trim_start_matches('/')), &venv_owner, &|_| false)?;
+        tree.add_dir_all(
+            &venv_bin,
+            &format!("{}/bin", VENV.trim_start_matches('/')),
+            &venv_owner,
+            &|_| false,
+        )?;
     }
     let enc = ctx.encoding;
     let blobs = ctx.cache.blobs_dir();
-    let (blob, _) = tokio::task::spawn_blocking(move || blob::write_blob(&tree, enc, &blobs)).await??;
+    let (blob, _) =
+        tokio::task::spawn_blocking(move || blob::write_blob(&tree, enc, &blobs)).await??;
     ctx.cache.put_layer(&key, &blob)?;
-    Ok(Built { kind: LayerKind::Deps, name, blob, cached: false, created_by })
+    Ok(Built {
+        kind: LayerKind::Deps,
+        name,
+        blob,
+        cached: false,
+        created_by,
+    })
 }
 
-async fn model_layer(ctx: &Ctx<'_>, name: &str, version: &str, dir: &Path) -> anyhow::Result<Built> {
+async fn model_layer(
+    ctx: &Ctx<'_>,
+    name: &str,
+    version: &str,
+    dir: &Path,
+) -> anyhow::Result<Built> {
     let mut tree = Tree::new();
     let dest = format!("home/bentoml/bento/models/{name}/{version}");
     tree.add_dir_all(dir, &dest, &bento_owner, &|_| false)?;
@@ -618,39 +901,77 @@ async fn model_layer(ctx: &Ctx<'_>, name: &str, version: &str, dir: &Path) -> an
     let blobs = ctx.cache.blobs_dir();
     let cache = ctx.cache.clone();
     let created_by = format!("yatai-rs: model {name}:{version}");
-    let (blob, cached) = tokio::task::spawn_blocking(move || -> anyhow::Result<(LayerBlob, bool)> {
-        // A hashing pass first (fast); only a layer never seen before is compressed.
-        let diff_id = blob::diff_id_of(&tree)?;
-        let key = format!("model:{FORMAT}:{diff_id}:{enc:?}");
-        if let Some(b) = cache.layer(&key) {
-            return Ok((b, true));
-        }
-        let enc = if blob::worth_compressing(&tree)? { enc } else { Encoding::None };
-        let (b, _) = blob::write_blob(&tree, enc, &blobs)?;
-        cache.put_layer(&key, &b)?;
-        Ok((b, false))
+    let (blob, cached) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(LayerBlob, bool)> {
+            // A hashing pass first (fast); only a layer never seen before is compressed.
+            let diff_id = blob::diff_id_of(&tree)?;
+            let key = format!("model:{FORMAT}:{diff_id}:{enc:?}");
+            if let Some(b) = cache.layer(&key) {
+                return Ok((b, true));
+            }
+            let enc = if blob::worth_compressing(&tree)? {
+                enc
+            } else {
+                Encoding::None
+            };
+            let (b, _) = blob::write_blob(&tree, enc, &blobs)?;
+            cache.put_layer(&key, &b)?;
+            Ok((b, false))
+        })
+        .await??;
+    Ok(Built {
+        kind: LayerKind::Model,
+        name: format!("{name}:{version}"),
+        blob,
+        cached,
+        created_by,
     })
-    .await??;
-    Ok(Built { kind: LayerKind::Model, name: format!("{name}:{version}"), blob, cached, created_by })
 }
 
 fn bento_layer(ctx: &Ctx, bento: &BentoInfo, dir: &Path) -> anyhow::Result<Built> {
     let mut tree = Tree::new();
     let root = "home/bentoml/bento";
     // Model versions have their own layers; `models/<name>/latest` stays here.
-    let model_dirs: Vec<String> = bento.models.iter().map(|m| format!("models/{}/{}", m.name, m.version)).collect();
-    tree.add_dir_all(dir, root, &bento_owner, &|rel| model_dirs.iter().any(|m| rel == m || rel.starts_with(&format!("{m}/"))))?;
+    let model_dirs: Vec<String> = bento
+        .models
+        .iter()
+        .map(|m| format!("models/{}/{}", m.name, m.version))
+        .collect();
+    tree.add_dir_all(dir, root, &bento_owner, &|rel| {
+        model_dirs
+            .iter()
+            .any(|m| rel == m || rel.starts_with(&format!("{m}/")))
+    })?;
     for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
         let latest = format!("{root}/models/{}/latest", m.name);
         if !tree.paths().any(|p| p == latest) {
-            tree.file(&latest, Source::Bytes(m.version.clone().into_bytes()), false, &bento_owner);
+            tree.file(
+                &latest,
+                Source::Bytes(m.version.clone().into_bytes()),
+                false,
+                &bento_owner,
+            );
         }
     }
     tree.dir(&format!("{root}/hf-models"), &bento_owner);
     let ep = format!("{root}/env/docker/entrypoint.sh");
     if !tree.paths().any(|p| p == ep) {
-        bail!("bento {} has no env/docker/entrypoint.sh (bentoml ≥ 1.2 writes it at build time)", bento.tag());
+        bail!(
+            "bento {} has no env/docker/entrypoint.sh (bentoml ≥ 1.2 writes it at build time)",
+            bento.tag()
+        );
     }
-    tree.file(&ep, Source::Path(dir.join("env/docker/entrypoint.sh")), true, &bento_owner);
-    small_layer(ctx, LayerKind::Bento, &bento.tag(), tree, format!("yatai-rs: bento {}", bento.tag()))
+    tree.file(
+        &ep,
+        Source::Path(dir.join("env/docker/entrypoint.sh")),
+        true,
+        &bento_owner,
+    );
+    small_layer(
+        ctx,
+        LayerKind::Bento,
+        &bento.tag(),
+        tree,
+        format!("yatai-rs: bento {}", bento.tag()),
+    )
 }

@@ -49,25 +49,49 @@ pub enum Event {
     /// A human-readable step of the build.
     Step(String),
     /// A layer is ready locally (`cached`: taken from the builder's cache, not rebuilt).
-    Layer { kind: LayerKind, name: String, digest: String, size: u64, cached: bool },
-    Blob { digest: String, size: u64, action: BlobAction },
+    Layer {
+        kind: LayerKind,
+        name: String,
+        digest: String,
+        size: u64,
+        cached: bool,
+    },
+    Blob {
+        digest: String,
+        size: u64,
+        action: BlobAction,
+    },
     /// All blobs are in the registry; the manifest (the commit) is next.
     PushingManifest { reference: String },
-    Done { reference: String, bytes_pushed: u64, already_built: bool },
+    Done {
+        reference: String,
+        bytes_pushed: u64,
+        already_built: bool,
+    },
 }
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Event::Step(s) => f.write_str(s),
-            Event::Layer { kind, name, digest, size, cached } => write!(
+            Event::Layer {
+                kind,
+                name,
+                digest,
+                size,
+                cached,
+            } => write!(
                 f,
                 "layer {kind} {name}: {} ({}){}",
                 short(digest),
                 human(*size),
                 if *cached { ", from cache" } else { "" }
             ),
-            Event::Blob { digest, size, action } => {
+            Event::Blob {
+                digest,
+                size,
+                action,
+            } => {
                 let what = match action {
                     BlobAction::Present => "already in the registry",
                     BlobAction::Mounted => "mounted",
@@ -77,7 +101,11 @@ impl fmt::Display for Event {
                 write!(f, "blob {} ({}): {what}", short(digest), human(*size))
             }
             Event::PushingManifest { reference } => write!(f, "pushing manifest {reference}"),
-            Event::Done { reference, bytes_pushed, already_built } => {
+            Event::Done {
+                reference,
+                bytes_pushed,
+                already_built,
+            } => {
                 if *already_built {
                     write!(f, "already built: {reference}")
                 } else {

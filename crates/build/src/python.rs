@@ -14,7 +14,11 @@ pub const VENV: &str = "/app/.venv";
 
 /// Owner rule for everything under `/app`: the venv belongs to the bento user, `/app` to root.
 pub fn venv_owner(path: &str) -> u64 {
-    if path == "app/.venv" || path.starts_with("app/.venv/") { BENTO_UID } else { 0 }
+    if path == "app/.venv" || path.starts_with("app/.venv/") {
+        BENTO_UID
+    } else {
+        0
+    }
 }
 
 /// `3.11` from `3.11`, `3.11.7`, `python3.11`.
@@ -49,7 +53,12 @@ impl Uv {
             .arg("--version")
             .output()
             .await
-            .with_context(|| format!("running {} (uv is needed on the build host; `pip install uv`)", self.bin.display()))?;
+            .with_context(|| {
+                format!(
+                    "running {} (uv is needed on the build host; `pip install uv`)",
+                    self.bin.display()
+                )
+            })?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -78,11 +87,24 @@ impl Uv {
     ) -> anyhow::Result<String> {
         let out_file = tempfile::NamedTempFile::new()?;
         let mut c = self.cmd(cwd, envs);
-        c.args(["pip", "compile", "--quiet", "--no-header", "--no-annotate", "--only-binary", ":all:"])
-            .args(["--python-platform", &target.uv_platform, "--python-version", &target.python])
-            .arg("--output-file")
-            .arg(out_file.path())
-            .arg(requirements);
+        c.args([
+            "pip",
+            "compile",
+            "--quiet",
+            "--no-header",
+            "--no-annotate",
+            "--only-binary",
+            ":all:",
+        ])
+        .args([
+            "--python-platform",
+            &target.uv_platform,
+            "--python-version",
+            &target.python,
+        ])
+        .arg("--output-file")
+        .arg(out_file.path())
+        .arg(requirements);
         if let Some(t) = exclude_newer {
             c.args(["--exclude-newer", t]);
         }
@@ -91,26 +113,58 @@ impl Uv {
     }
 
     /// Installs pinned requirements into `site` for the target.
-    pub async fn install(&self, requirements: &Path, cwd: &Path, site: &Path, target: &Target, envs: &[(String, String)]) -> anyhow::Result<()> {
+    pub async fn install(
+        &self,
+        requirements: &Path,
+        cwd: &Path,
+        site: &Path,
+        target: &Target,
+        envs: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let mut c = self.cmd(cwd, envs);
-        c.args(["pip", "install", "--quiet", "--only-binary", ":all:", "--link-mode", "copy", "--no-compile"])
-            .args(["--python-platform", &target.uv_platform, "--python-version", &target.python])
-            .arg("--target")
-            .arg(site)
-            .arg("-r")
-            .arg(requirements);
+        c.args([
+            "pip",
+            "install",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            "--link-mode",
+            "copy",
+            "--no-compile",
+        ])
+        .args([
+            "--python-platform",
+            &target.uv_platform,
+            "--python-version",
+            &target.python,
+        ])
+        .arg("--target")
+        .arg(site)
+        .arg("-r")
+        .arg(requirements);
         run(c, "uv pip install", target).await
     }
 }
 
 async fn run(mut c: Command, what: &str, target: &Target) -> anyhow::Result<()> {
-    let out = c.output().await.with_context(|| format!("running {what}"))?;
+    let out = c
+        .output()
+        .await
+        .with_context(|| format!("running {what}"))?;
     if out.status.success() {
         return Ok(());
     }
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if err.contains("no usable wheels") || err.contains("building from source is disabled") || err.contains("no wheels with a matching") {
-        return Err(NoWheel { platform: target.uv_platform.clone(), python: target.python.clone(), detail: err }.into());
+    if err.contains("no usable wheels")
+        || err.contains("building from source is disabled")
+        || err.contains("no wheels with a matching")
+    {
+        return Err(NoWheel {
+            platform: target.uv_platform.clone(),
+            python: target.python.clone(),
+            detail: err,
+        }
+        .into());
     }
     bail!("{what} failed ({}): {err}", out.status)
 }
@@ -128,7 +182,9 @@ pub struct Target {
 /// interpreter) to run the image's venv python; moves them into `bin_dir`.
 pub fn relocate_scripts(target_bin: &Path, bin_dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    let Ok(rd) = std::fs::read_dir(target_bin) else { return Ok(names) };
+    let Ok(rd) = std::fs::read_dir(target_bin) else {
+        return Ok(names);
+    };
     std::fs::create_dir_all(bin_dir)?;
     let mut entries: Vec<_> = rd.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -173,9 +229,23 @@ fn rewrite_shebang(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Byte-compiles `site` for its in-image path with the host's python of the same minor,
 /// as unchecked-hash pycs (reproducible: no mtimes, no staging paths inside).
-pub async fn compile_bytecode(host_python: &Path, site: &Path, image_site: &str) -> anyhow::Result<()> {
+pub async fn compile_bytecode(
+    host_python: &Path,
+    site: &Path,
+    image_site: &str,
+) -> anyhow::Result<()> {
     let out = Command::new(host_python)
-        .args(["-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-d", image_site])
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-d",
+            image_site,
+        ])
         .arg(site)
         .env("PYTHONHASHSEED", "0")
         .stdin(Stdio::null())
@@ -185,7 +255,10 @@ pub async fn compile_bytecode(host_python: &Path, site: &Path, image_site: &str)
     // compileall exits 1 when some file fails to compile (e.g. py2-only test files shipped in a
     // wheel); pip and uv tolerate that too, the module is then simply not precompiled.
     if !out.status.success() && out.status.code() != Some(1) {
-        bail!("compileall failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "compileall failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -199,7 +272,9 @@ pub fn find_host_python(minor: &str) -> Option<PathBuf> {
                 && std::process::Command::new(c)
                     .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
                     .output()
-                    .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == minor)
+                    .map(|o| {
+                        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == minor
+                    })
                     .unwrap_or(false)
         })
     })
@@ -209,16 +284,34 @@ pub fn find_host_python(minor: &str) -> Option<PathBuf> {
 /// inside the image, e.g. `/usr/bin/python3.11`).
 pub fn shim_tree(python: &str, minor: &str) -> Tree {
     let owner = venv_owner;
-    let home = python.rsplit_once('/').map(|(d, _)| d).unwrap_or("/usr/bin");
+    let home = python
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .unwrap_or("/usr/bin");
     let mut t = Tree::new();
-    let cfg = format!("home = {home}\ninclude-system-site-packages = false\nversion = {minor}\nexecutable = {python}\n");
-    t.file("app/.venv/pyvenv.cfg", Source::Bytes(cfg.into_bytes()), false, &owner);
+    let cfg = format!(
+        "home = {home}\ninclude-system-site-packages = false\nversion = {minor}\nexecutable = {python}\n"
+    );
+    t.file(
+        "app/.venv/pyvenv.cfg",
+        Source::Bytes(cfg.into_bytes()),
+        false,
+        &owner,
+    );
     t.symlink("app/.venv/bin/python", python, &owner);
     t.symlink("app/.venv/bin/python3", "python", &owner);
     t.symlink(&format!("app/.venv/bin/python{minor}"), "python", &owner);
     t.symlink("app/.venv/lib64", "lib", &owner);
-    t.dir(&format!("app/.venv/lib/python{minor}/site-packages"), &owner);
-    t.file("app/.venv/bin/activate", Source::Bytes(ACTIVATE.as_bytes().to_vec()), false, &owner);
+    t.dir(
+        &format!("app/.venv/lib/python{minor}/site-packages"),
+        &owner,
+    );
+    t.file(
+        "app/.venv/bin/activate",
+        Source::Bytes(ACTIVATE.as_bytes().to_vec()),
+        false,
+        &owner,
+    );
     t
 }
 
@@ -251,8 +344,14 @@ mod tests {
     fn shebangs_point_at_the_venv() {
         let s = rewrite_shebang(b"#!/root/.pyenv/versions/3.11.7/bin/python3\nimport x\n").unwrap();
         assert_eq!(s, b"#!/app/.venv/bin/python\nimport x\n");
-        let t = rewrite_shebang(b"#!/bin/sh\n'''exec' '/very/long/python3' \"$0\" \"$@\"\n' '''\nimport x\n").unwrap();
-        assert_eq!(String::from_utf8(t).unwrap(), "#!/app/.venv/bin/python\nimport x\n");
+        let t = rewrite_shebang(
+            b"#!/bin/sh\n'''exec' '/very/long/python3' \"$0\" \"$@\"\n' '''\nimport x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(t).unwrap(),
+            "#!/app/.venv/bin/python\nimport x\n"
+        );
         assert!(rewrite_shebang(b"#!/bin/bash\necho\n").is_none());
         assert!(rewrite_shebang(b"\x7fELF").is_none());
     }

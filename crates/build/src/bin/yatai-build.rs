@@ -4,7 +4,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "yatai-build", version, about = "Build a bento's OCI image and push it (no Docker daemon)")]
+#[command(
+    name = "yatai-build",
+    version,
+    about = "Build a bento's OCI image and push it (no Docker daemon)"
+)]
 struct Cli {
     #[command(flatten)]
     args: yatai_build::BuildArgs,

@@ -29,13 +29,16 @@ impl BentoTag {
         let ok = |p: &str| {
             !p.is_empty()
                 && p.len() <= 63
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
                 && p.as_bytes()[0].is_ascii_alphanumeric()
                 && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
         };
         let name = name.to_ascii_lowercase();
         if !ok(&name) {
-            anyhow::bail!("invalid bento tag {s:?}: the name must match [a-z0-9]([-._a-z0-9]*[a-z0-9])? (≤ 63 characters)");
+            anyhow::bail!(
+                "invalid bento tag {s:?}: the name must match [a-z0-9]([-._a-z0-9]*[a-z0-9])? (≤ 63 characters)"
+            );
         }
         let version = match version.map(str::to_ascii_lowercase) {
             Some(v) if v == "latest" => None,
@@ -48,7 +51,12 @@ impl BentoTag {
 
 impl std::fmt::Display for BentoTag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.name, self.version.as_deref().unwrap_or("latest"))
+        write!(
+            f,
+            "{}:{}",
+            self.name,
+            self.version.as_deref().unwrap_or("latest")
+        )
     }
 }
 
@@ -61,7 +69,12 @@ pub trait BentoSource: Send + Sync {
 
     /// Returns the directory of one model version (holding `model.yaml`). `bento_dir` is the
     /// fetched bento: exported bentos carry their models under `models/`.
-    async fn fetch_model(&self, model: &ModelRef, bento_dir: &Path, work: &Path) -> anyhow::Result<PathBuf>;
+    async fn fetch_model(
+        &self,
+        model: &ModelRef,
+        bento_dir: &Path,
+        work: &Path,
+    ) -> anyhow::Result<PathBuf>;
 
     /// For logs: where this source reads from.
     fn describe(&self) -> String;
@@ -73,8 +86,17 @@ mod tests {
 
     #[test]
     fn bento_tags() {
-        assert_eq!(BentoTag::parse("iris:latest").unwrap(), BentoTag { name: "iris".into(), version: None });
-        assert_eq!(BentoTag::parse("Iris:AbC").unwrap().version.as_deref(), Some("abc"));
+        assert_eq!(
+            BentoTag::parse("iris:latest").unwrap(),
+            BentoTag {
+                name: "iris".into(),
+                version: None
+            }
+        );
+        assert_eq!(
+            BentoTag::parse("Iris:AbC").unwrap().version.as_deref(),
+            Some("abc")
+        );
         assert!(BentoTag::parse("-x:y").is_err());
         assert!(BentoTag::parse("x:").is_err());
     }

@@ -15,11 +15,15 @@ use serde_json::Value;
 use yatai_build::BuildConfig;
 
 pub fn cache_root() -> PathBuf {
-    std::env::var_os("YATAI_BUILD_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/cache/yatai-rs/build".into())
+    std::env::var_os("YATAI_BUILD_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/yatai-rs/build".into())
 }
 
 fn venv() -> PathBuf {
-    std::env::var_os("YATAI_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| "/var/cache/yatai-rs/venv".into())
+    std::env::var_os("YATAI_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/yatai-rs/venv".into())
 }
 
 fn repo_root() -> PathBuf {
@@ -44,13 +48,34 @@ impl Fixtures {
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let missing: Vec<&str> = ["docker-registry", "skopeo", "umoci", "debootstrap", "unshare", "chroot"]
-            .into_iter()
-            .filter(|t| !Command::new("sh").args(["-c", &format!("command -v {t}")]).stdout(Stdio::null()).status().unwrap().success())
-            .collect();
-        assert!(missing.is_empty(), "missing tools {missing:?}: apt-get install -y docker-registry skopeo umoci debootstrap");
+        let missing: Vec<&str> = [
+            "docker-registry",
+            "skopeo",
+            "umoci",
+            "debootstrap",
+            "unshare",
+            "chroot",
+        ]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        })
+        .collect();
+        assert!(
+            missing.is_empty(),
+            "missing tools {missing:?}: apt-get install -y docker-registry skopeo umoci debootstrap"
+        );
         let uv = venv().join("bin/uv");
-        assert!(uv.exists(), "no {} (the bentoml venv: see docs/image-builder.md, Tests)", uv.display());
+        assert!(
+            uv.exists(),
+            "no {} (the bentoml venv: see docs/image-builder.md, Tests)",
+            uv.display()
+        );
         let script = |name: &str| -> PathBuf {
             let out = Command::new("bash")
                 .arg(repo_root().join("scripts/build-testbed").join(name))
@@ -61,7 +86,11 @@ pub fn fixtures() -> &'static Fixtures {
             assert!(out.status.success(), "{name} failed");
             PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
         };
-        Fixtures { base_layout: script("base-image.sh"), bentos: script("make-bentos.sh"), uv }
+        Fixtures {
+            base_layout: script("base-image.sh"),
+            bentos: script("make-bentos.sh"),
+            uv,
+        }
     })
 }
 
@@ -71,7 +100,11 @@ pub fn shared_cache() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
@@ -87,8 +120,25 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 fn http_status(url: &str) -> Option<u16> {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url]).output().ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok().filter(|c| *c != 0)
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            url,
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c| *c != 0)
 }
 
 /// Debian's docker-registry (distribution 2.8) on a loopback port, optionally with htpasswd.
@@ -125,20 +175,31 @@ impl TestRegistry {
             self.port
         );
         if let Some((u, p)) = &self.auth {
-            let hash = bcrypt::hash_with_result(p, 4).unwrap().format_for_version(bcrypt::Version::TwoY);
+            let hash = bcrypt::hash_with_result(p, 4)
+                .unwrap()
+                .format_for_version(bcrypt::Version::TwoY);
             std::fs::write(dir.join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
-            cfg.push_str(&format!("auth: {{htpasswd: {{realm: test, path: {}}}}}\n", dir.join("htpasswd").display()));
+            cfg.push_str(&format!(
+                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+                dir.join("htpasswd").display()
+            ));
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = unsafe_die_with_parent(Command::new("docker-registry").arg("serve").arg(dir.join("config.yml")))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry");
+        let child = unsafe_die_with_parent(
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(dir.join("config.yml")),
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry");
         self.child = Some(child);
         let url = format!("http://{}/v2/", self.host());
-        poll("docker-registry to listen", Duration::from_secs(20), || http_status(&url).filter(|c| *c == 200 || *c == 401));
+        poll("docker-registry to listen", Duration::from_secs(20), || {
+            http_status(&url).filter(|c| *c == 200 || *c == 401)
+        });
     }
 
     /// SIGKILL, and wait until the process is gone (its socket closed).
@@ -195,7 +256,12 @@ fn unsafe_die_with_parent(cmd: &mut Command) -> &mut Command {
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -210,13 +276,22 @@ pub fn config(reg: &TestRegistry, tag: &str, repo: &str) -> BuildConfig {
 }
 
 pub fn local(bento: &Path) -> yatai_build::source::LocalSource {
-    yatai_build::source::LocalSource { bento: Some(bento.to_path_buf()), bentoml_home: None }
+    yatai_build::source::LocalSource {
+        bento: Some(bento.to_path_buf()),
+        bentoml_home: None,
+    }
 }
 
 /// Extracts an exported bento into a directory the test may edit.
 pub fn extract(bento: &Path) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    run_ok(Command::new("tar").arg("-xf").arg(bento).arg("-C").arg(d.path()));
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(bento)
+            .arg("-C")
+            .arg(d.path()),
+    );
     d
 }
 
@@ -235,11 +310,26 @@ pub fn skopeo_inspect(reference: &str, flag: Option<&str>) -> Value {
 pub fn unpack(reference: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let layout = d.path().join("oci");
-    run_ok(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false", "--dest-compress", "--dest-compress-format", "gzip"])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:img", layout.display())));
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-compress",
+                "--dest-compress-format",
+                "gzip",
+            ])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:img", layout.display())),
+    );
     let bundle = d.path().join("bundle");
-    run_ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:img", layout.display())).arg(&bundle));
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:img", layout.display()))
+            .arg(&bundle),
+    );
     (d, bundle)
 }
 
@@ -253,11 +343,16 @@ pub struct Running {
 
 impl Running {
     pub fn start(bundle: &Path) -> Self {
-        let rt: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        let rt: Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
         let p = &rt["process"];
         let rootfs = bundle.join("rootfs");
         // A runtime would bind-mount these; chroot does not.
-        std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1\tlocalhost\n::1\tlocalhost\n").unwrap();
+        std::fs::write(
+            rootfs.join("etc/hosts"),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+        )
+        .unwrap();
         let port = free_port();
         let uid = p["user"]["uid"].as_u64().unwrap();
         let gid = p["user"]["gid"].as_u64().unwrap();
@@ -273,13 +368,19 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
         for e in p["env"].as_array().unwrap() {
             cmd.arg(e.as_str().unwrap());
         }
-        cmd.arg(format!("PORT={port}")).arg("BENTOML_HOST=127.0.0.1").arg("BENTOML_DO_NOT_TRACK=true");
+        cmd.arg(format!("PORT={port}"))
+            .arg("BENTOML_HOST=127.0.0.1")
+            .arg("BENTOML_DO_NOT_TRACK=true");
         for a in p["args"].as_array().unwrap() {
             cmd.arg(a.as_str().unwrap());
         }
         let log = bundle.join("serve.log");
         let f = std::fs::File::create(&log).unwrap();
-        let unshare = unsafe_die_with_parent(&mut cmd).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        let unshare = unsafe_die_with_parent(&mut cmd)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
         Self { port, unshare, log }
     }
 
@@ -296,15 +397,36 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
                 return;
             }
             if let Ok(Some(st)) = self.unshare.try_wait() {
-                panic!("the image's process exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "the image's process exited ({st}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
-            assert!(Instant::now() < deadline, "not ready in 90 s: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "not ready in 90 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn post(&self, path: &str, body: &str) -> String {
-        run_ok(Command::new("curl").args(["-sf", "--max-time", "20", "-X", "POST", "-H", "content-type: application/json", "-d", body]).arg(self.url(path)))
+        run_ok(
+            Command::new("curl")
+                .args([
+                    "-sf",
+                    "--max-time",
+                    "20",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    body,
+                ])
+                .arg(self.url(path)),
+        )
     }
 
     /// The host pid of the namespace's PID 1 (the image's entrypoint process).
@@ -316,18 +438,28 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
 
     /// uid and command line of every process in the namespace.
     pub fn processes(&self) -> Vec<(u32, String)> {
-        let Some(init) = self.init_pid() else { return Vec::new() };
+        let Some(init) = self.init_pid() else {
+            return Vec::new();
+        };
         let ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).ok();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             if std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ns {
                 continue;
             }
             let mut cmdline = String::new();
-            let _ = std::fs::File::open(format!("/proc/{pid}/cmdline")).and_then(|mut f| f.read_to_string(&mut cmdline));
+            let _ = std::fs::File::open(format!("/proc/{pid}/cmdline"))
+                .and_then(|mut f| f.read_to_string(&mut cmdline));
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|u| u.parse().ok()).unwrap_or(u32::MAX);
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(u32::MAX);
             out.push((uid, cmdline.replace('\0', " ").trim().to_string()));
         }
         out
@@ -351,6 +483,10 @@ pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> Path
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let p = dir.join("config.json");
-    std::fs::write(&p, serde_json::json!({"auths": {host: {"auth": auth}}}).to_string()).unwrap();
+    std::fs::write(
+        &p,
+        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
     p
 }
