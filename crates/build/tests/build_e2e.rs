@@ -190,9 +190,13 @@ async fn iris_image_builds_runs_and_rebuilds_incrementally() {
     drop(run);
 
     // 5. Again: the tag exists, nothing is built or pushed.
+    let uploads = "\"PUT /v2/yatai-bentos/blobs/uploads/";
+    let starts = "\"POST /v2/yatai-bentos/blobs/uploads/";
+    let before = (reg.requests(uploads), reg.requests(starts));
     let again = build(&cfg, &local(&fx.bento("iris-v1")), &quiet())
         .await
         .unwrap();
+    assert_eq!((reg.requests(uploads), reg.requests(starts)), before);
     assert!(again.already_built);
     assert_eq!(
         (again.bytes_pushed, again.digest.as_str()),
@@ -210,9 +214,12 @@ async fn iris_image_builds_runs_and_rebuilds_incrementally() {
 
     // 7. Only the service code changed: only the bento layer is new.
     let cfg2 = config(&reg, "iris_classifier", "yatai-bentos");
+    let puts = reg.requests(uploads);
     let v2 = build(&cfg2, &local(&fx.bento("iris-v2")), &quiet())
         .await
         .expect("build iris v2");
+    // The registry's own access log: two blob uploads (the bento layer and the config).
+    assert_eq!(reg.requests(uploads) - puts, 2, "{}", reg.log());
     assert_ne!(v2.digest, v1.digest);
     for (a, b) in v1.layers.iter().zip(&v2.layers) {
         if a.kind == LayerKind::Bento {

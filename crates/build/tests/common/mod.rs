@@ -231,6 +231,12 @@ impl TestRegistry {
         reference
     }
 
+    /// How many requests the registry's access log records whose request line contains
+    /// `needle` (e.g. `"PUT /v2/repo/blobs/uploads/`).
+    pub fn requests(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("registry.log")).unwrap_or_default()
     }
