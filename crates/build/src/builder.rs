@@ -975,3 +975,15 @@ fn bento_layer(ctx: &Ctx, bento: &BentoInfo, dir: &Path) -> anyhow::Result<Built
         format!("yatai-rs: bento {}", bento.tag()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server spawns builds on its runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn build_future_is_send(cfg: &BuildConfig, source: &dyn BentoSource, progress: &dyn Progress) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(build(cfg, source, progress));
+    }
+}

@@ -90,7 +90,8 @@ impl Registry {
         let http = reqwest::Client::builder()
             .user_agent(concat!("yatai-rs-build/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(300))
+            // No read timeout: a registry sends nothing while a multi-GB model layer uploads.
+            .tcp_keepalive(Duration::from_secs(30))
             .build()?;
         let base = format!("{}://{host}", if plain_http { "http" } else { "https" });
         Ok(Self {
