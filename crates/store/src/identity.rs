@@ -7,7 +7,7 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::{built, Result, Store, StoreError, Timestamp, is_unique_violation, new_uid, opt_ts};
+use crate::{Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, opt_ts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -217,12 +217,13 @@ impl Store {
     }
 
     pub async fn member_role(&self, org_uid: &str, user_uid: &str) -> Result<Option<MemberRole>> {
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2")
-                .bind(org_uid)
-                .bind(user_uid)
-                .fetch_optional(self.pool())
-                .await?;
+        let role: Option<String> = sqlx::query_scalar(
+            "SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2",
+        )
+        .bind(org_uid)
+        .bind(user_uid)
+        .fetch_optional(self.pool())
+        .await?;
         Ok(role.as_deref().and_then(MemberRole::parse))
     }
 
@@ -288,7 +289,11 @@ impl Store {
              LEFT JOIN organization_members m ON m.org_uid = t.org_uid AND m.user_uid = t.user_uid \
              WHERE t.token_hash = $1"
         );
-        let Some(j) = sqlx::query_as::<_, Joined>(built(sql)).bind(token_hash).fetch_optional(self.pool()).await? else {
+        let Some(j) = sqlx::query_as::<_, Joined>(built(sql))
+            .bind(token_hash)
+            .fetch_optional(self.pool())
+            .await?
+        else {
             return Ok(None);
         };
         // A token outlives its user's membership only as a dead token.
@@ -313,11 +318,21 @@ impl Store {
             created_at: j.o_created_at,
             updated_at: j.o_updated_at,
         };
-        Ok(Some(TokenIdentity { token: j.token, user, org, role }))
+        Ok(Some(TokenIdentity {
+            token: j.token,
+            user,
+            org,
+            role,
+        }))
     }
 
     /// Tokens of an organization, optionally only one user's, newest first.
-    pub async fn list_tokens(&self, org_uid: &str, user_uid: Option<&str>, search: Option<&str>) -> Result<Vec<TokenRow>> {
+    pub async fn list_tokens(
+        &self,
+        org_uid: &str,
+        user_uid: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<Vec<TokenRow>> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
              WHERE t.org_uid = $1 AND ($2 IS NULL OR t.user_uid = $2) AND ($3 IS NULL OR t.name LIKE $3) \
@@ -336,12 +351,18 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
              WHERE t.org_uid = $1 AND t.uid = $2"
         );
-        Ok(sqlx::query_as(built(sql)).bind(org_uid).bind(uid).fetch_optional(self.pool()).await?)
+        Ok(sqlx::query_as(built(sql))
+            .bind(org_uid)
+            .bind(uid)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// Deletes a token; returns it, or `None` if the organization has no such token.
     pub async fn delete_token(&self, org_uid: &str, uid: &str) -> Result<Option<TokenRow>> {
-        let Some(row) = self.get_token(org_uid, uid).await? else { return Ok(None) };
+        let Some(row) = self.get_token(org_uid, uid).await? else {
+            return Ok(None);
+        };
         sqlx::query("DELETE FROM api_tokens WHERE org_uid = $1 AND uid = $2")
             .bind(org_uid)
             .bind(uid)
@@ -383,10 +404,12 @@ impl Store {
             return Ok(None);
         }
         let now = Timestamp::now().0;
-        let org_uid: String = match sqlx::query_scalar::<_, String>("SELECT uid FROM organizations WHERE name = $1")
-            .bind(org_name)
-            .fetch_optional(&mut *tx)
-            .await?
+        let org_uid: String = match sqlx::query_scalar::<_, String>(
+            "SELECT uid FROM organizations WHERE name = $1",
+        )
+        .bind(org_name)
+        .fetch_optional(&mut *tx)
+        .await?
         {
             Some(uid) => uid,
             None => {
@@ -401,20 +424,22 @@ impl Store {
             }
         };
         let user_uid = new_uid();
-        sqlx::query("INSERT INTO users (uid, name, email, is_admin, created_at) VALUES ($1, $2, $3, 1, $4)")
-            .bind(&user_uid)
-            .bind(user_name)
-            .bind(email)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("user {user_name:?} exists but is not an admin"))
-                } else {
-                    e.into()
-                }
-            })?;
+        sqlx::query(
+            "INSERT INTO users (uid, name, email, is_admin, created_at) VALUES ($1, $2, $3, 1, $4)",
+        )
+        .bind(&user_uid)
+        .bind(user_name)
+        .bind(email)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("user {user_name:?} exists but is not an admin"))
+            } else {
+                e.into()
+            }
+        })?;
         sqlx::query("INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, 'admin', $3)")
             .bind(&org_uid)
             .bind(&user_uid)
@@ -436,7 +461,10 @@ impl Store {
         .await?;
         tx.commit().await?;
         let org = self.get_org_by_name(org_name).await?.expect("just created");
-        let user = self.get_user_by_name(user_name).await?.expect("just created");
+        let user = self
+            .get_user_by_name(user_name)
+            .await?
+            .expect("just created");
         Ok(Some((org, user)))
     }
 }

@@ -139,3 +139,12 @@ CREATE TABLE events (
     info           TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX events_org_newest ON events (org_uid, seq);
+
+-- Parts of a multipart upload that yatai receives itself (local store).
+CREATE TABLE upload_parts (
+    upload_uid  TEXT NOT NULL,
+    part_number BIGINT NOT NULL,
+    etag        TEXT NOT NULL,
+    size_bytes  BIGINT NOT NULL,
+    PRIMARY KEY (upload_uid, part_number)
+);

@@ -1,0 +1,171 @@
+//! Cleaning up: objects of abandoned uploads, blobs no version points at any
+//! more, and stray objects a crash left without a record. Runs inline right
+//! after deletes and failed uploads, and periodically in the background for
+//! what a crash or a vanished client left behind.
+
+use std::time::Duration;
+
+use yatai_core::Timestamp;
+use yatai_store::UploadRow;
+
+use crate::state::AppState;
+
+/// Objects older than this with no record are strays.
+const STRAY_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes what an upload wrote (object, parts, backend multipart upload)
+/// and then its record. Safe to call twice.
+pub async fn discard_upload(state: &AppState, upload: &UploadRow) {
+    if let Err(e) = state.store.discard_upload(&upload.uid).await {
+        tracing::warn!(error = %e, upload = %upload.uid, "could not mark an upload for deletion");
+        return;
+    }
+    if let Some(id) = &upload.backend_upload_id
+        && let Err(e) = state.blobs.abort_multipart(&upload.storage_key, id).await
+    {
+        tracing::warn!(error = %e, upload = %upload.uid, "could not abort a multipart upload; the janitor retries");
+        return;
+    }
+    if let Err(e) = state.blobs.delete(&upload.storage_key).await {
+        tracing::warn!(error = %e, key = %upload.storage_key, "could not delete an abandoned object; the janitor retries");
+        return;
+    }
+    delete_parts(state, &upload.uid).await;
+    if let Err(e) = state.store.delete_upload_row(&upload.uid).await {
+        tracing::warn!(error = %e, "could not delete an upload record");
+    }
+}
+
+/// Deletes the parts yatai received for a multipart upload.
+pub async fn delete_parts(state: &AppState, upload_uid: &str) {
+    let parts = match state.store.list_parts(upload_uid).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list upload parts");
+            return;
+        }
+    };
+    for (n, _, _) in parts {
+        if let Err(e) = state
+            .blobs
+            .delete(&yatai_blob::BlobStore::part_key(upload_uid, n as u32))
+            .await
+        {
+            tracing::warn!(error = %e, "could not delete an upload part");
+            return;
+        }
+    }
+    if let Err(e) = state.store.delete_parts(upload_uid).await {
+        tracing::warn!(error = %e, "could not delete upload part records");
+    }
+}
+
+/// Deletes each blob no version refers to any more.
+pub async fn collect_blobs(state: &AppState, digests: &[String]) {
+    for digest in digests {
+        match state.store.delete_blob_if_unreferenced(digest).await {
+            Ok(Some(key)) => {
+                if let Err(e) = state.blobs.delete(&key).await {
+                    tracing::warn!(error = %e, %key, "could not delete an unreferenced blob; the stray sweep retries");
+                } else {
+                    tracing::info!(%digest, "deleted an unreferenced blob");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, %digest, "could not collect a blob"),
+        }
+    }
+}
+
+/// One pass over everything that may need cleaning; returns what it did.
+pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
+    let mut report = SweepReport::default();
+    match state.store.stale_uploads(Timestamp::now()).await {
+        Ok(uploads) => {
+            for u in &uploads {
+                if u.state == "open" || u.state == "received" {
+                    // Abandoned: the version's upload failed.
+                    if let Err(e) = state
+                        .store
+                        .fail_upload(&u.version_uid, Some(&u.uid), "the upload was abandoned")
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not mark an abandoned upload failed");
+                    }
+                }
+                discard_upload(state, u).await;
+                report.uploads += 1;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list stale uploads"),
+    }
+    match state.store.unreferenced_blobs().await {
+        Ok(digests) => {
+            report.blobs = digests.len();
+            collect_blobs(state, &digests).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list unreferenced blobs"),
+    }
+    if sweep_strays {
+        for prefix in ["blobs/", "staging/"] {
+            let keys = match state.blobs.list(prefix).await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, prefix, "could not list storage");
+                    continue;
+                }
+            };
+            for (key, age) in keys {
+                if age < STRAY_AGE {
+                    continue;
+                }
+                let tracked = if let Some(rest) = key.strip_prefix("staging/") {
+                    let uid = rest.split('/').next().unwrap_or_default();
+                    matches!(state.store.get_upload(uid).await, Ok(Some(_)) | Err(_))
+                } else {
+                    state
+                        .store
+                        .storage_key_is_tracked(&key)
+                        .await
+                        .unwrap_or(true)
+                };
+                if !tracked && state.blobs.delete(&key).await.is_ok() {
+                    tracing::info!(%key, "deleted a stray object");
+                    report.strays += 1;
+                }
+            }
+        }
+    }
+    report
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub uploads: usize,
+    pub blobs: usize,
+    pub strays: usize,
+}
+
+/// Runs [`sweep`] every `every`, the stray sweep once an hour, and flushes
+/// token last-used times, until the task is dropped.
+pub async fn run(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    let mut last_strays = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        tick.tick().await;
+        state.auth.flush_last_used().await;
+        let strays = last_strays.elapsed() >= Duration::from_secs(3600);
+        if strays {
+            last_strays = std::time::Instant::now();
+        }
+        let r = sweep(&state, strays).await;
+        if r != SweepReport::default() {
+            tracing::info!(
+                uploads = r.uploads,
+                blobs = r.blobs,
+                strays = r.strays,
+                "janitor cleaned up"
+            );
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP API of yatai-rs.
+//!
+//! - `/api/v1/…`: the REST routes the bentoml 1.4 client uses (login, model
+//!   and bento repositories and versions, uploads and downloads in all three
+//!   transfer modes, API tokens), plus Yatai-compatible extras (deletes,
+//!   events). Every route needs an `X-YATAI-API-TOKEN`, except health.
+//! - `/transfer/…`: signed, expiring URLs yatai serves itself when artifacts
+//!   are on local disk; they carry their own authorisation.
+//! - `/api/openapi.json` and `/api/docs`: the OpenAPI document generated from
+//!   the route table, and Swagger UI (served from the binary, works offline).
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod janitor;
+pub mod openapi;
+pub mod routes;
+pub mod schemas;
+pub mod signing;
+pub mod state;
+
+pub use state::{ApiConfig, AppState, TransmissionMode};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+use utoipa::openapi::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::ApiError;
+
+/// The complete application: routes, OpenAPI document and middleware.
+pub fn app(state: AppState) -> (Router, OpenApi) {
+    let authenticated = routes::authenticated(state.clone())
+        .layer_all(|r| r.route_layer(from_fn_with_state(state.clone(), auth::require_token)));
+    let (router, doc) = authenticated.merge(routes::public(state.clone())).finish();
+    let swagger: Router<AppState> = SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", doc.clone())
+        .into();
+    let router = router
+        .merge(swagger)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_json_body))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("the server hit a bug handling this request").into_response()
+        }))
+        .layer(from_fn(request_context))
+        .with_state(state);
+    (router, doc)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Gives each request an id (in `x-request-id`, and in `x-trace-id`, which
+/// the bentoml client prints on server errors), a tracing span, and a log
+/// line when it completes.
+async fn request_context(req: Request, next: Next) -> Response {
+    let id = match req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(v) if !v.is_empty() && v.len() <= 64 => v.to_owned(),
+        _ => format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", %id, %method, %path);
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "request done");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v.clone());
+        resp.headers_mut().insert("x-trace-id", v);
+    }
+    resp
+}

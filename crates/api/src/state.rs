@@ -1,0 +1,105 @@
+//! What every handler can reach: the stores, the authenticator, the URL
+//! signer and the configuration.
+
+use std::collections::HashSet;
+use std::ops::Deref;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use yatai_blob::BlobStore;
+use yatai_store::Store;
+
+use crate::auth::Authenticator;
+use crate::signing::UrlSigner;
+
+/// How clients are told to move bytes (the server decides, the client follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransmissionMode {
+    /// Proxy through yatai for the local store; with S3, a presigned single
+    /// PUT/GET below the multipart threshold and multipart above it.
+    Auto,
+    /// Always through yatai.
+    Proxy,
+    /// One presigned PUT / GET per archive.
+    Presigned,
+    /// Multipart with presigned parts (100 MiB each, chosen by the client).
+    Multipart,
+}
+
+impl FromStr for TransmissionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TransmissionMode::Auto),
+            "proxy" => Ok(TransmissionMode::Proxy),
+            "presigned" | "presigned_url" => Ok(TransmissionMode::Presigned),
+            "multipart" => Ok(TransmissionMode::Multipart),
+            other => Err(format!(
+                "unknown transmission strategy {other:?}: use auto, proxy, presigned or multipart"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub transmission: TransmissionMode,
+    /// The URL clients reach this server at, for presigned URLs that yatai
+    /// serves itself. When unset, it is taken from each request's Host.
+    pub external_url: Option<url::Url>,
+    pub max_json_body: usize,
+    pub max_artifact_size: Option<u64>,
+    pub presign_ttl: Duration,
+    /// With `auto` and S3: archives at least this large go multipart.
+    pub multipart_threshold: u64,
+    /// How long an upload may stay unfinished before it is cleaned up.
+    pub upload_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            transmission: TransmissionMode::Auto,
+            external_url: None,
+            max_json_body: 32 << 20,
+            max_artifact_size: None,
+            presign_ttl: Duration::from_secs(3600),
+            multipart_threshold: 64 << 20,
+            upload_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub auth: Authenticator,
+    pub signer: UrlSigner,
+    pub config: ApiConfig,
+    /// Versions receiving a proxy upload right now, to refuse a second one.
+    pub uploads_in_progress: Mutex<HashSet<String>>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(store: Store, blobs: BlobStore, signing_key: &[u8], config: ApiConfig) -> Self {
+        AppState(Arc::new(Inner {
+            auth: Authenticator::new(store.clone()),
+            store,
+            blobs,
+            signer: UrlSigner::new(signing_key),
+            config,
+            uploads_in_progress: Mutex::new(HashSet::new()),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,289 @@
+//! Administration subcommands. They work on the database directly, so they
+//! also work while the server is down, and on the first start.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use yatai_api::auth::{KNOWN_SCOPES, generate_token};
+use yatai_core::Timestamp;
+use yatai_store::{MemberRole, NewToken, Store};
+
+use crate::config::{DbArgs, StorageArgs};
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown only once).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// A name to tell the token apart, e.g. "ci" or "laptop".
+        #[arg(long)]
+        name: String,
+        /// The user the token acts as.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// Comma-separated: api (everything the user may do), read_organization,
+        /// write_organization, read_cluster, write_cluster.
+        #[arg(long, default_value = "api", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d or 12h (default: never expires).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List an organization's tokens.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+    /// Revoke a token by uid, or by name with --user.
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        token: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// When TOKEN is a name: whose token it is.
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user and make them a member of an organization.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// guest (read), developer (read and push), admin.
+        #[arg(long, default_value = "developer")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// Also delete objects in storage that no record knows (older than a day).
+    #[arg(long)]
+    strays: bool,
+}
+
+async fn org_by_name(store: &Store, name: &str) -> anyhow::Result<yatai_store::OrgRow> {
+    store
+        .get_org_by_name(name)
+        .await?
+        .ok_or_else(|| anyhow!("no organization named {name:?} (see `yatai org list`)"))
+}
+
+async fn user_by_name(store: &Store, name: &str) -> anyhow::Result<yatai_store::UserRow> {
+    store
+        .get_user_by_name(name)
+        .await?
+        .ok_or_else(|| anyhow!("no user named {name:?} (create one with `yatai user create`)"))
+}
+
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            db,
+            name,
+            user,
+            org,
+            scopes,
+            expires_in,
+            description,
+        } => {
+            let store = db.connect().await?;
+            if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
+                bail!(
+                    "unknown scope {bad:?}; known scopes: {}",
+                    KNOWN_SCOPES.join(", ")
+                );
+            }
+            let org = org_by_name(&store, &org).await?;
+            let user = user_by_name(&store, &user).await?;
+            if store.member_role(&org.uid, &user.uid).await?.is_none() {
+                bail!(
+                    "user {:?} is not a member of organization {:?}",
+                    user.name,
+                    org.name
+                );
+            }
+            let secret = generate_token();
+            let expires_at =
+                expires_in.map(|d| Timestamp(Timestamp::now().0 + d.as_micros() as i64));
+            let row = store
+                .create_token(NewToken {
+                    org_uid: &org.uid,
+                    user_uid: &user.uid,
+                    name: &name,
+                    description: &description,
+                    token_hash: &secret.hash,
+                    token_hint: &secret.hint,
+                    scopes: &scopes,
+                    expires_at,
+                })
+                .await?;
+            eprintln!(
+                "Created token {:?} (uid {}) for {} in {}; the secret is shown only now:",
+                row.name, row.uid, user.name, org.name
+            );
+            println!("{}", secret.secret);
+            Ok(())
+        }
+        TokenCommand::List { db, org } => {
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            let now = Timestamp::now();
+            println!(
+                "{:<32}  {:<20}  {:<12}  {:<12}  {:<28}  LAST USED",
+                "UID", "NAME", "USER", "HINT", "SCOPES"
+            );
+            for t in store.list_tokens(&org.uid, None, None).await? {
+                let last = t
+                    .last_used_at
+                    .map(|u| Timestamp(u).to_rfc3339())
+                    .unwrap_or_else(|| "never".into());
+                let expired = if t.is_expired(now) { " (expired)" } else { "" };
+                println!(
+                    "{:<32}  {:<20}  {:<12}  {:<12}  {:<28}  {last}{expired}",
+                    t.uid,
+                    t.name,
+                    t.user_name,
+                    t.token_hint,
+                    t.scope_list().join(",")
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke {
+            db,
+            token,
+            org,
+            user,
+        } => {
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            let row = match store.get_token(&org.uid, &token).await? {
+                Some(r) => r,
+                None => {
+                    let u = user_by_name(&store, &user).await?;
+                    store
+                        .list_tokens(&org.uid, Some(&u.uid), None)
+                        .await?
+                        .into_iter()
+                        .find(|t| t.name == token)
+                        .ok_or_else(|| {
+                            anyhow!("no token with uid or name {token:?} for user {:?}", u.name)
+                        })?
+                }
+            };
+            store.delete_token(&org.uid, &row.uid).await?;
+            println!(
+                "revoked token {:?} ({}); servers stop accepting it within 5 seconds",
+                row.name, row.uid
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Create {
+            db,
+            name,
+            email,
+            org,
+            role,
+        } => {
+            yatai_core::validate_name_part("user name", &name).map_err(|e| anyhow!("{e}"))?;
+            let role = MemberRole::parse(&role)
+                .ok_or_else(|| anyhow!("unknown role {role:?}: use guest, developer or admin"))?;
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            let user = match store.get_user_by_name(&name).await? {
+                Some(u) => u,
+                None => store.create_user(&name, &email, None, false).await?,
+            };
+            store.set_member(&org.uid, &user.uid, role).await?;
+            println!(
+                "user {:?} is a {} of organization {:?}",
+                user.name,
+                role.as_str(),
+                org.name
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
+    match cmd {
+        OrgCommand::Create {
+            db,
+            name,
+            description,
+        } => {
+            yatai_core::validate_name_part("organization name", &name)
+                .map_err(|e| anyhow!("{e}"))?;
+            let store = db.connect().await?;
+            let org = store.create_org(&name, &description).await?;
+            println!("created organization {:?} ({})", org.name, org.uid);
+            Ok(())
+        }
+        OrgCommand::List { db } => {
+            let store = db.connect().await?;
+            for o in store.list_orgs().await? {
+                println!("{}  {}", o.uid, o.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
+    let store = args.db.connect().await?;
+    let blobs = args.storage.open(&args.db.data_dir)?;
+    let key = store
+        .get_setting("url_signing_key")
+        .await?
+        .unwrap_or_default();
+    let state = yatai_api::AppState::new(store, blobs, key.as_bytes(), Default::default());
+    let report = yatai_api::janitor::sweep(&state, args.strays).await;
+    println!(
+        "removed {} abandoned uploads, {} unreferenced archives, {} stray objects",
+        report.uploads, report.blobs, report.strays
+    );
+    Ok(())
+}

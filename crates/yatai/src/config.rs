@@ -1,0 +1,215 @@
+//! Configuration of each role: flags with `YATAI_…` environment fallbacks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use yatai_api::{ApiConfig, TransmissionMode};
+use yatai_blob::{BlobStore, S3Config};
+use yatai_store::Store;
+
+/// Where the metadata lives. Shared by `serve` and the admin commands.
+#[derive(Args, Debug, Clone)]
+pub struct DbArgs {
+    /// Directory for everything yatai keeps locally (SQLite file, artifacts).
+    #[arg(long, env = "YATAI_DATA_DIR", default_value = "yatai-data")]
+    pub data_dir: PathBuf,
+    /// Metadata database: `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`.
+    /// Default: SQLite at DATA_DIR/yatai.db.
+    #[arg(long, env = "YATAI_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl DbArgs {
+    pub fn url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("yatai.db").display()),
+        }
+    }
+
+    /// The URL with any password masked, for logs.
+    pub fn describe(&self) -> String {
+        let url = self.url();
+        match url::Url::parse(&url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => url,
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Store> {
+        if self.database_url.is_none() {
+            std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    self.data_dir.display()
+                )
+            })?;
+        }
+        Store::connect(&self.url())
+            .await
+            .with_context(|| format!("cannot open the database {}", self.describe()))
+    }
+}
+
+/// Where artifacts live.
+#[derive(Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Artifact storage: a directory path, or `s3://BUCKET[/PREFIX]` for an
+    /// S3-compatible store. Default: DATA_DIR/artifacts.
+    #[arg(long, env = "YATAI_STORAGE")]
+    pub storage: Option<String>,
+    /// S3 endpoint, e.g. `http://127.0.0.1:9000` (default: AWS).
+    #[arg(long, env = "YATAI_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "YATAI_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Also read from AWS_ACCESS_KEY_ID.
+    #[arg(long, env = "YATAI_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// Also read from AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "YATAI_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Address the bucket as ENDPOINT/BUCKET (needed by most S3-compatible
+    /// servers) rather than BUCKET.ENDPOINT. Default: on when an endpoint is set.
+    #[arg(long, env = "YATAI_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+    /// Sync each archive to disk before reporting its upload done (local
+    /// storage). Turning this off is faster and loses data on power failure.
+    #[arg(long, env = "YATAI_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsync: bool,
+}
+
+impl StorageArgs {
+    pub fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<BlobStore> {
+        match self.storage.as_deref() {
+            Some(s) if s.starts_with("s3://") => {
+                let rest = &s["s3://".len()..];
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    bail!("--storage {s:?} names no bucket: use s3://BUCKET[/PREFIX]");
+                }
+                let config = S3Config {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.to_owned(),
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    access_key_id: self.s3_access_key_id.clone(),
+                    secret_access_key: self.s3_secret_access_key.clone(),
+                    path_style: self.s3_path_style.unwrap_or(self.s3_endpoint.is_some()),
+                };
+                Ok(BlobStore::s3(&config)?)
+            }
+            Some(s) if s.contains("://") => {
+                bail!("unsupported --storage {s:?}: use a directory path or s3://BUCKET")
+            }
+            Some(dir) => Ok(BlobStore::local(PathBuf::from(dir), self.fsync)?),
+            None => Ok(BlobStore::local(data_dir.join("artifacts"), self.fsync)?),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "YATAI_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// How clients move archive bytes: auto (proxy for local storage; with
+    /// S3, presigned below the multipart threshold and multipart above),
+    /// proxy, presigned or multipart.
+    #[arg(long, env = "YATAI_TRANSMISSION_STRATEGY", default_value = "auto")]
+    pub transmission_strategy: TransmissionMode,
+    /// With `auto` and S3: archives at least this large use multipart.
+    #[arg(long, env = "YATAI_MULTIPART_THRESHOLD", default_value = "64MiB", value_parser = parse_size)]
+    pub multipart_threshold: u64,
+    /// The URL clients reach this server at (for URLs yatai signs itself).
+    /// Default: taken from each request's Host header.
+    #[arg(long, env = "YATAI_EXTERNAL_URL")]
+    pub external_url: Option<url::Url>,
+    /// Largest JSON body accepted (manifests can be large).
+    #[arg(long, env = "YATAI_MAX_JSON_BODY", default_value = "32MiB", value_parser = parse_size)]
+    pub max_json_body: u64,
+    /// Largest archive accepted (default: no limit).
+    #[arg(long, env = "YATAI_MAX_ARTIFACT_SIZE", value_parser = parse_size)]
+    pub max_artifact_size: Option<u64>,
+    /// How long presigned URLs stay valid.
+    #[arg(long, env = "YATAI_PRESIGN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub presign_ttl: Duration,
+    /// How long an unfinished upload may wait before it is cleaned up.
+    #[arg(long, env = "YATAI_UPLOAD_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub upload_ttl: Duration,
+    /// How often the janitor looks for abandoned uploads and unreferenced archives.
+    #[arg(long, env = "YATAI_JANITOR_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub janitor_interval: Duration,
+    /// First start only: the organization, admin user and email to create.
+    #[arg(long, env = "YATAI_ORG_NAME", default_value = "default")]
+    pub org_name: String,
+    #[arg(long, env = "YATAI_ADMIN_NAME", default_value = "admin")]
+    pub admin_name: String,
+    #[arg(long, env = "YATAI_ADMIN_EMAIL", default_value = "admin@localhost")]
+    pub admin_email: String,
+    /// First start only: use this secret as the admin's API token instead of
+    /// a random one (for automation). Ignored once an admin exists.
+    #[arg(long, env = "YATAI_INITIAL_API_TOKEN", hide_env_values = true)]
+    pub initial_api_token: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            transmission: self.transmission_strategy,
+            external_url: self.external_url.clone(),
+            max_json_body: self.max_json_body as usize,
+            max_artifact_size: self.max_artifact_size,
+            presign_ttl: self.presign_ttl,
+            multipart_threshold: self.multipart_threshold,
+            upload_ttl: self.upload_ttl,
+        }
+    }
+}
+
+/// Parses sizes like `64MiB`, `1GB`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 1GB, 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "ti" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

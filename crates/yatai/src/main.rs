@@ -1,0 +1,67 @@
+//! `yatai`: one binary, several roles. `yatai serve` runs the API and the
+//! registry; the other subcommands administer the same database.
+
+mod admin;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "yatai",
+    version,
+    about = "A self-hosted registry and deployer for BentoML models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: API, registry and artifact transfer, on one port.
+    Serve(config::ServeArgs),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Create users and add them to organizations.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Create and list organizations.
+    #[command(subcommand)]
+    Org(admin::OrgCommand),
+    /// Delete abandoned uploads and archives nothing refers to, now.
+    Gc(admin::GcArgs),
+    /// Bring the database schema up to date and exit.
+    Migrate(config::DbArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("YATAI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Token(cmd) => admin::token(cmd).await,
+            Command::User(cmd) => admin::user(cmd).await,
+            Command::Org(cmd) => admin::org(cmd).await,
+            Command::Gc(args) => admin::gc(args).await,
+            Command::Migrate(db) => {
+                let store = db.connect().await?;
+                println!("database schema is up to date ({})", db.describe());
+                store.close().await;
+                Ok(())
+            }
+        }
+    })
+}
