@@ -152,6 +152,38 @@ pub enum BuildError {
     RegistryWithTag(String),
 }
 
+/// A coarse class of build failure, for the server's build status and the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The bento cannot be built this way (RUN steps, python mismatch, no wheel, bad flags).
+    Unbuildable,
+    /// The registry refused the credentials.
+    RegistryAuth,
+    /// The registry could not be reached or failed mid-push; retrying may work.
+    RegistryUnavailable,
+    /// Anything else (fetching the bento, uv, the disk…).
+    Other,
+}
+
+/// Classifies an error returned by [`build`].
+pub fn failure_kind(err: &anyhow::Error) -> FailureKind {
+    use crate::registry::RegistryError as R;
+    for cause in err.chain() {
+        if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() {
+            return FailureKind::Unbuildable;
+        }
+        if let Some(r) = cause.downcast_ref::<R>() {
+            return match r {
+                R::Unauthorized { .. } => FailureKind::RegistryAuth,
+                R::Unreachable { .. } | R::Status { .. } => FailureKind::RegistryUnavailable,
+                R::NotFound { .. } | R::Protocol { .. } => FailureKind::Other,
+            };
+        }
+    }
+    FailureKind::Other
+}
+
 struct Ctx<'a> {
     cfg: &'a BuildConfig,
     cache: Cache,

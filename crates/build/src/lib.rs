@@ -25,6 +25,8 @@ pub mod source;
 pub mod tarball;
 
 pub use blob::Compression;
-pub use builder::{BuildConfig, BuildError, BuildOutcome, LayerReport, build};
+pub use builder::{
+    BuildConfig, BuildError, BuildOutcome, FailureKind, LayerReport, build, failure_kind,
+};
 pub use cli::{BuildArgs, run};
 pub use progress::{BlobAction, Event, LayerKind, Progress};

@@ -361,6 +361,10 @@ async fn a_base_without_the_bentos_python_is_refused() {
         ),
         "{msg}"
     );
+    assert_eq!(
+        yatai_build::failure_kind(&err),
+        yatai_build::FailureKind::Unbuildable
+    );
     assert!(
         msg.contains("python3.12") && msg.contains("/usr/bin/python3.11"),
         "{msg}"
@@ -539,6 +543,10 @@ async fn an_unreachable_registry_fails_fast_and_clearly() {
         ),
         "{err:#}"
     );
+    assert_eq!(
+        yatai_build::failure_kind(&err),
+        yatai_build::FailureKind::RegistryUnavailable
+    );
     assert!(
         format!("{err:#}").contains(&format!("127.0.0.1:{port} is unreachable")),
         "{err:#}"
@@ -564,6 +572,10 @@ async fn registry_credentials_come_from_docker_config() {
             Some(RegistryError::Unauthorized { status: 401, .. })
         ),
         "{msg}"
+    );
+    assert_eq!(
+        yatai_build::failure_kind(&err),
+        yatai_build::FailureKind::RegistryAuth
     );
     assert!(msg.contains("docker config.json"), "{msg}");
 
