@@ -60,19 +60,20 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$LAYOUT:bookworm" "docker://$RE
 stored() { du -sb "$T/registry" | cut -f1; }
 now() { date +%s.%N; }
 ROWS=()
-row() { ROWS+=("| $1 | $2 | $3 | $4 |"); }
+row() { ROWS+=("| $1 | $2 | $5 | $3 | $4 |"); }
 human() { numfmt --to=iec-i --suffix=B --format=%.1f "$1"; }
 
 yb() { # label cache uvcache repo bento
   local label=$1 cache=$2 uvc=$3 repo=$4 bento=$5 tag=$6
   local before; before=$(stored)
   local t0; t0=$(now)
-  "$BIN" "$tag" --bento-path "$BENTOS/$bento.bento" --registry "$REG/$repo" \
+  /usr/bin/time -f "%U %S" -o "$T/cpu" "$BIN" "$tag" --bento-path "$BENTOS/$bento.bento" --registry "$REG/$repo" \
       --base "$REG/base/debian-python:bookworm" --plain-http --cache-dir "$cache" --uv-cache "$uvc" \
       --uv "$VENV/bin/uv" --json-report "$T/report.json" >"$T/out" 2>"$T/err" || { cat "$T/err"; exit 1; }
   local t1; t1=$(now)
   local pushed; pushed=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_pushed"])' "$T/report.json")
-  row "yatai-build: $label" "$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")" "$(human "$pushed")" "$(human $(( $(stored) - before )))"
+  local cpu; cpu=$(awk '{printf "%.2f", $1 + $2}' "$T/cpu")
+  row "yatai-build: $label" "$(printf '%.2f' "$(echo "$t1 - $t0" | bc)")" "$(human "$pushed")" "$(human $(( $(stored) - before )))" "$cpu"
 }
 
 yb "cold (empty builder and uv caches)" "$T/c0" "$T/uv0" bench-a iris-v1 iris_classifier
@@ -107,14 +108,14 @@ if [ $BUILDAH = 1 ] && command -v buildah >/dev/null; then
     $B push --quiet --tls-verify=false "bench/iris:$2" "docker://$REG/buildah:$2" >>"$T/buildah.log" 2>&1
     local t2; t2=$(now)
     local grown=$(( $(stored) - before ))
-    row "buildah bud + push: $1" "$(printf '%.2f (%.2f build + %.2f push)' "$(echo "$t2 - $t0" | bc)" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)")" "–" "$(human $grown)"
+    row "buildah bud + push: $1" "$(printf '%.2f (%.2f build + %.2f push)' "$(echo "$t2 - $t0" | bc)" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)")" "–" "$(human $grown)" "–"
   }
-  bb "cold (empty layer cache)" iris-v1 || row "buildah bud: failed (see log)" "–" "–" "–"
-  bb "code-only change (bento v2, --layers cache)" iris-v2 || row "buildah bud v2: failed" "–" "–" "–"
+  bb "cold (empty layer cache)" iris-v1 || row "buildah bud: failed (see log)" "–" "–" "–" "–"
+  bb "code-only change (bento v2, --layers cache)" iris-v2 || row "buildah bud v2: failed" "–" "–" "–" "–"
 fi
 
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)), $(git -C "$ROOT" rev-parse --short HEAD): \`bench/build/run.sh $*\`"
 echo
-echo "| build | wall time (s) | bytes pushed (builder) | registry storage growth |"
-echo "|---|---|---|---|"
+echo "| build | wall time (s) | CPU user+sys (s) | bytes pushed (builder) | registry storage growth |"
+echo "|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
