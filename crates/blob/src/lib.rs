@@ -23,8 +23,12 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     /// The incoming body failed (client went away, connection cut).
-    #[error("the upload was interrupted after {received} bytes: {reason}")]
-    Interrupted { received: u64, reason: String },
+    #[error("the upload was interrupted after {received}{} bytes: {reason}", match expected { Some(e) => format!(" of the {e} announced"), None => String::new() })]
+    Interrupted {
+        received: u64,
+        expected: Option<u64>,
+        reason: String,
+    },
     #[error("the upload ended after {received} bytes but {expected} were announced")]
     LengthMismatch { expected: u64, received: u64 },
     #[error("the upload exceeds the limit of {limit} bytes")]
@@ -334,6 +338,7 @@ impl Meter {
     pub fn interrupted(&self, reason: impl std::fmt::Display) -> BlobError {
         BlobError::Interrupted {
             received: self.received,
+            expected: self.limits.expected_len,
             reason: reason.to_string(),
         }
     }

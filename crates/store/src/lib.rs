@@ -6,11 +6,15 @@
 //! differs, [`Dialect`] picks the variant. Each backend has its own migration
 //! directory because their DDL differs in small ways (auto-increment keys).
 
+mod deployments;
 mod events;
 mod identity;
 mod registry;
 mod uploads;
 
+pub use deployments::{
+    ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow,
+};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};
 pub use registry::{

@@ -554,6 +554,18 @@ impl Store {
     }
 
     async fn check_deletable(&self, row: &VersionRow) -> Result<()> {
+        if row.kind() == Kind::Bento {
+            let users = self.deployments_using_bento(&row.uid).await?;
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "bento {} is used by deployment{} {}; update or delete {} first",
+                    row.tag(),
+                    if users.len() == 1 { "" } else { "s" },
+                    users.join(", "),
+                    if users.len() == 1 { "it" } else { "them" },
+                )));
+            }
+        }
         if row.kind() == Kind::Model {
             let bentos = self
                 .model_referrers(&row.org_uid, &row.repository_name, &row.version)

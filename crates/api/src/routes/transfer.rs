@@ -405,6 +405,7 @@ async fn upload<K: KindParam>(
     }
     let limits = limits(&state, &headers)?;
     let guard = InProgress::acquire(&state, &row)?;
+    tracing::debug!(version = %row.tag(), expected = ?limits.expected_len, "receiving a proxy upload");
     // Run the transfer in its own task: if the client disconnects and the
     // handler is dropped, the cleanup below still runs.
     let caller = caller.0.clone();

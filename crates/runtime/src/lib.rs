@@ -1,0 +1,473 @@
+//! Where deployments run.
+//!
+//! [`DeployTarget`] is what the API drives: apply a revision, terminate,
+//! forget, and report. [`LocalRuntime`] is the target for this machine:
+//! supervised `bentoml serve` processes behind a built-in reverse proxy,
+//! with each deployment reachable on a stable port of its own. Kubernetes
+//! clusters will be other implementations of the same trait.
+
+pub mod archive;
+pub mod logs;
+pub mod materialize;
+pub mod proxy;
+pub mod pyenv;
+pub mod replica;
+mod supervisor;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use yatai_blob::BlobStore;
+
+use crate::logs::LogBook;
+use crate::materialize::Materializer;
+use crate::proxy::Endpoint;
+use crate::pyenv::EnvCache;
+use crate::supervisor::{Command, Supervisor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("could not fetch {0}")]
+    Fetch(String),
+    #[error("refused {0}")]
+    BadArchive(String),
+    #[error("{0}")]
+    Env(String),
+    #[error("could not start a replica: {0}")]
+    Launch(String),
+    #[error("could not listen on {0}")]
+    Listen(String),
+}
+
+/// An archive in the blob store, by name and content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the archive.
+    pub digest: String,
+    pub storage_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub min: u32,
+    pub max: u32,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_inflight: f64,
+    pub scale_down_window: Duration,
+}
+
+impl Scaling {
+    /// The local runtime does not scale to zero: at least one replica runs.
+    pub fn min_effective(&self) -> u32 {
+        self.min.max(1).min(self.max.max(1))
+    }
+}
+
+/// Everything needed to run one revision of a deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSpec {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub revision_uid: String,
+    pub bento: ArtifactRef,
+    pub models: Vec<ArtifactRef>,
+    /// From the bento's manifest (`image.python_version`), e.g. `3.11`.
+    pub python_version: Option<String>,
+    pub envs: Vec<(String, String)>,
+    pub scaling: Scaling,
+    /// The stable port of the deployment's endpoint.
+    pub port: u16,
+    /// How long a replica may take to become ready.
+    pub cold_start_timeout: Duration,
+}
+
+/// Observed state, in the client's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Deploying,
+    Running,
+    Unhealthy,
+    Failed,
+    Terminating,
+    Terminated,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Deploying => "deploying",
+            Phase::Running => "running",
+            Phase::Unhealthy => "unhealthy",
+            Phase::Failed => "failed",
+            Phase::Terminating => "terminating",
+            Phase::Terminated => "terminated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub revision_uid: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `restarting` or `failed`.
+    pub state: &'static str,
+    pub restarts: u32,
+    pub inflight: usize,
+    /// Microseconds since the epoch.
+    pub started_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentSnapshot {
+    pub phase: Phase,
+    pub reason: String,
+    pub revision_uid: Option<String>,
+    pub updating_to: Option<String>,
+    pub desired_replicas: u32,
+    pub inflight: usize,
+    pub replicas: Vec<ReplicaInfo>,
+    pub port: u16,
+    pub env_cached: Option<bool>,
+}
+
+/// Receives status changes (the server writes them to the database and the
+/// event feed).
+pub trait StatusSink: Send + Sync + 'static {
+    fn status(&self, deployment_uid: &str, name: &str, phase: Phase, reason: &str);
+    /// The endpoint had to move to another port (the old one was taken).
+    fn port_changed(&self, deployment_uid: &str, port: u16);
+}
+
+/// A place deployments run.
+#[async_trait::async_trait]
+pub trait DeployTarget: Send + Sync {
+    /// Runs `spec`'s revision: starts it, or rolls the deployment over to it.
+    async fn apply(&self, spec: DeploymentSpec) -> Result<(), RuntimeError>;
+    /// Stops every replica, keeping the deployment known.
+    async fn terminate(&self, deployment_uid: &str);
+    /// Stops everything and forgets the deployment.
+    async fn remove(&self, deployment_uid: &str);
+    fn snapshot(&self, deployment_uid: &str) -> Option<DeploymentSnapshot>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Runtime directory: extracted bentos and models, replica homes, logs, pid files.
+    pub root: PathBuf,
+    /// Python environments (shared by deployments with the same requirements).
+    pub env_dir: PathBuf,
+    /// The `uv` to use (default: from PATH, else pip).
+    pub uv: Option<PathBuf>,
+    /// Address deployment endpoints listen on.
+    pub listen_host: IpAddr,
+    pub stop_grace: Duration,
+    pub drain_timeout: Duration,
+    pub liveness_every: Duration,
+    pub liveness_failures: u32,
+    pub crash_loop_limit: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(root: PathBuf, env_dir: PathBuf) -> Self {
+        RuntimeConfig {
+            root,
+            env_dir,
+            uv: None,
+            listen_host: IpAddr::from([127, 0, 0, 1]),
+            stop_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            liveness_every: Duration::from_secs(5),
+            liveness_failures: 3,
+            crash_loop_limit: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            log_max_bytes: 10 << 20,
+            log_keep: 3,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub config: RuntimeConfig,
+    pub materializer: Materializer,
+    pub envs: EnvCache,
+    pub sink: Arc<dyn StatusSink>,
+}
+
+struct Running {
+    tx: mpsc::UnboundedSender<Command>,
+    endpoint: Arc<Endpoint>,
+    logs: Arc<LogBook>,
+    snapshot: Arc<Mutex<DeploymentSnapshot>>,
+    stop_listener: watch::Sender<bool>,
+    host_key: String,
+}
+
+/// The deploy target for this machine.
+pub struct LocalRuntime {
+    shared: Arc<Shared>,
+    deployments: Mutex<HashMap<String, Running>>,
+}
+
+impl LocalRuntime {
+    pub fn new(
+        config: RuntimeConfig,
+        blobs: BlobStore,
+        sink: Arc<dyn StatusSink>,
+    ) -> Arc<LocalRuntime> {
+        let materializer = Materializer::new(config.root.join("artifacts"), blobs);
+        let envs = EnvCache::new(config.env_dir.clone(), config.uv.clone());
+        Arc::new(LocalRuntime {
+            shared: Arc::new(Shared {
+                config,
+                materializer,
+                envs,
+                sink,
+            }),
+            deployments: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (Python environments in {})",
+            self.shared.config.root.display(),
+            self.shared.envs.describe()
+        )
+    }
+
+    /// Stops replicas that a previous server process left running.
+    pub async fn stop_orphans(&self) -> usize {
+        replica::stop_orphans(
+            &self.shared.config.root.join("pids"),
+            self.shared.config.stop_grace,
+        )
+        .await
+    }
+
+    /// A port for a new deployment's endpoint: free now, and not in `taken`.
+    pub fn allocate_port(&self, taken: &[i64]) -> Result<u16, RuntimeError> {
+        for _ in 0..100 {
+            let l = std::net::TcpListener::bind((self.shared.config.listen_host, 0))
+                .map_err(|e| RuntimeError::Listen(e.to_string()))?;
+            let port = l
+                .local_addr()
+                .map_err(|e| RuntimeError::Listen(e.to_string()))?
+                .port();
+            if !taken.contains(&i64::from(port)) {
+                return Ok(port);
+            }
+        }
+        Err(RuntimeError::Listen("no free port".into()))
+    }
+
+    /// The key host-based routing uses: `<name>-<namespace>`.
+    pub fn host_key(name: &str, namespace: &str) -> String {
+        format!("{name}-{namespace}")
+    }
+
+    /// The endpoint whose host key is `key`.
+    pub fn endpoint_by_host_key(&self, key: &str) -> Option<Arc<Endpoint>> {
+        self.deployments
+            .lock()
+            .expect("lock")
+            .values()
+            .find(|r| r.host_key == key)
+            .map(|r| r.endpoint.clone())
+    }
+
+    pub fn endpoint(&self, uid: &str) -> Option<Arc<Endpoint>> {
+        self.deployments
+            .lock()
+            .expect("lock")
+            .get(uid)
+            .map(|r| r.endpoint.clone())
+    }
+
+    pub fn logs(&self, uid: &str) -> Option<Arc<LogBook>> {
+        self.deployments
+            .lock()
+            .expect("lock")
+            .get(uid)
+            .map(|r| r.logs.clone())
+    }
+
+    /// Opens the log of a deployment that is not running (for reading).
+    pub fn open_logs(&self, uid: &str) -> Option<Arc<LogBook>> {
+        self.logs(uid).or_else(|| {
+            let dir = self
+                .shared
+                .config
+                .root
+                .join("deployments")
+                .join(uid)
+                .join("logs");
+            dir.exists()
+                .then(|| {
+                    LogBook::open(
+                        &dir,
+                        self.shared.config.log_max_bytes,
+                        self.shared.config.log_keep,
+                    )
+                    .ok()
+                })
+                .flatten()
+        })
+    }
+
+    async fn start(&self, spec: &DeploymentSpec) -> Result<(), RuntimeError> {
+        let endpoint = Endpoint::new(&spec.name);
+        let mut port = spec.port;
+        let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
+            self.shared.config.listen_host,
+            port,
+        ))
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(deployment = %spec.name, port, error = %e, "the endpoint port is taken; moving to another");
+                let l = tokio::net::TcpListener::bind(SocketAddr::new(
+                    self.shared.config.listen_host,
+                    0,
+                ))
+                .await
+                .map_err(|e| RuntimeError::Listen(e.to_string()))?;
+                port = l
+                    .local_addr()
+                    .map_err(|e| RuntimeError::Listen(e.to_string()))?
+                    .port();
+                self.shared.sink.port_changed(&spec.uid, port);
+                l
+            }
+        };
+        let logs = LogBook::open(
+            &self
+                .shared
+                .config
+                .root
+                .join("deployments")
+                .join(&spec.uid)
+                .join("logs"),
+            self.shared.config.log_max_bytes,
+            self.shared.config.log_keep,
+        )
+        .map_err(|e| RuntimeError::Launch(format!("log directory: {e}")))?;
+        let snapshot = Arc::new(Mutex::new(DeploymentSnapshot {
+            phase: Phase::Deploying,
+            reason: String::new(),
+            revision_uid: None,
+            updating_to: None,
+            desired_replicas: 0,
+            inflight: 0,
+            replicas: Vec::new(),
+            port,
+            env_cached: None,
+        }));
+        let (stop_listener, stop_rx) = watch::channel(false);
+        tokio::spawn(proxy::serve(endpoint.clone(), listener, stop_rx));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sup = Supervisor::new(
+            self.shared.clone(),
+            &spec.uid,
+            &spec.name,
+            endpoint.clone(),
+            logs.clone(),
+            snapshot.clone(),
+        );
+        tokio::spawn(sup.run(rx));
+        self.deployments.lock().expect("lock").insert(
+            spec.uid.clone(),
+            Running {
+                tx,
+                endpoint,
+                logs,
+                snapshot,
+                stop_listener,
+                host_key: Self::host_key(&spec.name, &spec.namespace),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops every deployment's replicas (graceful server shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self
+            .deployments
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        let mut waits = Vec::new();
+        for r in all {
+            let (done, wait) = oneshot::channel();
+            if r.tx.send(Command::Shutdown(done)).is_ok() {
+                waits.push(wait);
+            }
+            let _ = r.stop_listener.send(true);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl DeployTarget for LocalRuntime {
+    async fn apply(&self, mut spec: DeploymentSpec) -> Result<(), RuntimeError> {
+        let known = self
+            .deployments
+            .lock()
+            .expect("lock")
+            .contains_key(&spec.uid);
+        if !known {
+            self.start(&spec).await?;
+        }
+        let guard = self.deployments.lock().expect("lock");
+        let r = guard.get(&spec.uid).expect("just started");
+        spec.port = r.snapshot.lock().expect("lock").port;
+        let _ = r.tx.send(Command::Apply(Box::new(spec)));
+        Ok(())
+    }
+
+    async fn terminate(&self, uid: &str) {
+        if let Some(r) = self.deployments.lock().expect("lock").get(uid) {
+            let _ = r.tx.send(Command::Terminate);
+        }
+    }
+
+    async fn remove(&self, uid: &str) {
+        let r = self.deployments.lock().expect("lock").remove(uid);
+        if let Some(r) = r {
+            let (done, wait) = oneshot::channel();
+            if r.tx.send(Command::Shutdown(done)).is_ok() {
+                let _ = wait.await;
+            }
+            let _ = r.stop_listener.send(true);
+        }
+        let _ =
+            tokio::fs::remove_dir_all(self.shared.config.root.join("deployments").join(uid)).await;
+    }
+
+    fn snapshot(&self, uid: &str) -> Option<DeploymentSnapshot> {
+        self.deployments
+            .lock()
+            .expect("lock")
+            .get(uid)
+            .map(|r| r.snapshot.lock().expect("lock").clone())
+    }
+}

@@ -1,0 +1,614 @@
+//! The registry's HTTP API directly: bad input, integrity, deletes and
+//! garbage collection, authorisation, isolation between organizations,
+//! events, OpenAPI.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const MODEL_MANIFEST: &str = r#"{"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}}"#;
+
+fn manifest() -> Value {
+    serde_json::from_str(MODEL_MANIFEST).unwrap()
+}
+
+/// Creates model repository `repo` and version `version`; returns the
+/// version's path.
+fn create_model(http: &Http, repo: &str, version: &str) -> String {
+    let r = http.post(
+        "/api/v1/model_repositories",
+        &json!({"name": repo, "description": ""}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http.post(
+        &format!("/api/v1/model_repositories/{repo}/models"),
+        &json!({"version": version, "description": "", "manifest": manifest(), "build_at": "2026-11-24 19:44:50.976764", "labels": [{"key": "team", "value": "x"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    format!("/api/v1/model_repositories/{repo}/models/{version}")
+}
+
+fn upload(http: &Http, version_path: &str, bytes: &[u8]) -> Response {
+    let r = http.patch(&format!("{version_path}/start_upload"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.put_bytes(&format!("{version_path}/upload"), bytes)
+}
+
+fn download(http: &Http, version_path: &str) -> Response {
+    http.get(&format!("{version_path}/download"))
+}
+
+fn assert_error(r: &Response, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let body = r.json();
+    let msg = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+    assert!(body["code"].is_string());
+}
+
+#[test]
+fn bad_tags_are_refused_with_a_clear_400() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    assert_error(
+        &http.post("/api/v1/model_repositories", &json!({"name": "Iris CLF"})),
+        400,
+        "lowercase",
+    );
+    assert_error(
+        &http.post(
+            "/api/v1/model_repositories",
+            &json!({"name": "x".repeat(64)}),
+        ),
+        400,
+        "63",
+    );
+    assert_error(
+        &http.post("/api/v1/bento_repositories", &json!({"name": "-leading"})),
+        400,
+        "bento name",
+    );
+    assert_error(
+        &http.get("/api/v1/model_repositories/under_score_"),
+        400,
+        "model name",
+    );
+    create_model(&http, "good", "v1");
+    let r = http.post(
+        "/api/v1/model_repositories/good/models",
+        &json!({"version": "V2", "manifest": manifest()}),
+    );
+    assert_error(&r, 400, "model version");
+    assert_error(
+        &http.get("/api/v1/model_repositories/good/models/a..b."),
+        400,
+        "model version",
+    );
+    // Nothing was created by the refused requests.
+    let list = http.get("/api/v1/model_repositories").json();
+    assert_eq!(list["total"], 1, "{list}");
+}
+
+#[test]
+fn malformed_bodies_are_refused_with_400_and_create_nothing() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    http.post("/api/v1/model_repositories", &json!({"name": "m"}));
+    let r = http.raw(
+        "POST",
+        "/api/v1/model_repositories/m/models",
+        &[("Content-Type", "application/json")],
+        b"{\"version\": ",
+        Some(12),
+        false,
+    );
+    assert_error(&r, 400, "JSON");
+    let r = http.post(
+        "/api/v1/model_repositories/m/models",
+        &json!({"description": "no version"}),
+    );
+    assert_error(&r, 400, "version");
+    let r = http.post(
+        "/api/v1/model_repositories/m/models",
+        &json!({"version": "v1", "manifest": {"module": ""}}),
+    );
+    assert_error(&r, 400, "manifest");
+    let r = http.post(
+        "/api/v1/model_repositories/m/models",
+        &json!({"version": "v1", "manifest": manifest(), "build_at": "yesterday"}),
+    );
+    assert_error(&r, 400, "build_at");
+    let r = http.raw(
+        "POST",
+        "/api/v1/model_repositories",
+        &[("Content-Type", "text/plain")],
+        b"{}",
+        Some(2),
+        false,
+    );
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert_eq!(
+        http.get("/api/v1/model_repositories/m/models/v1").status,
+        404
+    );
+}
+
+#[test]
+fn oversize_json_is_refused_with_413() {
+    let server = Server::start_with(
+        ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]),
+    );
+    let http = server.http();
+    http.post("/api/v1/bento_repositories", &json!({"name": "big"}));
+    let body = json!({"version": "v1", "description": "x".repeat(8 << 10), "manifest": null});
+    let r = http.post("/api/v1/bento_repositories/big/bentos", &body);
+    assert_error(&r, 413, "larger");
+    assert_eq!(
+        http.get("/api/v1/bento_repositories/big/bentos/v1").status,
+        404
+    );
+    // A body under the limit still works.
+    let r = http.post(
+        "/api/v1/bento_repositories/big/bentos",
+        &json!({"version": "v1", "manifest": null}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn unknown_repositories_versions_and_routes_are_404_json() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    assert_error(
+        &http.get("/api/v1/model_repositories/nope"),
+        404,
+        "not found",
+    );
+    assert_error(
+        &http.get("/api/v1/model_repositories/nope/models/v1"),
+        404,
+        "not found",
+    );
+    assert_error(
+        &http.post(
+            "/api/v1/model_repositories/nope/models",
+            &json!({"version": "v1", "manifest": manifest()}),
+        ),
+        404,
+        "not found",
+    );
+    assert_error(
+        &http.put_bytes("/api/v1/model_repositories/nope/models/v1/upload", b"abc"),
+        404,
+        "not found",
+    );
+    assert_error(&http.get("/api/v1/no_such_route"), 404, "no route");
+    assert_error(
+        &http.raw("DELETE", "/healthz", &[], b"", Some(0), false),
+        405,
+        "does not accept",
+    );
+}
+
+backend_test! {
+    fn an_upload_shorter_than_its_content_length_is_refused_and_stores_nothing(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let v = create_model(&http, "short", "v1");
+        http.patch(&format!("{v}/start_upload"), None);
+        let r = http.raw("PUT", &format!("{v}/upload"), &[("Content-Type", "application/octet-stream")], &[7u8; 500], Some(1000), true);
+        assert_error(&r, 400, "500");
+        let got = http.get(&v).json();
+        assert_eq!(got["upload_status"], "failed", "{got}");
+        assert!(got["upload_finished_reason"].as_str().unwrap().contains("1000"), "{got}");
+        assert_eq!(download(&http, &v).status, 404);
+        assert!(server.stored_archives().is_empty(), "{:?}", server.stored_archives());
+        // The client can simply try again.
+        let r = upload(&http, &v, b"complete bytes");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(download(&http, &v).body, b"complete bytes");
+    }
+}
+
+backend_test! {
+    fn a_connection_cut_mid_upload_leaves_nothing_downloadable(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let v = create_model(&http, "cut", "v1");
+        http.patch(&format!("{v}/start_upload"), None);
+        {
+            let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
+            write!(s, "PUT {v}/upload HTTP/1.1\r\nHost: x\r\nX-YATAI-API-TOKEN: {}\r\nContent-Length: 10000000\r\n\r\n", server.token).unwrap();
+            s.write_all(&[1u8; 1_000_000]).unwrap();
+            // Dropped here: the connection closes 9 MB early.
+        }
+        let got = wait_for("the cut upload to be marked failed", Duration::from_secs(30), || {
+            let got = http.get(&v).json();
+            (got["upload_status"] == "failed").then_some(got)
+        });
+        assert!(got["upload_finished_reason"].as_str().unwrap().contains("interrupted") || got["upload_finished_reason"].as_str().unwrap().contains("1000000"), "{got}");
+        assert_eq!(download(&http, &v).status, 404);
+        wait_for("the partial object to be removed", Duration::from_secs(10), || server.stored_archives().is_empty().then_some(()));
+    }
+}
+
+backend_test! {
+    fn a_second_concurrent_upload_of_a_version_is_refused(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let v = create_model(&http, "race", "v1");
+        http.patch(&format!("{v}/start_upload"), None);
+        let first_body = vec![3u8; 2_000_000];
+        let mut first = std::net::TcpStream::connect(http.addr()).unwrap();
+        write!(first, "PUT {v}/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-YATAI-API-TOKEN: {}\r\nContent-Length: {}\r\n\r\n", server.token, first_body.len()).unwrap();
+        first.write_all(&first_body[..1_000_000]).unwrap();
+        // Wait until the server is receiving the first upload.
+        wait_for("the first upload to start", Duration::from_secs(10), || {
+            server.log_text().contains("receiving a proxy upload").then_some(())
+        });
+        let r = http.put_bytes(&format!("{v}/upload"), b"second");
+        assert_error(&r, 409, "in progress");
+        first.write_all(&first_body[1_000_000..]).unwrap();
+        let mut resp = String::new();
+        std::io::Read::read_to_string(&mut first, &mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(download(&http, &v).body, first_body);
+        assert_eq!(server.stored_archives().len(), 1);
+    }
+}
+
+backend_test! {
+    fn replacing_stored_bytes_needs_a_forced_push_and_the_old_archive_is_collected(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let v = create_model(&http, "replace", "v1");
+        assert_eq!(upload(&http, &v, b"first content").status, 200);
+        // A raw upload without start_upload (what only --force sends) is refused.
+        let r = http.put_bytes(&format!("{v}/upload"), b"other content");
+        assert_error(&r, 409, "--force");
+        assert_eq!(download(&http, &v).body, b"first content");
+        // Re-sending the same bytes is a no-op.
+        assert_eq!(upload(&http, &v, b"first content").status, 200);
+        assert_eq!(server.stored_archives().len(), 1);
+        // The forced flow (start_upload, then upload) replaces them.
+        let r = upload(&http, &v, b"second content");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(download(&http, &v).body, b"second content");
+        assert_eq!(server.stored_archives().len(), 1, "the replaced archive was not collected");
+    }
+}
+
+backend_test! {
+    fn identical_archives_are_stored_once(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let a = create_model(&http, "same-a", "v1");
+        let b = create_model(&http, "same-b", "v7");
+        let bytes = vec![9u8; 300_000];
+        assert_eq!(upload(&http, &a, &bytes).status, 200);
+        assert_eq!(upload(&http, &b, &bytes).status, 200);
+        let (ja, jb) = (http.get(&a).json(), http.get(&b).json());
+        assert_eq!(ja["archive_digest"], jb["archive_digest"]);
+        assert_eq!(server.stored_archives().len(), 1);
+        assert_eq!(download(&http, &b).body, bytes);
+        // Deleting one keeps the shared archive for the other.
+        assert_eq!(http.delete(&a).status, 200);
+        assert_eq!(server.stored_archives().len(), 1);
+        assert_eq!(download(&http, &b).body, bytes);
+        assert_eq!(http.delete(&b).status, 200);
+        assert!(server.stored_archives().is_empty());
+    }
+}
+
+backend_test! {
+    fn deletes_refuse_while_referenced_and_collect_archives(backend: Backend) {
+        let server = Server::start(backend);
+        let http = server.http();
+        let m = create_model(&http, "used-model", "m1");
+        assert_eq!(upload(&http, &m, b"model bytes").status, 200);
+        http.post("/api/v1/bento_repositories", &json!({"name": "svc"}));
+        let bento_manifest = json!({"service": "service:Svc", "bentoml_version": "1.4.40", "size_bytes": 1, "models": ["used-model:m1"],
+            "services": [{"name": "Svc", "models": [{"tag": "used-model:m1"}, {"tag": "not-pushed:v9"}]}]});
+        let r = http.post("/api/v1/bento_repositories/svc/bentos", &json!({"version": "b1", "manifest": bento_manifest}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let b = "/api/v1/bento_repositories/svc/bentos/b1";
+        assert_eq!(upload(&http, b, b"bento bytes").status, 200);
+        assert_eq!(server.stored_archives().len(), 2);
+
+        let r = http.delete(&m);
+        assert_error(&r, 409, "svc:b1");
+        assert_error(&http.delete("/api/v1/model_repositories/used-model"), 409, "svc:b1");
+        let users = http.get(&format!("{m}/bentos")).json();
+        assert_eq!(users["items"][0]["version"], "b1");
+
+        assert_eq!(http.delete(b).status, 200);
+        assert_eq!(http.get(b).status, 404);
+        assert_eq!(http.delete(&m).status, 200);
+        assert_eq!(http.get(&m).status, 404);
+        assert!(server.stored_archives().is_empty(), "{:?}", server.stored_archives());
+        assert_eq!(http.delete("/api/v1/bento_repositories/svc").status, 200);
+        assert_eq!(http.get("/api/v1/bento_repositories/svc").status, 404);
+        let deleted = http.get("/api/v1/events?operation_name=deleted").json();
+        assert_eq!(deleted["total"], 3, "{deleted}");
+    }
+}
+
+backend_test! {
+    fn organizations_cannot_see_each_other(backend: Backend) {
+        let server = Server::start(backend);
+        let admin = server.http();
+        let v = create_model(&admin, "secret-model", "v1");
+        assert_eq!(upload(&admin, &v, b"secret").status, 200);
+
+        server.admin(&["org", "create", "other"]);
+        server.admin(&["user", "create", "bob", "--email", "bob@example.com", "--org", "other"]);
+        let bob_token = server.admin(&["token", "create", "--name", "bob", "--user", "bob", "--org", "other"]).trim().to_owned();
+        let bob = admin.with_token(&bob_token);
+        assert_eq!(bob.get("/api/v1/current_org").json()["name"], "other");
+        assert_eq!(bob.get("/api/v1/model_repositories/secret-model").status, 404);
+        assert_eq!(bob.get(&v).status, 404);
+        assert_eq!(bob.get(&format!("{v}/download")).status, 404);
+        assert_eq!(bob.patch(&format!("{v}/presign_download_url"), None).status, 404);
+        assert_eq!(bob.get("/api/v1/models").json()["total"], 0);
+        assert_eq!(bob.get("/api/v1/events").json()["total"], 0);
+        assert_eq!(bob.delete(&v).status, 404);
+        // The same name in another organization is another repository.
+        let bv = create_model(&bob, "secret-model", "v1");
+        assert_eq!(upload(&bob, &bv, b"bob's").status, 200);
+        assert_eq!(download(&admin, &v).body, b"secret");
+        assert_eq!(download(&bob, &bv).body, b"bob's");
+        // And admin's token list does not show bob's token.
+        let tokens = admin.get("/api/v1/api_tokens?all=true").json();
+        assert!(tokens["items"].as_array().unwrap().iter().all(|t| t["name"] != "bob"), "{tokens}");
+    }
+}
+
+#[test]
+fn tokens_have_scopes_expire_and_can_be_revoked() {
+    let server = Server::start(Backend::SqliteLocal);
+    let admin = server.http();
+    create_model(&admin, "scoped", "v1");
+
+    let created = admin.post("/api/v1/api_tokens", &json!({"name": "reader", "description": "", "scopes": ["read_organization"], "expired_at": null}));
+    assert_eq!(created.status, 200, "{}", created.text());
+    let created = created.json();
+    let secret = created["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("yatai_"));
+    let reader = admin.with_token(&secret);
+    assert_eq!(reader.get("/api/v1/model_repositories/scoped").status, 200);
+    assert_error(
+        &reader.post("/api/v1/model_repositories", &json!({"name": "nope"})),
+        403,
+        "may not",
+    );
+    assert_error(
+        &reader.post("/api/v1/api_tokens", &json!({"name": "escalate"})),
+        403,
+        "may not",
+    );
+
+    // The secret is shown once, never listed.
+    let listed = admin.get("/api/v1/api_tokens").json();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none()),
+        "{listed}"
+    );
+    let uid = created["uid"].as_str().unwrap();
+    assert_eq!(
+        admin.delete(&format!("/api/v1/api_tokens/{uid}")).status,
+        200
+    );
+    assert_error(
+        &reader.get("/api/v1/model_repositories/scoped"),
+        401,
+        "not valid",
+    );
+
+    let short = server
+        .admin(&[
+            "token",
+            "create",
+            "--name",
+            "short-lived",
+            "--expires-in",
+            "2s",
+        ])
+        .trim()
+        .to_owned();
+    assert_eq!(
+        admin.with_token(&short).get("/api/v1/auth/current").status,
+        200
+    );
+    wait_for("the token to expire", Duration::from_secs(30), || {
+        let r = admin.with_token(&short).get("/api/v1/auth/current");
+        (r.status == 401).then_some(())
+    });
+    assert_error(
+        &admin.with_token(&short).get("/api/v1/auth/current"),
+        401,
+        "expired",
+    );
+    assert_error(
+        &admin.without_token().get("/api/v1/auth/current"),
+        401,
+        "X-YATAI-API-TOKEN",
+    );
+    // Tokens are stored hashed: the secret is nowhere in the database file.
+    let db = std::fs::read(server.data_dir().join("yatai.db")).unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    assert!(
+        !db.windows(server.token.len())
+            .any(|w| w == server.token.as_bytes())
+    );
+}
+
+#[test]
+fn every_api_route_except_health_requires_a_token() {
+    let server = Server::start(Backend::SqliteLocal);
+    let doc = server
+        .http()
+        .without_token()
+        .get("/api/openapi.json")
+        .json();
+    let anon = server.http().without_token();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let concrete = path.replace('{', "").replace('}', "");
+            let r = anon.request(&method.to_uppercase(), &concrete, None);
+            if op.get("security").is_some() {
+                assert_eq!(
+                    r.status, 401,
+                    "{method} {path} answered {} without a token",
+                    r.status
+                );
+                checked += 1;
+            } else {
+                assert!(
+                    path.starts_with("/transfer/")
+                        || path.contains("health")
+                        || path == "/livez"
+                        || path == "/api/v1/version",
+                    "{method} {path} is public"
+                );
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} routes checked");
+}
+
+#[test]
+fn openapi_document_and_offline_swagger_ui_are_served() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http().without_token();
+    let doc = http.get("/api/openapi.json").json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/api/v1/model_repositories/{name}/models/{version}/upload",
+        "/api/v1/bento_repositories/{name}/bentos",
+        "/api/v1/api_tokens",
+        "/api/v1/events",
+    ] {
+        assert!(
+            doc["paths"].get(p).is_some(),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"].get("ArtifactSchema").is_some());
+    let ui = http.get("/api/docs/");
+    assert_eq!(ui.status, 200);
+    assert!(
+        ui.text().to_lowercase().contains("swagger"),
+        "{}",
+        ui.text()
+    );
+    let js = http.get("/api/docs/swagger-ui-bundle.js");
+    assert_eq!(
+        js.status, 200,
+        "Swagger UI assets must be served by yatai itself"
+    );
+    assert!(js.body.len() > 100_000);
+}
+
+#[test]
+fn events_say_who_did_what_with_which_token() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    let v = create_model(&http, "audited", "v1");
+    upload(&http, &v, b"bytes");
+    download(&http, &v);
+    let events = http.get("/api/v1/events?count=10").json();
+    let ops: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["pulled", "pushed", "created", "created"], "{events}");
+    let pushed = &events["items"][1];
+    assert_eq!(pushed["resource_name"], "audited:v1");
+    assert_eq!(pushed["creator"]["name"], "admin");
+    assert_eq!(pushed["api_token_name"], "initial");
+    assert_eq!(pushed["info"]["size_bytes"], 5);
+    let filtered = http
+        .get("/api/v1/current_org/events?operation_name=pulled")
+        .json();
+    assert_eq!(filtered["total"], 1);
+}
+
+#[test]
+fn signed_transfer_urls_reject_tampering() {
+    let server = Server::start_with(
+        ServerOptions::new(Backend::SqliteLocal).args(&["--transmission-strategy", "presigned"]),
+    );
+    let http = server.http();
+    let v = create_model(&http, "signed", "v1");
+    let got = http.patch(&format!("{v}/presign_upload_url"), None).json();
+    assert!(got["transmission_strategy"].is_null());
+    let url = got["presigned_upload_url"].as_str().unwrap().to_owned();
+    let path = url.trim_start_matches(&server.url).to_owned();
+    let anon = http.without_token();
+    let tampered = path.replace("signature=", "signature=00");
+    assert_error(&anon.put_bytes(&tampered, b"evil"), 403, "signature");
+    let other_upload = path.replacen("/transfer/uploads/", "/transfer/uploads/0", 1);
+    assert_eq!(anon.put_bytes(&other_upload, b"evil").status, 403);
+    let r = anon.put_bytes(&path, b"good");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("etag").is_some());
+    let r = http.patch(
+        &format!("{v}/finish_upload"),
+        Some(&json!({"status": "success", "reason": ""})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["upload_status"], "success");
+    let dl = http
+        .patch(&format!("{v}/presign_download_url"), None)
+        .json();
+    let dl_path = dl["presigned_download_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches(&server.url)
+        .to_owned();
+    assert_eq!(anon.get(&dl_path).body, b"good");
+    assert_eq!(
+        anon.get(&dl_path.replace("expires=", "expires=1")).status,
+        403
+    );
+}
+
+#[test]
+fn a_restarted_server_keeps_data_tokens_and_bootstraps_once() {
+    let mut server = Server::start_with(ServerOptions {
+        random_token: true,
+        ..ServerOptions::new(Backend::SqliteLocal)
+    });
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("bentoml cloud login --endpoint")),
+        "{:?}",
+        server.banner
+    );
+    let http = server.http();
+    let v = create_model(&http, "durable", "v1");
+    assert_eq!(upload(&http, &v, b"kept").status, 200);
+    server.restart();
+    assert!(
+        server.banner.iter().all(|l| !l.contains("yatai_")),
+        "a second token was printed: {:?}",
+        server.banner
+    );
+    let http = server.http();
+    assert_eq!(download(&http, &v).body, b"kept");
+}

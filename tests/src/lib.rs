@@ -1,1 +1,0 @@
-//! Test harness shared by the end-to-end tests in `tests/`.

@@ -1,0 +1,830 @@
+//! The test harness: real `yatai serve` processes, the real bentoml CLI from
+//! PyPI, PostgreSQL and an S3 server (s3s-fs). `scripts/test` installs and
+//! starts the external components and passes them in environment variables:
+//!
+//! - `YATAI_TEST_VENV`: a venv with bentoml 1.4.40, scikit-learn and uv
+//! - `YATAI_TEST_PG_URL`: a PostgreSQL admin URL (each test gets a database)
+//! - `YATAI_TEST_S3_ENDPOINT`, `YATAI_TEST_S3_ROOT`, `YATAI_TEST_S3_KEY`,
+//!   `YATAI_TEST_S3_SECRET`: an s3s-fs server and the directory it serves
+//!   (each test gets a bucket, made as a directory there)
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+
+fn env_required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with scripts/test, which installs and starts what the tests need")
+    })
+}
+
+pub fn venv() -> PathBuf {
+    PathBuf::from(
+        std::env::var("YATAI_TEST_VENV").unwrap_or_else(|_| "/var/cache/yatai-rs/venv".into()),
+    )
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Which metadata database and artifact store a server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded defaults: SQLite and a local directory.
+    SqliteLocal,
+    /// PostgreSQL and an S3 server.
+    PostgresS3,
+}
+
+/// A scratch directory removed at drop (kept when the test failed).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let base = std::env::var("YATAI_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir());
+        let dir = base.join(unique(&format!("yatai-{name}-")));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub struct ServerOptions {
+    pub backend: Backend,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Start without YATAI_INITIAL_API_TOKEN, so the server makes one up.
+    pub random_token: bool,
+}
+
+impl ServerOptions {
+    pub fn new(backend: Backend) -> Self {
+        ServerOptions {
+            backend,
+            args: Vec::new(),
+            env: Vec::new(),
+            random_token: false,
+        }
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+}
+
+/// A running `yatai serve`, stopped at drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub scratch: Scratch,
+    pub backend: Backend,
+    /// `serve` arguments, to restart the same server.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Where the bucket of this server lives on disk (S3 backend).
+    pub bucket_dir: Option<PathBuf>,
+    pub log: PathBuf,
+    /// What the server printed on stdout before it listened.
+    pub banner: Vec<String>,
+}
+
+pub fn yatai_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_yatai")
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Server {
+        Self::start_with(ServerOptions::new(backend))
+    }
+
+    pub fn start_with(opts: ServerOptions) -> Server {
+        let scratch = Scratch::new("server");
+        let token = format!("yatai_test_{}", unique("t"));
+        let data_dir = scratch.path().join("data");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        let mut env = vec![
+            (
+                "YATAI_LOG".to_owned(),
+                "info,yatai_api=debug,sqlx=warn".to_owned(),
+            ),
+            // Tests do not measure durability; syncing slows them down.
+            ("YATAI_FSYNC".to_owned(), "false".to_owned()),
+        ];
+        let mut bucket_dir = None;
+        if opts.backend == Backend::PostgresS3 {
+            let db = unique("t");
+            create_pg_database(&db);
+            let base = env_required("YATAI_TEST_PG_URL");
+            let url = match base.rsplit_once('/') {
+                Some((head, _)) => format!("{head}/{db}"),
+                None => panic!("YATAI_TEST_PG_URL must end in /DATABASE"),
+            };
+            args.extend(["--database-url".into(), url]);
+            let bucket = unique("b").replace('x', "-");
+            let dir = PathBuf::from(env_required("YATAI_TEST_S3_ROOT")).join(&bucket);
+            std::fs::create_dir_all(&dir).unwrap();
+            bucket_dir = Some(dir);
+            args.extend([
+                "--storage".into(),
+                format!("s3://{bucket}"),
+                "--s3-endpoint".into(),
+                env_required("YATAI_TEST_S3_ENDPOINT"),
+            ]);
+            env.push((
+                "YATAI_S3_ACCESS_KEY_ID".into(),
+                env_required("YATAI_TEST_S3_KEY"),
+            ));
+            env.push((
+                "YATAI_S3_SECRET_ACCESS_KEY".into(),
+                env_required("YATAI_TEST_S3_SECRET"),
+            ));
+        }
+        if !opts.random_token {
+            env.push(("YATAI_INITIAL_API_TOKEN".to_owned(), token.clone()));
+        }
+        args.extend(opts.args);
+        env.extend(opts.env);
+        let log = scratch.path().join("server.log");
+        let (child, url, banner) = spawn_server(&args, &env, &log);
+        let token = if opts.random_token {
+            banner
+                .iter()
+                .map(|l| l.trim())
+                .find(|l| l.starts_with("yatai_"))
+                .expect("a printed token")
+                .to_owned()
+        } else {
+            token
+        };
+        Server {
+            child,
+            url,
+            token,
+            scratch,
+            backend: opts.backend,
+            args,
+            env,
+            bucket_dir,
+            log,
+            banner,
+        }
+    }
+
+    /// Stops the server (SIGTERM, then waits) and starts it again with the
+    /// same configuration and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        // Keep listening on the same address, so clients' endpoints stay valid.
+        let mut args = self.args.clone();
+        let bind = args.iter().position(|a| a == "--bind").expect("bind") + 1;
+        args[bind] = self.url.trim_start_matches("http://").to_owned();
+        let (child, url, banner) = spawn_server(&args, &self.env, &self.log);
+        self.child = child;
+        self.url = url;
+        self.banner = banner;
+    }
+
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("yatai serve did not stop within 20 s of SIGTERM");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.scratch.path().join("data")
+    }
+
+    /// Files that hold archives, wherever this server keeps them.
+    pub fn stored_archives(&self) -> Vec<PathBuf> {
+        let root = match &self.bucket_dir {
+            Some(dir) => dir.join("blobs"),
+            None => self.data_dir().join("artifacts").join("blobs"),
+        };
+        let mut out = Vec::new();
+        collect_files(&root, &mut out);
+        out.retain(|p| !p.to_string_lossy().contains(".s3s-fs"));
+        out
+    }
+
+    /// A bentoml CLI client with a fresh home, logged in to this server.
+    pub fn client(&self) -> Bentoml {
+        Bentoml::new(&self.url, &self.token)
+    }
+
+    /// An HTTP client for direct API calls.
+    pub fn http(&self) -> Http {
+        Http {
+            base: self.url.clone(),
+            token: Some(self.token.clone()),
+        }
+    }
+
+    /// Runs an admin subcommand against this server's database.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(yatai_bin());
+        cmd.args(args);
+        let db_args = self.db_args();
+        cmd.args(&db_args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "yatai {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn db_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--data-dir".to_owned(),
+            self.data_dir().display().to_string(),
+        ];
+        if let Some(i) = self.args.iter().position(|a| a == "--database-url") {
+            v.push("--database-url".into());
+            v.push(self.args[i + 1].clone());
+        }
+        v
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- yatai serve log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+fn spawn_server(
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> (Child, String, Vec<String>) {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(yatai_bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(log_file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start yatai serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("yatai listening on ") {
+                let _ = tx.send((url.trim().to_owned(), std::mem::take(&mut banner)));
+            } else {
+                banner.push(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok((url, banner)) => (child, url, banner),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "yatai serve did not start; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn create_pg_database(name: &str) {
+    let url = env_required("YATAI_TEST_PG_URL");
+    let out = Command::new("psql")
+        .args([
+            &url,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "createdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Every file under `dir` with its contents, keyed by relative path.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files);
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(dir).unwrap().display().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The bentoml CLI with its own `BENTOML_HOME`.
+pub struct Bentoml {
+    pub home: Scratch,
+    pub endpoint: String,
+    pub token: String,
+}
+
+impl Bentoml {
+    pub fn new(endpoint: &str, token: &str) -> Bentoml {
+        Bentoml {
+            home: Scratch::new("bentoml-home"),
+            endpoint: endpoint.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// A client whose home starts as a copy of `template`.
+    pub fn with_home_from(endpoint: &str, token: &str, template: &Path) -> Bentoml {
+        let b = Self::new(endpoint, token);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", template.display()))
+            .arg(b.home.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        b
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(venv().join("bin").join(program));
+        cmd.env("BENTOML_HOME", self.home.path())
+            .env("BENTOML_DO_NOT_TRACK", "true")
+            .env("BENTO_CLOUD_API_ENDPOINT", &self.endpoint)
+            .env("BENTO_CLOUD_API_KEY", &self.token)
+            .env("NO_PROXY", "*")
+            .env("COLUMNS", "200")
+            .env("TERM", "dumb")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command("bentoml")
+            .args(args)
+            .output()
+            .expect("run bentoml")
+    }
+
+    /// Runs bentoml in `dir` (bentoml build reads only below its cwd).
+    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self
+            .command("bentoml")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run bentoml");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "bentoml {args:?} in {} failed ({}):\n{text}",
+            dir.display(),
+            out.status
+        );
+        text
+    }
+
+    /// Runs bentoml and returns stdout + stderr; panics with both if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "bentoml {args:?} failed ({}):\n{text}",
+            out.status
+        );
+        text
+    }
+
+    /// Runs bentoml expecting failure; returns stdout + stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "bentoml {args:?} unexpectedly succeeded:\n{text}"
+        );
+        text
+    }
+
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let out = self
+            .command("python")
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python {script} failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    pub fn python_code(&self, code: &str) -> String {
+        let out = self.command("python").arg("-c").arg(code).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python failed:\n{code}\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// Saves a model of `size` random bytes; returns its tag.
+    pub fn create_model(&self, name: &str, size: usize) -> String {
+        let code = format!(
+            "import bentoml, os\n\
+             with bentoml.models.create({name:?}, labels={{'team': 'e2e'}}, metadata={{'size': {size}}}) as m:\n\
+             \x20   with open(os.path.join(m.path, 'weights.bin'), 'wb') as f:\n\
+             \x20       left = {size}\n\
+             \x20       while left > 0:\n\
+             \x20           n = min(left, 1 << 20); f.write(os.urandom(n)); left -= n\n\
+             print(m.tag)"
+        );
+        self.python_code(&code).trim().to_owned()
+    }
+
+    pub fn model_dir(&self, tag: &str) -> PathBuf {
+        let (name, version) = tag.split_once(':').unwrap();
+        self.home.path().join("models").join(name).join(version)
+    }
+
+    pub fn bento_dir(&self, tag: &str) -> PathBuf {
+        let (name, version) = tag.split_once(':').unwrap();
+        self.home.path().join("bentos").join(name).join(version)
+    }
+}
+
+/// A `BENTOML_HOME` holding the iris bento and its two models, built once
+/// per test process and copied for each test.
+pub struct IrisHome {
+    pub home: Scratch,
+    pub bento: String,
+    pub models: Vec<String>,
+}
+
+pub fn iris_home() -> &'static IrisHome {
+    static HOME: OnceLock<IrisHome> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let b = Bentoml::new("http://127.0.0.1:9", "unused");
+        let out = b.python(&format!("{FIXTURES}/iris/save_models.py"), &["fixture"]);
+        let models: Vec<String> = out
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let built = b.ok_in(
+            Path::new(&format!("{FIXTURES}/iris")),
+            &["build", ".", "--output", "tag"],
+        );
+        let bento = built
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{built}"));
+        // Keep the template outside Scratch's cleanup (it lives for the process).
+        let home = Scratch(b.home.0.clone());
+        std::mem::forget(b);
+        IrisHome {
+            home,
+            bento,
+            models,
+        }
+    })
+}
+
+/// A minimal HTTP/1.1 client on `std::net`, so tests can send exactly the
+/// bytes they mean to (wrong lengths, cut-off bodies) and read what comes back.
+pub struct Http {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Http {
+    pub fn without_token(&self) -> Http {
+        Http {
+            base: self.base.clone(),
+            token: None,
+        }
+    }
+    pub fn with_token(&self, token: &str) -> Http {
+        Http {
+            base: self.base.clone(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Sends a request built from `head_extra` headers and `body`, where
+    /// `content_length` may lie, and reads the response.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        head_extra: &[(&str, &str)],
+        body: &[u8],
+        content_length: Option<usize>,
+        close_after: bool,
+    ) -> Response {
+        let mut s = std::net::TcpStream::connect(self.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr()
+        );
+        if let Some(t) = &self.token {
+            head.push_str(&format!("X-YATAI-API-TOKEN: {t}\r\n"));
+        }
+        for (k, v) in head_extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(n) = content_length {
+            head.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        if close_after {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        read_response(&mut s)
+    }
+
+    pub fn request(&self, method: &str, path: &str, json: Option<&serde_json::Value>) -> Response {
+        match json {
+            Some(v) => {
+                let body = serde_json::to_vec(v).unwrap();
+                self.raw(
+                    method,
+                    path,
+                    &[("Content-Type", "application/json")],
+                    &body,
+                    Some(body.len()),
+                    false,
+                )
+            }
+            None => self.raw(method, path, &[], b"", Some(0), false),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, None)
+    }
+    pub fn post(&self, path: &str, json: &serde_json::Value) -> Response {
+        self.request("POST", path, Some(json))
+    }
+    pub fn patch(&self, path: &str, json: Option<&serde_json::Value>) -> Response {
+        self.request("PATCH", path, json)
+    }
+    pub fn delete(&self, path: &str) -> Response {
+        self.request("DELETE", path, None)
+    }
+    pub fn put_bytes(&self, path: &str, body: &[u8]) -> Response {
+        self.raw(
+            "PUT",
+            path,
+            &[("Content-Type", "application/octet-stream")],
+            body,
+            Some(body.len()),
+            false,
+        )
+    }
+}
+
+fn read_response(s: &mut std::net::TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP response (got {} bytes: {:?})",
+                buf.len(),
+                String::from_utf8_lossy(&buf)
+            )
+        });
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut body = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+    out
+}
+
+/// Generates one test per backend: `name::sqlite_local` and `name::postgres_s3`.
+#[macro_export]
+macro_rules! backend_test {
+    ($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn run($backend: Backend) $body
+            #[test]
+            fn sqlite_local() {
+                run(Backend::SqliteLocal)
+            }
+            #[test]
+            fn postgres_s3() {
+                run(Backend::PostgresS3)
+            }
+        }
+    };
+}
