@@ -175,9 +175,15 @@ impl TestRegistry {
             self.port
         );
         if let Some((u, p)) = &self.auth {
-            let hash = bcrypt::hash_with_result(p, 4)
-                .unwrap()
-                .format_for_version(bcrypt::Version::TwoY);
+            // bcrypt from Debian's libxcrypt through Python's crypt module (3.11 still has it).
+            let out = Command::new("/usr/bin/python3")
+                .args(["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))"])
+                .arg(p)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "bcrypt via python3 crypt failed");
+            let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            assert!(hash.starts_with("$2"), "{hash}");
             std::fs::write(dir.join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
             cfg.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
