@@ -17,6 +17,7 @@ pub mod blob;
 mod builder;
 pub mod cli;
 pub mod image;
+mod layers;
 pub mod progress;
 pub mod python;
 pub mod registry;
