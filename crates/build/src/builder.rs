@@ -366,9 +366,33 @@ pub async fn build(
         format!("yatai-rs: venv {VENV} on {python_path}"),
     )?);
     for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
+        // A model already turned into a layer is not downloaded again.
+        let source_key = source
+            .model_key(m)
+            .await?
+            .map(|k| format!("model-source:{FORMAT}:{k}:{:?}", ctx.encoding));
+        if let Some(blob) = source_key.as_deref().and_then(|k| ctx.cache.layer(k)) {
+            ctx.step(format!(
+                "model {} unchanged on the server: layer from cache, not downloaded",
+                m.tag()
+            ));
+            let created_by = format!("yatai-rs: model {}", m.tag());
+            built.push(Built {
+                kind: LayerKind::Model,
+                name: m.tag(),
+                blob,
+                cached: true,
+                created_by,
+            });
+            continue;
+        }
         ctx.step(format!("fetching model {}", m.tag()));
         let dir = source.fetch_model(m, &bento_dir, work.path()).await?;
-        built.push(model_layer(&ctx, &m.name, &m.version, &dir).await?);
+        let layer = model_layer(&ctx, &m.name, &m.version, &dir).await?;
+        if let Some(k) = &source_key {
+            ctx.cache.put_layer(k, &layer.blob)?;
+        }
+        built.push(layer);
     }
     built.push(bento_layer(&ctx, &bento, &bento_dir)?);
     for b in &built {

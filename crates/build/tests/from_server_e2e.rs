@@ -94,6 +94,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self._data.path().join("serve.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "--- yatai serve log (last lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            if let Ok(Some(st)) = self.child.try_wait() {
+                eprintln!("--- yatai serve had exited: {st}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -210,13 +222,26 @@ async fn builds_what_the_bentoml_client_pushed_to_yatai_serve() {
     .unwrap();
     let mut server_cfg = config(&reg, &format!("iris_classifier:{v1}"), "from-server");
     server_cfg.force = true;
+    let steps = std::sync::Mutex::new(Vec::new());
+    let record = |e: &yatai_build::Event| steps.lock().unwrap().push(e.to_string());
     let from_server_v1 = build(
         &server_cfg,
         &YataiSource::new(&server.url, TOKEN).unwrap(),
-        &|_: &yatai_build::Event| {},
+        &record,
     )
     .await
     .unwrap();
+    let steps = steps.into_inner().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.contains("layer from cache, not downloaded")),
+        "the model of v1 is the one v2 used: not downloaded again: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.starts_with("fetching model")),
+        "{steps:?}"
+    );
     let model = |o: &yatai_build::BuildOutcome| {
         o.layers
             .iter()

@@ -28,6 +28,10 @@ struct Artifact {
     transmission_strategy: Option<String>,
     #[serde(default)]
     presigned_download_url: String,
+    #[serde(default)]
+    upload_finished_at: Option<String>,
+    #[serde(default)]
+    manifest: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +230,19 @@ impl BentoSource for YataiSource {
             bail!("the archive of model {} has no model.yaml", model.tag());
         }
         Ok(dest)
+    }
+
+    async fn model_key(&self, model: &ModelRef) -> anyhow::Result<Option<String>> {
+        let a = self
+            .artifact("model", &model.name, Some(&model.version))
+            .await?;
+        let size = a
+            .manifest
+            .as_ref()
+            .and_then(|m| m.get("size_bytes"))
+            .cloned();
+        Ok(a.upload_finished_at
+            .map(|t| format!("yatai|{}|{}|{t}|{size:?}", self.endpoint, model.tag())))
     }
 
     fn describe(&self) -> String {

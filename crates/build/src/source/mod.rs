@@ -76,6 +76,13 @@ pub trait BentoSource: Send + Sync {
         work: &Path,
     ) -> anyhow::Result<PathBuf>;
 
+    /// A key that changes whenever the model's content may have changed (e.g. the server's
+    /// upload time and size), so its layer can be taken from the cache without downloading the
+    /// model. `None` (the default) means "fetch it and hash it".
+    async fn model_key(&self, _model: &ModelRef) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// For logs: where this source reads from.
     fn describe(&self) -> String;
 }
