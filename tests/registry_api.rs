@@ -19,10 +19,7 @@ fn manifest() -> Value {
 /// Creates model repository `repo` and version `version`; returns the
 /// version's path.
 fn create_model(http: &Http, repo: &str, version: &str) -> String {
-    let r = http.post(
-        "/api/v1/model_repositories",
-        &json!({"name": repo, "description": ""}),
-    );
+    let r = http.post("/api/v1/model_repositories", &json!({"name": repo, "description": ""}));
     assert_eq!(r.status, 200, "{}", r.text());
     let r = http.post(
         &format!("/api/v1/model_repositories/{repo}/models"),
@@ -45,9 +42,7 @@ fn download(http: &Http, version_path: &str) -> Response {
 fn assert_error(r: &Response, status: u16, needle: &str) {
     assert_eq!(r.status, status, "{}", r.text());
     let body = r.json();
-    let msg = body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {body}"));
+    let msg = body["message"].as_str().unwrap_or_else(|| panic!("no message in {body}"));
     assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
     assert!(body["code"].is_string());
 }
@@ -56,40 +51,14 @@ fn assert_error(r: &Response, status: u16, needle: &str) {
 fn bad_tags_are_refused_with_a_clear_400() {
     let server = Server::start(Backend::SqliteLocal);
     let http = server.http();
-    assert_error(
-        &http.post("/api/v1/model_repositories", &json!({"name": "Iris CLF"})),
-        400,
-        "lowercase",
-    );
-    assert_error(
-        &http.post(
-            "/api/v1/model_repositories",
-            &json!({"name": "x".repeat(64)}),
-        ),
-        400,
-        "63",
-    );
-    assert_error(
-        &http.post("/api/v1/bento_repositories", &json!({"name": "-leading"})),
-        400,
-        "bento name",
-    );
-    assert_error(
-        &http.get("/api/v1/model_repositories/under_score_"),
-        400,
-        "model name",
-    );
+    assert_error(&http.post("/api/v1/model_repositories", &json!({"name": "Iris CLF"})), 400, "lowercase");
+    assert_error(&http.post("/api/v1/model_repositories", &json!({"name": "x".repeat(64)})), 400, "63");
+    assert_error(&http.post("/api/v1/bento_repositories", &json!({"name": "-leading"})), 400, "bento name");
+    assert_error(&http.get("/api/v1/model_repositories/under_score_"), 400, "model name");
     create_model(&http, "good", "v1");
-    let r = http.post(
-        "/api/v1/model_repositories/good/models",
-        &json!({"version": "V2", "manifest": manifest()}),
-    );
+    let r = http.post("/api/v1/model_repositories/good/models", &json!({"version": "V2", "manifest": manifest()}));
     assert_error(&r, 400, "model version");
-    assert_error(
-        &http.get("/api/v1/model_repositories/good/models/a..b."),
-        400,
-        "model version",
-    );
+    assert_error(&http.get("/api/v1/model_repositories/good/models/a..b."), 400, "model version");
     // Nothing was created by the refused requests.
     let list = http.get("/api/v1/model_repositories").json();
     assert_eq!(list["total"], 1, "{list}");
@@ -109,55 +78,31 @@ fn malformed_bodies_are_refused_with_400_and_create_nothing() {
         false,
     );
     assert_error(&r, 400, "JSON");
-    let r = http.post(
-        "/api/v1/model_repositories/m/models",
-        &json!({"description": "no version"}),
-    );
+    let r = http.post("/api/v1/model_repositories/m/models", &json!({"description": "no version"}));
     assert_error(&r, 400, "version");
-    let r = http.post(
-        "/api/v1/model_repositories/m/models",
-        &json!({"version": "v1", "manifest": {"module": ""}}),
-    );
+    let r = http.post("/api/v1/model_repositories/m/models", &json!({"version": "v1", "manifest": {"module": ""}}));
     assert_error(&r, 400, "manifest");
     let r = http.post(
         "/api/v1/model_repositories/m/models",
         &json!({"version": "v1", "manifest": manifest(), "build_at": "yesterday"}),
     );
     assert_error(&r, 400, "build_at");
-    let r = http.raw(
-        "POST",
-        "/api/v1/model_repositories",
-        &[("Content-Type", "text/plain")],
-        b"{}",
-        Some(2),
-        false,
-    );
+    let r = http.raw("POST", "/api/v1/model_repositories", &[("Content-Type", "text/plain")], b"{}", Some(2), false);
     assert_eq!(r.status, 415, "{}", r.text());
-    assert_eq!(
-        http.get("/api/v1/model_repositories/m/models/v1").status,
-        404
-    );
+    assert_eq!(http.get("/api/v1/model_repositories/m/models/v1").status, 404);
 }
 
 #[test]
 fn oversize_json_is_refused_with_413() {
-    let server = Server::start_with(
-        ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]),
-    );
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]));
     let http = server.http();
     http.post("/api/v1/bento_repositories", &json!({"name": "big"}));
     let body = json!({"version": "v1", "description": "x".repeat(8 << 10), "manifest": null});
     let r = http.post("/api/v1/bento_repositories/big/bentos", &body);
     assert_error(&r, 413, "larger");
-    assert_eq!(
-        http.get("/api/v1/bento_repositories/big/bentos/v1").status,
-        404
-    );
+    assert_eq!(http.get("/api/v1/bento_repositories/big/bentos/v1").status, 404);
     // A body under the limit still works.
-    let r = http.post(
-        "/api/v1/bento_repositories/big/bentos",
-        &json!({"version": "v1", "manifest": null}),
-    );
+    let r = http.post("/api/v1/bento_repositories/big/bentos", &json!({"version": "v1", "manifest": null}));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -165,35 +110,16 @@ fn oversize_json_is_refused_with_413() {
 fn unknown_repositories_versions_and_routes_are_404_json() {
     let server = Server::start(Backend::SqliteLocal);
     let http = server.http();
+    assert_error(&http.get("/api/v1/model_repositories/nope"), 404, "not found");
+    assert_error(&http.get("/api/v1/model_repositories/nope/models/v1"), 404, "not found");
     assert_error(
-        &http.get("/api/v1/model_repositories/nope"),
+        &http.post("/api/v1/model_repositories/nope/models", &json!({"version": "v1", "manifest": manifest()})),
         404,
         "not found",
     );
-    assert_error(
-        &http.get("/api/v1/model_repositories/nope/models/v1"),
-        404,
-        "not found",
-    );
-    assert_error(
-        &http.post(
-            "/api/v1/model_repositories/nope/models",
-            &json!({"version": "v1", "manifest": manifest()}),
-        ),
-        404,
-        "not found",
-    );
-    assert_error(
-        &http.put_bytes("/api/v1/model_repositories/nope/models/v1/upload", b"abc"),
-        404,
-        "not found",
-    );
+    assert_error(&http.put_bytes("/api/v1/model_repositories/nope/models/v1/upload", b"abc"), 404, "not found");
     assert_error(&http.get("/api/v1/no_such_route"), 404, "no route");
-    assert_error(
-        &http.raw("DELETE", "/healthz", &[], b"", Some(0), false),
-        405,
-        "does not accept",
-    );
+    assert_error(&http.raw("DELETE", "/healthz", &[], b"", Some(0), false), 405, "does not accept");
 }
 
 backend_test! {
@@ -375,91 +301,44 @@ fn tokens_have_scopes_expire_and_can_be_revoked() {
     let admin = server.http();
     create_model(&admin, "scoped", "v1");
 
-    let created = admin.post("/api/v1/api_tokens", &json!({"name": "reader", "description": "", "scopes": ["read_organization"], "expired_at": null}));
+    let created = admin.post(
+        "/api/v1/api_tokens",
+        &json!({"name": "reader", "description": "", "scopes": ["read_organization"], "expired_at": null}),
+    );
     assert_eq!(created.status, 200, "{}", created.text());
     let created = created.json();
     let secret = created["token"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("yatai_"));
     let reader = admin.with_token(&secret);
     assert_eq!(reader.get("/api/v1/model_repositories/scoped").status, 200);
-    assert_error(
-        &reader.post("/api/v1/model_repositories", &json!({"name": "nope"})),
-        403,
-        "may not",
-    );
-    assert_error(
-        &reader.post("/api/v1/api_tokens", &json!({"name": "escalate"})),
-        403,
-        "may not",
-    );
+    assert_error(&reader.post("/api/v1/model_repositories", &json!({"name": "nope"})), 403, "may not");
+    assert_error(&reader.post("/api/v1/api_tokens", &json!({"name": "escalate"})), 403, "may not");
 
     // The secret is shown once, never listed.
     let listed = admin.get("/api/v1/api_tokens").json();
-    assert!(
-        listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t.get("token").is_none()),
-        "{listed}"
-    );
+    assert!(listed["items"].as_array().unwrap().iter().all(|t| t.get("token").is_none()), "{listed}");
     let uid = created["uid"].as_str().unwrap();
-    assert_eq!(
-        admin.delete(&format!("/api/v1/api_tokens/{uid}")).status,
-        200
-    );
-    assert_error(
-        &reader.get("/api/v1/model_repositories/scoped"),
-        401,
-        "not valid",
-    );
+    assert_eq!(admin.delete(&format!("/api/v1/api_tokens/{uid}")).status, 200);
+    assert_error(&reader.get("/api/v1/model_repositories/scoped"), 401, "not valid");
 
-    let short = server
-        .admin(&[
-            "token",
-            "create",
-            "--name",
-            "short-lived",
-            "--expires-in",
-            "2s",
-        ])
-        .trim()
-        .to_owned();
-    assert_eq!(
-        admin.with_token(&short).get("/api/v1/auth/current").status,
-        200
-    );
+    let short = server.admin(&["token", "create", "--name", "short-lived", "--expires-in", "2s"]).trim().to_owned();
+    assert_eq!(admin.with_token(&short).get("/api/v1/auth/current").status, 200);
     wait_for("the token to expire", Duration::from_secs(30), || {
         let r = admin.with_token(&short).get("/api/v1/auth/current");
         (r.status == 401).then_some(())
     });
-    assert_error(
-        &admin.with_token(&short).get("/api/v1/auth/current"),
-        401,
-        "expired",
-    );
-    assert_error(
-        &admin.without_token().get("/api/v1/auth/current"),
-        401,
-        "X-YATAI-API-TOKEN",
-    );
+    assert_error(&admin.with_token(&short).get("/api/v1/auth/current"), 401, "expired");
+    assert_error(&admin.without_token().get("/api/v1/auth/current"), 401, "X-YATAI-API-TOKEN");
     // Tokens are stored hashed: the secret is nowhere in the database file.
     let db = std::fs::read(server.data_dir().join("yatai.db")).unwrap();
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
-    assert!(
-        !db.windows(server.token.len())
-            .any(|w| w == server.token.as_bytes())
-    );
+    assert!(!db.windows(server.token.len()).any(|w| w == server.token.as_bytes()));
 }
 
 #[test]
 fn every_api_route_except_health_requires_a_token() {
     let server = Server::start(Backend::SqliteLocal);
-    let doc = server
-        .http()
-        .without_token()
-        .get("/api/openapi.json")
-        .json();
+    let doc = server.http().without_token().get("/api/openapi.json").json();
     let anon = server.http().without_token();
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -467,11 +346,7 @@ fn every_api_route_except_health_requires_a_token() {
             let concrete = path.replace('{', "").replace('}', "");
             let r = anon.request(&method.to_uppercase(), &concrete, None);
             if op.get("security").is_some() {
-                assert_eq!(
-                    r.status, 401,
-                    "{method} {path} answered {} without a token",
-                    r.status
-                );
+                assert_eq!(r.status, 401, "{method} {path} answered {} without a token", r.status);
                 checked += 1;
             } else {
                 assert!(
@@ -499,24 +374,14 @@ fn openapi_document_and_offline_swagger_ui_are_served() {
         "/api/v1/api_tokens",
         "/api/v1/events",
     ] {
-        assert!(
-            doc["paths"].get(p).is_some(),
-            "{p} missing from the OpenAPI document"
-        );
+        assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"].get("ArtifactSchema").is_some());
     let ui = http.get("/api/docs/");
     assert_eq!(ui.status, 200);
-    assert!(
-        ui.text().to_lowercase().contains("swagger"),
-        "{}",
-        ui.text()
-    );
+    assert!(ui.text().to_lowercase().contains("swagger"), "{}", ui.text());
     let js = http.get("/api/docs/swagger-ui-bundle.js");
-    assert_eq!(
-        js.status, 200,
-        "Swagger UI assets must be served by yatai itself"
-    );
+    assert_eq!(js.status, 200, "Swagger UI assets must be served by yatai itself");
     assert!(js.body.len() > 100_000);
 }
 
@@ -528,29 +393,22 @@ fn events_say_who_did_what_with_which_token() {
     upload(&http, &v, b"bytes");
     download(&http, &v);
     let events = http.get("/api/v1/events?count=10").json();
-    let ops: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["operation_name"].as_str().unwrap())
-        .collect();
+    let ops: Vec<&str> =
+        events["items"].as_array().unwrap().iter().map(|e| e["operation_name"].as_str().unwrap()).collect();
     assert_eq!(ops, ["pulled", "pushed", "created", "created"], "{events}");
     let pushed = &events["items"][1];
     assert_eq!(pushed["resource_name"], "audited:v1");
     assert_eq!(pushed["creator"]["name"], "admin");
     assert_eq!(pushed["api_token_name"], "initial");
     assert_eq!(pushed["info"]["size_bytes"], 5);
-    let filtered = http
-        .get("/api/v1/current_org/events?operation_name=pulled")
-        .json();
+    let filtered = http.get("/api/v1/current_org/events?operation_name=pulled").json();
     assert_eq!(filtered["total"], 1);
 }
 
 #[test]
 fn signed_transfer_urls_reject_tampering() {
-    let server = Server::start_with(
-        ServerOptions::new(Backend::SqliteLocal).args(&["--transmission-strategy", "presigned"]),
-    );
+    let server =
+        Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--transmission-strategy", "presigned"]));
     let http = server.http();
     let v = create_model(&http, "signed", "v1");
     let got = http.patch(&format!("{v}/presign_upload_url"), None).json();
@@ -565,50 +423,25 @@ fn signed_transfer_urls_reject_tampering() {
     let r = anon.put_bytes(&path, b"good");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("etag").is_some());
-    let r = http.patch(
-        &format!("{v}/finish_upload"),
-        Some(&json!({"status": "success", "reason": ""})),
-    );
+    let r = http.patch(&format!("{v}/finish_upload"), Some(&json!({"status": "success", "reason": ""})));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["upload_status"], "success");
-    let dl = http
-        .patch(&format!("{v}/presign_download_url"), None)
-        .json();
-    let dl_path = dl["presigned_download_url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches(&server.url)
-        .to_owned();
+    let dl = http.patch(&format!("{v}/presign_download_url"), None).json();
+    let dl_path = dl["presigned_download_url"].as_str().unwrap().trim_start_matches(&server.url).to_owned();
     assert_eq!(anon.get(&dl_path).body, b"good");
-    assert_eq!(
-        anon.get(&dl_path.replace("expires=", "expires=1")).status,
-        403
-    );
+    assert_eq!(anon.get(&dl_path.replace("expires=", "expires=1")).status, 403);
 }
 
 #[test]
 fn a_restarted_server_keeps_data_tokens_and_bootstraps_once() {
-    let mut server = Server::start_with(ServerOptions {
-        random_token: true,
-        ..ServerOptions::new(Backend::SqliteLocal)
-    });
-    assert!(
-        server
-            .banner
-            .iter()
-            .any(|l| l.contains("bentoml cloud login --endpoint")),
-        "{:?}",
-        server.banner
-    );
+    let mut server =
+        Server::start_with(ServerOptions { random_token: true, ..ServerOptions::new(Backend::SqliteLocal) });
+    assert!(server.banner.iter().any(|l| l.contains("bentoml cloud login --endpoint")), "{:?}", server.banner);
     let http = server.http();
     let v = create_model(&http, "durable", "v1");
     assert_eq!(upload(&http, &v, b"kept").status, 200);
     server.restart();
-    assert!(
-        server.banner.iter().all(|l| !l.contains("yatai_")),
-        "a second token was printed: {:?}",
-        server.banner
-    );
+    assert!(server.banner.iter().all(|l| !l.contains("yatai_")), "a second token was printed: {:?}", server.banner);
     let http = server.http();
     assert_eq!(download(&http, &v).body, b"kept");
 }

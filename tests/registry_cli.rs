@@ -16,12 +16,7 @@ fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
         b.display()
     );
     for (k, v) in &ta {
-        assert!(
-            v == &tb[k],
-            "{k} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
+        assert!(v == &tb[k], "{k} differs between {} and {}", a.display(), b.display());
     }
 }
 
@@ -52,9 +47,7 @@ backend_test! {
 /// Pushes a model with one server configuration, pulls it into a fresh
 /// home, and compares every file.
 fn model_round_trip(backend: Backend, strategy: &str, size: usize) {
-    let server = Server::start_with(
-        ServerOptions::new(backend).args(&["--transmission-strategy", strategy]),
-    );
+    let server = Server::start_with(ServerOptions::new(backend).args(&["--transmission-strategy", strategy]));
     let pusher = server.client();
     let tag = pusher.create_model("roundtrip", size);
     let out = pusher.ok(&["models", "push", &tag]);
@@ -62,18 +55,10 @@ fn model_round_trip(backend: Backend, strategy: &str, size: usize) {
 
     let version = server
         .http()
-        .get(&format!(
-            "/api/v1/model_repositories/roundtrip/models/{}",
-            tag.split_once(':').unwrap().1
-        ))
+        .get(&format!("/api/v1/model_repositories/roundtrip/models/{}", tag.split_once(':').unwrap().1))
         .json();
     assert_eq!(version["upload_status"], "success");
-    assert!(
-        version["archive_digest"]
-            .as_str()
-            .unwrap()
-            .starts_with("sha256:")
-    );
+    assert!(version["archive_digest"].as_str().unwrap().starts_with("sha256:"));
 
     let puller = server.client();
     let out = puller.ok(&["models", "pull", &tag]);

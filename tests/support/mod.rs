@@ -27,20 +27,14 @@ fn env_required(name: &str) -> String {
 }
 
 pub fn venv() -> PathBuf {
-    PathBuf::from(
-        std::env::var("YATAI_TEST_VENV").unwrap_or_else(|_| "/var/cache/yatai-rs/venv".into()),
-    )
+    PathBuf::from(std::env::var("YATAI_TEST_VENV").unwrap_or_else(|_| "/var/cache/yatai-rs/venv".into()))
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A name unique within this test run.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -71,9 +65,7 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let base = std::env::var("YATAI_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| std::env::temp_dir());
+        let base = std::env::var("YATAI_TEST_TMP").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
         let dir = base.join(unique(&format!("yatai-{name}-")));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -101,12 +93,7 @@ pub struct ServerOptions {
 
 impl ServerOptions {
     pub fn new(backend: Backend) -> Self {
-        ServerOptions {
-            backend,
-            args: Vec::new(),
-            env: Vec::new(),
-            random_token: false,
-        }
+        ServerOptions { backend, args: Vec::new(), env: Vec::new(), random_token: false }
     }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
@@ -156,10 +143,7 @@ impl Server {
             data_dir.display().to_string(),
         ];
         let mut env = vec![
-            (
-                "YATAI_LOG".to_owned(),
-                "info,yatai_api=debug,sqlx=warn".to_owned(),
-            ),
+            ("YATAI_LOG".to_owned(), "info,yatai_api=debug,sqlx=warn".to_owned()),
             // Tests do not measure durability; syncing slows them down.
             ("YATAI_FSYNC".to_owned(), "false".to_owned()),
         ];
@@ -183,14 +167,8 @@ impl Server {
                 "--s3-endpoint".into(),
                 env_required("YATAI_TEST_S3_ENDPOINT"),
             ]);
-            env.push((
-                "YATAI_S3_ACCESS_KEY_ID".into(),
-                env_required("YATAI_TEST_S3_KEY"),
-            ));
-            env.push((
-                "YATAI_S3_SECRET_ACCESS_KEY".into(),
-                env_required("YATAI_TEST_S3_SECRET"),
-            ));
+            env.push(("YATAI_S3_ACCESS_KEY_ID".into(), env_required("YATAI_TEST_S3_KEY")));
+            env.push(("YATAI_S3_SECRET_ACCESS_KEY".into(), env_required("YATAI_TEST_S3_SECRET")));
         }
         if !opts.random_token {
             env.push(("YATAI_INITIAL_API_TOKEN".to_owned(), token.clone()));
@@ -200,27 +178,11 @@ impl Server {
         let log = scratch.path().join("server.log");
         let (child, url, banner) = spawn_server(&args, &env, &log);
         let token = if opts.random_token {
-            banner
-                .iter()
-                .map(|l| l.trim())
-                .find(|l| l.starts_with("yatai_"))
-                .expect("a printed token")
-                .to_owned()
+            banner.iter().map(|l| l.trim()).find(|l| l.starts_with("yatai_")).expect("a printed token").to_owned()
         } else {
             token
         };
-        Server {
-            child,
-            url,
-            token,
-            scratch,
-            backend: opts.backend,
-            args,
-            env,
-            bucket_dir,
-            log,
-            banner,
-        }
+        Server { child, url, token, scratch, backend: opts.backend, args, env, bucket_dir, log, banner }
     }
 
     /// Stops the server (SIGTERM, then waits) and starts it again with the
@@ -281,10 +243,7 @@ impl Server {
 
     /// An HTTP client for direct API calls.
     pub fn http(&self) -> Http {
-        Http {
-            base: self.url.clone(),
-            token: Some(self.token.clone()),
-        }
+        Http { base: self.url.clone(), token: Some(self.token.clone()) }
     }
 
     /// Runs an admin subcommand against this server's database.
@@ -297,19 +256,12 @@ impl Server {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "yatai {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "yatai {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
     fn db_args(&self) -> Vec<String> {
-        let mut v = vec![
-            "--data-dir".to_owned(),
-            self.data_dir().display().to_string(),
-        ];
+        let mut v = vec!["--data-dir".to_owned(), self.data_dir().display().to_string()];
         if let Some(i) = self.args.iter().position(|a| a == "--database-url") {
             v.push("--database-url".into());
             v.push(self.args[i + 1].clone());
@@ -323,25 +275,13 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- yatai serve log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- yatai serve log ({}) ----\n{}", self.log.display(), self.log_text());
         }
     }
 }
 
-fn spawn_server(
-    args: &[String],
-    env: &[(String, String)],
-    log: &Path,
-) -> (Child, String, Vec<String>) {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+fn spawn_server(args: &[String], env: &[(String, String)], log: &Path) -> (Child, String, Vec<String>) {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = Command::new(yatai_bin());
     cmd.args(args).stdout(Stdio::piped()).stderr(log_file);
     for (k, v) in env {
@@ -365,10 +305,7 @@ fn spawn_server(
         Ok((url, banner)) => (child, url, banner),
         Err(_) => {
             let _ = child.kill();
-            panic!(
-                "yatai serve did not start; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+            panic!("yatai serve did not start; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
     }
 }
@@ -376,20 +313,10 @@ fn spawn_server(
 fn create_pg_database(name: &str) {
     let url = env_required("YATAI_TEST_PG_URL");
     let out = Command::new("psql")
-        .args([
-            &url,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            &format!("CREATE DATABASE {name}"),
-        ])
+        .args([&url, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "createdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 pub fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -412,12 +339,7 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     collect_files(dir, &mut files);
     files
         .into_iter()
-        .map(|p| {
-            (
-                p.strip_prefix(dir).unwrap().display().to_string(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap()))
         .collect()
 }
 
@@ -430,22 +352,14 @@ pub struct Bentoml {
 
 impl Bentoml {
     pub fn new(endpoint: &str, token: &str) -> Bentoml {
-        Bentoml {
-            home: Scratch::new("bentoml-home"),
-            endpoint: endpoint.to_owned(),
-            token: token.to_owned(),
-        }
+        Bentoml { home: Scratch::new("bentoml-home"), endpoint: endpoint.to_owned(), token: token.to_owned() }
     }
 
     /// A client whose home starts as a copy of `template`.
     pub fn with_home_from(endpoint: &str, token: &str, template: &Path) -> Bentoml {
         let b = Self::new(endpoint, token);
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", template.display()))
-            .arg(b.home.path())
-            .status()
-            .unwrap();
+        let status =
+            Command::new("cp").arg("-a").arg(format!("{}/.", template.display())).arg(b.home.path()).status().unwrap();
         assert!(status.success());
         b
     }
@@ -468,89 +382,44 @@ impl Bentoml {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command("bentoml")
-            .args(args)
-            .output()
-            .expect("run bentoml")
+        self.command("bentoml").args(args).output().expect("run bentoml")
     }
 
     /// Runs bentoml in `dir` (bentoml build reads only below its cwd).
     pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self
-            .command("bentoml")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run bentoml");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "bentoml {args:?} in {} failed ({}):\n{text}",
-            dir.display(),
-            out.status
-        );
+        let out = self.command("bentoml").args(args).current_dir(dir).output().expect("run bentoml");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "bentoml {args:?} in {} failed ({}):\n{text}", dir.display(), out.status);
         text
     }
 
     /// Runs bentoml and returns stdout + stderr; panics with both if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "bentoml {args:?} failed ({}):\n{text}",
-            out.status
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "bentoml {args:?} failed ({}):\n{text}", out.status);
         text
     }
 
     /// Runs bentoml expecting failure; returns stdout + stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            !out.status.success(),
-            "bentoml {args:?} unexpectedly succeeded:\n{text}"
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "bentoml {args:?} unexpectedly succeeded:\n{text}");
         text
     }
 
     pub fn python(&self, script: &str, args: &[&str]) -> String {
-        let out = self
-            .command("python")
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command("python").arg(script).args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "python {script} failed:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "python {script} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
         text
     }
 
     pub fn python_code(&self, code: &str) -> String {
         let out = self.command("python").arg("-c").arg(code).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "python failed:\n{code}\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "python failed:\n{code}\n{text}{}", String::from_utf8_lossy(&out.stderr));
         text
     }
 
@@ -592,15 +461,8 @@ pub fn iris_home() -> &'static IrisHome {
     HOME.get_or_init(|| {
         let b = Bentoml::new("http://127.0.0.1:9", "unused");
         let out = b.python(&format!("{FIXTURES}/iris/save_models.py"), &["fixture"]);
-        let models: Vec<String> = out
-            .lines()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect();
-        let built = b.ok_in(
-            Path::new(&format!("{FIXTURES}/iris")),
-            &["build", ".", "--output", "tag"],
-        );
+        let models: Vec<String> = out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+        let built = b.ok_in(Path::new(&format!("{FIXTURES}/iris")), &["build", ".", "--output", "tag"]);
         let bento = built
             .lines()
             .rev()
@@ -609,11 +471,7 @@ pub fn iris_home() -> &'static IrisHome {
         // Keep the template outside Scratch's cleanup (it lives for the process).
         let home = Scratch(b.home.0.clone());
         std::mem::forget(b);
-        IrisHome {
-            home,
-            bento,
-            models,
-        }
+        IrisHome { home, bento, models }
     })
 }
 
@@ -634,43 +492,27 @@ pub struct Response {
 impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
+            panic!("status {} body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body))
         })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 impl Http {
     pub fn without_token(&self) -> Http {
-        Http {
-            base: self.base.clone(),
-            token: None,
-        }
+        Http { base: self.base.clone(), token: None }
     }
     pub fn with_token(&self, token: &str) -> Http {
-        Http {
-            base: self.base.clone(),
-            token: Some(token.to_owned()),
-        }
+        Http { base: self.base.clone(), token: Some(token.to_owned()) }
     }
 
     pub fn addr(&self) -> String {
-        self.base
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned()
+        self.base.trim_start_matches("http://").trim_end_matches('/').to_owned()
     }
 
     /// Sends a request built from `head_extra` headers and `body`, where
@@ -686,10 +528,7 @@ impl Http {
     ) -> Response {
         let mut s = std::net::TcpStream::connect(self.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr()
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr());
         if let Some(t) = &self.token {
             head.push_str(&format!("X-YATAI-API-TOKEN: {t}\r\n"));
         }
@@ -712,14 +551,7 @@ impl Http {
         match json {
             Some(v) => {
                 let body = serde_json::to_vec(v).unwrap();
-                self.raw(
-                    method,
-                    path,
-                    &[("Content-Type", "application/json")],
-                    &body,
-                    Some(body.len()),
-                    false,
-                )
+                self.raw(method, path, &[("Content-Type", "application/json")], &body, Some(body.len()), false)
             }
             None => self.raw(method, path, &[], b"", Some(0), false),
         }
@@ -738,14 +570,7 @@ impl Http {
         self.request("DELETE", path, None)
     }
     pub fn put_bytes(&self, path: &str, body: &[u8]) -> Response {
-        self.raw(
-            "PUT",
-            path,
-            &[("Content-Type", "application/octet-stream")],
-            body,
-            Some(body.len()),
-            false,
-        )
+        self.raw("PUT", path, &[("Content-Type", "application/octet-stream")], body, Some(body.len()), false)
     }
 }
 
@@ -755,41 +580,18 @@ fn read_response(s: &mut std::net::TcpStream) -> Response {
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| {
-            panic!(
-                "no HTTP response (got {} bytes: {:?})",
-                buf.len(),
-                String::from_utf8_lossy(&buf)
-            )
-        });
+        .unwrap_or_else(|| panic!("no HTTP response (got {} bytes: {:?})", buf.len(), String::from_utf8_lossy(&buf)));
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut body = buf[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -798,8 +600,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
             break;
         };
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }

@@ -43,10 +43,7 @@ pub struct NewSecret {
 pub fn generate_token() -> NewSecret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!(
-        "yatai_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
+    let secret = format!("yatai_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
     from_secret(secret)
 }
 
@@ -79,9 +76,7 @@ pub enum Permission {
 impl Permission {
     fn min_role(self) -> MemberRole {
         match self {
-            Permission::ReadRegistry | Permission::ReadCluster | Permission::ManageOwnTokens => {
-                MemberRole::Guest
-            }
+            Permission::ReadRegistry | Permission::ReadCluster | Permission::ManageOwnTokens => MemberRole::Guest,
             Permission::WriteRegistry | Permission::WriteCluster => MemberRole::Developer,
             Permission::Admin => MemberRole::Admin,
         }
@@ -110,13 +105,7 @@ impl Permission {
     }
 }
 
-pub const KNOWN_SCOPES: &[&str] = &[
-    "api",
-    "read_organization",
-    "write_organization",
-    "read_cluster",
-    "write_cluster",
-];
+pub const KNOWN_SCOPES: &[&str] = &["api", "read_organization", "write_organization", "read_cluster", "write_cluster"];
 
 /// The identity a request acts as.
 #[derive(Debug)]
@@ -138,11 +127,7 @@ impl Caller {
 
     pub fn allows(&self, p: Permission) -> bool {
         let role_ok = self.role >= p.min_role() || self.user.is_admin != 0;
-        let scope_ok = self.full_scope()
-            || self
-                .scopes
-                .iter()
-                .any(|s| p.granting_scopes().contains(&s.as_str()));
+        let scope_ok = self.full_scope() || self.scopes.iter().any(|s| p.granting_scopes().contains(&s.as_str()));
         role_ok && scope_ok
     }
 
@@ -169,11 +154,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(store: Store) -> Self {
-        Authenticator {
-            store,
-            cache: RwLock::new(HashMap::new()),
-            touched: Mutex::new(HashMap::new()),
-        }
+        Authenticator { store, cache: RwLock::new(HashMap::new()), touched: Mutex::new(HashMap::new()) }
     }
 
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<Caller>, ApiError> {
@@ -229,15 +210,9 @@ impl Authenticator {
         }
         let last = caller.last_touch.load(Ordering::Relaxed);
         if now.0 - last > TOUCH_EVERY_MICROS
-            && caller
-                .last_touch
-                .compare_exchange(last, now.0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && caller.last_touch.compare_exchange(last, now.0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            self.touched
-                .lock()
-                .expect("lock")
-                .insert(caller.token_uid.clone(), now);
+            self.touched.lock().expect("lock").insert(caller.token_uid.clone(), now);
         }
         Ok(caller)
     }
@@ -261,15 +236,8 @@ impl Authenticator {
 }
 
 /// Middleware for `/api`: resolves the token into a [`Caller`] extension.
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let header = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok());
+pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let header = req.headers().get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let caller = state.auth.authenticate(header).await?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)

@@ -32,11 +32,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -69,14 +65,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = %self.status, message = %self.message, "request failed");
         }
-        (
-            self.status,
-            axum::Json(ErrorBody {
-                code: self.code,
-                message: self.message,
-            }),
-        )
-            .into_response()
+        (self.status, axum::Json(ErrorBody { code: self.code, message: self.message })).into_response()
     }
 }
 
@@ -88,9 +77,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::bad_request(m),
             StoreError::Db(e) => {
                 tracing::error!(error = %e, "database error");
-                ApiError::unavailable(
-                    "the metadata database failed; try again, and tell the operator if it persists",
-                )
+                ApiError::unavailable("the metadata database failed; try again, and tell the operator if it persists")
             }
             StoreError::Migrate(e) => ApiError::internal(e.to_string()),
         }
@@ -100,18 +87,14 @@ impl From<StoreError> for ApiError {
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match &e {
-            BlobError::Interrupted { .. } | BlobError::LengthMismatch { .. } => {
-                ApiError::bad_request(e.to_string())
-            }
+            BlobError::Interrupted { .. } | BlobError::LengthMismatch { .. } => ApiError::bad_request(e.to_string()),
             BlobError::TooLarge { .. } => ApiError::too_large(e.to_string()),
             BlobError::NotFound(_) => ApiError::not_found(
                 "the stored archive is missing from artifact storage; push this version again with --force",
             ),
             BlobError::Storage(m) => {
                 tracing::error!(error = %m, "artifact storage error");
-                ApiError::unavailable(
-                    "artifact storage failed; try again, and tell the operator if it persists",
-                )
+                ApiError::unavailable("artifact storage failed; try again, and tell the operator if it persists")
             }
         }
     }
@@ -129,18 +112,14 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(e) => {
                 ApiError::bad_request(format!("invalid request body: {}", e.body_text()))
             }
-            JsonRejection::JsonSyntaxError(e) => {
-                ApiError::bad_request(format!("malformed JSON: {}", e.body_text()))
-            }
+            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(format!("malformed JSON: {}", e.body_text())),
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::too_large(
-                    "the JSON body is larger than the server accepts (see --max-json-body)",
-                )
+                ApiError::too_large("the JSON body is larger than the server accepts (see --max-json-body)")
             }
             other => ApiError::bad_request(other.body_text()),
         }

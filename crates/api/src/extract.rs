@@ -26,8 +26,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Query(v) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(v))
     }
 }
@@ -38,8 +37,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(v) =
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Path(v) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Path(v))
     }
 }
@@ -53,9 +51,10 @@ pub mod lenient {
         let s: Option<String> = Option::deserialize(d)?;
         match s.as_deref().map(str::trim) {
             None | Some("") => Ok(None),
-            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
-                serde::de::Error::custom(format!("expected a whole number, got {v:?}"))
-            }),
+            Some(v) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {v:?}"))),
         }
     }
 
@@ -70,9 +69,7 @@ pub mod lenient {
             None | Some("") => Ok(None),
             Some("true" | "1" | "True") => Ok(Some(true)),
             Some("false" | "0" | "False") => Ok(Some(false)),
-            Some(v) => Err(serde::de::Error::custom(format!(
-                "expected true or false, got {v:?}"
-            ))),
+            Some(v) => Err(serde::de::Error::custom(format!("expected true or false, got {v:?}"))),
         }
     }
 }

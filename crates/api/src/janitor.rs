@@ -46,11 +46,7 @@ pub async fn delete_parts(state: &AppState, upload_uid: &str) {
         }
     };
     for (n, _, _) in parts {
-        if let Err(e) = state
-            .blobs
-            .delete(&yatai_blob::BlobStore::part_key(upload_uid, n as u32))
-            .await
-        {
+        if let Err(e) = state.blobs.delete(&yatai_blob::BlobStore::part_key(upload_uid, n as u32)).await {
             tracing::warn!(error = %e, "could not delete an upload part");
             return;
         }
@@ -85,10 +81,8 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
             for u in &uploads {
                 if u.state == "open" || u.state == "received" {
                     // Abandoned: the version's upload failed.
-                    if let Err(e) = state
-                        .store
-                        .fail_upload(&u.version_uid, Some(&u.uid), "the upload was abandoned")
-                        .await
+                    if let Err(e) =
+                        state.store.fail_upload(&u.version_uid, Some(&u.uid), "the upload was abandoned").await
                     {
                         tracing::warn!(error = %e, "could not mark an abandoned upload failed");
                     }
@@ -123,11 +117,7 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
                     let uid = rest.split('/').next().unwrap_or_default();
                     matches!(state.store.get_upload(uid).await, Ok(Some(_)) | Err(_))
                 } else {
-                    state
-                        .store
-                        .storage_key_is_tracked(&key)
-                        .await
-                        .unwrap_or(true)
+                    state.store.storage_key_is_tracked(&key).await.unwrap_or(true)
                 };
                 if !tracked && state.blobs.delete(&key).await.is_ok() {
                     tracing::info!(%key, "deleted a stray object");
@@ -160,12 +150,7 @@ pub async fn run(state: AppState, every: Duration) {
         }
         let r = sweep(&state, strays).await;
         if r != SweepReport::default() {
-            tracing::info!(
-                uploads = r.uploads,
-                blobs = r.blobs,
-                strays = r.strays,
-                "janitor cleaned up"
-            );
+            tracing::info!(uploads = r.uploads, blobs = r.blobs, strays = r.strays, "janitor cleaned up");
         }
     }
 }

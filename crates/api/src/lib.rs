@@ -10,6 +10,7 @@
 //!   the route table, and Swagger UI (served from the binary, works offline).
 
 pub mod auth;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod janitor;
@@ -41,9 +42,7 @@ pub fn app(state: AppState) -> (Router, OpenApi) {
     let authenticated = routes::authenticated(state.clone())
         .layer_all(|r| r.route_layer(from_fn_with_state(state.clone(), auth::require_token)));
     let (router, doc) = authenticated.merge(routes::public(state.clone())).finish();
-    let swagger: Router<AppState> = SwaggerUi::new("/api/docs")
-        .url("/api/openapi.json", doc.clone())
-        .into();
+    let swagger: Router<AppState> = SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()).into();
     let router = router
         .merge(swagger)
         .fallback(not_found)
@@ -52,6 +51,7 @@ pub fn app(state: AppState) -> (Router, OpenApi) {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the server hit a bug handling this request").into_response()
         }))
+        .layer(from_fn_with_state(state.clone(), route_deployment_hosts))
         .layer(from_fn(request_context))
         .with_state(state);
     (router, doc)
@@ -69,23 +69,40 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// Host-based routing: with `--deployment-domain D`, a request for
+/// `<name>-<namespace>.D` goes to that deployment's replicas instead of the API.
+async fn route_deployment_hosts(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let (Some(domain), Some(runtime)) = (state.config.deployment_domain.as_deref(), state.runtime.as_ref()) else {
+        return next.run(req).await;
+    };
+    let host = req.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host =
+        host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
+    let Some(label) = host.strip_suffix(domain).and_then(|h| h.strip_suffix('.')).filter(|l| !l.contains('.')) else {
+        return next.run(req).await;
+    };
+    let Some(endpoint) = runtime.endpoint_by_host_key(label) else {
+        return ApiError::not_found(format!("no deployment answers at {host}")).into_response();
+    };
+    let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let req = req.map(|b| b.map_err(|e| Box::new(e) as yatai_runtime::proxy::BoxError).boxed_unsync());
+    endpoint.forward(req, client).await.map(axum::body::Body::new)
+}
+
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Gives each request an id (in `x-request-id`, and in `x-trace-id`, which
 /// the bentoml client prints on server errors), a tracing span, and a log
 /// line when it completes.
 async fn request_context(req: Request, next: Next) -> Response {
-    let id = match req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
+    let id = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
         Some(v) if !v.is_empty() && v.len() <= 64 => v.to_owned(),
-        _ => format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-        ),
+        _ => format!("{:x}-{:x}", std::process::id(), REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

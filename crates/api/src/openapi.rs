@@ -19,8 +19,8 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem,
-    PathsBuilder, Ref, RefOr, Required, Schema,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem, PathsBuilder, Ref, RefOr,
+    Required, Schema,
 };
 
 use crate::auth::{Caller, Permission};
@@ -92,13 +92,10 @@ impl Op {
         self
     }
     pub fn binary_body(mut self) -> Self {
-        let s = ObjectBuilder::new().schema_type(Type::String).format(Some(
-            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary),
-        ));
-        self.body = Some((
-            "application/octet-stream".into(),
-            RefOr::T(Schema::Object(s.build())),
-        ));
+        let s = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary)));
+        self.body = Some(("application/octet-stream".into(), RefOr::T(Schema::Object(s.build()))));
         self
     }
     pub fn ok<T: ToSchema>(mut self) -> Self {
@@ -107,13 +104,10 @@ impl Op {
         self
     }
     pub fn binary_ok(mut self) -> Self {
-        let s = ObjectBuilder::new().schema_type(Type::String).format(Some(
-            utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary),
-        ));
-        self.ok = Some((
-            "application/x-tar".into(),
-            RefOr::T(Schema::Object(s.build())),
-        ));
+        let s = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary)));
+        self.ok = Some(("application/x-tar".into(), RefOr::T(Schema::Object(s.build()))));
         self
     }
     pub fn query(mut self, name: &'static str, description: &'static str) -> Self {
@@ -144,12 +138,7 @@ impl Api {
     pub fn new(state: AppState) -> Self {
         let mut schemas = Vec::new();
         register::<ErrorBody>(&mut schemas);
-        Api {
-            router: Router::new(),
-            paths: BTreeMap::new(),
-            schemas,
-            state,
-        }
+        Api { router: Router::new(), paths: BTreeMap::new(), schemas, state }
     }
 
     pub fn route(mut self, op: Op, handler: MethodRouter<AppState>) -> Self {
@@ -196,8 +185,7 @@ impl Api {
                     .build(),
             ));
         }
-        let mut ok =
-            ResponseBuilder::new().description("OK (the client treats only 200 as success)");
+        let mut ok = ResponseBuilder::new().description("OK (the client treats only 200 as success)");
         if let Some((ct, schema)) = op.ok {
             ok = ok.content(ct, ContentBuilder::new().schema(Some(schema)).build());
         }
@@ -210,20 +198,13 @@ impl Api {
         codes.sort_unstable();
         codes.dedup();
         for code in codes {
-            let text = axum::http::StatusCode::from_u16(code)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("error");
+            let text =
+                axum::http::StatusCode::from_u16(code).ok().and_then(|s| s.canonical_reason()).unwrap_or("error");
             b = b.response(
                 code.to_string(),
                 ResponseBuilder::new()
                     .description(text)
-                    .content(
-                        "application/json",
-                        ContentBuilder::new()
-                            .schema(Some(error_ref.clone()))
-                            .build(),
-                    )
+                    .content("application/json", ContentBuilder::new().schema(Some(error_ref.clone())).build())
                     .build(),
             );
         }
@@ -242,8 +223,7 @@ impl Api {
         match self.paths.get_mut(&op.path) {
             Some(item) => item.merge_operations(PathItem::new(method, operation)),
             None => {
-                self.paths
-                    .insert(op.path.clone(), PathItem::new(method, operation));
+                self.paths.insert(op.path.clone(), PathItem::new(method, operation));
             }
         }
         self.schemas.extend(op.schemas);
@@ -319,14 +299,11 @@ impl Api {
     }
 }
 
-async fn check_permission(
-    State(p): State<Arc<Permission>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let caller = req.extensions().get::<Arc<Caller>>().ok_or_else(|| {
-        ApiError::internal("route requires a permission but no token was checked")
-    })?;
+async fn check_permission(State(p): State<Arc<Permission>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let caller = req
+        .extensions()
+        .get::<Arc<Caller>>()
+        .ok_or_else(|| ApiError::internal("route requires a permission but no token was checked"))?;
     caller.require(*p)?;
     Ok(next.run(req).await)
 }

@@ -179,21 +179,9 @@ macro_rules! list_schema {
     };
 }
 
-list_schema!(
-    ArtifactList,
-    ArtifactSchema,
-    "A page of model or bento versions, newest first."
-);
-list_schema!(
-    RepositoryList,
-    RepositorySchema,
-    "A page of repositories, newest first."
-);
-list_schema!(
-    TokenList,
-    TokenSchema,
-    "A page of API tokens, newest first."
-);
+list_schema!(ArtifactList, ArtifactSchema, "A page of model or bento versions, newest first.");
+list_schema!(RepositoryList, RepositorySchema, "A page of repositories, newest first.");
+list_schema!(TokenList, TokenSchema, "A page of API tokens, newest first.");
 list_schema!(EventList, EventSchema, "A page of events, newest first.");
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -307,12 +295,7 @@ pub struct TokenSchema {
 }
 
 impl TokenSchema {
-    pub fn from_row(
-        t: &TokenRow,
-        user: UserSchema,
-        org: OrganizationSchema,
-        secret: Option<String>,
-    ) -> Self {
+    pub fn from_row(t: &TokenRow, user: UserSchema, org: OrganizationSchema, secret: Option<String>) -> Self {
         TokenSchema {
             uid: t.uid.clone(),
             name: t.name.clone(),

@@ -37,26 +37,13 @@ impl UrlSigner {
         format!("expires={expires}&signature={sig}")
     }
 
-    pub fn verify(
-        &self,
-        method: &str,
-        path: &str,
-        expires: i64,
-        signature: &str,
-    ) -> Result<(), ApiError> {
-        let bytes = hex::decode(signature)
-            .map_err(|_| ApiError::forbidden("the URL signature is malformed"))?;
+    pub fn verify(&self, method: &str, path: &str, expires: i64, signature: &str) -> Result<(), ApiError> {
+        let bytes = hex::decode(signature).map_err(|_| ApiError::forbidden("the URL signature is malformed"))?;
         self.mac(method, path, expires)
             .verify_slice(&bytes)
-            .map_err(|_| {
-                ApiError::forbidden(
-                    "the URL signature does not match; ask the server for a new URL",
-                )
-            })?;
+            .map_err(|_| ApiError::forbidden("the URL signature does not match; ask the server for a new URL"))?;
         if expires < Timestamp::now().0 / 1_000_000 {
-            return Err(ApiError::forbidden(
-                "the URL has expired; ask the server for a new one",
-            ));
+            return Err(ApiError::forbidden("the URL has expired; ask the server for a new one"));
         }
         Ok(())
     }
@@ -76,11 +63,7 @@ mod tests {
         assert!(s.verify("GET", "/transfer/x", exp, sig).is_err());
         assert!(s.verify("PUT", "/transfer/y", exp, sig).is_err());
         assert!(s.verify("PUT", "/transfer/x", exp + 1, sig).is_err());
-        assert!(
-            UrlSigner::new(b"other")
-                .verify("PUT", "/transfer/x", exp, sig)
-                .is_err()
-        );
+        assert!(UrlSigner::new(b"other").verify("PUT", "/transfer/x", exp, sig).is_err());
     }
 
     #[test]

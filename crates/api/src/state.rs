@@ -35,9 +35,7 @@ impl FromStr for TransmissionMode {
             "proxy" => Ok(TransmissionMode::Proxy),
             "presigned" | "presigned_url" => Ok(TransmissionMode::Presigned),
             "multipart" => Ok(TransmissionMode::Multipart),
-            other => Err(format!(
-                "unknown transmission strategy {other:?}: use auto, proxy, presigned or multipart"
-            )),
+            other => Err(format!("unknown transmission strategy {other:?}: use auto, proxy, presigned or multipart")),
         }
     }
 }
@@ -55,6 +53,12 @@ pub struct ApiConfig {
     pub multipart_threshold: u64,
     /// How long an upload may stay unfinished before it is cleaned up.
     pub upload_ttl: Duration,
+    /// With a domain (e.g. `127.0.0.1.sslip.io`), deployments are also
+    /// reachable on the main port as `<name>-<namespace>.<domain>`, and that
+    /// is the URL they report.
+    pub deployment_domain: Option<String>,
+    /// How long a replica may take to become ready, unless the deployment says.
+    pub cold_start_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -67,6 +71,8 @@ impl Default for ApiConfig {
             presign_ttl: Duration::from_secs(3600),
             multipart_threshold: 64 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
+            deployment_domain: None,
+            cold_start_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct Inner {
     pub config: ApiConfig,
     /// Versions receiving a proxy upload right now, to refuse a second one.
     pub uploads_in_progress: Mutex<HashSet<String>>,
+    /// The local deploy target (absent in admin commands).
+    pub runtime: Option<Arc<yatai_runtime::LocalRuntime>>,
 }
 
 #[derive(Clone)]
@@ -86,7 +94,18 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     pub fn new(store: Store, blobs: BlobStore, signing_key: &[u8], config: ApiConfig) -> Self {
+        Self::with_runtime(store, blobs, signing_key, config, None)
+    }
+
+    pub fn with_runtime(
+        store: Store,
+        blobs: BlobStore,
+        signing_key: &[u8],
+        config: ApiConfig,
+        runtime: Option<Arc<yatai_runtime::LocalRuntime>>,
+    ) -> Self {
         AppState(Arc::new(Inner {
+            runtime,
             auth: Authenticator::new(store.clone()),
             store,
             blobs,

@@ -24,11 +24,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send
 pub enum BlobError {
     /// The incoming body failed (client went away, connection cut).
     #[error("the upload was interrupted after {received}{} bytes: {reason}", match expected { Some(e) => format!(" of the {e} announced"), None => String::new() })]
-    Interrupted {
-        received: u64,
-        expected: Option<u64>,
-        reason: String,
-    },
+    Interrupted { received: u64, expected: Option<u64>, reason: String },
     #[error("the upload ended after {received} bytes but {expected} were announced")]
     LengthMismatch { expected: u64, received: u64 },
     #[error("the upload exceeds the limit of {limit} bytes")]
@@ -121,12 +117,7 @@ impl BlobStore {
 
     /// Streams `body` into a new object at `key`, hashing as it goes. On any
     /// error nothing is left at `key`.
-    pub async fn write<S, E>(
-        &self,
-        key: &str,
-        body: S,
-        limits: WriteLimits,
-    ) -> Result<Written, BlobError>
+    pub async fn write<S, E>(&self, key: &str, body: S, limits: WriteLimits) -> Result<Written, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -159,8 +150,7 @@ impl BlobStore {
             readers.push(self.open(p).await?.stream);
         }
         let chained = futures_util::StreamExt::flatten(futures_util::stream::iter(readers));
-        self.write(dest, Box::pin(chained), WriteLimits::default())
-            .await
+        self.write(dest, Box::pin(chained), WriteLimits::default()).await
     }
 
     /// Deletes an object; deleting what is not there is not an error.
@@ -181,22 +171,14 @@ impl BlobStore {
 
     /// A URL that lets anyone PUT the object for `ttl` (S3 only; the local
     /// backend's URLs are signed and served by yatai itself).
-    pub async fn presign_put(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<url::Url>, BlobError> {
+    pub async fn presign_put(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>, BlobError> {
         match self {
             BlobStore::Local(_) => Ok(None),
             BlobStore::S3(s) => s.presign(http::Method::PUT, key, ttl, &[]).await.map(Some),
         }
     }
 
-    pub async fn presign_get(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<url::Url>, BlobError> {
+    pub async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<url::Url>, BlobError> {
         match self {
             BlobStore::Local(_) => Ok(None),
             BlobStore::S3(s) => s.presign(http::Method::GET, key, ttl, &[]).await.map(Some),
@@ -223,28 +205,16 @@ impl BlobStore {
             BlobStore::Local(_) => Ok(None),
             BlobStore::S3(s) => {
                 let part = part.to_string();
-                s.presign(
-                    http::Method::PUT,
-                    key,
-                    ttl,
-                    &[("partNumber", &part), ("uploadId", upload_id)],
-                )
-                .await
-                .map(Some)
+                s.presign(http::Method::PUT, key, ttl, &[("partNumber", &part), ("uploadId", upload_id)])
+                    .await
+                    .map(Some)
             }
         }
     }
 
-    pub async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        etags: Vec<String>,
-    ) -> Result<(), BlobError> {
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str, etags: Vec<String>) -> Result<(), BlobError> {
         match self {
-            BlobStore::Local(_) => Err(BlobError::Storage(
-                "multipart is not handled by the local store".into(),
-            )),
+            BlobStore::Local(_) => Err(BlobError::Storage("multipart is not handled by the local store".into())),
             BlobStore::S3(s) => s.complete_multipart(key, upload_id, etags).await,
         }
     }
@@ -268,10 +238,7 @@ pub async fn hash_stream(mut stream: ByteStream) -> Result<Written, BlobError> {
         size += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    Ok(Written {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    Ok(Written { size, sha256: hex::encode(hasher.finalize()) })
 }
 
 /// Counts bytes against the announced length and the limit; shared by both
@@ -286,23 +253,15 @@ impl Meter {
         if let (Some(expected), Some(max)) = (limits.expected_len, limits.max_len) {
             // Fail before reading a byte when the announced length is too big.
             if expected > max {
-                return Meter {
-                    limits,
-                    received: u64::MAX,
-                };
+                return Meter { limits, received: u64::MAX };
             }
         }
-        Meter {
-            limits,
-            received: 0,
-        }
+        Meter { limits, received: 0 }
     }
 
     pub fn check_start(&self) -> Result<(), BlobError> {
         if self.received == u64::MAX {
-            return Err(BlobError::TooLarge {
-                limit: self.limits.max_len.unwrap_or_default(),
-            });
+            return Err(BlobError::TooLarge { limit: self.limits.max_len.unwrap_or_default() });
         }
         Ok(())
     }
@@ -317,20 +276,16 @@ impl Meter {
         if let Some(expected) = self.limits.expected_len
             && self.received > expected
         {
-            return Err(BlobError::LengthMismatch {
-                expected,
-                received: self.received,
-            });
+            return Err(BlobError::LengthMismatch { expected, received: self.received });
         }
         Ok(())
     }
 
     pub fn finish(&self) -> Result<(), BlobError> {
         match self.limits.expected_len {
-            Some(expected) if expected != self.received => Err(BlobError::LengthMismatch {
-                expected,
-                received: self.received,
-            }),
+            Some(expected) if expected != self.received => {
+                Err(BlobError::LengthMismatch { expected, received: self.received })
+            }
             _ => Ok(()),
         }
     }

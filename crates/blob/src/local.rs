@@ -45,9 +45,7 @@ impl LocalBlobs {
                 !seg.is_empty()
                     && seg != "."
                     && seg != ".."
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             });
         if !ok {
             return Err(BlobError::Storage(format!("invalid storage key {key:?}")));
@@ -55,21 +53,13 @@ impl LocalBlobs {
         Ok(self.root.join(key))
     }
 
-    pub async fn write<S, E>(
-        &self,
-        key: &str,
-        mut body: S,
-        limits: WriteLimits,
-    ) -> Result<Written, BlobError>
+    pub async fn write<S, E>(&self, key: &str, mut body: S, limits: WriteLimits) -> Result<Written, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
         let dest = self.path(key)?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.partial", uuid::Uuid::new_v4().simple()));
+        let tmp = self.root.join("tmp").join(format!("{}.partial", uuid::Uuid::new_v4().simple()));
         let mut meter = Meter::new(limits);
         meter.check_start()?;
 
@@ -96,9 +86,7 @@ impl LocalBlobs {
             }
         }
         drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| BlobError::Storage(format!("writer thread: {e}")))?;
+        let written = writer.await.map_err(|e| BlobError::Storage(format!("writer thread: {e}")))?;
         let result = match (failure, written) {
             (Some(e), _) => Err(e),
             (None, Err(e)) => Err(e),
@@ -123,19 +111,11 @@ impl LocalBlobs {
     pub async fn open(&self, key: &str) -> Result<Reader, BlobError> {
         let path = self.path(key)?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                BlobError::NotFound(key.to_owned())
-            } else {
-                e.into()
-            }
+            if e.kind() == std::io::ErrorKind::NotFound { BlobError::NotFound(key.to_owned()) } else { e.into() }
         })?;
         let size = file.metadata().await?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_BUFFER)
-            .map(|r| r.map_err(BlobError::from));
-        Ok(Reader {
-            size,
-            stream: Box::pin(stream),
-        })
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_BUFFER).map(|r| r.map_err(BlobError::from));
+        Ok(Reader { size, stream: Box::pin(stream) })
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
@@ -171,11 +151,7 @@ impl LocalBlobs {
                     if meta.is_dir() {
                         stack.push(entry.path());
                     } else if let Ok(rel) = entry.path().strip_prefix(&root) {
-                        let age = meta
-                            .modified()
-                            .ok()
-                            .and_then(|m| m.elapsed().ok())
-                            .unwrap_or_default();
+                        let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
                         out.push((rel.to_string_lossy().into_owned(), age));
                     }
                 }
@@ -187,11 +163,7 @@ impl LocalBlobs {
     }
 }
 
-fn write_file(
-    path: &Path,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-    fsync: bool,
-) -> Result<Written, BlobError> {
+fn write_file(path: &Path, mut rx: tokio::sync::mpsc::Receiver<Bytes>, fsync: bool) -> Result<Written, BlobError> {
     let file = std::fs::File::create(path)?;
     let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, &file);
     let mut hasher = Sha256::new();
@@ -212,10 +184,7 @@ fn write_file(
     if fsync {
         file.sync_data()?;
     }
-    Ok(Written {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    Ok(Written { size, sha256: hex::encode(hasher.finalize()) })
 }
 
 /// Asks the kernel to start writing a range back now, without waiting, so
@@ -225,12 +194,7 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     // SAFETY: a plain syscall on a file descriptor we own; failure only
     // means writeback starts later.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
@@ -249,31 +213,16 @@ mod tests {
     use super::*;
 
     fn chunks(parts: &[&[u8]]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin + Send {
-        futures_util::stream::iter(
-            parts
-                .iter()
-                .map(|p| Ok(Bytes::copy_from_slice(p)))
-                .collect::<Vec<_>>(),
-        )
+        futures_util::stream::iter(parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect::<Vec<_>>())
     }
 
     #[tokio::test]
     async fn writes_hashes_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobs::new(dir.path().to_owned(), true).unwrap();
-        let w = store
-            .write(
-                "blobs/a",
-                chunks(&[b"hello ", b"world"]),
-                WriteLimits::default(),
-            )
-            .await
-            .unwrap();
+        let w = store.write("blobs/a", chunks(&[b"hello ", b"world"]), WriteLimits::default()).await.unwrap();
         assert_eq!(w.size, 11);
-        assert_eq!(
-            w.sha256,
-            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
-        );
+        assert_eq!(w.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         let r = store.open("blobs/a").await.unwrap();
         assert_eq!(r.size, 11);
         let body: Vec<u8> = r.stream.map(|c| c.unwrap().to_vec()).concat().await;
@@ -284,29 +233,11 @@ mod tests {
     async fn a_short_body_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobs::new(dir.path().to_owned(), true).unwrap();
-        let limits = WriteLimits {
-            expected_len: Some(100),
-            max_len: None,
-        };
-        let err = store
-            .write("blobs/b", chunks(&[b"short"]), limits)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BlobError::LengthMismatch {
-                    expected: 100,
-                    received: 5
-                }
-            ),
-            "{err}"
-        );
+        let limits = WriteLimits { expected_len: Some(100), max_len: None };
+        let err = store.write("blobs/b", chunks(&[b"short"]), limits).await.unwrap_err();
+        assert!(matches!(err, BlobError::LengthMismatch { expected: 100, received: 5 }), "{err}");
         assert!(!dir.path().join("blobs/b").exists());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]
@@ -317,14 +248,8 @@ mod tests {
             Ok(Bytes::from_static(b"abc")),
             Err(std::io::Error::other("connection reset")),
         ]);
-        let err = store
-            .write("blobs/c", body, WriteLimits::default())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, BlobError::Interrupted { received: 3, .. }),
-            "{err}"
-        );
+        let err = store.write("blobs/c", body, WriteLimits::default()).await.unwrap_err();
+        assert!(matches!(err, BlobError::Interrupted { received: 3, .. }), "{err}");
         assert!(!dir.path().join("blobs/c").exists());
     }
 
@@ -332,40 +257,18 @@ mod tests {
     async fn limits_are_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobs::new(dir.path().to_owned(), true).unwrap();
-        let limits = WriteLimits {
-            expected_len: None,
-            max_len: Some(4),
-        };
-        let err = store
-            .write("blobs/d", chunks(&[b"abc", b"def"]), limits)
-            .await
-            .unwrap_err();
+        let limits = WriteLimits { expected_len: None, max_len: Some(4) };
+        let err = store.write("blobs/d", chunks(&[b"abc", b"def"]), limits).await.unwrap_err();
         assert!(matches!(err, BlobError::TooLarge { limit: 4 }), "{err}");
-        let limits = WriteLimits {
-            expected_len: Some(10),
-            max_len: Some(4),
-        };
-        let err = store
-            .write("blobs/d", chunks(&[b"abc"]), limits)
-            .await
-            .unwrap_err();
+        let limits = WriteLimits { expected_len: Some(10), max_len: Some(4) };
+        let err = store.write("blobs/d", chunks(&[b"abc"]), limits).await.unwrap_err();
         assert!(matches!(err, BlobError::TooLarge { limit: 4 }), "{err}");
     }
 
     #[test]
     fn keys_cannot_escape_the_root() {
-        let store = LocalBlobs {
-            root: PathBuf::from("/nonexistent"),
-            fsync: false,
-        };
-        for bad in [
-            "../x",
-            "blobs/../../etc/passwd",
-            "/abs",
-            "",
-            "a//b",
-            "a/./b",
-        ] {
+        let store = LocalBlobs { root: PathBuf::from("/nonexistent"), fsync: false };
+        for bad in ["../x", "blobs/../../etc/passwd", "/abs", "", "a//b", "a/./b"] {
             assert!(store.path(bad).is_err(), "{bad:?} accepted");
         }
         assert!(store.path("blobs/abc-1").is_ok());

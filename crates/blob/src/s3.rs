@@ -71,9 +71,7 @@ impl S3Blobs {
             .with_region(&c.region)
             .with_virtual_hosted_style_request(!c.path_style);
         if let Some(endpoint) = &c.endpoint {
-            b = b
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
+            b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
         if let Some(k) = &c.access_key_id {
             b = b.with_access_key_id(k);
@@ -81,21 +79,10 @@ impl S3Blobs {
         if let Some(s) = &c.secret_access_key {
             b = b.with_secret_access_key(s);
         }
-        let store = b
-            .build()
-            .map_err(|e| BlobError::Storage(format!("S3 configuration: {e}")))?;
+        let store = b.build().map_err(|e| BlobError::Storage(format!("S3 configuration: {e}")))?;
         let prefix = c.prefix.trim_matches('/').to_owned();
-        let description = format!(
-            "s3://{}/{} at {}",
-            c.bucket,
-            prefix,
-            c.endpoint.as_deref().unwrap_or("AWS")
-        );
-        Ok(S3Blobs {
-            store: Arc::new(store),
-            prefix,
-            description,
-        })
+        let description = format!("s3://{}/{} at {}", c.bucket, prefix, c.endpoint.as_deref().unwrap_or("AWS"));
+        Ok(S3Blobs { store: Arc::new(store), prefix, description })
     }
 
     pub fn describe(&self) -> String {
@@ -103,11 +90,7 @@ impl S3Blobs {
     }
 
     fn path(&self, key: &str) -> Path {
-        if self.prefix.is_empty() {
-            Path::from(key)
-        } else {
-            Path::from(format!("{}/{key}", self.prefix))
-        }
+        if self.prefix.is_empty() { Path::from(key) } else { Path::from(format!("{}/{key}", self.prefix)) }
     }
 
     fn key_of(&self, path: &Path) -> String {
@@ -118,12 +101,7 @@ impl S3Blobs {
         }
     }
 
-    pub async fn write<S, E>(
-        &self,
-        key: &str,
-        mut body: S,
-        limits: WriteLimits,
-    ) -> Result<Written, BlobError>
+    pub async fn write<S, E>(&self, key: &str, mut body: S, limits: WriteLimits) -> Result<Written, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -132,10 +110,7 @@ impl S3Blobs {
         meter.check_start()?;
         let path = self.path(key);
         let upload = self.store.put_multipart(&path).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(
-            upload,
-            part_size_for(limits.expected_len) as usize,
-        );
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size_for(limits.expected_len) as usize);
         let mut hasher = Sha256::new();
         let outcome: Result<(), BlobError> = async {
             while let Some(chunk) = body.next().await {
@@ -151,10 +126,7 @@ impl S3Blobs {
         match outcome {
             Ok(()) => {
                 writer.finish().await?;
-                Ok(Written {
-                    size: meter.received,
-                    sha256: hex::encode(hasher.finalize()),
-                })
+                Ok(Written { size: meter.received, sha256: hex::encode(hasher.finalize()) })
             }
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -169,10 +141,7 @@ impl S3Blobs {
         let got = self.store.get(&self.path(key)).await?;
         let size = got.meta.size;
         let stream = got.into_stream().map_err(BlobError::from);
-        Ok(Reader {
-            size,
-            stream: Box::pin(stream),
-        })
+        Ok(Reader { size, stream: Box::pin(stream) })
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
@@ -184,11 +153,7 @@ impl S3Blobs {
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Duration)>, BlobError> {
         let now = chrono_now();
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&self.path(prefix.trim_end_matches('/'))))
-            .try_collect()
-            .await?;
+        let objects: Vec<_> = self.store.list(Some(&self.path(prefix.trim_end_matches('/')))).try_collect().await?;
         Ok(objects
             .into_iter()
             .map(|m| {
@@ -205,40 +170,22 @@ impl S3Blobs {
         ttl: Duration,
         query: &[(&str, &str)],
     ) -> Result<url::Url, BlobError> {
-        let options = SignedUrlOptions::default()
-            .with_query(query.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Ok(self
-            .store
-            .signed_url_opts(method, &self.path(key), ttl, &options)
-            .await?)
+        let options = SignedUrlOptions::default().with_query(query.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Ok(self.store.signed_url_opts(method, &self.path(key), ttl, &options).await?)
     }
 
     pub async fn create_multipart(&self, key: &str) -> Result<String, BlobError> {
         Ok(self.store.create_multipart(&self.path(key)).await?)
     }
 
-    pub async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        etags: Vec<String>,
-    ) -> Result<(), BlobError> {
-        let parts = etags
-            .into_iter()
-            .map(|content_id| PartId { content_id })
-            .collect();
-        self.store
-            .complete_multipart(&self.path(key), &upload_id.to_owned(), parts)
-            .await?;
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str, etags: Vec<String>) -> Result<(), BlobError> {
+        let parts = etags.into_iter().map(|content_id| PartId { content_id }).collect();
+        self.store.complete_multipart(&self.path(key), &upload_id.to_owned(), parts).await?;
         Ok(())
     }
 
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), BlobError> {
-        match self
-            .store
-            .abort_multipart(&self.path(key), &upload_id.to_owned())
-            .await
-        {
+        match self.store.abort_multipart(&self.path(key), &upload_id.to_owned()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -246,10 +193,7 @@ impl S3Blobs {
 }
 
 fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

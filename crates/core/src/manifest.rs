@@ -23,35 +23,15 @@ pub fn bento_model_refs(manifest: &Value) -> Vec<Tag> {
     if let Some(models) = manifest.get("models").and_then(Value::as_array) {
         models.iter().for_each(&mut add);
     }
-    for service in manifest
-        .get("services")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for model in service
-            .get("models")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+    for service in manifest.get("services").and_then(Value::as_array).into_iter().flatten() {
+        for model in service.get("models").and_then(Value::as_array).into_iter().flatten() {
             if let Some(tag) = model.get("tag") {
                 add(tag);
             }
         }
     }
-    for runner in manifest
-        .get("runners")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for model in runner
-            .get("models")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+    for runner in manifest.get("runners").and_then(Value::as_array).into_iter().flatten() {
+        for model in runner.get("models").and_then(Value::as_array).into_iter().flatten() {
             add(model);
         }
     }

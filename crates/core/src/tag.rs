@@ -16,11 +16,7 @@ pub enum TagError {
     #[error("{what} must not be empty")]
     Empty { what: &'static str },
     #[error("{what} {value:?} is {len} characters long; the limit is {MAX_PART_LEN}")]
-    TooLong {
-        what: &'static str,
-        value: String,
-        len: usize,
-    },
+    TooLong { what: &'static str, value: String, len: usize },
     #[error(
         "{what} {value:?} is not valid: use lowercase letters, digits, '-', '_' and '.', \
          starting and ending with a letter or digit"
@@ -38,11 +34,7 @@ pub fn validate_name_part(what: &'static str, value: &str) -> Result<(), TagErro
     }
     let len = value.chars().count();
     if len > MAX_PART_LEN {
-        return Err(TagError::TooLong {
-            what,
-            value: truncate_for_message(value),
-            len,
-        });
+        return Err(TagError::TooLong { what, value: truncate_for_message(value), len });
     }
     let bytes = value.as_bytes();
     let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
@@ -50,10 +42,7 @@ pub fn validate_name_part(what: &'static str, value: &str) -> Result<(), TagErro
     let first = bytes[0];
     let last = bytes[bytes.len() - 1];
     if !edge_ok(first) || !edge_ok(last) || !bytes.iter().all(|&b| inner_ok(b)) {
-        return Err(TagError::Invalid {
-            what,
-            value: truncate_for_message(value),
-        });
+        return Err(TagError::Invalid { what, value: truncate_for_message(value) });
     }
     Ok(())
 }
@@ -77,19 +66,13 @@ impl Tag {
         match s.split_once(':') {
             None => {
                 validate_name_part("name", s)?;
-                Ok(Tag {
-                    name: s.to_owned(),
-                    version: None,
-                })
+                Ok(Tag { name: s.to_owned(), version: None })
             }
             Some((_, "")) => Err(TagError::TrailingColon(truncate_for_message(s))),
             Some((name, version)) => {
                 validate_name_part("name", name)?;
                 validate_name_part("version", version)?;
-                Ok(Tag {
-                    name: name.to_owned(),
-                    version: Some(version.to_owned()),
-                })
+                Ok(Tag { name: name.to_owned(), version: Some(version.to_owned()) })
             }
         }
     }
@@ -110,60 +93,33 @@ mod tests {
 
     #[test]
     fn accepts_what_bentoml_generates() {
-        for ok in [
-            "iris_clf",
-            "qnpcf5hih6aiaax4",
-            "a",
-            "0",
-            "my-model.v2",
-            "a_b-c.d",
-            &"x".repeat(63),
-        ] {
+        for ok in ["iris_clf", "qnpcf5hih6aiaax4", "a", "0", "my-model.v2", "a_b-c.d", &"x".repeat(63)] {
             validate_name_part("name", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
     #[test]
     fn refuses_what_bentoml_refuses() {
-        for bad in [
-            "", "-a", "a-", ".a", "a.", "_a", "A", "iris CLF", "a/b", "a:b", "../x", "é", "a\u{0}",
-        ] {
-            assert!(
-                validate_name_part("name", bad).is_err(),
-                "{bad:?} was accepted"
-            );
+        for bad in ["", "-a", "a-", ".a", "a.", "_a", "A", "iris CLF", "a/b", "a:b", "../x", "é", "a\u{0}"] {
+            assert!(validate_name_part("name", bad).is_err(), "{bad:?} was accepted");
         }
         let long = "x".repeat(64);
-        assert!(matches!(
-            validate_name_part("name", &long),
-            Err(TagError::TooLong { len: 64, .. })
-        ));
+        assert!(matches!(validate_name_part("name", &long), Err(TagError::TooLong { len: 64, .. })));
     }
 
     #[test]
     fn parses_tags_at_the_first_colon() {
-        assert_eq!(
-            Tag::parse("iris:v1").unwrap(),
-            Tag {
-                name: "iris".into(),
-                version: Some("v1".into())
-            }
-        );
+        assert_eq!(Tag::parse("iris:v1").unwrap(), Tag { name: "iris".into(), version: Some("v1".into()) });
         assert_eq!(Tag::parse("iris").unwrap().version, None);
         assert_eq!(Tag::parse("iris:v1").unwrap().to_string(), "iris:v1");
-        assert!(matches!(
-            Tag::parse("iris:"),
-            Err(TagError::TrailingColon(_))
-        ));
+        assert!(matches!(Tag::parse("iris:"), Err(TagError::TrailingColon(_))));
         // A second colon lands in the version, which then fails validation.
         assert!(Tag::parse("iris:v1:x").is_err());
     }
 
     #[test]
     fn error_messages_say_what_to_do() {
-        let msg = validate_name_part("model name", "Iris")
-            .unwrap_err()
-            .to_string();
+        let msg = validate_name_part("model name", "Iris").unwrap_err().to_string();
         assert!(msg.contains("lowercase"), "{msg}");
         assert!(msg.contains("model name"), "{msg}");
     }

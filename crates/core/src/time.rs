@@ -22,8 +22,7 @@ impl Timestamp {
     /// RFC 3339 in UTC with microseconds, e.g. `2025-01-01T12:00:00.123456Z`:
     /// what the protocol recommends for every timestamp in a response.
     pub fn to_rfc3339(self) -> String {
-        self.to_datetime()
-            .to_rfc3339_opts(SecondsFormat::Micros, true)
+        self.to_datetime().to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 
     /// Parses a timestamp sent by a client. bentoml sends `build_at` as
@@ -37,11 +36,7 @@ impl Timestamp {
         if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
             return Some(Timestamp(dt.with_timezone(&Utc).timestamp_micros()));
         }
-        for fmt in [
-            "%Y-%m-%d %H:%M:%S%.f",
-            "%Y-%m-%dT%H:%M:%S%.f",
-            "%Y-%m-%d %H:%M:%S",
-        ] {
+        for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"] {
             if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
                 return Some(Timestamp(naive.and_utc().timestamp_micros()));
             }

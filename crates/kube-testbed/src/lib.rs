@@ -66,10 +66,7 @@ impl Testbed {
             Some(path) if !path.is_empty() => Self::attach(PathBuf::from(path)),
             _ => {
                 let started = started::Started::start()?;
-                Ok(Testbed {
-                    kubeconfig: started.kubeconfig.clone(),
-                    _started: Some(started),
-                })
+                Ok(Testbed { kubeconfig: started.kubeconfig.clone(), _started: Some(started) })
             }
         }
     }
@@ -84,10 +81,7 @@ impl Testbed {
                 kubeconfig.display()
             );
         }
-        Ok(Testbed {
-            kubeconfig,
-            _started: None,
-        })
+        Ok(Testbed { kubeconfig, _started: None })
     }
 
     /// The admin kubeconfig (system:masters) of this testbed.
@@ -107,8 +101,7 @@ impl Testbed {
     /// An admin client. Make one per test: a client belongs to the tokio runtime it was made
     /// on, and every `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        kube::Client::try_from(self.config().await?)
-            .context("building a kube client for the testbed")
+        kube::Client::try_from(self.config().await?).context("building a kube client for the testbed")
     }
 
     /// A new namespace named `<prefix>-<random>`, ready for pods (its `default`

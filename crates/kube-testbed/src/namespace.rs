@@ -32,11 +32,7 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    pub(crate) async fn create(
-        client: Client,
-        kubeconfig: PathBuf,
-        prefix: &str,
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn create(client: Client, kubeconfig: PathBuf, prefix: &str) -> anyhow::Result<Self> {
         let name = format!("{}-{}", prefix.trim_end_matches('-'), unique_suffix());
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns = Namespace {
@@ -51,20 +47,13 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating test namespace {name}"))?;
-        let this = TestNamespace {
-            name,
-            client,
-            kubeconfig,
-            deleted: false,
-        };
+        let this = TestNamespace { name, client, kubeconfig, deleted: false };
         // Pods are refused by the ServiceAccount admission plugin until the namespace's
         // `default` ServiceAccount exists; tests should not have to know that.
         let accounts: Api<ServiceAccount> = this.api();
-        poll_until(
-            READY_TIMEOUT,
-            &format!("ServiceAccount {}/default", this.name),
-            || async { accounts.get_opt("default").await.map(|sa| sa.map(|_| ())) },
-        )
+        poll_until(READY_TIMEOUT, &format!("ServiceAccount {}/default", this.name), || async {
+            accounts.get_opt("default").await.map(|sa| sa.map(|_| ()))
+        })
         .await?;
         Ok(this)
     }
@@ -96,16 +85,12 @@ impl TestNamespace {
             .delete(&self.name, &DeleteParams::default())
             .await
             .with_context(|| format!("deleting test namespace {}", self.name))?;
-        poll_until(
-            DELETE_TIMEOUT,
-            &format!("namespace {} to be deleted", self.name),
-            || async {
-                namespaces.get_opt(&self.name).await.map(|ns| match ns {
-                    None => Some(()),
-                    Some(_) => None,
-                })
-            },
-        )
+        poll_until(DELETE_TIMEOUT, &format!("namespace {} to be deleted", self.name), || async {
+            namespaces.get_opt(&self.name).await.map(|ns| match ns {
+                None => Some(()),
+                Some(_) => None,
+            })
+        })
         .await
     }
 }
@@ -121,15 +106,11 @@ impl Drop for TestNamespace {
         let name = std::mem::take(&mut self.name);
         let kubeconfig = self.kubeconfig.clone();
         let result = std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let testbed = crate::Testbed::attach(kubeconfig)?;
                 let namespaces: Api<Namespace> = Api::all(testbed.client().await?);
-                namespaces
-                    .delete(&name, &DeleteParams::background())
-                    .await?;
+                namespaces.delete(&name, &DeleteParams::background()).await?;
                 Ok(())
             })
         })
@@ -143,18 +124,10 @@ impl Drop for TestNamespace {
 /// Eight lowercase hex digits, unique within this process and very likely across processes.
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let mix = nanos
         ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // A multiplicative hash spreads the bits so that nearby inputs give unrelated names.
-    format!(
-        "{:08x}",
-        (mix.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32) as u32
-    )
+    format!("{:08x}", (mix.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32) as u32)
 }

@@ -13,11 +13,7 @@ const INTERVAL: Duration = Duration::from_millis(200);
 ///
 /// `Ok(None)` means "not yet"; an `Err` is remembered (API servers have transient errors) and
 /// reported, with `what`, if the deadline passes.
-pub async fn poll_until<T, E, F, Fut>(
-    timeout: Duration,
-    what: &str,
-    mut check: F,
-) -> anyhow::Result<T>
+pub async fn poll_until<T, E, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, E>>,

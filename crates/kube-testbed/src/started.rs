@@ -27,16 +27,10 @@ impl Started {
     pub(crate) fn start() -> anyhow::Result<Started> {
         let script = match std::env::var_os(SCRIPT_ENV) {
             Some(s) if !s.is_empty() => PathBuf::from(s),
-            _ => PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../scripts/k8s-testbed"
-            )),
+            _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/k8s-testbed")),
         };
         if !script.is_file() {
-            bail!(
-                "the testbed script {} is missing; set {SCRIPT_ENV} to its path",
-                script.display()
-            );
+            bail!("the testbed script {} is missing; set {SCRIPT_ENV} to its path", script.display());
         }
         let base = free_port_base()?;
         let mut child = Command::new("bash")
@@ -70,9 +64,7 @@ impl Started {
         // nothing else; EOF before that means start-up failed.
         let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout is piped");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading the testbed script's output")?;
+        BufReader::new(stdout).read_line(&mut line).context("reading the testbed script's output")?;
         let kubeconfig = PathBuf::from(line.trim());
         if line.trim().is_empty() || !kubeconfig.is_file() {
             let status = child.wait().ok();
@@ -82,17 +74,11 @@ impl Started {
             bail!(
                 "`{} run` failed to start a testbed ({}); its last output:\n{tail}",
                 script.display(),
-                status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "status unknown".into())
+                status.map(|s| s.to_string()).unwrap_or_else(|| "status unknown".into())
             );
         }
         let hold = child.stdin.take().expect("stdin is piped");
-        Ok(Started {
-            kubeconfig,
-            _hold: hold,
-            _child: child,
-        })
+        Ok(Started { kubeconfig, _hold: hold, _child: child })
     }
 }
 
@@ -111,14 +97,10 @@ fn free_port_base() -> anyhow::Result<u16> {
     let start = (std::process::id() % 1000) as u16 * PORTS_PER_TESTBED * 2;
     for attempt in 0..100u16 {
         let base = LOW + (start + attempt * PORTS_PER_TESTBED) % SPAN;
-        let all_free =
-            (base..base + PORTS_PER_TESTBED).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        let all_free = (base..base + PORTS_PER_TESTBED).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return Ok(base);
         }
     }
-    bail!(
-        "found no six consecutive free loopback ports in {LOW}..{}",
-        LOW + SPAN
-    )
+    bail!("found no six consecutive free loopback ports in {LOW}..{}", LOW + SPAN)
 }

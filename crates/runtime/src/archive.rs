@@ -14,9 +14,7 @@ use std::path::{Component, Path, PathBuf};
 pub enum ArchiveError {
     #[error("the archive holds an unsafe path {0:?}: {1}")]
     Unsafe(String, &'static str),
-    #[error(
-        "the archive holds an unsupported entry {0:?} (only files, directories and links are allowed)"
-    )]
+    #[error("the archive holds an unsupported entry {0:?} (only files, directories and links are allowed)")]
     Unsupported(String),
     #[error("the archive is not a readable tar file: {0}")]
     Corrupt(String),
@@ -50,10 +48,7 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
-    let mut depth: Vec<&std::ffi::OsStr> = link
-        .parent()
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
+    let mut depth: Vec<&std::ffi::OsStr> = link.parent().map(|p| p.iter().collect()).unwrap_or_default();
     for c in target.components() {
         match c {
             Component::CurDir => {}
@@ -72,19 +67,13 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
 /// Extracts a tar stream into `dest`, which must not exist yet. On error
 /// nothing is left at `dest`.
 pub fn extract(reader: impl Read, dest: &Path) -> Result<(), ArchiveError> {
-    let parent = dest.parent().ok_or_else(|| {
-        ArchiveError::Io(
-            dest.display().to_string(),
-            std::io::Error::other("no parent"),
-        )
-    })?;
-    std::fs::create_dir_all(parent)
-        .map_err(|e| ArchiveError::Io(parent.display().to_string(), e))?;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| ArchiveError::Io(dest.display().to_string(), std::io::Error::other("no parent")))?;
+    std::fs::create_dir_all(parent).map_err(|e| ArchiveError::Io(parent.display().to_string(), e))?;
     let tmp = parent.join(format!(
         ".{}.partial-{}",
-        dest.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("archive"),
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("archive"),
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -104,15 +93,10 @@ pub fn extract(reader: impl Read, dest: &Path) -> Result<(), ArchiveError> {
 fn extract_into(reader: impl Read, root: &Path) -> Result<(), ArchiveError> {
     use tar::EntryType;
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-        let raw = entry
-            .path()
-            .map_err(|e| ArchiveError::Corrupt(e.to_string()))?
-            .into_owned();
+        let raw = entry.path().map_err(|e| ArchiveError::Corrupt(e.to_string()))?.into_owned();
         let rel = relative(&raw)?;
         let shown = raw.display().to_string();
         let out = root.join(&rel);
@@ -136,58 +120,36 @@ fn extract_into(reader: impl Read, root: &Path) -> Result<(), ArchiveError> {
                 use std::os::unix::fs::PermissionsExt;
                 // Keep the executable bit; never setuid/setgid/sticky.
                 let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(perm))
-                    .map_err(io)?;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(perm)).map_err(io)?;
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))?
-                    .map(|t| t.into_owned());
-                let target = target
-                    .ok_or_else(|| ArchiveError::Corrupt(format!("link {shown} has no target")))?;
+                let target =
+                    entry.link_name().map_err(|e| ArchiveError::Corrupt(e.to_string()))?.map(|t| t.into_owned());
+                let target = target.ok_or_else(|| ArchiveError::Corrupt(format!("link {shown} has no target")))?;
                 if !link_stays_inside(&rel, &target) {
-                    return Err(ArchiveError::Unsafe(
-                        shown,
-                        "it is a link pointing outside the archive",
-                    ));
+                    return Err(ArchiveError::Unsafe(shown, "it is a link pointing outside the archive"));
                 }
                 std::os::unix::fs::symlink(&target, &out).map_err(io)?;
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))?
-                    .map(|t| t.into_owned());
-                let target = target
-                    .ok_or_else(|| ArchiveError::Corrupt(format!("link {shown} has no target")))?;
+                let target =
+                    entry.link_name().map_err(|e| ArchiveError::Corrupt(e.to_string()))?.map(|t| t.into_owned());
+                let target = target.ok_or_else(|| ArchiveError::Corrupt(format!("link {shown} has no target")))?;
                 let target_rel = relative(&target).map_err(|_| {
-                    ArchiveError::Unsafe(
-                        shown.clone(),
-                        "it is a hard link to a path outside the archive",
-                    )
+                    ArchiveError::Unsafe(shown.clone(), "it is a hard link to a path outside the archive")
                 })?;
                 let source = root.join(target_rel);
                 // The source must be a file already extracted, reached
                 // without following links out of the root.
                 let meta = std::fs::symlink_metadata(&source).map_err(|_| {
-                    ArchiveError::Unsafe(
-                        shown.clone(),
-                        "it is a hard link to a file not in the archive",
-                    )
+                    ArchiveError::Unsafe(shown.clone(), "it is a hard link to a file not in the archive")
                 })?;
                 if !meta.is_file() {
-                    return Err(ArchiveError::Unsafe(
-                        shown,
-                        "it is a hard link to something that is not a file",
-                    ));
+                    return Err(ArchiveError::Unsafe(shown, "it is a hard link to something that is not a file"));
                 }
                 std::fs::hard_link(&source, &out).map_err(io)?;
             }
-            EntryType::XGlobalHeader
-            | EntryType::XHeader
-            | EntryType::GNULongName
-            | EntryType::GNULongLink => {}
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => {}
             _ => return Err(ArchiveError::Unsupported(shown)),
         }
     }
@@ -237,14 +199,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out");
         extract(&data[..], &dest).unwrap();
-        assert_eq!(
-            std::fs::read(dest.join("src/service.py")).unwrap(),
-            b"print()"
-        );
-        assert_eq!(
-            std::fs::read(dest.join("src/alias.py")).unwrap(),
-            b"print()"
-        );
+        assert_eq!(std::fs::read(dest.join("src/service.py")).unwrap(), b"print()");
+        assert_eq!(std::fs::read(dest.join("src/alias.py")).unwrap(), b"print()");
         assert_eq!(std::fs::read(dest.join("copy.yaml")).unwrap(), b"name: x");
     }
 
@@ -252,27 +208,12 @@ mod tests {
     fn refuses_escapes_and_leaves_nothing() {
         let hostile: Vec<(&str, Vec<u8>)> = vec![
             ("parent", tar_with(|b| file(b, "../evil", b"x"))),
-            (
-                "nested parent",
-                tar_with(|b| file(b, "./a/../../evil", b"x")),
-            ),
+            ("nested parent", tar_with(|b| file(b, "./a/../../evil", b"x"))),
             ("absolute", tar_with(|b| file(b, "/tmp/evil", b"x"))),
-            (
-                "symlink out",
-                tar_with(|b| link(b, tar::EntryType::Symlink, "./l", "../../etc")),
-            ),
-            (
-                "absolute symlink",
-                tar_with(|b| link(b, tar::EntryType::Symlink, "./l", "/etc/passwd")),
-            ),
-            (
-                "hard link out",
-                tar_with(|b| link(b, tar::EntryType::Link, "./l", "/etc/passwd")),
-            ),
-            (
-                "hard link up",
-                tar_with(|b| link(b, tar::EntryType::Link, "./l", "../x")),
-            ),
+            ("symlink out", tar_with(|b| link(b, tar::EntryType::Symlink, "./l", "../../etc"))),
+            ("absolute symlink", tar_with(|b| link(b, tar::EntryType::Symlink, "./l", "/etc/passwd"))),
+            ("hard link out", tar_with(|b| link(b, tar::EntryType::Link, "./l", "/etc/passwd"))),
+            ("hard link up", tar_with(|b| link(b, tar::EntryType::Link, "./l", "../x"))),
         ];
         for (what, data) in hostile {
             let dir = tempfile::tempdir().unwrap();
@@ -297,19 +238,14 @@ mod tests {
             b.append(&h, &[][..]).unwrap();
         });
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            extract(&data[..], &dir.path().join("o")),
-            Err(ArchiveError::Unsupported(_))
-        ));
+        assert!(matches!(extract(&data[..], &dir.path().join("o")), Err(ArchiveError::Unsupported(_))));
     }
 
     #[test]
     fn refuses_garbage() {
         let dir = tempfile::tempdir().unwrap();
-        let err = extract(
-            &b"this is not a tar file at all, not even close................."[..],
-            &dir.path().join("o"),
-        );
+        let err =
+            extract(&b"this is not a tar file at all, not even close................."[..], &dir.path().join("o"));
         assert!(err.is_err());
         assert!(!dir.path().join("o").exists());
     }

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod logs;
 pub mod materialize;
+pub mod metrics;
 pub mod proxy;
 pub mod pyenv;
 pub mod replica;
@@ -210,6 +211,7 @@ pub(crate) struct Shared {
 struct Running {
     tx: mpsc::UnboundedSender<Command>,
     endpoint: Arc<Endpoint>,
+    history: Arc<metrics::History>,
     logs: Arc<LogBook>,
     snapshot: Arc<Mutex<DeploymentSnapshot>>,
     stop_listener: watch::Sender<bool>,
@@ -223,39 +225,22 @@ pub struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    pub fn new(
-        config: RuntimeConfig,
-        blobs: BlobStore,
-        sink: Arc<dyn StatusSink>,
-    ) -> Arc<LocalRuntime> {
+    pub fn new(config: RuntimeConfig, blobs: BlobStore, sink: Arc<dyn StatusSink>) -> Arc<LocalRuntime> {
         let materializer = Materializer::new(config.root.join("artifacts"), blobs);
         let envs = EnvCache::new(config.env_dir.clone(), config.uv.clone());
         Arc::new(LocalRuntime {
-            shared: Arc::new(Shared {
-                config,
-                materializer,
-                envs,
-                sink,
-            }),
+            shared: Arc::new(Shared { config, materializer, envs, sink }),
             deployments: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{} (Python environments in {})",
-            self.shared.config.root.display(),
-            self.shared.envs.describe()
-        )
+        format!("{} (Python environments in {})", self.shared.config.root.display(), self.shared.envs.describe())
     }
 
     /// Stops replicas that a previous server process left running.
     pub async fn stop_orphans(&self) -> usize {
-        replica::stop_orphans(
-            &self.shared.config.root.join("pids"),
-            self.shared.config.stop_grace,
-        )
-        .await
+        replica::stop_orphans(&self.shared.config.root.join("pids"), self.shared.config.stop_grace).await
     }
 
     /// A port for a new deployment's endpoint: free now, and not in `taken`.
@@ -263,10 +248,7 @@ impl LocalRuntime {
         for _ in 0..100 {
             let l = std::net::TcpListener::bind((self.shared.config.listen_host, 0))
                 .map_err(|e| RuntimeError::Listen(e.to_string()))?;
-            let port = l
-                .local_addr()
-                .map_err(|e| RuntimeError::Listen(e.to_string()))?
-                .port();
+            let port = l.local_addr().map_err(|e| RuntimeError::Listen(e.to_string()))?.port();
             if !taken.contains(&i64::from(port)) {
                 return Ok(port);
             }
@@ -281,49 +263,27 @@ impl LocalRuntime {
 
     /// The endpoint whose host key is `key`.
     pub fn endpoint_by_host_key(&self, key: &str) -> Option<Arc<Endpoint>> {
-        self.deployments
-            .lock()
-            .expect("lock")
-            .values()
-            .find(|r| r.host_key == key)
-            .map(|r| r.endpoint.clone())
+        self.deployments.lock().expect("lock").values().find(|r| r.host_key == key).map(|r| r.endpoint.clone())
     }
 
     pub fn endpoint(&self, uid: &str) -> Option<Arc<Endpoint>> {
-        self.deployments
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .map(|r| r.endpoint.clone())
+        self.deployments.lock().expect("lock").get(uid).map(|r| r.endpoint.clone())
+    }
+
+    pub fn metrics(&self, uid: &str) -> Option<Arc<metrics::History>> {
+        self.deployments.lock().expect("lock").get(uid).map(|r| r.history.clone())
     }
 
     pub fn logs(&self, uid: &str) -> Option<Arc<LogBook>> {
-        self.deployments
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .map(|r| r.logs.clone())
+        self.deployments.lock().expect("lock").get(uid).map(|r| r.logs.clone())
     }
 
     /// Opens the log of a deployment that is not running (for reading).
     pub fn open_logs(&self, uid: &str) -> Option<Arc<LogBook>> {
         self.logs(uid).or_else(|| {
-            let dir = self
-                .shared
-                .config
-                .root
-                .join("deployments")
-                .join(uid)
-                .join("logs");
+            let dir = self.shared.config.root.join("deployments").join(uid).join("logs");
             dir.exists()
-                .then(|| {
-                    LogBook::open(
-                        &dir,
-                        self.shared.config.log_max_bytes,
-                        self.shared.config.log_keep,
-                    )
-                    .ok()
-                })
+                .then(|| LogBook::open(&dir, self.shared.config.log_max_bytes, self.shared.config.log_keep).ok())
                 .flatten()
         })
     }
@@ -331,37 +291,21 @@ impl LocalRuntime {
     async fn start(&self, spec: &DeploymentSpec) -> Result<(), RuntimeError> {
         let endpoint = Endpoint::new(&spec.name);
         let mut port = spec.port;
-        let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
-            self.shared.config.listen_host,
-            port,
-        ))
-        .await
+        let listener = match tokio::net::TcpListener::bind(SocketAddr::new(self.shared.config.listen_host, port)).await
         {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(deployment = %spec.name, port, error = %e, "the endpoint port is taken; moving to another");
-                let l = tokio::net::TcpListener::bind(SocketAddr::new(
-                    self.shared.config.listen_host,
-                    0,
-                ))
-                .await
-                .map_err(|e| RuntimeError::Listen(e.to_string()))?;
-                port = l
-                    .local_addr()
-                    .map_err(|e| RuntimeError::Listen(e.to_string()))?
-                    .port();
+                let l = tokio::net::TcpListener::bind(SocketAddr::new(self.shared.config.listen_host, 0))
+                    .await
+                    .map_err(|e| RuntimeError::Listen(e.to_string()))?;
+                port = l.local_addr().map_err(|e| RuntimeError::Listen(e.to_string()))?.port();
                 self.shared.sink.port_changed(&spec.uid, port);
                 l
             }
         };
         let logs = LogBook::open(
-            &self
-                .shared
-                .config
-                .root
-                .join("deployments")
-                .join(&spec.uid)
-                .join("logs"),
+            &self.shared.config.root.join("deployments").join(&spec.uid).join("logs"),
             self.shared.config.log_max_bytes,
             self.shared.config.log_keep,
         )
@@ -379,6 +323,8 @@ impl LocalRuntime {
         }));
         let (stop_listener, stop_rx) = watch::channel(false);
         tokio::spawn(proxy::serve(endpoint.clone(), listener, stop_rx));
+        let history = Arc::new(metrics::History::default());
+        tokio::spawn(metrics::sample_forever(endpoint.clone(), history.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let sup = Supervisor::new(
             self.shared.clone(),
@@ -394,6 +340,7 @@ impl LocalRuntime {
             Running {
                 tx,
                 endpoint,
+                history,
                 logs,
                 snapshot,
                 stop_listener,
@@ -405,13 +352,7 @@ impl LocalRuntime {
 
     /// Stops every deployment's replicas (graceful server shutdown).
     pub async fn shutdown(&self) {
-        let all: Vec<Running> = self
-            .deployments
-            .lock()
-            .expect("lock")
-            .drain()
-            .map(|(_, r)| r)
-            .collect();
+        let all: Vec<Running> = self.deployments.lock().expect("lock").drain().map(|(_, r)| r).collect();
         let mut waits = Vec::new();
         for r in all {
             let (done, wait) = oneshot::channel();
@@ -429,11 +370,7 @@ impl LocalRuntime {
 #[async_trait::async_trait]
 impl DeployTarget for LocalRuntime {
     async fn apply(&self, mut spec: DeploymentSpec) -> Result<(), RuntimeError> {
-        let known = self
-            .deployments
-            .lock()
-            .expect("lock")
-            .contains_key(&spec.uid);
+        let known = self.deployments.lock().expect("lock").contains_key(&spec.uid);
         if !known {
             self.start(&spec).await?;
         }
@@ -459,15 +396,10 @@ impl DeployTarget for LocalRuntime {
             }
             let _ = r.stop_listener.send(true);
         }
-        let _ =
-            tokio::fs::remove_dir_all(self.shared.config.root.join("deployments").join(uid)).await;
+        let _ = tokio::fs::remove_dir_all(self.shared.config.root.join("deployments").join(uid)).await;
     }
 
     fn snapshot(&self, uid: &str) -> Option<DeploymentSnapshot> {
-        self.deployments
-            .lock()
-            .expect("lock")
-            .get(uid)
-            .map(|r| r.snapshot.lock().expect("lock").clone())
+        self.deployments.lock().expect("lock").get(uid).map(|r| r.snapshot.lock().expect("lock").clone())
     }
 }

@@ -33,10 +33,7 @@ impl LogBook {
     pub fn open(dir: &Path, max_bytes: u64, keep: usize) -> std::io::Result<Arc<LogBook>> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("replicas.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
         let (live, _) = broadcast::channel(1024);
         Ok(Arc::new(LogBook {
@@ -50,21 +47,14 @@ impl LogBook {
     }
 
     fn path(&self, n: usize) -> PathBuf {
-        if n == 0 {
-            self.dir.join("replicas.log")
-        } else {
-            self.dir.join(format!("replicas.log.{n}"))
-        }
+        if n == 0 { self.dir.join("replicas.log") } else { self.dir.join(format!("replicas.log.{n}")) }
     }
 
     /// Appends one line from a replica (`source` is e.g. `r3 stderr`) or
     /// from yatai itself about the deployment.
     pub fn append(&self, replica: &str, source: &str, line: &str) {
         let line = line.trim_end_matches(['\r', '\n']);
-        let text = format!(
-            "{} {replica} {source} | {line}",
-            Timestamp::now().to_rfc3339()
-        );
+        let text = format!("{} {replica} {source} | {line}", Timestamp::now().to_rfc3339());
         {
             let mut recent = self.recent.lock().expect("lock");
             let q = recent.entry(replica.to_owned()).or_default();
@@ -93,12 +83,7 @@ impl LogBook {
             }
             let _ = std::fs::rename(&from, self.path(n));
         }
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .truncate(false)
-            .open(self.path(0))
-        {
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).truncate(false).open(self.path(0)) {
             cur.file = f;
             cur.size = 0;
         }
@@ -130,12 +115,7 @@ impl LogBook {
 
     /// The last lines a replica printed.
     pub fn recent(&self, replica: &str) -> Vec<String> {
-        self.recent
-            .lock()
-            .expect("lock")
-            .get(replica)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default()
+        self.recent.lock().expect("lock").get(replica).map(|q| q.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -150,10 +130,7 @@ mod tests {
         for i in 0..200 {
             book.append("r1", "stdout", &format!("line {i}"));
         }
-        let total: u64 = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum();
+        let total: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
         assert!(total <= 3 * 2_000, "logs grew to {total} bytes");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
         let tail = book.tail(5);

@@ -25,29 +25,15 @@ pub struct Materializer {
 
 impl Materializer {
     pub fn new(root: PathBuf, blobs: BlobStore) -> Self {
-        Materializer {
-            root,
-            blobs,
-            locks: Mutex::new(HashMap::new()),
-        }
+        Materializer { root, blobs, locks: Mutex::new(HashMap::new()) }
     }
 
     async fn lock(&self, key: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .await
-            .entry(key.to_owned())
-            .or_default()
-            .clone()
+        self.locks.lock().await.entry(key.to_owned()).or_default().clone()
     }
 
     /// Extracts the archive at `storage_key` into `dest` unless it is there.
-    async fn extract_once(
-        &self,
-        storage_key: &str,
-        dest: &Path,
-        what: &str,
-    ) -> Result<(), RuntimeError> {
+    async fn extract_once(&self, storage_key: &str, dest: &Path, what: &str) -> Result<(), RuntimeError> {
         if dest.exists() {
             return Ok(());
         }
@@ -56,11 +42,7 @@ impl Materializer {
         if dest.exists() {
             return Ok(());
         }
-        let reader = self
-            .blobs
-            .open(storage_key)
-            .await
-            .map_err(|e| RuntimeError::Fetch(format!("{what}: {e}")))?;
+        let reader = self.blobs.open(storage_key).await.map_err(|e| RuntimeError::Fetch(format!("{what}: {e}")))?;
         let stream = tokio_util::io::StreamReader::new(futures_util::TryStreamExt::map_err(
             reader.stream,
             std::io::Error::other,
@@ -82,11 +64,7 @@ impl Materializer {
     }
 
     /// A directory holding the bento with its models, ready for `bentoml serve`.
-    pub async fn bento_dir(
-        &self,
-        bento: &ArtifactRef,
-        models: &[ArtifactRef],
-    ) -> Result<PathBuf, RuntimeError> {
+    pub async fn bento_dir(&self, bento: &ArtifactRef, models: &[ArtifactRef]) -> Result<PathBuf, RuntimeError> {
         let mut key = Sha256::new();
         key.update(bento.digest.as_bytes());
         let mut sorted: Vec<&ArtifactRef> = models.iter().collect();
@@ -107,19 +85,9 @@ impl Materializer {
         let _ = tokio::fs::remove_dir_all(&dir).await;
         for m in &sorted {
             let mdir = self.root.join("models").join(&m.digest);
-            self.extract_once(
-                &m.storage_key,
-                &mdir,
-                &format!("model {}:{}", m.name, m.version),
-            )
-            .await?;
+            self.extract_once(&m.storage_key, &mdir, &format!("model {}:{}", m.name, m.version)).await?;
         }
-        self.extract_once(
-            &bento.storage_key,
-            &dir,
-            &format!("bento {}:{}", bento.name, bento.version),
-        )
-        .await?;
+        self.extract_once(&bento.storage_key, &dir, &format!("bento {}:{}", bento.name, bento.version)).await?;
         if !dir.join("bento.yaml").exists() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(RuntimeError::BadArchive(format!(
@@ -133,16 +101,10 @@ impl Materializer {
             tokio::fs::create_dir_all(&name_dir).await.map_err(io)?;
             let link = name_dir.join(&m.version);
             let _ = tokio::fs::remove_file(&link).await;
-            tokio::fs::symlink(self.root.join("models").join(&m.digest), &link)
-                .await
-                .map_err(io)?;
-            tokio::fs::write(name_dir.join("latest"), &m.version)
-                .await
-                .map_err(io)?;
+            tokio::fs::symlink(self.root.join("models").join(&m.digest), &link).await.map_err(io)?;
+            tokio::fs::write(name_dir.join("latest"), &m.version).await.map_err(io)?;
         }
-        tokio::fs::write(dir.join(".ready"), b"")
-            .await
-            .map_err(io)?;
+        tokio::fs::write(dir.join(".ready"), b"").await.map_err(io)?;
         Ok(dir)
     }
 }

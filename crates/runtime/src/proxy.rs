@@ -31,27 +31,10 @@ const POOL_MAX: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Latency histogram bucket bounds, in milliseconds.
-pub const LATENCY_BUCKETS_MS: [u64; 14] = [
-    1,
-    2,
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10000,
-    u64::MAX,
-];
+pub const LATENCY_BUCKETS_MS: [u64; 14] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, u64::MAX];
 
 pub fn full_body(b: impl Into<Bytes>) -> ProxyBody {
-    http_body_util::Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    http_body_util::Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// One replica as the proxy sees it.
@@ -64,12 +47,7 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(id: &str, addr: SocketAddr) -> Arc<Backend> {
-        Arc::new(Backend {
-            id: id.to_owned(),
-            addr,
-            inflight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
-        })
+        Arc::new(Backend { id: id.to_owned(), addr, inflight: AtomicUsize::new(0), idle: Mutex::new(Vec::new()) })
     }
 
     pub fn inflight(&self) -> usize {
@@ -84,10 +62,7 @@ impl Backend {
             if sender.is_closed() {
                 continue;
             }
-            if tokio::time::timeout(Duration::from_millis(50), sender.ready())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
+            if tokio::time::timeout(Duration::from_millis(50), sender.ready()).await.is_ok_and(|r| r.is_ok()) {
                 return Ok(sender);
             }
         }
@@ -133,13 +108,9 @@ impl EndpointMetrics {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let ms = elapsed.as_millis() as u64;
-        let i = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|b| ms < *b)
-            .unwrap_or(LATENCY_BUCKETS_MS.len() - 1);
+        let i = LATENCY_BUCKETS_MS.iter().position(|b| ms < *b).unwrap_or(LATENCY_BUCKETS_MS.len() - 1);
         self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn counts(&self) -> (u64, u64, [u64; 14]) {
@@ -147,11 +118,7 @@ impl EndpointMetrics {
         for (i, v) in self.latency_buckets.iter().enumerate() {
             b[i] = v.load(Ordering::Relaxed);
         }
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-            b,
-        )
+        (self.requests.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed), b)
     }
 }
 
@@ -194,19 +161,11 @@ impl Endpoint {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|i| &all[(start + i) % n])
-            .filter(|b| !tried.contains(&b.id))
-            .min_by_key(|b| b.inflight())
-            .cloned()
+        (0..n).map(|i| &all[(start + i) % n]).filter(|b| !tried.contains(&b.id)).min_by_key(|b| b.inflight()).cloned()
     }
 
     /// Forwards one request to a replica and streams the answer back.
-    pub async fn forward(
-        self: Arc<Self>,
-        req: Request<ProxyBody>,
-        client: Option<SocketAddr>,
-    ) -> Response<ProxyBody> {
+    pub async fn forward(self: Arc<Self>, req: Request<ProxyBody>, client: Option<SocketAddr>) -> Response<ProxyBody> {
         let started = Instant::now();
         let mut req = prepare_request(req, client);
         let mut tried: Vec<String> = Vec::new();
@@ -231,13 +190,7 @@ impl Endpoint {
                     strip_hop_by_hop(&mut parts.headers);
                     let tracked = Tracked {
                         inner: body,
-                        done: Some(Done {
-                            endpoint: self.clone(),
-                            backend,
-                            sender: Some(sender),
-                            status,
-                            started,
-                        }),
+                        done: Some(Done { endpoint: self.clone(), backend, sender: Some(sender), status, started }),
                     };
                     return Response::from_parts(parts, tracked.boxed_unsync());
                 }
@@ -246,21 +199,13 @@ impl Endpoint {
                     match e.take_message() {
                         // Not sent: safe to try another replica.
                         Some(r) => {
-                            last_error = format!(
-                                "replica {} closed the connection: {}",
-                                backend.id,
-                                e.error()
-                            );
+                            last_error = format!("replica {} closed the connection: {}", backend.id, e.error());
                             req = r;
                         }
                         None => {
                             return self.error_response(
                                 StatusCode::BAD_GATEWAY,
-                                &format!(
-                                    "replica {} failed while answering: {}",
-                                    backend.id,
-                                    e.error()
-                                ),
+                                &format!("replica {} failed while answering: {}", backend.id, e.error()),
                                 started,
                             );
                         }
@@ -270,20 +215,13 @@ impl Endpoint {
         }
     }
 
-    fn error_response(
-        &self,
-        status: StatusCode,
-        message: &str,
-        started: Instant,
-    ) -> Response<ProxyBody> {
+    fn error_response(&self, status: StatusCode, message: &str, started: Instant) -> Response<ProxyBody> {
         self.metrics.observe(status.as_u16(), started.elapsed());
-        let body = serde_json::json!({"code": "proxy_error", "message": format!("deployment {}: {message}", self.name)});
+        let body =
+            serde_json::json!({"code": "proxy_error", "message": format!("deployment {}: {message}", self.name)});
         let mut resp = Response::new(full_body(body.to_string()));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
 }
@@ -300,11 +238,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    if let Some(extra) = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
+    if let Some(extra) = headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in extra.split(',') {
             headers.remove(name.trim());
         }
@@ -318,11 +252,7 @@ fn prepare_request(req: Request<ProxyBody>, client: Option<SocketAddr>) -> Reque
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(addr) = client {
-        let value = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let value = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", addr.ip()),
             None => addr.ip().to_string(),
         };
@@ -331,9 +261,7 @@ fn prepare_request(req: Request<ProxyBody>, client: Option<SocketAddr>) -> Reque
         }
     }
     if !parts.headers.contains_key("x-forwarded-proto") {
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
     // HTTP/1.1 to the replica, origin-form target.
     if let Some(pq) = parts.uri.path_and_query().cloned() {
@@ -356,9 +284,7 @@ struct Done {
 impl Done {
     fn finish(mut self, complete: bool) {
         self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint
-            .metrics
-            .observe(self.status, self.started.elapsed());
+        self.endpoint.metrics.observe(self.status, self.started.elapsed());
         if complete && let Some(s) = self.sender.take() {
             self.backend.give_back(s);
         }
@@ -422,11 +348,7 @@ impl Body for Tracked {
 }
 
 /// Serves an endpoint on its own listener until `stop` fires.
-pub async fn serve(
-    endpoint: Arc<Endpoint>,
-    listener: TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn serve(endpoint: Arc<Endpoint>, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

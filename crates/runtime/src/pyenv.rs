@@ -37,11 +37,7 @@ impl EnvCache {
     /// falls back to pip.
     pub fn new(root: PathBuf, uv: Option<PathBuf>) -> Self {
         let uv = uv.or_else(|| find_on_path("uv"));
-        EnvCache {
-            root,
-            uv,
-            locks: Mutex::new(HashMap::new()),
-        }
+        EnvCache { root, uv, locks: Mutex::new(HashMap::new()) }
     }
 
     pub fn describe(&self) -> String {
@@ -61,54 +57,30 @@ impl EnvCache {
         hex::encode(h.finalize())[..20].to_owned()
     }
 
-    pub async fn prepare(
-        &self,
-        bento_dir: &Path,
-        python_version: Option<&str>,
-    ) -> Result<PreparedEnv, RuntimeError> {
+    pub async fn prepare(&self, bento_dir: &Path, python_version: Option<&str>) -> Result<PreparedEnv, RuntimeError> {
         let started = Instant::now();
         let req_path = bento_dir.join("env/python/requirements.txt");
-        let requirements = tokio::fs::read_to_string(&req_path)
-            .await
-            .unwrap_or_default();
+        let requirements = tokio::fs::read_to_string(&req_path).await.unwrap_or_default();
         let key = Self::key(&requirements, python_version);
         let venv = self.root.join(&key);
         let ready = venv.join(".yatai-ready");
         if ready.exists() {
-            return Ok(PreparedEnv {
-                venv,
-                cached: true,
-                elapsed: started.elapsed(),
-            });
+            return Ok(PreparedEnv { venv, cached: true, elapsed: started.elapsed() });
         }
-        let lock = self
-            .locks
-            .lock()
-            .await
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let lock = self.locks.lock().await.entry(key.clone()).or_default().clone();
         let _guard = lock.lock().await;
         if ready.exists() {
-            return Ok(PreparedEnv {
-                venv,
-                cached: true,
-                elapsed: started.elapsed(),
-            });
+            return Ok(PreparedEnv { venv, cached: true, elapsed: started.elapsed() });
         }
         let _ = tokio::fs::remove_dir_all(&venv).await;
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| RuntimeError::Env(format!("{}: {e}", self.root.display())))?;
         let log_path = self.root.join(format!("{key}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| RuntimeError::Env(format!("{}: {e}", log_path.display())))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| RuntimeError::Env(format!("{}: {e}", log_path.display())))?;
         tracing::info!(env = %key, python = ?python_version, "building a Python environment");
-        let result = tokio::time::timeout(
-            BUILD_TIMEOUT,
-            self.build(&venv, &req_path, python_version, &log),
-        )
-        .await;
+        let result = tokio::time::timeout(BUILD_TIMEOUT, self.build(&venv, &req_path, python_version, &log)).await;
         let failure = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
@@ -117,19 +89,11 @@ impl EnvCache {
         if let Some(why) = failure {
             let _ = tokio::fs::remove_dir_all(&venv).await;
             let tail = tail_lines(&log_path, 15);
-            return Err(RuntimeError::Env(format!(
-                "could not build the Python environment: {why}\n{tail}"
-            )));
+            return Err(RuntimeError::Env(format!("could not build the Python environment: {why}\n{tail}")));
         }
-        tokio::fs::write(&ready, requirements.as_bytes())
-            .await
-            .map_err(|e| RuntimeError::Env(e.to_string()))?;
+        tokio::fs::write(&ready, requirements.as_bytes()).await.map_err(|e| RuntimeError::Env(e.to_string()))?;
         tracing::info!(env = %key, elapsed = ?started.elapsed(), "Python environment ready");
-        Ok(PreparedEnv {
-            venv,
-            cached: false,
-            elapsed: started.elapsed(),
-        })
+        Ok(PreparedEnv { venv, cached: false, elapsed: started.elapsed() })
     }
 
     async fn build(
@@ -160,9 +124,7 @@ impl EnvCache {
             }
             None => {
                 let python = match python {
-                    Some(v) => {
-                        find_on_path(&format!("python{v}")).or_else(|| find_on_path("python3"))
-                    }
+                    Some(v) => find_on_path(&format!("python{v}")).or_else(|| find_on_path("python3")),
                     None => find_on_path("python3"),
                 }
                 .ok_or("no python3 on PATH")?;
@@ -171,28 +133,23 @@ impl EnvCache {
                 run(create, log, "python -m venv").await?;
                 if has_reqs {
                     let mut install = tokio::process::Command::new(venv.join("bin/pip"));
-                    install
-                        .args(["install", "--disable-pip-version-check", "-q", "-r"])
-                        .arg(requirements);
+                    install.args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(requirements);
                     run(install, log, "pip install").await?;
                 }
             }
         }
         if !venv.join("bin/bentoml").exists() {
-            return Err("the environment has no `bentoml` command: the bento's requirements.txt must include bentoml".into());
+            return Err(
+                "the environment has no `bentoml` command: the bento's requirements.txt must include bentoml".into()
+            );
         }
         Ok(())
     }
 }
 
-async fn run(
-    mut cmd: tokio::process::Command,
-    log: &std::fs::File,
-    what: &str,
-) -> Result<(), String> {
+async fn run(mut cmd: tokio::process::Command, log: &std::fs::File, what: &str) -> Result<(), String> {
     // Never let uv download an interpreter: use what the machine has.
-    cmd.env("UV_PYTHON_DOWNLOADS", "never")
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    cmd.env("UV_PYTHON_DOWNLOADS", "never").env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
     let out = log.try_clone().map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     let status = cmd
@@ -211,14 +168,10 @@ async fn run(
 
 pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| {
-                use std::os::unix::fs::PermissionsExt;
-                p.metadata()
-                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                    .unwrap_or(false)
-            })
+        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        })
     })
 }
 
@@ -236,17 +189,8 @@ mod tests {
     #[test]
     fn keys_depend_on_requirements_and_python() {
         let a = EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"));
-        assert_eq!(
-            a,
-            EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"))
-        );
-        assert_ne!(
-            a,
-            EnvCache::key("scikit-learn\nbentoml==1.4.41\n", Some("3.11"))
-        );
-        assert_ne!(
-            a,
-            EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.12"))
-        );
+        assert_eq!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11")));
+        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.41\n", Some("3.11")));
+        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.12")));
     }
 }

@@ -16,17 +16,8 @@ use crate::logs::LogBook;
 
 /// Environment variables a replica inherits from the server; everything else
 /// (tokens, storage secrets) stays out.
-const INHERITED_ENV: [&str; 9] = [
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "UV_CACHE_DIR",
-    "PYTHONPATH",
-];
+const INHERITED_ENV: [&str; 9] =
+    ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "UV_CACHE_DIR", "PYTHONPATH"];
 
 pub struct LaunchSpec<'a> {
     pub venv: &'a Path,
@@ -65,11 +56,7 @@ pub async fn launch(
             cmd.env(key, v);
         }
     }
-    let path = format!(
-        "{}:{}",
-        spec.venv.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", spec.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path)
         .env("VIRTUAL_ENV", spec.venv)
         .env("BENTOML_HOME", spec.home)
@@ -79,48 +66,31 @@ pub async fn launch(
     for (k, v) in spec.envs {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| RuntimeError::Launch(format!("cannot start bentoml serve: {e}")))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(false);
+    let mut child = cmd.spawn().map_err(|e| RuntimeError::Launch(format!("cannot start bentoml serve: {e}")))?;
     let pid = child.id().unwrap_or_default();
     let start_time = process_start_time(pid).unwrap_or_default();
     if let Some(dir) = pid_file.parent() {
         let _ = tokio::fs::create_dir_all(dir).await;
     }
     let _ = tokio::fs::write(&pid_file, format!("{pid} {start_time}\n")).await;
-    for (stream, name) in [
-        (child.stdout.take().map(Pipe::Out), "stdout"),
-        (child.stderr.take().map(Pipe::Err), "stderr"),
-    ] {
+    for (stream, name) in
+        [(child.stdout.take().map(Pipe::Out), "stdout"), (child.stderr.take().map(Pipe::Err), "stderr")]
+    {
         let Some(stream) = stream else { continue };
         let logs = logs.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
             let mut lines = match stream {
-                Pipe::Out(s) => {
-                    BufReader::new(Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
-                        .lines()
-                }
-                Pipe::Err(s) => {
-                    BufReader::new(Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
-                        .lines()
-                }
+                Pipe::Out(s) => BufReader::new(Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>).lines(),
+                Pipe::Err(s) => BufReader::new(Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>).lines(),
             };
             while let Ok(Some(line)) = lines.next_line().await {
                 logs.append(&id, name, &line);
             }
         });
     }
-    Ok(ReplicaProcess {
-        pid,
-        child,
-        pid_file,
-    })
+    Ok(ReplicaProcess { pid, child, pid_file })
 }
 
 enum Pipe {
@@ -137,10 +107,7 @@ impl ReplicaProcess {
     /// SIGTERM to the process group, then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         signal_group(self.pid, libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
             signal_group(self.pid, libc::SIGKILL);
             let _ = self.child.wait().await;
         }
@@ -180,10 +147,9 @@ pub async fn stop_orphans(pid_dir: &Path, grace: Duration) -> usize {
         let path = e.path();
         let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
         let mut parts = text.split_whitespace();
-        let (Some(pid), Some(start)) = (
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-            parts.next().and_then(|s| s.parse::<u64>().ok()),
-        ) else {
+        let (Some(pid), Some(start)) =
+            (parts.next().and_then(|p| p.parse::<u32>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok()))
+        else {
             let _ = tokio::fs::remove_file(&path).await;
             continue;
         };
@@ -206,24 +172,16 @@ pub async fn stop_orphans(pid_dir: &Path, grace: Duration) -> usize {
 pub async fn probe(port: u16, path: &str, timeout: Duration) -> bool {
     let attempt = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.ok()?;
         let mut buf = [0u8; 16];
         let n = s.read(&mut buf).await.ok()?;
         let head = std::str::from_utf8(&buf[..n]).ok()?;
         Some(head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2"))
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    tokio::time::timeout(timeout, attempt).await.ok().flatten().unwrap_or(false)
 }
 
 /// A port free on loopback right now.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }

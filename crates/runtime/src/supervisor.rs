@@ -77,11 +77,7 @@ struct Generation {
 
 impl Generation {
     fn ready(&self) -> Vec<Arc<Backend>> {
-        self.replicas
-            .iter()
-            .filter(|r| r.state == State::Ready)
-            .map(|r| r.backend.clone())
-            .collect()
+        self.replicas.iter().filter(|r| r.state == State::Ready).map(|r| r.backend.clone()).collect()
     }
 }
 
@@ -189,10 +185,7 @@ impl Supervisor {
     /// What must be equal for a new spec to be applied without restarting replicas.
     fn same_launch(a: &DeploymentSpec, b: &DeploymentSpec) -> bool {
         a.bento.digest == b.bento.digest
-            && a.models
-                .iter()
-                .map(|m| &m.digest)
-                .eq(b.models.iter().map(|m| &m.digest))
+            && a.models.iter().map(|m| &m.digest).eq(b.models.iter().map(|m| &m.digest))
             && a.envs == b.envs
             && a.python_version == b.python_version
     }
@@ -204,20 +197,13 @@ impl Supervisor {
         let in_place = self.next.is_none()
             && self.preparing.is_none()
             && self.current.as_ref().is_some_and(|g| {
-                g.replicas.iter().all(|r| r.state != State::Failed)
-                    && Self::same_launch(&g.spec, &spec)
+                g.replicas.iter().all(|r| r.state != State::Failed) && Self::same_launch(&g.spec, &spec)
             });
         if in_place {
-            self.say(&format!(
-                "revision {} keeps the running replicas (only scaling changed)",
-                spec.revision_uid
-            ));
+            self.say(&format!("revision {} keeps the running replicas (only scaling changed)", spec.revision_uid));
             let generation = self.current.as_mut().expect("checked");
             generation.spec = spec;
-            self.desired = self.desired.clamp(
-                generation.spec.scaling.min_effective(),
-                generation.spec.scaling.max,
-            );
+            self.desired = self.desired.clamp(generation.spec.scaling.min_effective(), generation.spec.scaling.max);
             return;
         }
         if let Some((_, _, task)) = self.preparing.take() {
@@ -239,41 +225,23 @@ impl Supervisor {
         let logs = self.logs.clone();
         let task = tokio::spawn(async move {
             let result = async {
-                let bento_dir = shared
-                    .materializer
-                    .bento_dir(&task_spec.bento, &task_spec.models)
-                    .await?;
+                let bento_dir = shared.materializer.bento_dir(&task_spec.bento, &task_spec.models).await?;
                 logs.append(
                     "yatai",
                     "event",
-                    &format!(
-                        "bento and {} model(s) ready at {}",
-                        task_spec.models.len(),
-                        bento_dir.display()
-                    ),
+                    &format!("bento and {} model(s) ready at {}", task_spec.models.len(), bento_dir.display()),
                 );
-                let env = shared
-                    .envs
-                    .prepare(&bento_dir, task_spec.python_version.as_deref())
-                    .await?;
+                let env = shared.envs.prepare(&bento_dir, task_spec.python_version.as_deref()).await?;
                 logs.append(
                     "yatai",
                     "event",
                     &format!(
                         "Python environment {} ({:.1} s)",
-                        if env.cached {
-                            "reused from the cache"
-                        } else {
-                            "built"
-                        },
+                        if env.cached { "reused from the cache" } else { "built" },
                         env.elapsed.as_secs_f64()
                     ),
                 );
-                Ok(Prepared {
-                    venv: env.venv,
-                    bento_dir,
-                    env_cached: env.cached,
-                })
+                Ok(Prepared { venv: env.venv, bento_dir, env_cached: env.cached })
             }
             .await;
             let _ = tx.send((seq, result));
@@ -293,8 +261,7 @@ impl Supervisor {
                 let msg = format!("revision {} cannot start: {e}", spec.revision_uid);
                 self.say(&msg);
                 if self.current.is_some() {
-                    self.update_failure =
-                        Some(format!("{msg}; the previous revision keeps serving"));
+                    self.update_failure = Some(format!("{msg}; the previous revision keeps serving"));
                 } else {
                     self.failure = Some(msg);
                 }
@@ -319,10 +286,8 @@ impl Supervisor {
                     }
                     Some(cur) => {
                         // Start as many new replicas as serve now.
-                        self.desired = self.desired.clamp(
-                            generation.spec.scaling.min_effective(),
-                            generation.spec.scaling.max,
-                        );
+                        self.desired =
+                            self.desired.clamp(generation.spec.scaling.min_effective(), generation.spec.scaling.max);
                         let _ = cur;
                         self.say(&format!(
                             "rolling update to revision {}: starting {} replica(s)",
@@ -390,9 +355,7 @@ impl Supervisor {
             Ok(p) => p,
             Err(e) => {
                 self.say(&format!("replica {}: no free port: {e}", r.id));
-                r.state = State::Backoff {
-                    until: Instant::now() + self.backoff(r.failures_in_row + 1),
-                };
+                r.state = State::Backoff { until: Instant::now() + self.backoff(r.failures_in_row + 1) };
                 return;
             }
         };
@@ -403,18 +366,10 @@ impl Supervisor {
             port,
             envs: &generation.spec.envs,
         };
-        let pid_file = self
-            .shared
-            .config
-            .root
-            .join("pids")
-            .join(format!("{}.{}", self.uid, r.id));
+        let pid_file = self.shared.config.root.join("pids").join(format!("{}.{}", self.uid, r.id));
         match replica::launch(&spec, &r.id, self.logs.clone(), pid_file).await {
             Ok(p) => {
-                self.say(&format!(
-                    "replica {} started (pid {}, port {port})",
-                    r.id, p.pid
-                ));
+                self.say(&format!("replica {} started (pid {}, port {port})", r.id, p.pid));
                 r.port = port;
                 r.backend = Backend::new(&r.id, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
                 r.process = Some(p);
@@ -426,9 +381,7 @@ impl Supervisor {
             Err(e) => {
                 self.say(&format!("replica {} could not start: {e}", r.id));
                 r.failures_in_row += 1;
-                r.state = State::Backoff {
-                    until: Instant::now() + self.backoff(r.failures_in_row),
-                };
+                r.state = State::Backoff { until: Instant::now() + self.backoff(r.failures_in_row) };
             }
         }
     }
@@ -459,11 +412,7 @@ impl Supervisor {
                 r.failures_in_row += 1;
                 r.restarts += 1;
                 let wait = self.backoff(r.failures_in_row);
-                self.say(&format!(
-                    "replica {} exited ({status}); restarting in {:.1} s",
-                    r.id,
-                    wait.as_secs_f64()
-                ));
+                self.say(&format!("replica {} exited ({status}); restarting in {:.1} s", r.id, wait.as_secs_f64()));
                 r.state = State::Backoff { until: now + wait };
             }
             match r.state {
@@ -480,10 +429,7 @@ impl Supervisor {
                                 r.since.elapsed().as_secs_f64()
                             ));
                         } else if r.since.elapsed() > cold_start {
-                            self.say(&format!(
-                                "replica {} was not ready within {:?}; restarting it",
-                                r.id, cold_start
-                            ));
+                            self.say(&format!("replica {} was not ready within {:?}; restarting it", r.id, cold_start));
                             self.kill_for_restart(&mut r);
                         }
                     }
@@ -536,9 +482,7 @@ impl Supervisor {
         }
         r.failures_in_row += 1;
         r.restarts += 1;
-        r.state = State::Backoff {
-            until: Instant::now() + self.backoff(r.failures_in_row),
-        };
+        r.state = State::Backoff { until: Instant::now() + self.backoff(r.failures_in_row) };
     }
 
     /// Adds or removes replicas of the current generation to match `desired`.
@@ -546,29 +490,17 @@ impl Supervisor {
         let Some(mut generation) = self.current.take() else {
             return;
         };
-        let live = generation
-            .replicas
-            .iter()
-            .filter(|r| r.state != State::Failed)
-            .count() as u32;
+        let live = generation.replicas.iter().filter(|r| r.state != State::Failed).count() as u32;
         if live < self.desired {
             for _ in live..self.desired {
                 let id = self.new_replica_id();
-                let mut r = Replica {
-                    id,
-                    ..placeholder()
-                };
+                let mut r = Replica { id, ..placeholder() };
                 self.launch(&generation, &mut r).await;
                 generation.replicas.push(r);
             }
         } else if live > self.desired {
             // Prefer removing replicas that are not serving, then the least busy.
-            generation.replicas.sort_by_key(|r| {
-                (
-                    r.state == State::Ready,
-                    std::cmp::Reverse(r.backend.inflight()),
-                )
-            });
+            generation.replicas.sort_by_key(|r| (r.state == State::Ready, std::cmp::Reverse(r.backend.inflight())));
             let extra = (live - self.desired) as usize;
             let removed: Vec<Replica> = generation.replicas.drain(..extra).collect();
             for r in &removed {
@@ -588,21 +520,13 @@ impl Supervisor {
         let s = &generation.spec.scaling;
         let now = Instant::now();
         self.load.push_back((now, self.endpoint.inflight()));
-        while self
-            .load
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > LOAD_WINDOW)
-        {
+        while self.load.front().is_some_and(|(t, _)| now.duration_since(*t) > LOAD_WINDOW) {
             self.load.pop_front();
         }
-        let avg =
-            self.load.iter().map(|(_, n)| *n as f64).sum::<f64>() / self.load.len().max(1) as f64;
+        let avg = self.load.iter().map(|(_, n)| *n as f64).sum::<f64>() / self.load.len().max(1) as f64;
         let want = ((avg / s.target_inflight).ceil() as u32).clamp(s.min_effective(), s.max);
         if want > self.desired {
-            self.say(&format!(
-                "scaling up from {} to {want} replicas ({avg:.1} requests in flight)",
-                self.desired
-            ));
+            self.say(&format!("scaling up from {} to {want} replicas ({avg:.1} requests in flight)", self.desired));
             self.desired = want;
             self.below_since = None;
         } else if want < self.desired {
@@ -647,20 +571,14 @@ impl Supervisor {
         if let Some(mut next) = self.next.take() {
             while (next.replicas.len() as u32) < self.desired {
                 let id = self.new_replica_id();
-                let mut r = Replica {
-                    id,
-                    ..placeholder()
-                };
+                let mut r = Replica { id, ..placeholder() };
                 self.launch(&next, &mut r).await;
                 next.replicas.push(r);
             }
             let all_ready = next.replicas.iter().all(|r| r.state == State::Ready);
             if all_ready {
                 self.endpoint.set_backends(next.ready());
-                self.say(&format!(
-                    "switched traffic to revision {}",
-                    next.spec.revision_uid
-                ));
+                self.say(&format!("switched traffic to revision {}", next.spec.revision_uid));
                 if let Some(old) = self.current.replace(next) {
                     self.retire(old.replicas);
                 }
@@ -692,43 +610,24 @@ impl Supervisor {
             return (Phase::Failed, f.clone());
         }
         let Some(generation) = &self.current else {
-            return (
-                Phase::Deploying,
-                "preparing the bento and its Python environment".into(),
-            );
+            return (Phase::Deploying, "preparing the bento and its Python environment".into());
         };
-        let ready = generation
-            .replicas
-            .iter()
-            .filter(|r| r.state == State::Ready)
-            .count();
-        let crashed: Vec<&Replica> = generation
-            .replicas
-            .iter()
-            .filter(|r| matches!(r.state, State::Backoff { .. }))
-            .collect();
+        let ready = generation.replicas.iter().filter(|r| r.state == State::Ready).count();
+        let crashed: Vec<&Replica> =
+            generation.replicas.iter().filter(|r| matches!(r.state, State::Backoff { .. })).collect();
         if let Some(r) = crashed.first() {
             let last = self.logs.recent(&r.id);
             let tail = last[last.len().saturating_sub(5)..].join("\n");
             return (
                 Phase::Unhealthy,
-                format!(
-                    "replica {} is restarting after {} failure(s); last output:\n{tail}",
-                    r.id, r.failures_in_row
-                ),
+                format!("replica {} is restarting after {} failure(s); last output:\n{tail}", r.id, r.failures_in_row),
             );
         }
         if ready == 0 {
             return if generation.ever_ready {
                 (Phase::Unhealthy, "no replica is ready".into())
             } else {
-                (
-                    Phase::Deploying,
-                    format!(
-                        "starting replicas ({:.0} s)",
-                        generation.started.elapsed().as_secs_f64()
-                    ),
-                )
+                (Phase::Deploying, format!("starting replicas ({:.0} s)", generation.started.elapsed().as_secs_f64()))
             };
         }
         if let Some(u) = &self.update_failure {
@@ -749,11 +648,7 @@ impl Supervisor {
                 .next
                 .as_ref()
                 .map(|g| g.spec.revision_uid.clone())
-                .or_else(|| {
-                    self.preparing
-                        .as_ref()
-                        .map(|(_, s, _)| s.revision_uid.clone())
-                });
+                .or_else(|| self.preparing.as_ref().map(|(_, s, _)| s.revision_uid.clone()));
             snap.inflight = self.endpoint.inflight();
             snap.replicas = [&self.current, &self.next]
                 .into_iter()
@@ -779,9 +674,7 @@ impl Supervisor {
         }
         let changed = self.reported.as_ref() != Some(&(phase, reason.clone()));
         if changed {
-            self.shared
-                .sink
-                .status(&self.uid, &self.name, phase, &reason);
+            self.shared.sink.status(&self.uid, &self.name, phase, &reason);
             self.reported = Some((phase, reason));
         }
     }
@@ -798,9 +691,7 @@ fn placeholder() -> Replica {
         id: String::new(),
         port: 0,
         process: None,
-        state: State::Backoff {
-            until: Instant::now(),
-        },
+        state: State::Backoff { until: Instant::now() },
         restarts: 0,
         failures_in_row: 0,
         backend: Backend::new("", std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -812,8 +703,5 @@ fn placeholder() -> Replica {
 }
 
 fn replica_home(root: &std::path::Path, uid: &str, replica: &str) -> PathBuf {
-    root.join("deployments")
-        .join(uid)
-        .join("replicas")
-        .join(replica)
+    root.join("deployments").join(uid).join("replicas").join(replica)
 }

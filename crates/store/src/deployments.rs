@@ -111,19 +111,12 @@ const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, 
      u.name AS creator_name, r.created_at, r.updated_at \
      FROM deployment_revisions r LEFT JOIN users u ON u.uid = r.creator_uid";
 
-const TARGET_COLUMNS: &str =
-    "uid, revision_uid, deployment_uid, name, bento_uid, config, creator_uid, created_at";
+const TARGET_COLUMNS: &str = "uid, revision_uid, deployment_uid, name, bento_uid, config, creator_uid, created_at";
 
 impl Store {
     /// Returns the organization's cluster of that name, creating it (of
     /// `kind`) if it does not exist.
-    pub async fn ensure_cluster(
-        &self,
-        org_uid: &str,
-        name: &str,
-        kind: &str,
-        description: &str,
-    ) -> Result<ClusterRow> {
+    pub async fn ensure_cluster(&self, org_uid: &str, name: &str, kind: &str, description: &str) -> Result<ClusterRow> {
         sqlx::query(
             "INSERT INTO clusters (uid, org_uid, name, description, kind, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (org_uid, name) DO NOTHING",
@@ -136,28 +129,22 @@ impl Store {
         .bind(Timestamp::now().0)
         .execute(self.pool())
         .await?;
-        self.get_cluster(org_uid, name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("cluster {name:?} vanished")))
+        self.get_cluster(org_uid, name).await?.ok_or_else(|| StoreError::NotFound(format!("cluster {name:?} vanished")))
     }
 
     pub async fn get_cluster(&self, org_uid: &str, name: &str) -> Result<Option<ClusterRow>> {
-        Ok(sqlx::query_as(built(format!(
-            "{CLUSTER_SELECT} WHERE c.org_uid = $1 AND c.name = $2"
-        )))
-        .bind(org_uid)
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await?)
+        Ok(sqlx::query_as(built(format!("{CLUSTER_SELECT} WHERE c.org_uid = $1 AND c.name = $2")))
+            .bind(org_uid)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     pub async fn list_clusters(&self, org_uid: &str) -> Result<Vec<ClusterRow>> {
-        Ok(sqlx::query_as(built(format!(
-            "{CLUSTER_SELECT} WHERE c.org_uid = $1 ORDER BY c.created_at"
-        )))
-        .bind(org_uid)
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_as(built(format!("{CLUSTER_SELECT} WHERE c.org_uid = $1 ORDER BY c.created_at")))
+            .bind(org_uid)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Creates a deployment with its first (active) revision.
@@ -194,9 +181,7 @@ impl Store {
         })?;
         insert_revision(&mut tx, &uid, d.creator_uid, None, d.targets).await?;
         tx.commit().await?;
-        self.get_deployment_by_uid(&uid)
-            .await?
-            .ok_or_else(|| StoreError::NotFound("deployment vanished".into()))
+        self.get_deployment_by_uid(&uid).await?.ok_or_else(|| StoreError::NotFound("deployment vanished".into()))
     }
 
     pub async fn get_deployment(
@@ -218,20 +203,14 @@ impl Store {
     }
 
     pub async fn get_deployment_by_uid(&self, uid: &str) -> Result<Option<DeploymentRow>> {
-        Ok(
-            sqlx::query_as(built(format!("{DEPLOYMENT_SELECT} WHERE d.uid = $1")))
-                .bind(uid)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_as(built(format!("{DEPLOYMENT_SELECT} WHERE d.uid = $1")))
+            .bind(uid)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// Deployments of an organization named `name`, in any cluster.
-    pub async fn find_deployments_by_name(
-        &self,
-        org_uid: &str,
-        name: &str,
-    ) -> Result<Vec<DeploymentRow>> {
+    pub async fn find_deployments_by_name(&self, org_uid: &str, name: &str) -> Result<Vec<DeploymentRow>> {
         Ok(sqlx::query_as(built(format!(
             "{DEPLOYMENT_SELECT} WHERE d.org_uid = $1 AND d.name = $2 ORDER BY d.created_at"
         )))
@@ -241,27 +220,18 @@ impl Store {
         .await?)
     }
 
-    pub async fn list_deployments(
-        &self,
-        org_uid: &str,
-        f: &DeploymentFilter,
-    ) -> Result<(Vec<DeploymentRow>, i64)> {
-        let search = f
-            .search
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(|s| format!("%{}%", crate::registry::like_escape(s)));
+    pub async fn list_deployments(&self, org_uid: &str, f: &DeploymentFilter) -> Result<(Vec<DeploymentRow>, i64)> {
+        let search =
+            f.search.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", crate::registry::like_escape(s)));
         let filter = "WHERE d.org_uid = $1 AND ($2 IS NULL OR d.cluster_uid = $2) \
                       AND ($3 IS NULL OR d.name LIKE $3 ESCAPE '\\') AND ($4 IS NULL OR d.status = $4)";
-        let total: i64 = sqlx::query_scalar(built(format!(
-            "SELECT COUNT(*) FROM deployments d {filter}"
-        )))
-        .bind(org_uid)
-        .bind(&f.cluster_uid)
-        .bind(&search)
-        .bind(&f.status)
-        .fetch_one(self.pool())
-        .await?;
+        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM deployments d {filter}")))
+            .bind(org_uid)
+            .bind(&f.cluster_uid)
+            .bind(&search)
+            .bind(&f.status)
+            .fetch_one(self.pool())
+            .await?;
         let rows = sqlx::query_as(built(format!(
             "{DEPLOYMENT_SELECT} {filter} ORDER BY d.created_at DESC, d.uid LIMIT $5 OFFSET $6"
         )))
@@ -278,11 +248,7 @@ impl Store {
 
     /// Every deployment of every organization (for the runtime at start).
     pub async fn all_deployments(&self) -> Result<Vec<DeploymentRow>> {
-        Ok(
-            sqlx::query_as(built(format!("{DEPLOYMENT_SELECT} ORDER BY d.created_at")))
-                .fetch_all(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_as(built(format!("{DEPLOYMENT_SELECT} ORDER BY d.created_at"))).fetch_all(self.pool()).await?)
     }
 
     /// Adds a revision and makes it the only active one.
@@ -294,8 +260,7 @@ impl Store {
         targets: &[NewTarget<'_>],
     ) -> Result<RevisionRow> {
         let mut tx = self.begin_write().await?;
-        let uid =
-            insert_revision(&mut tx, deployment_uid, creator_uid, rollback_of, targets).await?;
+        let uid = insert_revision(&mut tx, deployment_uid, creator_uid, rollback_of, targets).await?;
         sqlx::query("UPDATE deployments SET updated_at = $1 WHERE uid = $2")
             .bind(Timestamp::now().0)
             .bind(deployment_uid)
@@ -308,10 +273,7 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound("revision vanished".into()))
     }
 
-    pub async fn active_revision(
-        &self,
-        deployment_uid: &str,
-    ) -> Result<Option<(RevisionRow, Vec<TargetRow>)>> {
+    pub async fn active_revision(&self, deployment_uid: &str) -> Result<Option<(RevisionRow, Vec<TargetRow>)>> {
         let rev: Option<RevisionRow> = sqlx::query_as(built(format!(
             "{REVISION_SELECT} WHERE r.deployment_uid = $1 AND r.status = 'active' ORDER BY r.seq DESC LIMIT 1"
         )))
@@ -327,18 +289,13 @@ impl Store {
         }
     }
 
-    pub async fn get_revision(
-        &self,
-        deployment_uid: &str,
-        uid: &str,
-    ) -> Result<Option<(RevisionRow, Vec<TargetRow>)>> {
-        let rev: Option<RevisionRow> = sqlx::query_as(built(format!(
-            "{REVISION_SELECT} WHERE r.deployment_uid = $1 AND r.uid = $2"
-        )))
-        .bind(deployment_uid)
-        .bind(uid)
-        .fetch_optional(self.pool())
-        .await?;
+    pub async fn get_revision(&self, deployment_uid: &str, uid: &str) -> Result<Option<(RevisionRow, Vec<TargetRow>)>> {
+        let rev: Option<RevisionRow> =
+            sqlx::query_as(built(format!("{REVISION_SELECT} WHERE r.deployment_uid = $1 AND r.uid = $2")))
+                .bind(deployment_uid)
+                .bind(uid)
+                .fetch_optional(self.pool())
+                .await?;
         match rev {
             None => Ok(None),
             Some(r) => {
@@ -358,16 +315,12 @@ impl Store {
     }
 
     /// Revisions, newest first, with their targets.
-    pub async fn list_revisions(
-        &self,
-        deployment_uid: &str,
-    ) -> Result<Vec<(RevisionRow, Vec<TargetRow>)>> {
-        let revs: Vec<RevisionRow> = sqlx::query_as(built(format!(
-            "{REVISION_SELECT} WHERE r.deployment_uid = $1 ORDER BY r.seq DESC"
-        )))
-        .bind(deployment_uid)
-        .fetch_all(self.pool())
-        .await?;
+    pub async fn list_revisions(&self, deployment_uid: &str) -> Result<Vec<(RevisionRow, Vec<TargetRow>)>> {
+        let revs: Vec<RevisionRow> =
+            sqlx::query_as(built(format!("{REVISION_SELECT} WHERE r.deployment_uid = $1 ORDER BY r.seq DESC")))
+                .bind(deployment_uid)
+                .fetch_all(self.pool())
+                .await?;
         let mut out = Vec::with_capacity(revs.len());
         for r in revs {
             let t = self.revision_targets(&r.uid).await?;
@@ -387,12 +340,7 @@ impl Store {
     }
 
     /// Records an observed status; returns whether it changed.
-    pub async fn set_status(
-        &self,
-        deployment_uid: &str,
-        status: &str,
-        reason: &str,
-    ) -> Result<bool> {
+    pub async fn set_status(&self, deployment_uid: &str, status: &str, reason: &str) -> Result<bool> {
         let changed = sqlx::query(
             "UPDATE deployments SET status = $1, status_reason = $2, status_updated_at = $3 \
              WHERE uid = $4 AND (status <> $1 OR status_reason <> $2)",
@@ -414,21 +362,15 @@ impl Store {
             .execute(self.pool())
             .await
             .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("port {port} is taken"))
-                } else {
-                    e.into()
-                }
+                if is_unique_violation(&e) { StoreError::Conflict(format!("port {port} is taken")) } else { e.into() }
             })?;
         Ok(())
     }
 
     pub async fn used_endpoint_ports(&self) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT endpoint_port FROM deployments WHERE endpoint_port IS NOT NULL",
-        )
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar("SELECT endpoint_port FROM deployments WHERE endpoint_port IS NOT NULL")
+            .fetch_all(self.pool())
+            .await?)
     }
 
     pub async fn delete_deployment(&self, deployment_uid: &str) -> Result<()> {
@@ -441,10 +383,7 @@ impl Store {
             .bind(deployment_uid)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM deployments WHERE uid = $1")
-            .bind(deployment_uid)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM deployments WHERE uid = $1").bind(deployment_uid).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -460,10 +399,7 @@ impl Store {
         .bind(bento_uid)
         .fetch_all(self.pool())
         .await?;
-        let mut names: Vec<String> = rows
-            .into_iter()
-            .map(|(ns, n)| format!("{ns}/{n}"))
-            .collect();
+        let mut names: Vec<String> = rows.into_iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
         names.dedup();
         Ok(names)
     }

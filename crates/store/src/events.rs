@@ -70,11 +70,7 @@ impl Store {
     }
 
     /// Events of an organization, newest first, with the total that matches.
-    pub async fn list_events(
-        &self,
-        org_uid: &str,
-        f: &EventFilter,
-    ) -> Result<(Vec<EventRow>, i64)> {
+    pub async fn list_events(&self, org_uid: &str, f: &EventFilter) -> Result<(Vec<EventRow>, i64)> {
         let filter = "WHERE org_uid = $1 AND ($2 IS NULL OR operation = $2) AND ($3 IS NULL OR resource_type = $3) \
                       AND ($4 IS NULL OR resource_name = $4) AND ($5 IS NULL OR actor_name = $5) \
                       AND ($6 IS NULL OR seq < $6)";

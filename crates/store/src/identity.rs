@@ -195,9 +195,7 @@ impl Store {
     }
 
     pub async fn has_admin(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1")
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1").fetch_one(self.pool()).await?;
         Ok(n > 0)
     }
 
@@ -217,13 +215,12 @@ impl Store {
     }
 
     pub async fn member_role(&self, org_uid: &str, user_uid: &str) -> Result<Option<MemberRole>> {
-        let role: Option<String> = sqlx::query_scalar(
-            "SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2",
-        )
-        .bind(org_uid)
-        .bind(user_uid)
-        .fetch_optional(self.pool())
-        .await?;
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2")
+                .bind(org_uid)
+                .bind(user_uid)
+                .fetch_optional(self.pool())
+                .await?;
         Ok(role.as_deref().and_then(MemberRole::parse))
     }
 
@@ -254,9 +251,7 @@ impl Store {
                 e.into()
             }
         })?;
-        self.get_token(t.org_uid, &uid)
-            .await?
-            .ok_or_else(|| StoreError::NotFound("token vanished after insert".into()))
+        self.get_token(t.org_uid, &uid).await?.ok_or_else(|| StoreError::NotFound("token vanished after insert".into()))
     }
 
     /// Resolves a token hash to the identity it grants. Expiry is the
@@ -289,10 +284,7 @@ impl Store {
              LEFT JOIN organization_members m ON m.org_uid = t.org_uid AND m.user_uid = t.user_uid \
              WHERE t.token_hash = $1"
         );
-        let Some(j) = sqlx::query_as::<_, Joined>(built(sql))
-            .bind(token_hash)
-            .fetch_optional(self.pool())
-            .await?
+        let Some(j) = sqlx::query_as::<_, Joined>(built(sql)).bind(token_hash).fetch_optional(self.pool()).await?
         else {
             return Ok(None);
         };
@@ -318,12 +310,7 @@ impl Store {
             created_at: j.o_created_at,
             updated_at: j.o_updated_at,
         };
-        Ok(Some(TokenIdentity {
-            token: j.token,
-            user,
-            org,
-            role,
-        }))
+        Ok(Some(TokenIdentity { token: j.token, user, org, role }))
     }
 
     /// Tokens of an organization, optionally only one user's, newest first.
@@ -351,11 +338,7 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
              WHERE t.org_uid = $1 AND t.uid = $2"
         );
-        Ok(sqlx::query_as(built(sql))
-            .bind(org_uid)
-            .bind(uid)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(sql)).bind(org_uid).bind(uid).fetch_optional(self.pool()).await?)
     }
 
     /// Deletes a token; returns it, or `None` if the organization has no such token.
@@ -397,19 +380,16 @@ impl Store {
         token_hint: &str,
     ) -> Result<Option<(OrgRow, UserRow)>> {
         let mut tx = self.pool().begin().await?;
-        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        let admins: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1").fetch_one(&mut *tx).await?;
         if admins > 0 {
             return Ok(None);
         }
         let now = Timestamp::now().0;
-        let org_uid: String = match sqlx::query_scalar::<_, String>(
-            "SELECT uid FROM organizations WHERE name = $1",
-        )
-        .bind(org_name)
-        .fetch_optional(&mut *tx)
-        .await?
+        let org_uid: String = match sqlx::query_scalar::<_, String>("SELECT uid FROM organizations WHERE name = $1")
+            .bind(org_name)
+            .fetch_optional(&mut *tx)
+            .await?
         {
             Some(uid) => uid,
             None => {
@@ -424,28 +404,28 @@ impl Store {
             }
         };
         let user_uid = new_uid();
-        sqlx::query(
-            "INSERT INTO users (uid, name, email, is_admin, created_at) VALUES ($1, $2, $3, 1, $4)",
-        )
-        .bind(&user_uid)
-        .bind(user_name)
-        .bind(email)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("user {user_name:?} exists but is not an admin"))
-            } else {
-                e.into()
-            }
-        })?;
-        sqlx::query("INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, 'admin', $3)")
-            .bind(&org_uid)
+        sqlx::query("INSERT INTO users (uid, name, email, is_admin, created_at) VALUES ($1, $2, $3, 1, $4)")
             .bind(&user_uid)
+            .bind(user_name)
+            .bind(email)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("user {user_name:?} exists but is not an admin"))
+                } else {
+                    e.into()
+                }
+            })?;
+        sqlx::query(
+            "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, 'admin', $3)",
+        )
+        .bind(&org_uid)
+        .bind(&user_uid)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO api_tokens (uid, org_uid, user_uid, name, description, token_hash, token_hint, scopes, created_at) \
              VALUES ($1, $2, $3, $4, 'created when the server first started', $5, $6, '[\"api\"]', $7)",
@@ -461,10 +441,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         let org = self.get_org_by_name(org_name).await?.expect("just created");
-        let user = self
-            .get_user_by_name(user_name)
-            .await?
-            .expect("just created");
+        let user = self.get_user_by_name(user_name).await?.expect("just created");
         Ok(Some((org, user)))
     }
 }

@@ -12,14 +12,10 @@ mod identity;
 mod registry;
 mod uploads;
 
-pub use deployments::{
-    ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow,
-};
+pub use deployments::{ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};
-pub use registry::{
-    ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow, VersionWithRepo,
-};
+pub use registry::{ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow, VersionWithRepo};
 pub use uploads::{FinalizeOutcome, UploadRow};
 
 use std::str::FromStr;
@@ -78,11 +74,7 @@ impl Store {
         };
         let pool = match dialect {
             Dialect::Sqlite => {
-                let url = if url.contains('?') {
-                    url.to_owned()
-                } else {
-                    format!("{url}?mode=rwc")
-                };
+                let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
                 let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
                 AnyPoolOptions::new()
                     // Readers run in parallel under WAL; writers queue on the
@@ -103,10 +95,8 @@ impl Store {
                     .await?
             }
             Dialect::Postgres => {
-                let options = AnyConnectOptions::from_str(url)?.log_slow_statements(
-                    tracing::log::LevelFilter::Warn,
-                    Duration::from_millis(500),
-                );
+                let options = AnyConnectOptions::from_str(url)?
+                    .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
@@ -141,27 +131,18 @@ impl Store {
     }
 
     pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
     }
 
     /// Stores `value` under `key` unless the key is already set, and returns
     /// whatever value the key holds afterwards. Safe under concurrent callers.
     pub async fn get_or_init_setting(&self, key: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        self.get_setting(key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("setting {key} vanished")))
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        self.get_setting(key).await?.ok_or_else(|| StoreError::NotFound(format!("setting {key} vanished")))
     }
 }
 

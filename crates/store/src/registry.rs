@@ -135,22 +135,16 @@ pub(crate) fn like_escape(s: &str) -> String {
 /// Builds the `WHERE` tail shared by version lists and their counts.
 /// Parameters `$1..$3` are the org, kind and (optional) repository name.
 fn version_filter(q: &ListQuery, binds: &mut Vec<String>) -> String {
-    let mut sql =
-        String::from(" WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name = $3)");
+    let mut sql = String::from(" WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name = $3)");
     if let Some(s) = q.search.as_deref().filter(|s| !s.is_empty()) {
         binds.push(format!("%{}%", like_escape(s)));
         let n = binds.len() + 3;
-        sql.push_str(&format!(
-            " AND (v.version LIKE ${n} ESCAPE '\\' OR r.name LIKE ${n} ESCAPE '\\')"
-        ));
+        sql.push_str(&format!(" AND (v.version LIKE ${n} ESCAPE '\\' OR r.name LIKE ${n} ESCAPE '\\')"));
     }
     for (key, value) in &q.labels {
         let key_json = serde_json::to_string(key).expect("string");
         let pattern = match value {
-            Some(v) => format!(
-                "{{\"key\":{key_json},\"value\":{}}}",
-                serde_json::to_string(v).expect("string")
-            ),
+            Some(v) => format!("{{\"key\":{key_json},\"value\":{}}}", serde_json::to_string(v).expect("string")),
             None => format!("{{\"key\":{key_json},"),
         };
         binds.push(format!("%{}%", like_escape(&pattern)));
@@ -161,19 +155,9 @@ fn version_filter(q: &ListQuery, binds: &mut Vec<String>) -> String {
 }
 
 impl Store {
-    pub async fn get_repository(
-        &self,
-        org_uid: &str,
-        kind: Kind,
-        name: &str,
-    ) -> Result<Option<RepositoryRow>> {
+    pub async fn get_repository(&self, org_uid: &str, kind: Kind, name: &str) -> Result<Option<RepositoryRow>> {
         let sql = format!("{REPO_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 AND r.name = $3");
-        Ok(sqlx::query_as(built(sql))
-            .bind(org_uid)
-            .bind(kind.as_str())
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(sql)).bind(org_uid).bind(kind.as_str()).bind(name).fetch_optional(self.pool()).await?)
     }
 
     pub async fn get_repositories_by_uid(&self, uids: &[&str]) -> Result<Vec<RepositoryRow>> {
@@ -227,23 +211,15 @@ impl Store {
         kind: Kind,
         q: &ListQuery,
     ) -> Result<(Vec<RepositoryRow>, i64)> {
-        let search = q
-            .search
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(|s| format!("%{}%", like_escape(s)));
-        let filter =
-            "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
-        let total: i64 = sqlx::query_scalar(built(format!(
-            "SELECT COUNT(*) FROM repositories r {filter}"
-        )))
-        .bind(org_uid)
-        .bind(kind.as_str())
-        .bind(&search)
-        .fetch_one(self.pool())
-        .await?;
-        let sql =
-            format!("{REPO_SELECT} {filter} ORDER BY r.created_at DESC, r.uid LIMIT $4 OFFSET $5");
+        let search = q.search.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
+        let filter = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
+        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
+            .bind(org_uid)
+            .bind(kind.as_str())
+            .bind(&search)
+            .fetch_one(self.pool())
+            .await?;
+        let sql = format!("{REPO_SELECT} {filter} ORDER BY r.created_at DESC, r.uid LIMIT $4 OFFSET $5");
         let rows = sqlx::query_as(built(sql))
             .bind(org_uid)
             .bind(kind.as_str())
@@ -285,9 +261,7 @@ impl Store {
         repo: &str,
         version: &str,
     ) -> Result<Option<VersionRow>> {
-        let sql = format!(
-            "{VERSION_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 AND r.name = $3 AND v.version = $4"
-        );
+        let sql = format!("{VERSION_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 AND r.name = $3 AND v.version = $4");
         Ok(sqlx::query_as(built(sql))
             .bind(org_uid)
             .bind(kind.as_str())
@@ -299,10 +273,7 @@ impl Store {
 
     pub async fn get_version_by_uid(&self, uid: &str) -> Result<Option<VersionRow>> {
         let sql = format!("{VERSION_SELECT} WHERE v.uid = $1");
-        Ok(sqlx::query_as(built(sql))
-            .bind(uid)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(sql)).bind(uid).fetch_optional(self.pool()).await?)
     }
 
     /// The newest version of a repository; with `uploaded_only`, the newest
@@ -337,44 +308,26 @@ impl Store {
     ) -> Result<(Vec<VersionRow>, i64)> {
         let mut binds = Vec::new();
         let filter = version_filter(q, &mut binds);
-        let count_sql = format!(
-            "SELECT COUNT(*) FROM versions v JOIN repositories r ON r.uid = v.repository_uid{filter}"
-        );
-        let mut count = sqlx::query_scalar(built(count_sql))
-            .bind(org_uid)
-            .bind(kind.as_str())
-            .bind(repo);
+        let count_sql =
+            format!("SELECT COUNT(*) FROM versions v JOIN repositories r ON r.uid = v.repository_uid{filter}");
+        let mut count = sqlx::query_scalar(built(count_sql)).bind(org_uid).bind(kind.as_str()).bind(repo);
         for b in &binds {
             count = count.bind(b);
         }
         let total: i64 = count.fetch_one(self.pool()).await?;
         let n = binds.len() + 4;
-        let sql = format!(
-            "{VERSION_SELECT}{filter} ORDER BY v.seq DESC LIMIT ${n} OFFSET ${}",
-            n + 1
-        );
-        let mut rows = sqlx::query_as(built(sql))
-            .bind(org_uid)
-            .bind(kind.as_str())
-            .bind(repo);
+        let sql = format!("{VERSION_SELECT}{filter} ORDER BY v.seq DESC LIMIT ${n} OFFSET ${}", n + 1);
+        let mut rows = sqlx::query_as(built(sql)).bind(org_uid).bind(kind.as_str()).bind(repo);
         for b in &binds {
             rows = rows.bind(b);
         }
-        let rows = rows
-            .bind(q.count)
-            .bind(q.start)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = rows.bind(q.count).bind(q.start).fetch_all(self.pool()).await?;
         Ok((rows, total))
     }
 
     /// Creates a version, or returns the existing one with that name (and
     /// `false`): concurrent creators of the same version all succeed.
-    pub async fn create_version(
-        &self,
-        repo: &RepositoryRow,
-        new: NewVersion<'_>,
-    ) -> Result<(VersionRow, bool)> {
+    pub async fn create_version(&self, repo: &RepositoryRow, new: NewVersion<'_>) -> Result<(VersionRow, bool)> {
         let uid = new_uid();
         let now = Timestamp::now().0;
         let mut tx = self.pool().begin().await?;
@@ -401,22 +354,13 @@ impl Store {
         }
         tx.commit().await?;
         let row = self
-            .get_version(
-                &repo.org_uid,
-                Kind::parse(&repo.kind).unwrap_or(Kind::Model),
-                &repo.name,
-                new.version,
-            )
+            .get_version(&repo.org_uid, Kind::parse(&repo.kind).unwrap_or(Kind::Model), &repo.name, new.version)
             .await?
             .ok_or_else(|| StoreError::NotFound("version vanished after insert".into()))?;
         Ok((row, inserted))
     }
 
-    pub async fn patch_version(
-        &self,
-        row: &VersionRow,
-        patch: VersionPatch<'_>,
-    ) -> Result<VersionRow> {
+    pub async fn patch_version(&self, row: &VersionRow, patch: VersionPatch<'_>) -> Result<VersionRow> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "UPDATE versions SET description = COALESCE($1, description), manifest = COALESCE($2, manifest), \
@@ -430,25 +374,17 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some(refs) = patch.model_refs {
-            sqlx::query("DELETE FROM bento_model_refs WHERE bento_uid = $1")
-                .bind(&row.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM bento_model_refs WHERE bento_uid = $1").bind(&row.uid).execute(&mut *tx).await?;
             insert_model_refs(&mut tx, &row.uid, &row.org_uid, refs).await?;
         }
         tx.commit().await?;
-        self.get_version_by_uid(&row.uid).await?.ok_or_else(|| {
-            StoreError::NotFound(format!("{} {} was deleted meanwhile", row.kind, row.tag()))
-        })
+        self.get_version_by_uid(&row.uid)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("{} {} was deleted meanwhile", row.kind, row.tag())))
     }
 
     /// Bento tags (`name:version`) whose manifests name this model version.
-    pub async fn model_referrers(
-        &self,
-        org_uid: &str,
-        model: &str,
-        version: &str,
-    ) -> Result<Vec<String>> {
+    pub async fn model_referrers(&self, org_uid: &str, model: &str, version: &str) -> Result<Vec<String>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT r.name, v.version FROM bento_model_refs m JOIN versions v ON v.uid = m.bento_uid \
              JOIN repositories r ON r.uid = v.repository_uid \
@@ -464,10 +400,7 @@ impl Store {
 
     /// The model tags a bento names, each with the stored model version if
     /// there is one.
-    pub async fn bento_models(
-        &self,
-        bento: &VersionRow,
-    ) -> Result<Vec<(String, String, Option<VersionRow>)>> {
+    pub async fn bento_models(&self, bento: &VersionRow) -> Result<Vec<(String, String, Option<VersionRow>)>> {
         let refs: Vec<(String, String)> = sqlx::query_as(
             "SELECT model_name, model_version FROM bento_model_refs WHERE bento_uid = $1 ORDER BY model_name, model_version",
         )
@@ -476,9 +409,7 @@ impl Store {
         .await?;
         let mut out = Vec::with_capacity(refs.len());
         for (name, version) in refs {
-            let found = self
-                .get_version(&bento.org_uid, Kind::Model, &name, &version)
-                .await?;
+            let found = self.get_version(&bento.org_uid, Kind::Model, &name, &version).await?;
             out.push((name, version, found));
         }
         Ok(out)
@@ -489,20 +420,10 @@ impl Store {
     pub async fn delete_version(&self, row: &VersionRow) -> Result<Option<String>> {
         self.check_deletable(row).await?;
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM bento_model_refs WHERE bento_uid = $1")
-            .bind(&row.uid)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM versions WHERE uid = $1")
-            .bind(&row.uid)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM bento_model_refs WHERE bento_uid = $1").bind(&row.uid).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM versions WHERE uid = $1").bind(&row.uid).execute(&mut *tx).await?;
         if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "{} {} does not exist",
-                row.kind,
-                row.tag()
-            )));
+            return Err(StoreError::NotFound(format!("{} {} does not exist", row.kind, row.tag())));
         }
         tx.commit().await?;
         Ok(row.blob_digest.clone())
@@ -512,14 +433,8 @@ impl Store {
     /// referred to. Returns the blobs the versions pointed at.
     pub async fn delete_repository(&self, repo: &RepositoryRow) -> Result<Vec<String>> {
         let kind = Kind::parse(&repo.kind).unwrap_or(Kind::Model);
-        let all = ListQuery {
-            start: 0,
-            count: i64::MAX,
-            ..Default::default()
-        };
-        let (versions, _) = self
-            .list_versions(&repo.org_uid, kind, Some(&repo.name), &all)
-            .await?;
+        let all = ListQuery { start: 0, count: i64::MAX, ..Default::default() };
+        let (versions, _) = self.list_versions(&repo.org_uid, kind, Some(&repo.name), &all).await?;
         let mut blocked = Vec::new();
         for v in &versions {
             if let Err(StoreError::Conflict(msg)) = self.check_deletable(v).await {
@@ -541,14 +456,8 @@ impl Store {
         .bind(&repo.uid)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM versions WHERE repository_uid = $1")
-            .bind(&repo.uid)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM repositories WHERE uid = $1")
-            .bind(&repo.uid)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM versions WHERE repository_uid = $1").bind(&repo.uid).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM repositories WHERE uid = $1").bind(&repo.uid).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(versions.into_iter().filter_map(|v| v.blob_digest).collect())
     }
@@ -567,9 +476,7 @@ impl Store {
             }
         }
         if row.kind() == Kind::Model {
-            let bentos = self
-                .model_referrers(&row.org_uid, &row.repository_name, &row.version)
-                .await?;
+            let bentos = self.model_referrers(&row.org_uid, &row.repository_name, &row.version).await?;
             if !bentos.is_empty() {
                 return Err(StoreError::Conflict(format!(
                     "model {} is used by bento{} {}; delete {} first",

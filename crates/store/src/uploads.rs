@@ -125,21 +125,15 @@ impl Store {
     }
 
     pub async fn get_upload(&self, uid: &str) -> Result<Option<UploadRow>> {
-        Ok(sqlx::query_as(built(format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE uid = $1"
-        )))
-        .bind(uid)
-        .fetch_optional(self.pool())
-        .await?)
+        Ok(sqlx::query_as(built(format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE uid = $1")))
+            .bind(uid)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// The newest upload of a version that is still open or received, of one
     /// of the given modes.
-    pub async fn current_upload(
-        &self,
-        version_uid: &str,
-        modes: &[&str],
-    ) -> Result<Option<UploadRow>> {
+    pub async fn current_upload(&self, version_uid: &str, modes: &[&str]) -> Result<Option<UploadRow>> {
         let rows: Vec<UploadRow> = sqlx::query_as(built(format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE version_uid = $1 AND state IN ('open', 'received') \
              ORDER BY created_at DESC"
@@ -152,32 +146,24 @@ impl Store {
 
     /// The bytes of an upload are complete and verified.
     pub async fn mark_upload_received(&self, uid: &str, digest: &str, size: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2 WHERE uid = $3",
-        )
-        .bind(digest)
-        .bind(size)
-        .bind(uid)
-        .execute(self.pool())
-        .await?;
+        sqlx::query("UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2 WHERE uid = $3")
+            .bind(digest)
+            .bind(size)
+            .bind(uid)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
     /// Marks an upload's object for deletion (the janitor or the caller
     /// deletes it, then the row).
     pub async fn discard_upload(&self, uid: &str) -> Result<()> {
-        sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-            .bind(uid)
-            .execute(self.pool())
-            .await?;
+        sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1").bind(uid).execute(self.pool()).await?;
         Ok(())
     }
 
     pub async fn delete_upload_row(&self, uid: &str) -> Result<()> {
-        sqlx::query("DELETE FROM uploads WHERE uid = $1")
-            .bind(uid)
-            .execute(self.pool())
-            .await?;
+        sqlx::query("DELETE FROM uploads WHERE uid = $1").bind(uid).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -232,9 +218,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            return Err(StoreError::NotFound(
-                "the version was deleted while its upload was in progress".into(),
-            ));
+            return Err(StoreError::NotFound("the version was deleted while its upload was in progress".into()));
         };
         let already_uploaded = status == "success" && old_digest.is_some();
         if already_uploaded && old_digest.as_deref() == Some(digest) {
@@ -242,12 +226,10 @@ impl Store {
                 .bind(&upload.uid)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "UPDATE versions SET replace_requested_at = NULL, upload_id = NULL WHERE uid = $1",
-            )
-            .bind(version_uid)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE versions SET replace_requested_at = NULL, upload_id = NULL WHERE uid = $1")
+                .bind(version_uid)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return Ok(FinalizeOutcome::Unchanged);
         }
@@ -280,10 +262,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         } else {
-            sqlx::query("DELETE FROM uploads WHERE uid = $1")
-                .bind(&upload.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM uploads WHERE uid = $1").bind(&upload.uid).execute(&mut *tx).await?;
         }
         sqlx::query(
             "UPDATE versions SET upload_status = 'success', upload_finished_reason = '', blob_digest = $1, \
@@ -296,28 +275,16 @@ impl Store {
         .await?;
         tx.commit().await?;
         let replaced = old_digest.filter(|d| d != digest);
-        Ok(if deduplicated {
-            FinalizeOutcome::Deduplicated { replaced }
-        } else {
-            FinalizeOutcome::Stored { replaced }
-        })
+        Ok(if deduplicated { FinalizeOutcome::Deduplicated { replaced } } else { FinalizeOutcome::Stored { replaced } })
     }
 
     /// Records a failed or abandoned upload. Content that was already stored
     /// stays as it was; a version that had none becomes `failed`.
-    pub async fn fail_upload(
-        &self,
-        version_uid: &str,
-        upload_uid: Option<&str>,
-        reason: &str,
-    ) -> Result<()> {
+    pub async fn fail_upload(&self, version_uid: &str, upload_uid: Option<&str>, reason: &str) -> Result<()> {
         let now = Timestamp::now().0;
         let mut tx = self.begin_write().await?;
         if let Some(uid) = upload_uid {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-                .bind(uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1").bind(uid).execute(&mut *tx).await?;
         }
         sqlx::query(
             "UPDATE versions SET upload_status = CASE WHEN upload_status = 'success' THEN upload_status ELSE 'failed' END, \
@@ -336,12 +303,10 @@ impl Store {
 
     /// The storage key of a blob.
     pub async fn blob_key(&self, digest: &str) -> Result<Option<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT storage_key, size_bytes FROM blobs WHERE digest = $1")
-                .bind(digest)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT storage_key, size_bytes FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// Blobs no version points at.
@@ -357,13 +322,11 @@ impl Store {
     /// storage key whose object the caller must now delete.
     pub async fn delete_blob_if_unreferenced(&self, digest: &str) -> Result<Option<String>> {
         let mut tx = self.begin_write().await?;
-        let key: Option<String> = sqlx::query_scalar(built(format!(
-            "SELECT storage_key FROM blobs WHERE digest = $1{}",
-            self.for_update()
-        )))
-        .bind(digest)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let key: Option<String> =
+            sqlx::query_scalar(built(format!("SELECT storage_key FROM blobs WHERE digest = $1{}", self.for_update())))
+                .bind(digest)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(key) = key else { return Ok(None) };
         let refs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM versions WHERE blob_digest = $1")
             .bind(digest)
@@ -372,33 +335,22 @@ impl Store {
         if refs > 0 {
             return Ok(None);
         }
-        sqlx::query("DELETE FROM blobs WHERE digest = $1")
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(digest).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(key))
     }
 
     /// Number of blobs and their total size, for metrics and tests.
     pub async fn blob_stats(&self) -> Result<(i64, i64)> {
-        Ok(sqlx::query_as(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs",
-        )
-        .fetch_one(self.pool())
-        .await?)
+        Ok(sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs")
+            .fetch_one(self.pool())
+            .await?)
     }
 }
 
 impl Store {
     /// Records (or replaces, on a retry) one received part.
-    pub async fn record_part(
-        &self,
-        upload_uid: &str,
-        part: i64,
-        etag: &str,
-        size: i64,
-    ) -> Result<()> {
+    pub async fn record_part(&self, upload_uid: &str, part: i64, etag: &str, size: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO upload_parts (upload_uid, part_number, etag, size_bytes) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (upload_uid, part_number) DO UPDATE SET etag = excluded.etag, size_bytes = excluded.size_bytes",
@@ -423,10 +375,7 @@ impl Store {
     }
 
     pub async fn delete_parts(&self, upload_uid: &str) -> Result<()> {
-        sqlx::query("DELETE FROM upload_parts WHERE upload_uid = $1")
-            .bind(upload_uid)
-            .execute(self.pool())
-            .await?;
+        sqlx::query("DELETE FROM upload_parts WHERE upload_uid = $1").bind(upload_uid).execute(self.pool()).await?;
         Ok(())
     }
 }

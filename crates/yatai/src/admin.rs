@@ -99,10 +99,7 @@ pub struct GcArgs {
 }
 
 async fn org_by_name(store: &Store, name: &str) -> anyhow::Result<yatai_store::OrgRow> {
-    store
-        .get_org_by_name(name)
-        .await?
-        .ok_or_else(|| anyhow!("no organization named {name:?} (see `yatai org list`)"))
+    store.get_org_by_name(name).await?.ok_or_else(|| anyhow!("no organization named {name:?} (see `yatai org list`)"))
 }
 
 async fn user_by_name(store: &Store, name: &str) -> anyhow::Result<yatai_store::UserRow> {
@@ -114,34 +111,18 @@ async fn user_by_name(store: &Store, name: &str) -> anyhow::Result<yatai_store::
 
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create {
-            db,
-            name,
-            user,
-            org,
-            scopes,
-            expires_in,
-            description,
-        } => {
+        TokenCommand::Create { db, name, user, org, scopes, expires_in, description } => {
             let store = db.connect().await?;
             if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
-                bail!(
-                    "unknown scope {bad:?}; known scopes: {}",
-                    KNOWN_SCOPES.join(", ")
-                );
+                bail!("unknown scope {bad:?}; known scopes: {}", KNOWN_SCOPES.join(", "));
             }
             let org = org_by_name(&store, &org).await?;
             let user = user_by_name(&store, &user).await?;
             if store.member_role(&org.uid, &user.uid).await?.is_none() {
-                bail!(
-                    "user {:?} is not a member of organization {:?}",
-                    user.name,
-                    org.name
-                );
+                bail!("user {:?} is not a member of organization {:?}", user.name, org.name);
             }
             let secret = generate_token();
-            let expires_at =
-                expires_in.map(|d| Timestamp(Timestamp::now().0 + d.as_micros() as i64));
+            let expires_at = expires_in.map(|d| Timestamp(Timestamp::now().0 + d.as_micros() as i64));
             let row = store
                 .create_token(NewToken {
                     org_uid: &org.uid,
@@ -165,15 +146,9 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             let store = db.connect().await?;
             let org = org_by_name(&store, &org).await?;
             let now = Timestamp::now();
-            println!(
-                "{:<32}  {:<20}  {:<12}  {:<12}  {:<28}  LAST USED",
-                "UID", "NAME", "USER", "HINT", "SCOPES"
-            );
+            println!("{:<32}  {:<20}  {:<12}  {:<12}  {:<28}  LAST USED", "UID", "NAME", "USER", "HINT", "SCOPES");
             for t in store.list_tokens(&org.uid, None, None).await? {
-                let last = t
-                    .last_used_at
-                    .map(|u| Timestamp(u).to_rfc3339())
-                    .unwrap_or_else(|| "never".into());
+                let last = t.last_used_at.map(|u| Timestamp(u).to_rfc3339()).unwrap_or_else(|| "never".into());
                 let expired = if t.is_expired(now) { " (expired)" } else { "" };
                 println!(
                     "{:<32}  {:<20}  {:<12}  {:<12}  {:<28}  {last}{expired}",
@@ -186,12 +161,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Revoke {
-            db,
-            token,
-            org,
-            user,
-        } => {
+        TokenCommand::Revoke { db, token, org, user } => {
             let store = db.connect().await?;
             let org = org_by_name(&store, &org).await?;
             let row = match store.get_token(&org.uid, &token).await? {
@@ -203,16 +173,11 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                         .await?
                         .into_iter()
                         .find(|t| t.name == token)
-                        .ok_or_else(|| {
-                            anyhow!("no token with uid or name {token:?} for user {:?}", u.name)
-                        })?
+                        .ok_or_else(|| anyhow!("no token with uid or name {token:?} for user {:?}", u.name))?
                 }
             };
             store.delete_token(&org.uid, &row.uid).await?;
-            println!(
-                "revoked token {:?} ({}); servers stop accepting it within 5 seconds",
-                row.name, row.uid
-            );
+            println!("revoked token {:?} ({}); servers stop accepting it within 5 seconds", row.name, row.uid);
             Ok(())
         }
     }
@@ -220,13 +185,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
-        UserCommand::Create {
-            db,
-            name,
-            email,
-            org,
-            role,
-        } => {
+        UserCommand::Create { db, name, email, org, role } => {
             yatai_core::validate_name_part("user name", &name).map_err(|e| anyhow!("{e}"))?;
             let role = MemberRole::parse(&role)
                 .ok_or_else(|| anyhow!("unknown role {role:?}: use guest, developer or admin"))?;
@@ -237,12 +196,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 None => store.create_user(&name, &email, None, false).await?,
             };
             store.set_member(&org.uid, &user.uid, role).await?;
-            println!(
-                "user {:?} is a {} of organization {:?}",
-                user.name,
-                role.as_str(),
-                org.name
-            );
+            println!("user {:?} is a {} of organization {:?}", user.name, role.as_str(), org.name);
             Ok(())
         }
     }
@@ -250,13 +204,8 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
 
 pub async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
     match cmd {
-        OrgCommand::Create {
-            db,
-            name,
-            description,
-        } => {
-            yatai_core::validate_name_part("organization name", &name)
-                .map_err(|e| anyhow!("{e}"))?;
+        OrgCommand::Create { db, name, description } => {
+            yatai_core::validate_name_part("organization name", &name).map_err(|e| anyhow!("{e}"))?;
             let store = db.connect().await?;
             let org = store.create_org(&name, &description).await?;
             println!("created organization {:?} ({})", org.name, org.uid);
@@ -275,10 +224,7 @@ pub async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
 pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let store = args.db.connect().await?;
     let blobs = args.storage.open(&args.db.data_dir)?;
-    let key = store
-        .get_setting("url_signing_key")
-        .await?
-        .unwrap_or_default();
+    let key = store.get_setting("url_signing_key").await?.unwrap_or_default();
     let state = yatai_api::AppState::new(store, blobs, key.as_bytes(), Default::default());
     let report = yatai_api::janitor::sweep(&state, args.strays).await;
     println!(

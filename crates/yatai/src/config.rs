@@ -43,16 +43,10 @@ impl DbArgs {
 
     pub async fn connect(&self) -> anyhow::Result<Store> {
         if self.database_url.is_none() {
-            std::fs::create_dir_all(&self.data_dir).with_context(|| {
-                format!(
-                    "cannot create the data directory {}",
-                    self.data_dir.display()
-                )
-            })?;
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("cannot create the data directory {}", self.data_dir.display()))?;
         }
-        Store::connect(&self.url())
-            .await
-            .with_context(|| format!("cannot open the database {}", self.describe()))
+        Store::connect(&self.url()).await.with_context(|| format!("cannot open the database {}", self.describe()))
     }
 }
 
@@ -149,6 +143,29 @@ pub struct ServeArgs {
     /// How often the janitor looks for abandoned uploads and unreferenced archives.
     #[arg(long, env = "YATAI_JANITOR_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub janitor_interval: Duration,
+    /// Where the local runtime keeps extracted bentos, replica homes and logs.
+    /// Default: DATA_DIR/runtime.
+    #[arg(long, env = "YATAI_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Where Python environments for bentos are built and cached (shared by
+    /// every deployment with the same requirements). Default: DATA_DIR/envs.
+    #[arg(long, env = "YATAI_ENV_DIR")]
+    pub env_dir: Option<PathBuf>,
+    /// The `uv` executable for building environments (default: `uv` on
+    /// PATH; without uv, `python3 -m venv` and pip).
+    #[arg(long, env = "YATAI_UV")]
+    pub uv: Option<PathBuf>,
+    /// Also route `<name>-<namespace>.<DOMAIN>` on the main port to each
+    /// deployment, and report that as its URL (e.g. `127.0.0.1.sslip.io`).
+    /// Default: each deployment has a port of its own.
+    #[arg(long, env = "YATAI_DEPLOYMENT_DOMAIN")]
+    pub deployment_domain: Option<String>,
+    /// How long a replica may take to become ready before it is restarted.
+    #[arg(long, env = "YATAI_COLD_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub cold_start_timeout: Duration,
+    /// How long a replica gets to stop after SIGTERM before SIGKILL.
+    #[arg(long, env = "YATAI_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
     /// First start only: the organization, admin user and email to create.
     #[arg(long, env = "YATAI_ORG_NAME", default_value = "default")]
     pub org_name: String,
@@ -163,6 +180,20 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn runtime_config(&self) -> yatai_runtime::RuntimeConfig {
+        let data = &self.db.data_dir;
+        let mut c = yatai_runtime::RuntimeConfig::new(
+            self.runtime_dir.clone().unwrap_or_else(|| data.join("runtime")),
+            self.env_dir.clone().unwrap_or_else(|| data.join("envs")),
+        );
+        c.uv = self.uv.clone();
+        c.stop_grace = self.stop_grace;
+        if let Ok(addr) = self.bind.parse::<std::net::SocketAddr>() {
+            c.listen_host = addr.ip();
+        }
+        c
+    }
+
     pub fn api_config(&self) -> ApiConfig {
         ApiConfig {
             transmission: self.transmission_strategy,
@@ -172,6 +203,8 @@ impl ServeArgs {
             presign_ttl: self.presign_ttl,
             multipart_threshold: self.multipart_threshold,
             upload_ttl: self.upload_ttl,
+            deployment_domain: self.deployment_domain.clone(),
+            cold_start_timeout: self.cold_start_timeout,
         }
     }
 }
@@ -181,9 +214,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 1GB, 1048576)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 1GB, 1048576)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -196,8 +227,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "ti" | "tib" => 1 << 40,
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -8,11 +8,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "yatai",
-    version,
-    about = "A self-hosted registry and deployer for BentoML models"
-)]
+#[command(name = "yatai", version, about = "A self-hosted registry and deployer for BentoML models")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,9 +42,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,

@@ -12,32 +12,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let signing_key = {
         let mut fresh = [0u8; 32];
         rand::rng().fill_bytes(&mut fresh);
-        hex::decode(
-            store
-                .get_or_init_setting("url_signing_key", &hex::encode(fresh))
-                .await?,
-        )
-        .context("the stored URL signing key is corrupt")?
+        hex::decode(store.get_or_init_setting("url_signing_key", &hex::encode(fresh)).await?)
+            .context("the stored URL signing key is corrupt")?
     };
     let first_token = bootstrap(&store, &args).await?;
 
-    let state = AppState::new(
-        store.clone(),
-        blobs.clone(),
-        &signing_key,
-        args.api_config(),
-    );
+    let runtime_config = args.runtime_config();
+    std::fs::create_dir_all(&runtime_config.root)
+        .with_context(|| format!("cannot create the runtime directory {}", runtime_config.root.display()))?;
+    let sink = std::sync::Arc::new(yatai_api::deployments::DbStatusSink { store: store.clone() });
+    let runtime = yatai_runtime::LocalRuntime::new(runtime_config, blobs.clone(), sink);
+    let state =
+        AppState::with_runtime(store.clone(), blobs.clone(), &signing_key, args.api_config(), Some(runtime.clone()));
     let (app, _doc) = yatai_api::app(state.clone());
-    let listener = tokio::net::TcpListener::bind(&args.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
-    let janitor = tokio::spawn(yatai_api::janitor::run(
-        state.clone(),
-        args.janitor_interval,
-    ));
+    let janitor = tokio::spawn(yatai_api::janitor::run(state.clone(), args.janitor_interval));
 
-    tracing::info!(metadata = %args.db.describe(), artifacts = %blobs.describe(), "yatai {} ready", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        metadata = %args.db.describe(),
+        artifacts = %blobs.describe(),
+        runtime = %runtime.describe(),
+        "yatai {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    {
+        let state = state.clone();
+        tokio::spawn(async move { yatai_api::deployments::restore_all(&state).await });
+    }
     if let Some(token) = first_token {
         let endpoint = format!("http://{addr}");
         println!(
@@ -48,10 +51,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("yatai listening on http://{addr}");
 
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     janitor.abort();
+    tracing::info!("stopping the deployments' replicas");
+    runtime.shutdown().await;
     state.auth.flush_last_used().await;
     store.close().await;
     tracing::info!("yatai stopped");
@@ -62,31 +67,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// a token (the operator's `YATAI_INITIAL_API_TOKEN`, or a random one to
 /// print). Returns the secret to print, if one was generated.
 async fn bootstrap(store: &yatai_store::Store, args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    let given = args
-        .initial_api_token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let given = args.initial_api_token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if let Some(t) = given
         && t.len() < 16
     {
-        anyhow::bail!(
-            "YATAI_INITIAL_API_TOKEN is too short to be safe: use at least 16 random characters"
-        );
+        anyhow::bail!("YATAI_INITIAL_API_TOKEN is too short to be safe: use at least 16 random characters");
     }
     let secret = match given {
         Some(t) => auth::from_secret(t.to_owned()),
         None => auth::generate_token(),
     };
     let created = store
-        .bootstrap_admin(
-            &args.org_name,
-            &args.admin_name,
-            &args.admin_email,
-            "initial",
-            &secret.hash,
-            &secret.hint,
-        )
+        .bootstrap_admin(&args.org_name, &args.admin_name, &args.admin_email, "initial", &secret.hash, &secret.hint)
         .await?;
     match (created, given) {
         (Some(_), Some(_)) => {

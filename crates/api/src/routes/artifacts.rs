@@ -9,9 +9,7 @@ use yatai_store::{ListQuery, NewEvent, RepositoryRow, VersionRow};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::lenient;
-use crate::schemas::{
-    ArtifactSchema, CreatorSchema, Label, RepositorySchema, labels_from_json, opt_ts, ts,
-};
+use crate::schemas::{ArtifactSchema, CreatorSchema, Label, RepositorySchema, labels_from_json, opt_ts, ts};
 use crate::state::{AppState, TransmissionMode};
 
 /// What `transmission_strategy` tells the client for this version (see the
@@ -34,18 +32,13 @@ pub fn strategy_for(state: &AppState, row: &VersionRow) -> Option<&'static str> 
                         .and_then(|m| yatai_core::manifest::manifest_size_bytes(&m))
                 })
                 .unwrap_or(0);
-            if size as u64 >= state.config.multipart_threshold {
-                Some("presigned_url")
-            } else {
-                None
-            }
+            if size as u64 >= state.config.multipart_threshold { Some("presigned_url") } else { None }
         }
     }
 }
 
 fn raw_manifest(s: &str) -> Box<RawValue> {
-    RawValue::from_string(s.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid"))
+    RawValue::from_string(s.to_owned()).unwrap_or_else(|_| RawValue::from_string("{}".to_owned()).expect("valid"))
 }
 
 pub fn artifact(state: &AppState, row: &VersionRow) -> ArtifactSchema {
@@ -91,29 +84,16 @@ pub fn repository(repo: &RepositoryRow, latest: Option<ArtifactSchema>) -> Repos
         deleted_at: None,
         creator: repo.creator_name.clone().map(|name| CreatorSchema { name }),
         version_count: repo.version_count,
-        latest_model: if kind == Kind::Model {
-            latest.clone()
-        } else {
-            None
-        },
+        latest_model: if kind == Kind::Model { latest.clone() } else { None },
         latest_bento: if kind == Kind::Bento { latest } else { None },
     }
 }
 
 /// A repository with its newest version.
-pub async fn repository_with_latest(
-    state: &AppState,
-    repo: &RepositoryRow,
-) -> ApiResult<RepositorySchema> {
+pub async fn repository_with_latest(state: &AppState, repo: &RepositoryRow) -> ApiResult<RepositorySchema> {
     let kind = Kind::parse(&repo.kind).unwrap_or(Kind::Model);
-    let latest = state
-        .store
-        .latest_version(&repo.org_uid, kind, &repo.name, false)
-        .await?;
-    Ok(repository(
-        repo,
-        latest.as_ref().map(|v| artifact(state, v)),
-    ))
+    let latest = state.store.latest_version(&repo.org_uid, kind, &repo.name, false).await?;
+    Ok(repository(repo, latest.as_ref().map(|v| artifact(state, v))))
 }
 
 pub fn check_repo_name(kind: Kind, name: &str) -> ApiResult<()> {
@@ -124,12 +104,7 @@ pub fn check_version_name(kind: Kind, version: &str) -> ApiResult<()> {
     validate_name_part(kind.version_label(), version).map_err(ApiError::from)
 }
 
-pub async fn find_repository(
-    state: &AppState,
-    caller: &Caller,
-    kind: Kind,
-    name: &str,
-) -> ApiResult<RepositoryRow> {
+pub async fn find_repository(state: &AppState, caller: &Caller, kind: Kind, name: &str) -> ApiResult<RepositoryRow> {
     check_repo_name(kind, name)?;
     state
         .store
@@ -159,13 +134,9 @@ pub async fn find_version(
         return Ok(row);
     }
     if state.store.get_repository(org, kind, repo).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "{kind} repository {repo:?} not found"
-        )));
+        return Err(ApiError::not_found(format!("{kind} repository {repo:?} not found")));
     }
-    Err(ApiError::not_found(format!(
-        "{kind} {repo}:{version} not found"
-    )))
+    Err(ApiError::not_found(format!("{kind} {repo}:{version} not found")))
 }
 
 /// `?start=&count=&search=&q=` as the client sends them (empty = absent).
@@ -192,9 +163,7 @@ impl ListParams {
         let start = self.start.unwrap_or(0);
         let count = self.count.unwrap_or(DEFAULT_PAGE);
         if start < 0 || count < 0 {
-            return Err(ApiError::bad_request(
-                "start and count must not be negative",
-            ));
+            return Err(ApiError::bad_request("start and count must not be negative"));
         }
         let mut words: Vec<String> = self.search.iter().cloned().collect();
         let mut labels = Vec::new();
@@ -213,11 +182,7 @@ impl ListParams {
         Ok(ListQuery {
             start,
             count: count.min(MAX_PAGE),
-            search: if words.is_empty() {
-                None
-            } else {
-                Some(words.join(" "))
-            },
+            search: if words.is_empty() { None } else { Some(words.join(" ")) },
             labels,
         })
     }
@@ -226,9 +191,7 @@ impl ListParams {
 pub fn check_labels(labels: &[Label]) -> ApiResult<()> {
     for l in labels {
         if l.key.is_empty() || l.key.len() > 256 {
-            return Err(ApiError::bad_request(
-                "a label key must be 1 to 256 characters",
-            ));
+            return Err(ApiError::bad_request("a label key must be 1 to 256 characters"));
         }
         if l.value.len() > 4096 {
             return Err(ApiError::bad_request(format!(

@@ -21,14 +21,8 @@ pub fn routes(state: AppState) -> Api {
             .perm(Permission::ReadRegistry)
             .query("start", "offset (default 0)")
             .query("count", "page size (default 20, at most 1000)")
-            .query(
-                "operation_name",
-                "created, pushed, pulled, deleted, updated, revoked",
-            )
-            .query(
-                "resource_type",
-                "model, bento, model_repository, bento_repository, api_token",
-            )
+            .query("operation_name", "created, pushed, pulled, deleted, updated, revoked")
+            .query("resource_type", "model, bento, model_repository, bento_repository, api_token")
             .query("resource_name", "e.g. iris_clf:abc123")
             .query("creator_name", "user who acted")
             .ok::<EventList>()
@@ -62,9 +56,7 @@ async fn list_events(
     let start = p.start.unwrap_or(0);
     let count = p.count.unwrap_or(20);
     if start < 0 || count < 0 {
-        return Err(ApiError::bad_request(
-            "start and count must not be negative",
-        ));
+        return Err(ApiError::bad_request("start and count must not be negative"));
     }
     let filter = yatai_store::EventFilter {
         operation: p.operation_name,
@@ -85,20 +77,10 @@ async fn list_events(
             resource_type: e.resource_type,
             resource_name: e.resource_name,
             status: e.status,
-            creator: if e.actor_name.is_empty() {
-                None
-            } else {
-                Some(CreatorSchema { name: e.actor_name })
-            },
+            creator: if e.actor_name.is_empty() { None } else { Some(CreatorSchema { name: e.actor_name }) },
             api_token_name: e.api_token_name,
-            info: RawValue::from_string(e.info)
-                .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid")),
+            info: RawValue::from_string(e.info).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid")),
         })
         .collect();
-    Ok(Json(EventList {
-        start,
-        count: items.len() as i64,
-        total,
-        items,
-    }))
+    Ok(Json(EventList { start, count: items.len() as i64, total, items }))
 }

@@ -28,38 +28,22 @@ pub fn routes(state: AppState) -> Api {
             get(ready),
         )
         .route(
-            Op::get("/livez", "Alive: the process serves requests")
-                .tag("health")
-                .ok::<HealthSchema>()
-                .public(),
+            Op::get("/livez", "Alive: the process serves requests").tag("health").ok::<HealthSchema>().public(),
             get(live),
         )
         .route(
-            Op::get("/api/v1/version", "Server version")
-                .tag("health")
-                .ok::<VersionInfoSchema>()
-                .public(),
+            Op::get("/api/v1/version", "Server version").tag("health").ok::<VersionInfoSchema>().public(),
             get(version),
         )
 }
 
 async fn ready(State(state): State<AppState>) -> ApiResult<Json<HealthSchema>> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("database not reachable: {e}")))?;
-    Ok(Json(HealthSchema {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    }))
+    state.store.ping().await.map_err(|e| ApiError::unavailable(format!("database not reachable: {e}")))?;
+    Ok(Json(HealthSchema { status: "ok", version: env!("CARGO_PKG_VERSION") }))
 }
 
 async fn live() -> Json<HealthSchema> {
-    Json(HealthSchema {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(HealthSchema { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 async fn version() -> Json<VersionInfoSchema> {

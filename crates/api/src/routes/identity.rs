@@ -27,37 +27,28 @@ pub fn routes(state: AppState) -> Api {
             get(current_user),
         )
         .route(
-            Op::get(
-                "/api/v1/current_org",
-                "The organization the token belongs to",
-            )
-            .tag("identity")
-            .perm(Permission::ReadRegistry)
-            .ok::<OrganizationSchema>(),
+            Op::get("/api/v1/current_org", "The organization the token belongs to")
+                .tag("identity")
+                .perm(Permission::ReadRegistry)
+                .ok::<OrganizationSchema>(),
             get(current_org),
         )
         .route(
-            Op::get(
-                "/api/v1/api_tokens",
-                "List API tokens (yours; an admin may add all=true)",
-            )
-            .tag("api tokens")
-            .perm(Permission::ManageOwnTokens)
-            .query("search", "text in the token name")
-            .query("all", "admins: every member's tokens")
-            .ok::<TokenList>(),
+            Op::get("/api/v1/api_tokens", "List API tokens (yours; an admin may add all=true)")
+                .tag("api tokens")
+                .perm(Permission::ManageOwnTokens)
+                .query("search", "text in the token name")
+                .query("all", "admins: every member's tokens")
+                .ok::<TokenList>(),
             get(list_tokens),
         )
         .route(
-            Op::post(
-                "/api/v1/api_tokens",
-                "Create an API token; the secret is in this response only",
-            )
-            .tag("api tokens")
-            .perm(Permission::ManageOwnTokens)
-            .body::<CreateTokenRequest>()
-            .ok::<TokenSchema>()
-            .errors(&[409]),
+            Op::post("/api/v1/api_tokens", "Create an API token; the secret is in this response only")
+                .tag("api tokens")
+                .perm(Permission::ManageOwnTokens)
+                .body::<CreateTokenRequest>()
+                .ok::<TokenSchema>()
+                .errors(&[409]),
             post(create_token),
         )
         .route(
@@ -98,11 +89,7 @@ struct TokenListParams {
     count: Option<i64>,
 }
 
-fn schema_for(
-    caller: &crate::auth::Caller,
-    t: &yatai_store::TokenRow,
-    secret: Option<String>,
-) -> TokenSchema {
+fn schema_for(caller: &crate::auth::Caller, t: &yatai_store::TokenRow, secret: Option<String>) -> TokenSchema {
     // Tokens listed here belong to the caller's organization; the user block
     // names the owner.
     let mut user = UserSchema::from(&caller.user);
@@ -124,30 +111,14 @@ async fn list_tokens(
     if all {
         caller.require(Permission::Admin)?;
     }
-    let user = if all {
-        None
-    } else {
-        Some(caller.user.uid.as_str())
-    };
-    let rows = state
-        .store
-        .list_tokens(&caller.org.uid, user, p.search.as_deref())
-        .await?;
+    let user = if all { None } else { Some(caller.user.uid.as_str()) };
+    let rows = state.store.list_tokens(&caller.org.uid, user, p.search.as_deref()).await?;
     let total = rows.len() as i64;
     let start = p.start.unwrap_or(0).max(0);
     let count = p.count.unwrap_or(100).clamp(0, 1000);
-    let items: Vec<_> = rows
-        .iter()
-        .skip(start as usize)
-        .take(count as usize)
-        .map(|t| schema_for(&caller, t, None))
-        .collect();
-    Ok(Json(TokenList {
-        start,
-        count: items.len() as i64,
-        total,
-        items,
-    }))
+    let items: Vec<_> =
+        rows.iter().skip(start as usize).take(count as usize).map(|t| schema_for(&caller, t, None)).collect();
+    Ok(Json(TokenList { start, count: items.len() as i64, total, items }))
 }
 
 async fn create_token(
@@ -157,28 +128,18 @@ async fn create_token(
 ) -> ApiResult<Json<TokenSchema>> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 128 {
-        return Err(ApiError::bad_request(
-            "a token name must be 1 to 128 characters",
-        ));
+        return Err(ApiError::bad_request("a token name must be 1 to 128 characters"));
     }
     let scopes = body.scopes.unwrap_or_else(|| vec!["api".to_owned()]);
-    let scopes = if scopes.is_empty() {
-        vec!["api".to_owned()]
-    } else {
-        scopes
-    };
+    let scopes = if scopes.is_empty() { vec!["api".to_owned()] } else { scopes };
     if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "unknown scope {bad:?}; known scopes: {}",
-            KNOWN_SCOPES.join(", ")
-        )));
+        return Err(ApiError::bad_request(format!("unknown scope {bad:?}; known scopes: {}", KNOWN_SCOPES.join(", "))));
     }
     let expires_at = match body.expired_at.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
-            let t = Timestamp::parse_client(s).ok_or_else(|| {
-                ApiError::bad_request(format!("expired_at {s:?} is not a timestamp"))
-            })?;
+            let t = Timestamp::parse_client(s)
+                .ok_or_else(|| ApiError::bad_request(format!("expired_at {s:?} is not a timestamp")))?;
             if t <= Timestamp::now() {
                 return Err(ApiError::bad_request("expired_at is in the past"));
             }
@@ -199,23 +160,11 @@ async fn create_token(
             expires_at,
         })
         .await?;
-    record(
-        &state,
-        &caller,
-        "created",
-        "api_token",
-        name,
-        json!({"scopes": scopes}),
-    )
-    .await;
+    record(&state, &caller, "created", "api_token", name, json!({"scopes": scopes})).await;
     Ok(Json(schema_for(&caller, &row, Some(secret.secret))))
 }
 
-async fn find_token(
-    state: &AppState,
-    caller: &crate::auth::Caller,
-    uid: &str,
-) -> ApiResult<yatai_store::TokenRow> {
+async fn find_token(state: &AppState, caller: &crate::auth::Caller, uid: &str) -> ApiResult<yatai_store::TokenRow> {
     let row = state
         .store
         .get_token(&caller.org.uid, uid)
@@ -244,14 +193,6 @@ async fn delete_token(
     let row = find_token(&state, &caller, &uid).await?;
     state.store.delete_token(&caller.org.uid, &uid).await?;
     state.auth.invalidate();
-    record(
-        &state,
-        &caller,
-        "revoked",
-        "api_token",
-        &row.name,
-        json!({"owner": row.user_name}),
-    )
-    .await;
+    record(&state, &caller, "revoked", "api_token", &row.name, json!({"owner": row.user_name})).await;
     Ok(Json(schema_for(&caller, &row, None)))
 }

@@ -1,6 +1,8 @@
 //! Every HTTP route, grouped by what it serves. [`api`] assembles them.
 
 pub mod artifacts;
+pub mod deployments;
+pub mod deployments_v1;
 pub mod events;
 pub mod health;
 pub mod identity;
@@ -55,13 +57,13 @@ pub fn authenticated(state: AppState) -> Api {
         .merge(registry::routes::<BentoKind>(state.clone()))
         .merge(transfer::routes::<ModelKind>(state.clone()))
         .merge(transfer::routes::<BentoKind>(state.clone()))
+        .merge(deployments::routes(state.clone()))
+        .merge(deployments_v1::routes(state.clone()))
         .merge(events::routes(state))
 }
 
 /// Routes open to anyone: health, and transfer URLs that carry their own
 /// signature.
 pub fn public(state: AppState) -> Api {
-    Api::new(state.clone())
-        .merge(health::routes(state.clone()))
-        .merge(transfer::signed_routes(state))
+    Api::new(state.clone()).merge(health::routes(state.clone())).merge(transfer::signed_routes(state))
 }

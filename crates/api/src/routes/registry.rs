@@ -11,8 +11,8 @@ use yatai_core::{Tag, Timestamp};
 use yatai_store::{NewVersion, VersionPatch};
 
 use super::artifacts::{
-    ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository,
-    find_version, record, repository, repository_with_latest,
+    ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository, find_version, record,
+    repository, repository_with_latest,
 };
 use super::{Auth, KindParam};
 use crate::auth::Permission;
@@ -20,8 +20,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::openapi::{Api, Op};
 use crate::schemas::{
-    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList,
-    RepositorySchema, UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
+    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList, RepositorySchema,
+    UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
 };
 use crate::state::AppState;
 
@@ -54,129 +54,94 @@ pub fn routes<K: KindParam>(state: AppState) -> Api {
             get(list_repositories::<K>),
         )
         .route(
-            Op::post(
-                &repos,
-                format!(
-                    "Create a {kind} repository (returns the existing one if the name is taken)"
-                ),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .body::<CreateRepositoryRequest>()
-            .ok::<RepositorySchema>(),
+            Op::post(&repos, format!("Create a {kind} repository (returns the existing one if the name is taken)"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .body::<CreateRepositoryRequest>()
+                .ok::<RepositorySchema>(),
             post(create_repository::<K>),
         )
         .route(
-            Op::get(
-                &repo,
-                format!("Get a {kind} repository with its newest version"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::ReadRegistry)
-            .ok::<RepositorySchema>()
-            .errors(&[404]),
+            Op::get(&repo, format!("Get a {kind} repository with its newest version"))
+                .tag(K::TAG)
+                .perm(Permission::ReadRegistry)
+                .ok::<RepositorySchema>()
+                .errors(&[404]),
             get(get_repository::<K>),
         )
         .route(
-            Op::patch(
-                &repo,
-                format!("Update a {kind} repository's description and labels"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .body::<UpdateRepositoryRequest>()
-            .ok::<RepositorySchema>()
-            .errors(&[404]),
+            Op::patch(&repo, format!("Update a {kind} repository's description and labels"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .body::<UpdateRepositoryRequest>()
+                .ok::<RepositorySchema>()
+                .errors(&[404]),
             patch(update_repository::<K>),
         )
         .route(
-            Op::delete(
-                &repo,
-                format!("Delete a {kind} repository and all its versions"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .ok::<RepositorySchema>()
-            .errors(&[404, 409]),
+            Op::delete(&repo, format!("Delete a {kind} repository and all its versions"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .ok::<RepositorySchema>()
+                .errors(&[404, 409]),
             delete(delete_repository::<K>),
         )
         .route(
-            with_queries(Op::get(
-                &versions,
-                format!("List a repository's {kind} versions, newest first"),
-            ))
-            .tag(K::TAG)
-            .perm(Permission::ReadRegistry)
-            .ok::<ArtifactList>()
-            .errors(&[404]),
+            with_queries(Op::get(&versions, format!("List a repository's {kind} versions, newest first")))
+                .tag(K::TAG)
+                .perm(Permission::ReadRegistry)
+                .ok::<ArtifactList>()
+                .errors(&[404]),
             get(list_versions::<K>),
         )
         .route(
-            Op::post(
-                &versions,
-                format!("Create a {kind} version (returns the existing one if it exists)"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .body::<CreateVersionRequest>()
-            .ok::<ArtifactSchema>()
-            .errors(&[404, 413]),
+            Op::post(&versions, format!("Create a {kind} version (returns the existing one if it exists)"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .body::<CreateVersionRequest>()
+                .ok::<ArtifactSchema>()
+                .errors(&[404, 413]),
             post(create_version::<K>),
         )
         .route(
-            Op::get(
-                &version,
-                format!("Get a {kind} version (`latest`: the newest uploaded one)"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::ReadRegistry)
-            .ok::<ArtifactSchema>()
-            .errors(&[404]),
+            Op::get(&version, format!("Get a {kind} version (`latest`: the newest uploaded one)"))
+                .tag(K::TAG)
+                .perm(Permission::ReadRegistry)
+                .ok::<ArtifactSchema>()
+                .errors(&[404]),
             get(get_version::<K>),
         )
         .route(
-            Op::patch(
-                &version,
-                format!("Update a {kind} version's description, manifest and labels"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .body::<UpdateVersionRequest>()
-            .ok::<ArtifactSchema>()
-            .errors(&[404, 413]),
+            Op::patch(&version, format!("Update a {kind} version's description, manifest and labels"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .body::<UpdateVersionRequest>()
+                .ok::<ArtifactSchema>()
+                .errors(&[404, 413]),
             patch(update_version::<K>),
         )
         .route(
-            Op::delete(
-                &version,
-                format!("Delete a {kind} version (refused while something uses it)"),
-            )
-            .tag(K::TAG)
-            .perm(Permission::WriteRegistry)
-            .ok::<ArtifactSchema>()
-            .errors(&[404, 409]),
+            Op::delete(&version, format!("Delete a {kind} version (refused while something uses it)"))
+                .tag(K::TAG)
+                .perm(Permission::WriteRegistry)
+                .ok::<ArtifactSchema>()
+                .errors(&[404, 409]),
             delete(delete_version::<K>),
         )
         .route(
-            with_queries(Op::get(
-                &all,
-                format!("List {kind} versions across repositories, newest first"),
-            ))
-            .tag(K::TAG)
-            .perm(Permission::ReadRegistry)
-            .ok::<ArtifactList>(),
+            with_queries(Op::get(&all, format!("List {kind} versions across repositories, newest first")))
+                .tag(K::TAG)
+                .perm(Permission::ReadRegistry)
+                .ok::<ArtifactList>(),
             get(list_all_versions::<K>),
         );
     api = match kind {
         Kind::Bento => api.route(
-            Op::get(
-                format!("{version}/models"),
-                "The stored models a bento uses",
-            )
-            .tag(K::TAG)
-            .perm(Permission::ReadRegistry)
-            .ok::<ArtifactList>()
-            .errors(&[404]),
+            Op::get(format!("{version}/models"), "The stored models a bento uses")
+                .tag(K::TAG)
+                .perm(Permission::ReadRegistry)
+                .ok::<ArtifactList>()
+                .errors(&[404]),
             get(bento_models),
         ),
         Kind::Model => api.route(
@@ -197,20 +162,12 @@ async fn list_repositories<K: KindParam>(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<RepositoryList>> {
     let q = params.to_query()?;
-    let (rows, total) = state
-        .store
-        .list_repositories(&caller.org.uid, K::KIND, &q)
-        .await?;
+    let (rows, total) = state.store.list_repositories(&caller.org.uid, K::KIND, &q).await?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
         items.push(repository_with_latest(&state, r).await?);
     }
-    Ok(Json(RepositoryList {
-        start: q.start,
-        count: items.len() as i64,
-        total,
-        items,
-    }))
+    Ok(Json(RepositoryList { start: q.start, count: items.len() as i64, total, items }))
 }
 
 async fn create_repository<K: KindParam>(
@@ -235,31 +192,13 @@ async fn create_repository<K: KindParam>(
         check_labels(labels)?;
         state
             .store
-            .update_repository(
-                &caller.org.uid,
-                K::KIND,
-                &body.name,
-                None,
-                Some(&labels_to_json(labels)),
-            )
+            .update_repository(&caller.org.uid, K::KIND, &body.name, None, Some(&labels_to_json(labels)))
             .await?;
     }
     if created {
-        record(
-            &state,
-            &caller,
-            "created",
-            K::KIND.repository_resource_type(),
-            &body.name,
-            Value::Null,
-        )
-        .await;
+        record(&state, &caller, "created", K::KIND.repository_resource_type(), &body.name, Value::Null).await;
     }
-    let row = state
-        .store
-        .get_repository(&caller.org.uid, K::KIND, &body.name)
-        .await?
-        .unwrap_or(row);
+    let row = state.store.get_repository(&caller.org.uid, K::KIND, &body.name).await?.unwrap_or(row);
     Ok(Json(repository_with_latest(&state, &row).await?))
 }
 
@@ -285,24 +224,10 @@ async fn update_repository<K: KindParam>(
     let labels = body.labels.as_deref().map(labels_to_json);
     let row = state
         .store
-        .update_repository(
-            &caller.org.uid,
-            K::KIND,
-            &name,
-            body.description.as_deref(),
-            labels.as_deref(),
-        )
+        .update_repository(&caller.org.uid, K::KIND, &name, body.description.as_deref(), labels.as_deref())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{} repository {name:?} not found", K::KIND)))?;
-    record(
-        &state,
-        &caller,
-        "updated",
-        K::KIND.repository_resource_type(),
-        &name,
-        Value::Null,
-    )
-    .await;
+    record(&state, &caller, "updated", K::KIND.repository_resource_type(), &name, Value::Null).await;
     Ok(Json(repository_with_latest(&state, &row).await?))
 }
 
@@ -337,23 +262,12 @@ async fn list_versions<K: KindParam>(
     if repo.version_count == 0 {
         // The Python client indexes items[0] of this list without checking
         // for emptiness; a 404 is what it handles.
-        return Err(ApiError::not_found(format!(
-            "{} repository {name:?} has no versions",
-            K::KIND
-        )));
+        return Err(ApiError::not_found(format!("{} repository {name:?} has no versions", K::KIND)));
     }
     let q = params.to_query()?;
-    let (rows, total) = state
-        .store
-        .list_versions(&caller.org.uid, K::KIND, Some(&name), &q)
-        .await?;
+    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, Some(&name), &q).await?;
     let items: Vec<_> = rows.iter().map(|r| artifact(&state, r)).collect();
-    Ok(Json(ArtifactList {
-        start: q.start,
-        count: items.len() as i64,
-        total,
-        items,
-    }))
+    Ok(Json(ArtifactList { start: q.start, count: items.len() as i64, total, items }))
 }
 
 async fn list_all_versions<K: KindParam>(
@@ -362,10 +276,7 @@ async fn list_all_versions<K: KindParam>(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ArtifactList>> {
     let q = params.to_query()?;
-    let (rows, total) = state
-        .store
-        .list_versions(&caller.org.uid, K::KIND, None, &q)
-        .await?;
+    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, None, &q).await?;
     let mut repo_uids: Vec<&str> = rows.iter().map(|r| r.repository_uid.as_str()).collect();
     repo_uids.sort_unstable();
     repo_uids.dedup();
@@ -374,48 +285,29 @@ async fn list_all_versions<K: KindParam>(
         .iter()
         .map(|r| {
             let mut a = artifact(&state, r);
-            a.repository = repos
-                .iter()
-                .find(|p| p.uid == r.repository_uid)
-                .map(|p| Box::new(repository(p, None)));
+            a.repository = repos.iter().find(|p| p.uid == r.repository_uid).map(|p| Box::new(repository(p, None)));
             a
         })
         .collect::<Vec<_>>();
-    Ok(Json(ArtifactList {
-        start: q.start,
-        count: items.len() as i64,
-        total,
-        items,
-    }))
+    Ok(Json(ArtifactList { start: q.start, count: items.len() as i64, total, items }))
 }
 
 /// Checks a manifest as the client will decode it when it reads it back.
-fn check_manifest(
-    kind: Kind,
-    manifest: Option<&serde_json::value::RawValue>,
-) -> ApiResult<(String, Vec<Tag>)> {
+fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) -> ApiResult<(String, Vec<Tag>)> {
     let raw = manifest.map(|m| m.get()).unwrap_or("null");
-    let value: Value =
-        serde_json::from_str(raw).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
+    let value: Value = serde_json::from_str(raw).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
     match kind {
         Kind::Model => {
-            let obj = value.as_object().ok_or_else(|| {
-                ApiError::bad_request("a model needs a manifest object (model.yaml as JSON)")
-            })?;
+            let obj = value
+                .as_object()
+                .ok_or_else(|| ApiError::bad_request("a model needs a manifest object (model.yaml as JSON)"))?;
             for key in ["module", "api_version", "bentoml_version"] {
                 if !obj.get(key).is_some_and(Value::is_string) {
-                    return Err(ApiError::bad_request(format!(
-                        "the model manifest needs a string {key:?}"
-                    )));
+                    return Err(ApiError::bad_request(format!("the model manifest needs a string {key:?}")));
                 }
             }
-            if !obj
-                .get("size_bytes")
-                .is_some_and(|v| v.is_i64() || v.is_u64())
-            {
-                return Err(ApiError::bad_request(
-                    "the model manifest needs an integer \"size_bytes\"",
-                ));
+            if !obj.get("size_bytes").is_some_and(|v| v.is_i64() || v.is_u64()) {
+                return Err(ApiError::bad_request("the model manifest needs an integer \"size_bytes\""));
             }
             Ok((raw.to_owned(), Vec::new()))
         }
@@ -424,24 +316,15 @@ fn check_manifest(
                 return Ok(("null".to_owned(), Vec::new()));
             }
             let obj = value.as_object().ok_or_else(|| {
-                ApiError::bad_request(
-                    "a bento manifest must be an object (bento.yaml as JSON) or null",
-                )
+                ApiError::bad_request("a bento manifest must be an object (bento.yaml as JSON) or null")
             })?;
             for key in ["service", "bentoml_version"] {
                 if !obj.get(key).is_some_and(Value::is_string) {
-                    return Err(ApiError::bad_request(format!(
-                        "the bento manifest needs a string {key:?}"
-                    )));
+                    return Err(ApiError::bad_request(format!("the bento manifest needs a string {key:?}")));
                 }
             }
-            if !obj
-                .get("size_bytes")
-                .is_some_and(|v| v.is_i64() || v.is_u64())
-            {
-                return Err(ApiError::bad_request(
-                    "the bento manifest needs an integer \"size_bytes\"",
-                ));
+            if !obj.get("size_bytes").is_some_and(|v| v.is_i64() || v.is_u64()) {
+                return Err(ApiError::bad_request("the bento manifest needs an integer \"size_bytes\""));
             }
             let refs = bento_model_refs(&value);
             Ok((raw.to_owned(), refs))
@@ -462,9 +345,10 @@ async fn create_version<K: KindParam>(
     check_labels(&labels)?;
     let build_at = match body.build_at.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(Timestamp::parse_client(s).ok_or_else(|| {
-            ApiError::bad_request(format!("build_at {s:?} is not a timestamp (use RFC 3339)"))
-        })?),
+        Some(s) => Some(
+            Timestamp::parse_client(s)
+                .ok_or_else(|| ApiError::bad_request(format!("build_at {s:?} is not a timestamp (use RFC 3339)")))?,
+        ),
     };
     let (row, created) = state
         .store
@@ -482,15 +366,7 @@ async fn create_version<K: KindParam>(
         )
         .await?;
     if created {
-        record(
-            &state,
-            &caller,
-            "created",
-            K::KIND.as_str(),
-            &row.tag(),
-            Value::Null,
-        )
-        .await;
+        record(&state, &caller, "created", K::KIND.as_str(), &row.tag(), Value::Null).await;
     }
     Ok(Json(artifact(&state, &row)))
 }
@@ -523,21 +399,10 @@ async fn update_version<K: KindParam>(
         description: body.description.as_deref(),
         manifest: manifest.as_ref().map(|(m, _)| m.as_str()),
         labels: labels.as_deref(),
-        model_refs: manifest
-            .as_ref()
-            .filter(|_| K::KIND == Kind::Bento)
-            .map(|(_, r)| r.as_slice()),
+        model_refs: manifest.as_ref().filter(|_| K::KIND == Kind::Bento).map(|(_, r)| r.as_slice()),
     };
     let row = state.store.patch_version(&row, patch).await?;
-    record(
-        &state,
-        &caller,
-        "updated",
-        K::KIND.as_str(),
-        &row.tag(),
-        Value::Null,
-    )
-    .await;
+    record(&state, &caller, "updated", K::KIND.as_str(), &row.tag(), Value::Null).await;
     Ok(Json(artifact(&state, &row)))
 }
 
@@ -548,22 +413,12 @@ async fn delete_version<K: KindParam>(
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = find_version(&state, &caller, K::KIND, &name, &version).await?;
     if row.version != version {
-        return Err(ApiError::bad_request(
-            "name the exact version to delete, not `latest`",
-        ));
+        return Err(ApiError::bad_request("name the exact version to delete, not `latest`"));
     }
     let response = artifact(&state, &row);
     let digest = state.store.delete_version(&row).await?;
     crate::janitor::collect_blobs(&state, digest.as_slice()).await;
-    record(
-        &state,
-        &caller,
-        "deleted",
-        K::KIND.as_str(),
-        &row.tag(),
-        Value::Null,
-    )
-    .await;
+    record(&state, &caller, "deleted", K::KIND.as_str(), &row.tag(), Value::Null).await;
     Ok(Json(response))
 }
 
@@ -574,18 +429,9 @@ async fn bento_models(
 ) -> ApiResult<Json<ArtifactList>> {
     let row = find_version(&state, &caller, Kind::Bento, &name, &version).await?;
     let models = state.store.bento_models(&row).await?;
-    let items: Vec<_> = models
-        .iter()
-        .filter_map(|(_, _, found)| found.as_ref())
-        .map(|m| artifact(&state, m))
-        .collect();
+    let items: Vec<_> = models.iter().filter_map(|(_, _, found)| found.as_ref()).map(|m| artifact(&state, m)).collect();
     let total = items.len() as i64;
-    Ok(Json(ArtifactList {
-        start: 0,
-        count: total,
-        total,
-        items,
-    }))
+    Ok(Json(ArtifactList { start: 0, count: total, total, items }))
 }
 
 async fn model_bentos(
@@ -595,25 +441,13 @@ async fn model_bentos(
 ) -> ApiResult<Json<ArtifactList>> {
     let row = find_version(&state, &caller, Kind::Model, &name, &version).await?;
     let mut items = Vec::new();
-    for tag in state
-        .store
-        .model_referrers(&caller.org.uid, &row.repository_name, &row.version)
-        .await?
-    {
+    for tag in state.store.model_referrers(&caller.org.uid, &row.repository_name, &row.version).await? {
         if let Some((repo, ver)) = tag.split_once(':')
-            && let Some(b) = state
-                .store
-                .get_version(&caller.org.uid, Kind::Bento, repo, ver)
-                .await?
+            && let Some(b) = state.store.get_version(&caller.org.uid, Kind::Bento, repo, ver).await?
         {
             items.push(artifact(&state, &b));
         }
     }
     let total = items.len() as i64;
-    Ok(Json(ArtifactList {
-        start: 0,
-        count: total,
-        total,
-        items,
-    }))
+    Ok(Json(ArtifactList { start: 0, count: total, total, items }))
 }

@@ -27,9 +27,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query};
 use crate::janitor;
 use crate::openapi::{Api, Op};
-use crate::schemas::{
-    ArtifactSchema, CompleteMultipartRequest, FinishUploadRequest, PresignPartRequest,
-};
+use crate::schemas::{ArtifactSchema, CompleteMultipartRequest, FinishUploadRequest, PresignPartRequest};
 use crate::state::AppState;
 
 /// S3's limit, which the bentoml client's 100 MiB parts never approach.
@@ -41,89 +39,62 @@ pub fn routes<K: KindParam>(state: AppState) -> Api {
     let op = |o: Op| o.tag(K::TAG).errors(&[404, 409]);
     Api::new(state)
         .route(
-            op(Op::patch(
-                format!("{v}/start_upload"),
-                format!("Announce an upload of a {kind} archive"),
-            )
-            .perm(Permission::WriteRegistry)
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/start_upload"), format!("Announce an upload of a {kind} archive"))
+                .perm(Permission::WriteRegistry)
+                .ok::<ArtifactSchema>()),
             patch(start_upload::<K>),
         )
         .route(
-            op(Op::put(
-                format!("{v}/upload"),
-                format!("Upload a {kind} archive through yatai (proxy mode)"),
-            )
-            .perm(Permission::WriteRegistry)
-            .binary_body()
-            .ok::<ArtifactSchema>()
-            .errors(&[413])),
+            op(Op::put(format!("{v}/upload"), format!("Upload a {kind} archive through yatai (proxy mode)"))
+                .perm(Permission::WriteRegistry)
+                .binary_body()
+                .ok::<ArtifactSchema>()
+                .errors(&[413])),
             put(upload::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/finish_upload"),
-                format!("Finish a presigned or multipart {kind} upload"),
-            )
-            .perm(Permission::WriteRegistry)
-            .body::<FinishUploadRequest>()
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/finish_upload"), format!("Finish a presigned or multipart {kind} upload"))
+                .perm(Permission::WriteRegistry)
+                .body::<FinishUploadRequest>()
+                .ok::<ArtifactSchema>()),
             patch(finish_upload::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/presign_upload_url"),
-                "Get one URL to PUT the whole archive to",
-            )
-            .perm(Permission::WriteRegistry)
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/presign_upload_url"), "Get one URL to PUT the whole archive to")
+                .perm(Permission::WriteRegistry)
+                .ok::<ArtifactSchema>()),
             patch(presign_upload_url::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/start_multipart_upload"),
-                "Start a multipart upload (returns upload_id)",
-            )
-            .perm(Permission::WriteRegistry)
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/start_multipart_upload"), "Start a multipart upload (returns upload_id)")
+                .perm(Permission::WriteRegistry)
+                .ok::<ArtifactSchema>()),
             patch(start_multipart_upload::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/presign_multipart_upload_url"),
-                "Get the URL to PUT one part to",
-            )
-            .perm(Permission::WriteRegistry)
-            .body::<PresignPartRequest>()
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/presign_multipart_upload_url"), "Get the URL to PUT one part to")
+                .perm(Permission::WriteRegistry)
+                .body::<PresignPartRequest>()
+                .ok::<ArtifactSchema>()),
             patch(presign_multipart_upload_url::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/complete_multipart_upload"),
-                "Assemble the uploaded parts",
-            )
-            .perm(Permission::WriteRegistry)
-            .body::<CompleteMultipartRequest>()
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/complete_multipart_upload"), "Assemble the uploaded parts")
+                .perm(Permission::WriteRegistry)
+                .body::<CompleteMultipartRequest>()
+                .ok::<ArtifactSchema>()),
             patch(complete_multipart_upload::<K>),
         )
         .route(
-            op(Op::patch(
-                format!("{v}/presign_download_url"),
-                "Get a URL to download the archive from",
-            )
-            .perm(Permission::ReadRegistry)
-            .ok::<ArtifactSchema>()),
+            op(Op::patch(format!("{v}/presign_download_url"), "Get a URL to download the archive from")
+                .perm(Permission::ReadRegistry)
+                .ok::<ArtifactSchema>()),
             patch(presign_download_url::<K>),
         )
         .route(
-            op(Op::get(
-                format!("{v}/download"),
-                format!("Download a {kind} archive through yatai"),
-            )
-            .perm(Permission::ReadRegistry)
-            .binary_ok()),
+            op(Op::get(format!("{v}/download"), format!("Download a {kind} archive through yatai"))
+                .perm(Permission::ReadRegistry)
+                .binary_ok()),
             get(download::<K>),
         )
 }
@@ -139,33 +110,24 @@ pub fn signed_routes(state: AppState) -> Api {
     Api::new(state)
         .route(
             signed(
-                Op::put(
-                    "/transfer/uploads/{upload}",
-                    "PUT a whole archive to a URL from presign_upload_url",
-                )
-                .binary_body()
-                .errors(&[409, 413]),
+                Op::put("/transfer/uploads/{upload}", "PUT a whole archive to a URL from presign_upload_url")
+                    .binary_body()
+                    .errors(&[409, 413]),
             ),
             put(signed_put),
         )
         .route(
             signed(
-                Op::put(
-                    "/transfer/uploads/{upload}/parts/{part}",
-                    "PUT one part of a multipart upload",
-                )
-                .binary_body()
-                .errors(&[409, 413]),
+                Op::put("/transfer/uploads/{upload}/parts/{part}", "PUT one part of a multipart upload")
+                    .binary_body()
+                    .errors(&[409, 413]),
             ),
             put(signed_put_part),
         )
         .route(
             signed(
-                Op::get(
-                    "/transfer/archives/{version}",
-                    "GET an archive from a URL from presign_download_url",
-                )
-                .binary_ok(),
+                Op::get("/transfer/archives/{version}", "GET an archive from a URL from presign_download_url")
+                    .binary_ok(),
             ),
             get(signed_get),
         )
@@ -181,9 +143,7 @@ async fn upload_target(
 ) -> ApiResult<VersionRow> {
     let row = find_version(state, caller, kind, name, version).await?;
     if row.version != version {
-        return Err(ApiError::bad_request(
-            "uploads must name an exact version, not `latest`",
-        ));
+        return Err(ApiError::bad_request("uploads must name an exact version, not `latest`"));
     }
     Ok(row)
 }
@@ -197,9 +157,7 @@ async fn reload(state: &AppState, row: &VersionRow) -> ApiResult<VersionRow> {
         .store
         .get_version_by_uid(&row.uid)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("{} {} was deleted meanwhile", row.kind, row.tag()))
-        })
+        .ok_or_else(|| ApiError::not_found(format!("{} {} was deleted meanwhile", row.kind, row.tag())))
 }
 
 /// The base URL clients reach this server at.
@@ -210,15 +168,8 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> ApiResult<String> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "the request has no Host header; set --external-url on the server",
-            )
-        })?;
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("http");
+        .ok_or_else(|| ApiError::bad_request("the request has no Host header; set --external-url on the server"))?;
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
     Ok(format!("{scheme}://{host}"))
 }
 
@@ -240,16 +191,11 @@ fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 }
 
 fn limits(state: &AppState, headers: &HeaderMap) -> ApiResult<WriteLimits> {
-    let limits = WriteLimits {
-        expected_len: content_length(headers)?,
-        max_len: state.config.max_artifact_size,
-    };
+    let limits = WriteLimits { expected_len: content_length(headers)?, max_len: state.config.max_artifact_size };
     if let (Some(len), Some(max)) = (limits.expected_len, limits.max_len)
         && len > max
     {
-        return Err(ApiError::too_large(format!(
-            "the archive is {len} bytes; this server accepts at most {max}"
-        )));
+        return Err(ApiError::too_large(format!("the archive is {len} bytes; this server accepts at most {max}")));
     }
     Ok(limits)
 }
@@ -271,29 +217,18 @@ impl InProgress {
                 row.tag()
             )));
         }
-        Ok(InProgress {
-            state: state.clone(),
-            version_uid: row.uid.clone(),
-        })
+        Ok(InProgress { state: state.clone(), version_uid: row.uid.clone() })
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.state
-            .uploads_in_progress
-            .lock()
-            .expect("lock")
-            .remove(&self.version_uid);
+        self.state.uploads_in_progress.lock().expect("lock").remove(&self.version_uid);
     }
 }
 
 fn upload_expiry(state: &AppState, ttl: Duration) -> Timestamp {
-    Timestamp(
-        Timestamp::now().0
-            + ttl.as_micros() as i64
-            + state.config.upload_ttl.as_micros() as i64 / 24,
-    )
+    Timestamp(Timestamp::now().0 + ttl.as_micros() as i64 + state.config.upload_ttl.as_micros() as i64 / 24)
 }
 
 /// Makes verified bytes the version's content. Every upload path ends here.
@@ -304,11 +239,7 @@ async fn finish(
     upload: &UploadRow,
     w: &Written,
 ) -> ApiResult<VersionRow> {
-    let outcome = match state
-        .store
-        .finalize_upload(&row.uid, upload, &w.sha256, w.size as i64)
-        .await
-    {
+    let outcome = match state.store.finalize_upload(&row.uid, upload, &w.sha256, w.size as i64).await {
         Ok(o) => o,
         Err(e) => {
             if matches!(e, StoreError::Conflict(_) | StoreError::NotFound(_)) {
@@ -341,18 +272,8 @@ async fn finish(
 }
 
 /// Records a failed upload and removes what it wrote.
-async fn abandon(
-    state: &AppState,
-    caller: &Caller,
-    row: &VersionRow,
-    upload: Option<&UploadRow>,
-    reason: &str,
-) {
-    if let Err(e) = state
-        .store
-        .fail_upload(&row.uid, upload.map(|u| u.uid.as_str()), reason)
-        .await
-    {
+async fn abandon(state: &AppState, caller: &Caller, row: &VersionRow, upload: Option<&UploadRow>, reason: &str) {
+    if let Err(e) = state.store.fail_upload(&row.uid, upload.map(|u| u.uid.as_str()), reason).await {
         tracing::warn!(error = %e, "could not record a failed upload");
     }
     if let Some(u) = upload {
@@ -411,13 +332,9 @@ async fn upload<K: KindParam>(
     let caller = caller.0.clone();
     let task = tokio::spawn(async move {
         let _guard = guard;
-        receive_proxy_upload(&state, &caller, row, body, limits)
-            .await
-            .map(|r| (state, r))
+        receive_proxy_upload(&state, &caller, row, body, limits).await.map(|r| (state, r))
     });
-    let (state, row) = task
-        .await
-        .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))??;
+    let (state, row) = task.await.map_err(|e| ApiError::internal(format!("upload task failed: {e}")))??;
     Ok(response(&state, &row))
 }
 
@@ -432,21 +349,8 @@ async fn receive_proxy_upload(
         state.store.mark_upload_started(&row).await?;
     }
     let key = BlobStore::new_blob_key();
-    let upload = state
-        .store
-        .create_upload(
-            &row.uid,
-            "proxy",
-            &key,
-            None,
-            upload_expiry(state, Duration::ZERO),
-        )
-        .await?;
-    match state
-        .blobs
-        .write(&key, body.into_data_stream(), limits)
-        .await
-    {
+    let upload = state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, Duration::ZERO)).await?;
+    match state.blobs.write(&key, body.into_data_stream(), limits).await {
         Ok(w) => finish(state, caller, &row, &upload, &w).await,
         Err(e) => {
             let err = ApiError::from(e);
@@ -463,10 +367,7 @@ async fn finish_upload<K: KindParam>(
     JsonBody(body): JsonBody<FinishUploadRequest>,
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
-    let current = state
-        .store
-        .current_upload(&row.uid, &["presigned", "multipart", "proxy"])
-        .await?;
+    let current = state.store.current_upload(&row.uid, &["presigned", "multipart", "proxy"]).await?;
     match body.status.as_str() {
         "success" => {
             let Some(upload) = current.filter(|u| u.mode != "proxy") else {
@@ -484,26 +385,20 @@ async fn finish_upload<K: KindParam>(
                     size: upload.size_bytes.unwrap_or_default() as u64,
                     sha256: upload.digest.clone().unwrap_or_default(),
                 },
-                ("open", "presigned") if state.blobs.is_s3() => {
-                    match state.blobs.hash(&upload.storage_key).await {
-                        Ok(w) => w,
-                        Err(yatai_blob::BlobError::NotFound(_)) => {
-                            return Err(ApiError::bad_request(
-                                "nothing arrived at the presigned URL; upload the archive first",
-                            ));
-                        }
-                        Err(e) => return Err(e.into()),
+                ("open", "presigned") if state.blobs.is_s3() => match state.blobs.hash(&upload.storage_key).await {
+                    Ok(w) => w,
+                    Err(yatai_blob::BlobError::NotFound(_)) => {
+                        return Err(ApiError::bad_request(
+                            "nothing arrived at the presigned URL; upload the archive first",
+                        ));
                     }
-                }
+                    Err(e) => return Err(e.into()),
+                },
                 ("open", "multipart") => {
-                    return Err(ApiError::bad_request(
-                        "call complete_multipart_upload before finishing the upload",
-                    ));
+                    return Err(ApiError::bad_request("call complete_multipart_upload before finishing the upload"));
                 }
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "the upload to the presigned URL did not complete",
-                    ));
+                    return Err(ApiError::bad_request("the upload to the presigned URL did not complete"));
                 }
             };
             let row = finish(&state, &caller, &row, &upload, &written).await?;
@@ -511,17 +406,11 @@ async fn finish_upload<K: KindParam>(
         }
         "failed" => {
             let reason = body.reason.unwrap_or_default();
-            let reason = if reason.is_empty() {
-                "the client reported a failed upload".to_owned()
-            } else {
-                reason
-            };
+            let reason = if reason.is_empty() { "the client reported a failed upload".to_owned() } else { reason };
             abandon(&state, &caller, &row, current.as_ref(), &reason).await;
             Ok(response(&state, &reload(&state, &row).await?))
         }
-        other => Err(ApiError::bad_request(format!(
-            "status must be \"success\" or \"failed\", not {other:?}"
-        ))),
+        other => Err(ApiError::bad_request(format!("status must be \"success\" or \"failed\", not {other:?}"))),
     }
 }
 
@@ -534,25 +423,12 @@ async fn presign_upload_url<K: KindParam>(
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
     let ttl = state.config.presign_ttl;
     let key = BlobStore::new_blob_key();
-    let upload = state
-        .store
-        .create_upload(
-            &row.uid,
-            "presigned",
-            &key,
-            None,
-            upload_expiry(&state, ttl),
-        )
-        .await?;
+    let upload = state.store.create_upload(&row.uid, "presigned", &key, None, upload_expiry(&state, ttl)).await?;
     let url = match state.blobs.presign_put(&key, ttl).await? {
         Some(url) => url.to_string(),
-        None => signed_url(
-            &state,
-            &base_url(&state, &headers)?,
-            "PUT",
-            &format!("/transfer/uploads/{}", upload.uid),
-            ttl,
-        ),
+        None => {
+            signed_url(&state, &base_url(&state, &headers)?, "PUT", &format!("/transfer/uploads/{}", upload.uid), ttl)
+        }
     };
     let mut a = artifact(&state, &row);
     a.presigned_upload_url = url;
@@ -568,36 +444,22 @@ async fn start_multipart_upload<K: KindParam>(
     let key = BlobStore::new_blob_key();
     let backend_id = state.blobs.create_multipart(&key).await?;
     let expiry = upload_expiry(&state, state.config.upload_ttl);
-    state
-        .store
-        .create_upload(&row.uid, "multipart", &key, backend_id.as_deref(), expiry)
-        .await?;
+    state.store.create_upload(&row.uid, "multipart", &key, backend_id.as_deref(), expiry).await?;
     Ok(response(&state, &reload(&state, &row).await?))
 }
 
 /// The open multipart upload `upload_id` of this version.
-async fn multipart_upload(
-    state: &AppState,
-    row: &VersionRow,
-    upload_id: &str,
-) -> ApiResult<UploadRow> {
+async fn multipart_upload(state: &AppState, row: &VersionRow, upload_id: &str) -> ApiResult<UploadRow> {
     let upload = state
         .store
         .get_upload(upload_id)
         .await?
         .filter(|u| u.version_uid == row.uid && u.mode == "multipart")
         .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no multipart upload {upload_id:?} for {} {}",
-                row.kind,
-                row.tag()
-            ))
+            ApiError::not_found(format!("no multipart upload {upload_id:?} for {} {}", row.kind, row.tag()))
         })?;
     if upload.state != "open" {
-        return Err(ApiError::conflict(format!(
-            "multipart upload {upload_id:?} is already {}",
-            upload.state
-        )));
+        return Err(ApiError::conflict(format!("multipart upload {upload_id:?} is already {}", upload.state)));
     }
     Ok(upload)
 }
@@ -611,21 +473,14 @@ async fn presign_multipart_upload_url<K: KindParam>(
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
     if !(1..=MAX_PART_NUMBER).contains(&body.part_number) {
-        return Err(ApiError::bad_request(format!(
-            "part_number must be between 1 and {MAX_PART_NUMBER}"
-        )));
+        return Err(ApiError::bad_request(format!("part_number must be between 1 and {MAX_PART_NUMBER}")));
     }
     let upload = multipart_upload(&state, &row, &body.upload_id).await?;
     let ttl = state.config.presign_ttl;
     let url = match upload.backend_upload_id.as_deref() {
         Some(backend_id) => state
             .blobs
-            .presign_part(
-                &upload.storage_key,
-                backend_id,
-                body.part_number as u32,
-                ttl,
-            )
+            .presign_part(&upload.storage_key, backend_id, body.part_number as u32, ttl)
             .await?
             .map(|u| u.to_string())
             .unwrap_or_default(),
@@ -633,10 +488,7 @@ async fn presign_multipart_upload_url<K: KindParam>(
             &state,
             &base_url(&state, &headers)?,
             "PUT",
-            &format!(
-                "/transfer/uploads/{}/parts/{}",
-                upload.uid, body.part_number
-            ),
+            &format!("/transfer/uploads/{}/parts/{}", upload.uid, body.part_number),
             ttl,
         ),
     };
@@ -661,20 +513,16 @@ async fn complete_multipart_upload<K: KindParam>(
     if body.parts.is_empty() {
         return Err(ApiError::bad_request("no parts to assemble"));
     }
-    if body
-        .parts
-        .windows(2)
-        .any(|w| w[0].part_number >= w[1].part_number)
-    {
-        return Err(ApiError::bad_request(
-            "parts must be listed once each, in ascending part_number order",
-        ));
+    if body.parts.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
+        return Err(ApiError::bad_request("parts must be listed once each, in ascending part_number order"));
     }
     let written = match upload.backend_upload_id.as_deref() {
         Some(backend_id) => {
             let etags = body.parts.iter().map(|p| p.etag.clone()).collect();
             state.blobs.complete_multipart(&upload.storage_key, backend_id, etags).await.map_err(|e| {
-                ApiError::bad_request(format!("the parts could not be assembled (a part is missing or its ETag differs): {e}"))
+                ApiError::bad_request(format!(
+                    "the parts could not be assembled (a part is missing or its ETag differs): {e}"
+                ))
             })?;
             state.blobs.hash(&upload.storage_key).await?
         }
@@ -693,10 +541,7 @@ async fn complete_multipart_upload<K: KindParam>(
                         )));
                     }
                     None => {
-                        return Err(ApiError::bad_request(format!(
-                            "part {} was never uploaded",
-                            p.part_number
-                        )));
+                        return Err(ApiError::bad_request(format!("part {} was never uploaded", p.part_number)));
                     }
                 }
             }
@@ -705,10 +550,7 @@ async fn complete_multipart_upload<K: KindParam>(
             w
         }
     };
-    state
-        .store
-        .mark_upload_received(&upload.uid, &written.sha256, written.size as i64)
-        .await?;
+    state.store.mark_upload_received(&upload.uid, &written.sha256, written.size as i64).await?;
     Ok(response(&state, &reload(&state, &row).await?))
 }
 
@@ -723,24 +565,12 @@ async fn presign_download_url<K: KindParam>(
     let ttl = state.config.presign_ttl;
     let url = match state.blobs.presign_get(&key, ttl).await? {
         Some(url) => url.to_string(),
-        None => signed_url(
-            &state,
-            &base_url(&state, &headers)?,
-            "GET",
-            &format!("/transfer/archives/{}", row.uid),
-            ttl,
-        ),
+        None => {
+            signed_url(&state, &base_url(&state, &headers)?, "GET", &format!("/transfer/archives/{}", row.uid), ttl)
+        }
     };
     if strategy_for(&state, &row) != Some("proxy") {
-        record(
-            &state,
-            &caller,
-            "pulled",
-            row.kind().as_str(),
-            &row.tag(),
-            json!({"mode": "presigned"}),
-        )
-        .await;
+        record(&state, &caller, "pulled", row.kind().as_str(), &row.tag(), json!({"mode": "presigned"})).await;
     }
     let mut a = artifact(&state, &row);
     a.presigned_download_url = url;
@@ -749,21 +579,19 @@ async fn presign_download_url<K: KindParam>(
 
 /// The storage key of a version's archive, or a 404 saying why there is none.
 async fn uploaded_archive(state: &AppState, row: &VersionRow) -> ApiResult<String> {
-    let digest = row
-        .blob_digest
-        .as_deref()
-        .filter(|_| row.upload_status == "success")
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "{} {} has no uploaded archive (upload status: {}); push it first",
-                row.kind,
-                row.tag(),
-                row.upload_status
-            ))
-        })?;
-    let (key, _) = state.store.blob_key(digest).await?.ok_or_else(|| {
-        ApiError::internal(format!("blob {digest} of {} is not recorded", row.tag()))
+    let digest = row.blob_digest.as_deref().filter(|_| row.upload_status == "success").ok_or_else(|| {
+        ApiError::not_found(format!(
+            "{} {} has no uploaded archive (upload status: {}); push it first",
+            row.kind,
+            row.tag(),
+            row.upload_status
+        ))
     })?;
+    let (key, _) = state
+        .store
+        .blob_key(digest)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("blob {digest} of {} is not recorded", row.tag())))?;
     Ok(key)
 }
 
@@ -773,10 +601,7 @@ async fn stream_archive(state: &AppState, row: &VersionRow) -> ApiResult<Respons
     let filename = format!("{}-{}.tar", row.repository_name, row.version);
     let mut resp = Body::from_stream(reader.stream).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-tar"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(reader.size));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
@@ -796,15 +621,7 @@ async fn download<K: KindParam>(
 ) -> ApiResult<Response> {
     let row = find_version(&state, &caller, K::KIND, &name, &version).await?;
     let resp = stream_archive(&state, &row).await?;
-    record(
-        &state,
-        &caller,
-        "pulled",
-        row.kind().as_str(),
-        &row.tag(),
-        json!({"mode": "proxy"}),
-    )
-    .await;
+    record(&state, &caller, "pulled", row.kind().as_str(), &row.tag(), json!({"mode": "proxy"})).await;
     Ok(resp)
 }
 
@@ -822,26 +639,17 @@ async fn signed_put(
     body: Body,
 ) -> ApiResult<Response> {
     let path = format!("/transfer/uploads/{upload_uid}");
-    state
-        .signer
-        .verify("PUT", &path, sig.expires, &sig.signature)?;
+    state.signer.verify("PUT", &path, sig.expires, &sig.signature)?;
     let upload = open_upload(&state, &upload_uid, "presigned").await?;
     let limits = limits(&state, &headers)?;
     let task_state = state.clone();
     let w = tokio::spawn(async move {
-        task_state
-            .blobs
-            .write(&upload.storage_key, body.into_data_stream(), limits)
-            .await
-            .map(|w| (upload, w))
+        task_state.blobs.write(&upload.storage_key, body.into_data_stream(), limits).await.map(|w| (upload, w))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let (upload, w) = w?;
-    state
-        .store
-        .mark_upload_received(&upload.uid, &w.sha256, w.size as i64)
-        .await?;
+    state.store.mark_upload_received(&upload.uid, &w.sha256, w.size as i64).await?;
     Ok(etag_response(&w))
 }
 
@@ -853,31 +661,19 @@ async fn signed_put_part(
     body: Body,
 ) -> ApiResult<Response> {
     let path = format!("/transfer/uploads/{upload_uid}/parts/{part}");
-    state
-        .signer
-        .verify("PUT", &path, sig.expires, &sig.signature)?;
+    state.signer.verify("PUT", &path, sig.expires, &sig.signature)?;
     if !(1..=MAX_PART_NUMBER).contains(&part) {
-        return Err(ApiError::bad_request(format!(
-            "part number must be between 1 and {MAX_PART_NUMBER}"
-        )));
+        return Err(ApiError::bad_request(format!("part number must be between 1 and {MAX_PART_NUMBER}")));
     }
     let upload = open_upload(&state, &upload_uid, "multipart").await?;
     let limits = limits(&state, &headers)?;
     let key = BlobStore::part_key(&upload.uid, part as u32);
     let task_state = state.clone();
-    let w = tokio::spawn(async move {
-        task_state
-            .blobs
-            .write(&key, body.into_data_stream(), limits)
-            .await
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let w = tokio::spawn(async move { task_state.blobs.write(&key, body.into_data_stream(), limits).await })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let etag = format!("\"{}\"", &w.sha256[..32]);
-    state
-        .store
-        .record_part(&upload.uid, part, &etag, w.size as i64)
-        .await?;
+    state.store.record_part(&upload.uid, part, &etag, w.size as i64).await?;
     Ok(etag_response(&w))
 }
 
@@ -887,14 +683,9 @@ async fn open_upload(state: &AppState, uid: &str, mode: &str) -> ApiResult<Uploa
         .get_upload(uid)
         .await?
         .filter(|u| u.mode == mode)
-        .ok_or_else(|| {
-            ApiError::not_found("this upload no longer exists; ask the server for a new URL")
-        })?;
+        .ok_or_else(|| ApiError::not_found("this upload no longer exists; ask the server for a new URL"))?;
     if upload.state != "open" {
-        return Err(ApiError::conflict(format!(
-            "this upload is already {}",
-            upload.state
-        )));
+        return Err(ApiError::conflict(format!("this upload is already {}", upload.state)));
     }
     Ok(upload)
 }
@@ -914,9 +705,7 @@ async fn signed_get(
     Query(sig): Query<Signature>,
 ) -> ApiResult<Response> {
     let path = format!("/transfer/archives/{version_uid}");
-    state
-        .signer
-        .verify("GET", &path, sig.expires, &sig.signature)?;
+    state.signer.verify("GET", &path, sig.expires, &sig.signature)?;
     let row = state
         .store
         .get_version_by_uid(&version_uid)
