@@ -13,8 +13,7 @@ use serde_json::Value;
 use crate::blob::Cache;
 use crate::image::Platform;
 use crate::registry::{
-    ImageRef, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
-    Registry,
+    ImageRef, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Registry,
 };
 
 #[derive(Debug, Clone)]
@@ -28,39 +27,23 @@ pub struct ResolvedBase {
 }
 
 /// Fetches the base manifest (following an index to `platform`) and config.
-pub async fn resolve(
-    reg: &Registry,
-    base: &ImageRef,
-    platform: &Platform,
-) -> anyhow::Result<ResolvedBase> {
+pub async fn resolve(reg: &Registry, base: &ImageRef, platform: &Platform) -> anyhow::Result<ResolvedBase> {
     let (bytes, media, digest) = reg.get_manifest(&base.repository, base.reference()).await?;
-    let m: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("base image {base}: manifest is not JSON"))?;
-    let media = if media.is_empty() {
-        m.get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
+    let m: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("base image {base}: manifest is not JSON"))?;
+    let media =
+        if media.is_empty() { m.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string() } else { media };
+    let (m, digest) = if media == MEDIA_OCI_INDEX || media == MEDIA_DOCKER_LIST || m.get("manifests").is_some() {
+        let pick =
+            pick_platform(&m, platform).with_context(|| format!("base image {base} has no {platform} variant"))?;
+        let (bytes, _, d) = reg.get_manifest(&base.repository, &pick).await?;
+        (serde_json::from_slice::<Value>(&bytes)?, d)
     } else {
-        media
+        (m, digest)
     };
-    let (m, digest) =
-        if media == MEDIA_OCI_INDEX || media == MEDIA_DOCKER_LIST || m.get("manifests").is_some() {
-            let pick = pick_platform(&m, platform)
-                .with_context(|| format!("base image {base} has no {platform} variant"))?;
-            let (bytes, _, d) = reg.get_manifest(&base.repository, &pick).await?;
-            (serde_json::from_slice::<Value>(&bytes)?, d)
-        } else {
-            (m, digest)
-        };
-    let mt = m
-        .get("mediaType")
-        .and_then(Value::as_str)
-        .unwrap_or(MEDIA_OCI_MANIFEST);
+    let mt = m.get("mediaType").and_then(Value::as_str).unwrap_or(MEDIA_OCI_MANIFEST);
     if mt != MEDIA_OCI_MANIFEST && mt != MEDIA_DOCKER_MANIFEST {
-        bail!(
-            "base image {base}: unsupported manifest type {mt} (schema 1 images are not supported)"
-        );
+        bail!("base image {base}: unsupported manifest type {mt} (schema 1 images are not supported)");
     }
     let cfg_digest = m
         .pointer("/config/digest")
@@ -72,35 +55,16 @@ pub async fn resolve(
         bail!("base image {base}: config blob does not match its digest");
     }
     let config: Value = serde_json::from_slice(&cfg_bytes).context("base config is not JSON")?;
-    let arch = config
-        .get("architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch = config.get("architecture").and_then(Value::as_str).unwrap_or("");
     if !arch.is_empty() && arch != platform.architecture {
         bail!("base image {base} is {arch}, not {platform}");
     }
-    let layers = m
-        .get("layers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let n_diff = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .map(Vec::len)
-        .unwrap_or(0);
+    let layers = m.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let n_diff = config.pointer("/rootfs/diff_ids").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
     if n_diff != layers.len() {
-        bail!(
-            "base image {base}: {} layers but {n_diff} diff_ids",
-            layers.len()
-        );
+        bail!("base image {base}: {} layers but {n_diff} diff_ids", layers.len());
     }
-    Ok(ResolvedBase {
-        reference: base.clone(),
-        digest,
-        config,
-        layers,
-    })
+    Ok(ResolvedBase { reference: base.clone(), digest, config, layers })
 }
 
 fn pick_platform(index: &Value, p: &Platform) -> Option<String> {
@@ -112,8 +76,7 @@ fn pick_platform(index: &Value, p: &Platform) -> Option<String> {
                 (Some(want), Some(got)) => want == got,
                 _ => true,
             };
-        ok.then(|| m.get("digest")?.as_str().map(str::to_string))
-            .flatten()
+        ok.then(|| m.get("digest")?.as_str().map(str::to_string)).flatten()
     })
 }
 
@@ -130,11 +93,7 @@ impl BaseFacts {
     /// The interpreter for `minor` (prefers /usr/local/bin, where python:* images keep theirs).
     pub fn python_for(&self, minor: &str) -> Option<String> {
         let name = format!("python{minor}");
-        let mut c: Vec<&String> = self
-            .pythons
-            .iter()
-            .filter(|p| p.rsplit('/').next() == Some(name.as_str()))
-            .collect();
+        let mut c: Vec<&String> = self.pythons.iter().filter(|p| p.rsplit('/').next() == Some(name.as_str())).collect();
         c.sort_by_key(|p| !p.starts_with("/usr/local/"));
         c.first().map(|s| s.to_string())
     }
@@ -160,32 +119,22 @@ pub async fn scan(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> anyhow:
     }
     let mut files: BTreeMap<String, FileFact> = BTreeMap::new();
     for layer in &base.layers {
-        let digest = layer
-            .get("digest")
-            .and_then(Value::as_str)
-            .context("base layer without digest")?
-            .to_string();
-        let media = layer
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let digest = layer.get("digest").and_then(Value::as_str).context("base layer without digest")?.to_string();
+        let media = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
         let resp = reg.get_blob(&base.reference.repository, &digest).await?;
         let stream = resp.bytes_stream().map_err(std::io::Error::other);
         let reader = tokio_util::io::StreamReader::new(stream);
-        let mut updates = tokio::task::spawn_blocking(
-            move || -> anyhow::Result<Vec<(String, Option<FileFact>)>> {
-                let sync = tokio_util::io::SyncIoBridge::new(reader);
-                let r: Box<dyn Read> = if media.ends_with("zstd") {
-                    Box::new(zstd::stream::read::Decoder::new(sync)?)
-                } else if media.ends_with("gzip") || media.ends_with(".tar.gzip") {
-                    Box::new(flate2::read::GzDecoder::new(sync))
-                } else {
-                    Box::new(sync)
-                };
-                scan_layer(r)
-            },
-        )
+        let mut updates = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, Option<FileFact>)>> {
+            let sync = tokio_util::io::SyncIoBridge::new(reader);
+            let r: Box<dyn Read> = if media.ends_with("zstd") {
+                Box::new(zstd::stream::read::Decoder::new(sync)?)
+            } else if media.ends_with("gzip") || media.ends_with(".tar.gzip") {
+                Box::new(flate2::read::GzDecoder::new(sync))
+            } else {
+                Box::new(sync)
+            };
+            scan_layer(r)
+        })
         .await?
         .with_context(|| format!("scanning base layer {digest}"))?;
         for (path, f) in updates.drain(..) {
@@ -206,11 +155,7 @@ pub async fn scan(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> anyhow:
         _ => None,
     };
     let facts = BaseFacts {
-        pythons: files
-            .keys()
-            .filter(|p| is_python(p))
-            .map(|p| format!("/{p}"))
-            .collect(),
+        pythons: files.keys().filter(|p| is_python(p)).map(|p| format!("/{p}")).collect(),
         passwd: text("etc/passwd"),
         group: text("etc/group"),
     };
@@ -225,15 +170,12 @@ enum FileFact {
 }
 
 fn is_python(p: &str) -> bool {
-    let Some(name) = p
-        .strip_prefix("usr/bin/")
-        .or_else(|| p.strip_prefix("usr/local/bin/"))
-        .or_else(|| p.strip_prefix("bin/"))
+    let Some(name) =
+        p.strip_prefix("usr/bin/").or_else(|| p.strip_prefix("usr/local/bin/")).or_else(|| p.strip_prefix("bin/"))
     else {
         return false;
     };
-    name.strip_prefix("python3.")
-        .is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("python3.").is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn scan_layer(r: impl Read) -> anyhow::Result<Vec<(String, Option<FileFact>)>> {
@@ -241,12 +183,7 @@ fn scan_layer(r: impl Read) -> anyhow::Result<Vec<(String, Option<FileFact>)>> {
     let mut ar = tar::Archive::new(r);
     for e in ar.entries()? {
         let mut e = e?;
-        let path = e
-            .path()?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_string();
+        let path = e.path()?.to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_string();
         let (dir, name) = path
             .rsplit_once('/')
             .map(|(d, n)| (format!("{d}/"), n.to_string()))
@@ -310,16 +247,10 @@ mod tests {
         assert!(!is_python("usr/bin/python3.11-config"));
         assert!(!is_python("usr/bin/python3"));
         let f = BaseFacts {
-            pythons: vec![
-                "/usr/bin/python3.11".into(),
-                "/usr/local/bin/python3.11".into(),
-            ],
+            pythons: vec!["/usr/bin/python3.11".into(), "/usr/local/bin/python3.11".into()],
             ..Default::default()
         };
-        assert_eq!(
-            f.python_for("3.11").as_deref(),
-            Some("/usr/local/bin/python3.11")
-        );
+        assert_eq!(f.python_for("3.11").as_deref(), Some("/usr/local/bin/python3.11"));
         assert_eq!(f.python_for("3.12"), None);
         assert_eq!(f.minors(), vec!["3.11".to_string()]);
     }

@@ -66,10 +66,7 @@ impl BentoInfo {
     pub fn load(bento_dir: &Path) -> anyhow::Result<Self> {
         let path = bento_dir.join("bento.yaml");
         let raw = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "{} has no bento.yaml: is it an exported or pulled bento?",
-                bento_dir.display()
-            )
+            format!("{} has no bento.yaml: is it an exported or pulled bento?", bento_dir.display())
         })?;
         Self::parse(&raw).with_context(|| format!("parsing {}", path.display()))
     }
@@ -86,10 +83,9 @@ impl BentoInfo {
         };
         let spec = v.get("spec").and_then(Value::as_u64).unwrap_or(1) as u32;
         let labels = match v.get("labels") {
-            Some(Value::Mapping(m)) => m
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?)))
-                .collect(),
+            Some(Value::Mapping(m)) => {
+                m.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?))).collect()
+            }
             _ => Vec::new(),
         };
         #[derive(Deserialize)]
@@ -99,9 +95,7 @@ impl BentoInfo {
             stage: Option<String>,
         }
         let envs: Vec<RawEnv> = match v.get("envs") {
-            Some(e @ Value::Sequence(_)) => {
-                serde_yaml_ng::from_value(e.clone()).context("`envs`")?
-            }
+            Some(e @ Value::Sequence(_)) => serde_yaml_ng::from_value(e.clone()).context("`envs`")?,
             _ => Vec::new(),
         };
         let envs = envs
@@ -116,18 +110,9 @@ impl BentoInfo {
         // Models: the top-level list (legacy and spec 1) plus every service's models.
         let mut models: Vec<ModelRef> = Vec::new();
         let mut add = |tag: &str, registry: Option<&str>| -> anyhow::Result<()> {
-            let (n, ver) = tag
-                .split_once(':')
-                .with_context(|| format!("model tag {tag:?} has no version"))?;
-            let m = ModelRef {
-                name: n.into(),
-                version: ver.into(),
-                registry: registry.unwrap_or("bentoml").into(),
-            };
-            if !models
-                .iter()
-                .any(|x| x.name == m.name && x.version == m.version)
-            {
+            let (n, ver) = tag.split_once(':').with_context(|| format!("model tag {tag:?} has no version"))?;
+            let m = ModelRef { name: n.into(), version: ver.into(), registry: registry.unwrap_or("bentoml").into() };
+            if !models.iter().any(|x| x.name == m.name && x.version == m.version) {
                 models.push(m);
             }
             Ok(())
@@ -159,20 +144,14 @@ impl BentoInfo {
 
         let strs = |v: Option<&Value>| -> Vec<String> {
             match v {
-                Some(Value::Sequence(l)) => l
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect(),
+                Some(Value::Sequence(l)) => l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
                 _ => Vec::new(),
             }
         };
         let (python_version, base_image, commands, post_commands, system_packages, setup_script);
         if let Some(img @ Value::Mapping(_)) = v.get("image") {
             python_version = img.get("python_version").and_then(scalar);
-            base_image = img
-                .get("base_image")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            base_image = img.get("base_image").and_then(Value::as_str).map(str::to_string);
             commands = strs(img.get("commands"));
             post_commands = strs(img.get("post_commands"));
             system_packages = Vec::new();
@@ -180,17 +159,11 @@ impl BentoInfo {
         } else {
             let d = v.get("docker");
             python_version = d.and_then(|d| d.get("python_version")).and_then(scalar);
-            base_image = d
-                .and_then(|d| d.get("base_image"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            base_image = d.and_then(|d| d.get("base_image")).and_then(Value::as_str).map(str::to_string);
             commands = Vec::new();
             post_commands = Vec::new();
             system_packages = strs(d.and_then(|d| d.get("system_packages")));
-            setup_script = d
-                .and_then(|d| d.get("setup_script"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            setup_script = d.and_then(|d| d.get("setup_script")).and_then(Value::as_str).map(str::to_string);
         }
         Ok(Self {
             name,
@@ -221,12 +194,7 @@ impl BentoInfo {
                 self.system_packages.join(" ")
             ));
         }
-        steps.extend(
-            self.commands
-                .iter()
-                .filter(|c| !is_default_command(c))
-                .cloned(),
-        );
+        steps.extend(self.commands.iter().filter(|c| !is_default_command(c)).cloned());
         steps
     }
 
@@ -253,8 +221,7 @@ impl BentoInfo {
 }
 
 fn is_default_command(c: &str) -> bool {
-    c.split_whitespace()
-        .eq(DEFAULT_DEBIAN_COMMAND.split_whitespace())
+    c.split_whitespace().eq(DEFAULT_DEBIAN_COMMAND.split_whitespace())
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -310,30 +277,15 @@ image:
         assert_eq!(b.python_version.as_deref(), Some("3.11"));
         assert_eq!(b.models.len(), 2);
         assert_eq!(b.models[1].registry, "huggingface");
-        assert_eq!(
-            b.envs[1],
-            Env {
-                name: "SECRET".into(),
-                value: None,
-                stage: "runtime".into()
-            }
-        );
-        assert_eq!(
-            b.labels,
-            vec![("owner".to_string(), "yatai-rs-tests".to_string())]
-        );
+        assert_eq!(b.envs[1], Env { name: "SECRET".into(), value: None, stage: "runtime".into() });
+        assert_eq!(b.labels, vec![("owner".to_string(), "yatai-rs-tests".to_string())]);
         assert!(b.has_default_command());
-        assert!(
-            b.run_steps().is_empty(),
-            "the distro default line alone needs no RUN"
-        );
+        assert!(b.run_steps().is_empty(), "the distro default line alone needs no RUN");
     }
 
     #[test]
     fn extra_commands_and_system_packages_are_run_steps() {
-        let b =
-            BentoInfo::parse(&SPEC2.replace("post_commands: []", "post_commands: [\"echo hi\"]"))
-                .unwrap();
+        let b = BentoInfo::parse(&SPEC2.replace("post_commands: []", "post_commands: [\"echo hi\"]")).unwrap();
         assert_eq!(b.run_steps(), vec!["echo hi".to_string()]);
         assert!(b.pre_install_steps().is_empty());
         assert_eq!(b.post_install_steps(), vec!["echo hi".to_string()]);

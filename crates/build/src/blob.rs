@@ -75,19 +75,11 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
+        Self { inner, hasher: Sha256::new(), count: 0 }
     }
 
     pub fn finish(self) -> (W, String, u64) {
-        (
-            self.inner,
-            format!("sha256:{}", hex::encode(self.hasher.finalize())),
-            self.count,
-        )
+        (self.inner, format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count)
     }
 }
 
@@ -142,11 +134,7 @@ pub fn worth_compressing(tree: &Tree) -> anyhow::Result<bool> {
 }
 
 /// Writes `tree` as a blob into `dir` (a temporary name, then renamed to its digest).
-pub fn write_blob(
-    tree: &Tree,
-    encoding: Encoding,
-    dir: &Path,
-) -> anyhow::Result<(LayerBlob, PathBuf)> {
+pub fn write_blob(tree: &Tree, encoding: Encoding, dir: &Path) -> anyhow::Result<(LayerBlob, PathBuf)> {
     fs::create_dir_all(dir)?;
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let file = tmp.reopen()?;
@@ -175,17 +163,8 @@ pub fn write_blob(
     buf.flush()?;
     buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let path = dir.join(digest.trim_start_matches("sha256:"));
-    tmp.persist(&path)
-        .with_context(|| format!("storing blob {}", path.display()))?;
-    Ok((
-        LayerBlob {
-            diff_id,
-            digest,
-            size,
-            media_type: encoding.media_type().to_string(),
-        },
-        path,
-    ))
+    tmp.persist(&path).with_context(|| format!("storing blob {}", path.display()))?;
+    Ok((LayerBlob { diff_id, digest, size, media_type: encoding.media_type().to_string() }, path))
 }
 
 /// The builder's disk cache (one directory, safe to delete at any time):
@@ -224,12 +203,7 @@ impl Cache {
 
     /// A cached layer, if its descriptor and its blob are both still on disk.
     pub fn layer(&self, key: &str) -> Option<LayerBlob> {
-        let text = fs::read(
-            self.root
-                .join("layers")
-                .join(format!("{}.json", file_key(key))),
-        )
-        .ok()?;
+        let text = fs::read(self.root.join("layers").join(format!("{}.json", file_key(key)))).ok()?;
         let blob: LayerBlob = serde_json::from_slice(&text).ok()?;
         let meta = fs::metadata(self.blob_path(&blob.digest)).ok()?;
         (meta.len() == blob.size).then_some(blob)
@@ -240,12 +214,7 @@ impl Cache {
     }
 
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Option<T> {
-        let text = fs::read(
-            self.root
-                .join("meta")
-                .join(format!("{}.json", file_key(key))),
-        )
-        .ok()?;
+        let text = fs::read(self.root.join("meta").join(format!("{}.json", file_key(key)))).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
@@ -284,12 +253,7 @@ mod tests {
     fn blob_digest_matches_its_bytes_and_diff_id_matches_the_tar() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = Tree::new();
-        t.file(
-            "a/b.txt",
-            Source::Bytes(b"hello hello hello".to_vec()),
-            false,
-            &|_| 0,
-        );
+        t.file("a/b.txt", Source::Bytes(b"hello hello hello".to_vec()), false, &|_| 0);
         for enc in [Encoding::Zstd, Encoding::Gzip, Encoding::None] {
             let (blob, path) = write_blob(&t, enc, dir.path()).unwrap();
             let bytes = fs::read(&path).unwrap();
@@ -319,12 +283,7 @@ mod tests {
         t.add_dir_all(dir.path(), "m", &|_| 0, &|_| false).unwrap();
         assert!(!worth_compressing(&t).unwrap());
         let mut t = Tree::new();
-        t.file(
-            "a.txt",
-            Source::Bytes("abc ".repeat(100_000).into_bytes()),
-            false,
-            &|_| 0,
-        );
+        t.file("a.txt", Source::Bytes("abc ".repeat(100_000).into_bytes()), false, &|_| 0);
         assert!(worth_compressing(&t).unwrap());
     }
 }

@@ -12,9 +12,7 @@ use crate::base::{self, ResolvedBase};
 use crate::bento::BentoInfo;
 use crate::blob::{self, Cache, Compression};
 use crate::image::{self, AddedLayer, Platform};
-use crate::layers::{
-    Built, Ctx, bento_layer, commands_layer, deps_layer, model_layer, small_layer, user_layer,
-};
+use crate::layers::{Built, Ctx, bento_layer, commands_layer, deps_layer, model_layer, small_layer, user_layer};
 use crate::progress::{BlobAction, Event, LayerKind, Progress};
 use crate::python::{self, Target, VENV};
 use crate::registry::{self, ImageRef, Mount, Registry, auth};
@@ -63,11 +61,7 @@ pub struct BuildConfig {
 }
 
 impl BuildConfig {
-    pub fn new(
-        bento: impl Into<String>,
-        registry: impl Into<String>,
-        cache_dir: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(bento: impl Into<String>, registry: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             bento: bento.into(),
             registry: registry.into(),
@@ -123,9 +117,7 @@ pub struct BuildOutcome {
 impl BuildOutcome {
     /// Layers that did not need uploading (already in the registry, or mounted).
     pub fn reused(&self) -> impl Iterator<Item = &LayerReport> {
-        self.layers
-            .iter()
-            .filter(|l| matches!(l.action, BlobAction::Present | BlobAction::Mounted))
+        self.layers.iter().filter(|l| matches!(l.action, BlobAction::Present | BlobAction::Mounted))
     }
 }
 
@@ -136,20 +128,12 @@ pub enum BuildError {
          {want}: pass --base with an image that has it (e.g. python:{want}-slim), or rebuild the \
          bento with image.python_version matching the base"
     )]
-    BasePython {
-        base: String,
-        want: String,
-        have: String,
-    },
+    BasePython { base: String, want: String, have: String },
     #[error(
         "bento {bento} needs steps that only a Dockerfile RUN can do, and this builder assembles \
          layers without running anything in the image: {steps:?}. {hint}"
     )]
-    RunStepsRefused {
-        bento: String,
-        steps: Vec<String>,
-        hint: String,
-    },
+    RunStepsRefused { bento: String, steps: Vec<String>, hint: String },
     #[error("--registry {0:?} must be HOST[:PORT]/REPOSITORY without a tag or digest")]
     RegistryWithTag(String),
 }
@@ -203,22 +187,14 @@ pub async fn build(
         None => Platform::host(),
     };
     let cache = Cache::new(&cfg.cache_dir)?;
-    let ctx = Ctx {
-        cfg,
-        cache,
-        progress,
-        encoding: cfg.compression.into(),
-    };
+    let ctx = Ctx { cfg, cache, progress, encoding: cfg.compression.into() };
 
     // Registry first: an unreachable registry or bad credentials fail before any work.
     let creds = auth::lookup(cfg.docker_config.as_deref(), &target.registry)?;
     let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
     treg.ping().await?;
 
-    let work_root = cfg
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| default_work_dir(&ctx.cache));
+    let work_root = cfg.work_dir.clone().unwrap_or_else(|| default_work_dir(&ctx.cache));
     let work = tempfile::Builder::new()
         .prefix("yatai-build-")
         .tempdir_in(&work_root)
@@ -233,11 +209,7 @@ pub async fn build(
         && let Some(d) = treg.manifest_digest(&target.repository, &image_tag).await?
     {
         let reference = image_ref.with_digest(&d).to_string();
-        progress.event(&Event::Done {
-            reference: reference.clone(),
-            bytes_pushed: 0,
-            already_built: true,
-        });
+        progress.event(&Event::Done { reference: reference.clone(), bytes_pushed: 0, already_built: true });
         return Ok(BuildOutcome {
             bento: bento.tag(),
             reference,
@@ -256,23 +228,13 @@ pub async fn build(
     if !post.is_empty() {
         let hint = "post_commands and setup_script run on top of the installed Python environment and \
                     are not supported: remove them, or build this bento with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused {
-            bento: bento.tag(),
-            steps: post,
-            hint: hint.into(),
-        }
-        .into());
+        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: post, hint: hint.into() }.into());
     }
     let pre = bento.pre_install_steps();
     if !pre.is_empty() && !cfg.run_commands {
         let hint = "Pass --run-commands to run them in a sandbox on this host (overlay + chroot, \
                     needs root), remove them from the bento, or build it with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused {
-            bento: bento.tag(),
-            steps: pre,
-            hint: hint.into(),
-        }
-        .into());
+        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: pre, hint: hint.into() }.into());
     }
     if bento.has_default_command() {
         ctx.step(
@@ -309,10 +271,7 @@ pub async fn build(
             (p.clone(), m, None)
         }
         None => {
-            ctx.step(format!(
-                "reading the base image's files (once per base digest {})",
-                &base.digest[..19]
-            ));
+            ctx.step(format!("reading the base image's files (once per base digest {})", &base.digest[..19]));
             let facts = base::scan(breg, &base, &ctx.cache).await?;
             let minor = match &minor_wanted {
                 Some(m) => m.clone(),
@@ -326,12 +285,7 @@ pub async fn build(
                     } else {
                         facts.pythons.join(", ")
                     };
-                    return Err(BuildError::BasePython {
-                        base: base_ref.to_string(),
-                        want: minor,
-                        have,
-                    }
-                    .into());
+                    return Err(BuildError::BasePython { base: base_ref.to_string(), want: minor, have }.into());
                 }
             }
         }
@@ -339,12 +293,7 @@ pub async fn build(
     if let Some(m) = &minor_wanted
         && *m != minor
     {
-        return Err(BuildError::BasePython {
-            base: base_ref.to_string(),
-            want: m.clone(),
-            have: python_path,
-        }
-        .into());
+        return Err(BuildError::BasePython { base: base_ref.to_string(), want: m.clone(), have: python_path }.into());
     }
 
     // Layers, from the most to the least shared.
@@ -353,10 +302,7 @@ pub async fn build(
         built.push(commands_layer(&ctx, breg, &base, &bento, &pre, &platform).await?);
     }
     built.push(user_layer(&ctx, facts.as_ref())?);
-    let target_py = Target {
-        uv_platform: platform.uv_platform()?,
-        python: minor.clone(),
-    };
+    let target_py = Target { uv_platform: platform.uv_platform()?, python: minor.clone() };
     built.push(deps_layer(&ctx, &bento, &bento_dir, &target_py, work.path()).await?);
     built.push(small_layer(
         &ctx,
@@ -367,23 +313,11 @@ pub async fn build(
     )?);
     for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
         // A model already turned into a layer is not downloaded again.
-        let source_key = source
-            .model_key(m)
-            .await?
-            .map(|k| format!("model-source:{FORMAT}:{k}:{:?}", ctx.encoding));
+        let source_key = source.model_key(m).await?.map(|k| format!("model-source:{FORMAT}:{k}:{:?}", ctx.encoding));
         if let Some(blob) = source_key.as_deref().and_then(|k| ctx.cache.layer(k)) {
-            ctx.step(format!(
-                "model {} unchanged on the server: layer from cache, not downloaded",
-                m.tag()
-            ));
+            ctx.step(format!("model {} unchanged on the server: layer from cache, not downloaded", m.tag()));
             let created_by = format!("yatai-rs: model {}", m.tag());
-            built.push(Built {
-                kind: LayerKind::Model,
-                name: m.tag(),
-                blob,
-                cached: true,
-                created_by,
-            });
+            built.push(Built { kind: LayerKind::Model, name: m.tag(), blob, cached: true, created_by });
             continue;
         }
         ctx.step(format!("fetching model {}", m.tag()));
@@ -405,13 +339,8 @@ pub async fn build(
         });
     }
 
-    let added: Vec<AddedLayer> = built
-        .iter()
-        .map(|b| AddedLayer {
-            blob: b.blob.clone(),
-            created_by: b.created_by.clone(),
-        })
-        .collect();
+    let added: Vec<AddedLayer> =
+        built.iter().map(|b| AddedLayer { blob: b.blob.clone(), created_by: b.created_by.clone() }).collect();
     let config = image::config(&image::ConfigInput {
         base_config: &base.config,
         bento: &bento,
@@ -429,10 +358,7 @@ pub async fn build(
     let mut reports = Vec::new();
     let push_scopes = vec![registry::push(&target.repository)];
     for (i, l) in base.layers.iter().enumerate() {
-        let digest = l
-            .get("digest")
-            .and_then(Value::as_str)
-            .context("base layer without digest")?;
+        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
         let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
         let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
         let action = if media.contains("foreign") || media.contains("nondistributable") {
@@ -443,17 +369,9 @@ pub async fn build(
         if action == BlobAction::Copied {
             bytes_pushed += size;
         }
-        progress.event(&Event::Blob {
-            digest: digest.into(),
-            size,
-            action,
-        });
-        let diff_id = base
-            .config
-            .pointer(&format!("/rootfs/diff_ids/{i}"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        progress.event(&Event::Blob { digest: digest.into(), size, action });
+        let diff_id =
+            base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").to_string();
         reports.push(LayerReport {
             kind: LayerKind::Base,
             name: base_ref.to_string(),
@@ -467,23 +385,12 @@ pub async fn build(
     }
     for b in &built {
         let path = ctx.cache.blob_path(&b.blob.digest);
-        let action = ensure_local_blob(
-            &treg,
-            &target.repository,
-            &b.blob.digest,
-            b.blob.size,
-            &path,
-            &push_scopes,
-        )
-        .await?;
+        let action =
+            ensure_local_blob(&treg, &target.repository, &b.blob.digest, b.blob.size, &path, &push_scopes).await?;
         if action == BlobAction::Uploaded {
             bytes_pushed += b.blob.size;
         }
-        progress.event(&Event::Blob {
-            digest: b.blob.digest.clone(),
-            size: b.blob.size,
-            action,
-        });
+        progress.event(&Event::Blob { digest: b.blob.digest.clone(), size: b.blob.size, action });
         reports.push(LayerReport {
             kind: b.kind,
             name: b.name.clone(),
@@ -511,24 +418,12 @@ pub async fn build(
         bytes_pushed += config_bytes.len() as u64;
     }
 
-    progress.event(&Event::PushingManifest {
-        reference: image_ref.to_string(),
-    });
-    let digest = treg
-        .put_manifest(
-            &target.repository,
-            &image_tag,
-            &manifest_bytes,
-            registry::MEDIA_OCI_MANIFEST,
-        )
-        .await?;
+    progress.event(&Event::PushingManifest { reference: image_ref.to_string() });
+    let digest =
+        treg.put_manifest(&target.repository, &image_tag, &manifest_bytes, registry::MEDIA_OCI_MANIFEST).await?;
     bytes_pushed += manifest_bytes.len() as u64;
     let reference = image_ref.with_digest(&digest).to_string();
-    progress.event(&Event::Done {
-        reference: reference.clone(),
-        bytes_pushed,
-        already_built: false,
-    });
+    progress.event(&Event::Done { reference: reference.clone(), bytes_pushed, already_built: false });
     Ok(BuildOutcome {
         bento: bento.tag(),
         reference,
@@ -550,8 +445,7 @@ fn default_work_dir(cache: &Cache) -> PathBuf {
         let c = std::ffi::CString::new("/dev/shm").ok()?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid path and a zeroed out-struct.
-        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-            .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+        (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
     })();
     match free {
         Some(f) if f >= MIN_FREE && tempfile::tempdir_in(shm).is_ok() => shm.to_path_buf(),
@@ -594,10 +488,7 @@ async fn ensure_remote_blob(
     }
     let location = if same_registry && base.reference.repository != *repo {
         scopes.push(registry::pull(&base.reference.repository));
-        match treg
-            .mount_blob(repo, digest, &base.reference.repository, &scopes)
-            .await
-        {
+        match treg.mount_blob(repo, digest, &base.reference.repository, &scopes).await {
             Ok(Mount::Mounted) => return Ok(BlobAction::Mounted),
             Ok(Mount::Upload(loc)) => loc,
             // Any mount failure (e.g. a token without pull on the source) means "upload it".
@@ -611,8 +502,7 @@ async fn ensure_remote_blob(
     };
     let resp = breg.get_blob(&base.reference.repository, digest).await?;
     let body = reqwest::Body::wrap_stream(resp.bytes_stream());
-    treg.put_blob_stream(&location, digest, size, body, &scopes)
-        .await?;
+    treg.put_blob_stream(&location, digest, size, body, &scopes).await?;
     Ok(BlobAction::Copied)
 }
 

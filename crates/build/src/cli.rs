@@ -83,8 +83,7 @@ impl BuildArgs {
     pub fn config(&self) -> anyhow::Result<BuildConfig> {
         let cache_dir = match &self.cache_dir {
             Some(d) => d.clone(),
-            None => default_cache_dir()
-                .context("no --cache-dir and no HOME to put the build cache in")?,
+            None => default_cache_dir().context("no --cache-dir and no HOME to put the build cache in")?,
         };
         let mut c = BuildConfig::new(&self.tag, &self.registry, cache_dir);
         c.base = self.base.clone();
@@ -103,24 +102,16 @@ impl BuildArgs {
     }
 
     pub fn source(&self) -> anyhow::Result<Box<dyn BentoSource>> {
-        let home = self
-            .bentoml_home
-            .clone()
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join("bentoml")));
+        let home =
+            self.bentoml_home.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join("bentoml")));
         if let Some(p) = &self.bento_path {
-            return Ok(Box::new(LocalSource {
-                bento: Some(p.clone()),
-                bentoml_home: home,
-            }));
+            return Ok(Box::new(LocalSource { bento: Some(p.clone()), bentoml_home: home }));
         }
         if let Some(e) = &self.endpoint {
             let token = self.api_token.clone().unwrap_or_default();
             return Ok(Box::new(YataiSource::new(e, &token)?));
         }
-        Ok(Box::new(LocalSource {
-            bento: None,
-            bentoml_home: home,
-        }))
+        Ok(Box::new(LocalSource { bento: None, bentoml_home: home }))
     }
 }
 
@@ -145,8 +136,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let source = args.source()?;
     let outcome = build(&cfg, source.as_ref(), &Stderr(std::time::Instant::now())).await?;
     if let Some(p) = &args.json_report {
-        std::fs::write(p, serde_json::to_vec_pretty(&outcome)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&outcome)?).with_context(|| format!("writing {}", p.display()))?;
     }
     if !outcome.already_built {
         let reused = outcome.reused().count();

@@ -77,11 +77,7 @@ impl Platform {
             ("arm64", None) => Some("v8".to_string()),
             (_, v) => v,
         };
-        Ok(Self {
-            os: os.into(),
-            architecture: arch.into(),
-            variant,
-        })
+        Ok(Self { os: os.into(), architecture: arch.into(), variant })
     }
 
     pub fn host() -> Self {
@@ -142,11 +138,7 @@ pub struct ConfigInput<'a> {
 /// The image config: the base's, with BentoML's Dockerfile applied on top (§1.1 of the design).
 pub fn config(input: &ConfigInput) -> Value {
     let base = input.base_config;
-    let mut cfg = base
-        .get("config")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut cfg = base.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
 
     let mut env: Vec<(String, String)> = cfg
         .get("Env")
@@ -195,38 +187,20 @@ pub fn config(input: &ConfigInput) -> Value {
     }
     let path = format!("{VENV}/bin:{base_path}");
     set("PATH", &path);
-    cfg.insert(
-        "Env".into(),
-        Value::Array(
-            env.into_iter()
-                .map(|(k, v)| Value::String(format!("{k}={v}")))
-                .collect(),
-        ),
-    );
+    cfg.insert("Env".into(), Value::Array(env.into_iter().map(|(k, v)| Value::String(format!("{k}={v}"))).collect()));
 
-    cfg.insert(
-        "Entrypoint".into(),
-        json!([format!("{BENTO_PATH}/env/docker/entrypoint.sh")]),
-    );
+    cfg.insert("Entrypoint".into(), json!([format!("{BENTO_PATH}/env/docker/entrypoint.sh")]));
     // Docker resets the base's CMD when ENTRYPOINT is set; without this, entrypoint.sh would
     // exec python3's REPL.
     cfg.insert("Cmd".into(), Value::Null);
     cfg.insert("WorkingDir".into(), json!(BENTO_PATH));
     // Numeric, so Kubernetes runAsNonRoot can verify it.
     cfg.insert("User".into(), json!("1034:1034"));
-    let mut ports = cfg
-        .get("ExposedPorts")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut ports = cfg.get("ExposedPorts").and_then(Value::as_object).cloned().unwrap_or_default();
     ports.insert("3000/tcp".into(), json!({}));
     ports.insert("3001/tcp".into(), json!({}));
     cfg.insert("ExposedPorts".into(), Value::Object(ports));
-    let mut labels = cfg
-        .get("Labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut labels = cfg.get("Labels").and_then(Value::as_object).cloned().unwrap_or_default();
     for (k, v) in &input.bento.labels {
         labels.insert(k.clone(), json!(v));
     }
@@ -245,21 +219,12 @@ pub fn config(input: &ConfigInput) -> Value {
     cfg.insert("Labels".into(), Value::Object(labels));
 
     let created = created_time(&b.creation_time);
-    let mut diff_ids: Vec<Value> = base
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut history: Vec<Value> = base
-        .get("history")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut diff_ids: Vec<Value> =
+        base.pointer("/rootfs/diff_ids").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut history: Vec<Value> = base.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
     for l in input.layers {
         diff_ids.push(json!(l.blob.diff_id));
-        history.push(
-            json!({"created": created, "created_by": l.created_by, "comment": "yatai-rs build"}),
-        );
+        history.push(json!({"created": created, "created_by": l.created_by, "comment": "yatai-rs build"}));
     }
 
     let mut out = Map::new();
@@ -270,10 +235,7 @@ pub fn config(input: &ConfigInput) -> Value {
     }
     out.insert("created".into(), json!(created));
     out.insert("config".into(), Value::Object(cfg));
-    out.insert(
-        "rootfs".into(),
-        json!({"type": "layers", "diff_ids": diff_ids}),
-    );
+    out.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
     out.insert("history".into(), Value::Array(history));
     Value::Object(out)
 }
@@ -302,20 +264,14 @@ pub fn manifest(
         .iter()
         .map(|l| {
             let mut l = l.clone();
-            if let Some(mt) = l
-                .get("mediaType")
-                .and_then(Value::as_str)
-                .map(oci_layer_media_type)
-            {
+            if let Some(mt) = l.get("mediaType").and_then(Value::as_str).map(oci_layer_media_type) {
                 l["mediaType"] = json!(mt);
             }
             l
         })
         .collect();
     for a in added {
-        layers.push(
-            json!({"mediaType": a.blob.media_type, "digest": a.blob.digest, "size": a.blob.size}),
-        );
+        layers.push(json!({"mediaType": a.blob.media_type, "digest": a.blob.digest, "size": a.blob.size}));
     }
     json!({
         "schemaVersion": 2,
@@ -351,12 +307,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_everywhere() {
-        let v: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":"é"}],"c":null}}"#).unwrap();
-        assert_eq!(
-            String::from_utf8(canonical(&v)).unwrap(),
-            r#"{"a":{"c":null,"z":[{"x":"é","y":1}]},"b":1}"#
-        );
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":"é"}],"c":null}}"#).unwrap();
+        assert_eq!(String::from_utf8(canonical(&v)).unwrap(), r#"{"a":{"c":null,"z":[{"x":"é","y":1}]},"b":1}"#);
     }
 
     #[test]
@@ -369,18 +321,9 @@ mod tests {
 
     #[test]
     fn created_is_whole_seconds() {
-        assert_eq!(
-            created_time("2026-11-24T20:49:03.330029+00:00"),
-            "2026-11-24T20:49:03Z"
-        );
-        assert_eq!(
-            created_time("2026-11-24 20:49:03.330029"),
-            "2026-11-24T20:49:03Z"
-        );
-        assert_eq!(
-            created_time("2026-11-24T20:49:03+02:00"),
-            "2026-11-24T20:49:03+02:00"
-        );
+        assert_eq!(created_time("2026-11-24T20:49:03.330029+00:00"), "2026-11-24T20:49:03Z");
+        assert_eq!(created_time("2026-11-24 20:49:03.330029"), "2026-11-24T20:49:03Z");
+        assert_eq!(created_time("2026-11-24T20:49:03+02:00"), "2026-11-24T20:49:03+02:00");
     }
 
     #[test]
@@ -392,16 +335,8 @@ mod tests {
              envs: [{name: A, value: x}, {name: R, value: y, stage: runtime}, {name: E}]\n",
         )
         .unwrap();
-        let blob = LayerBlob {
-            diff_id: "sha256:2".into(),
-            digest: "sha256:3".into(),
-            size: 1,
-            media_type: "m".into(),
-        };
-        let layers = [AddedLayer {
-            blob,
-            created_by: "bento".into(),
-        }];
+        let blob = LayerBlob { diff_id: "sha256:2".into(), digest: "sha256:3".into(), size: 1, media_type: "m".into() };
+        let layers = [AddedLayer { blob, created_by: "bento".into() }];
         let c = config(&ConfigInput {
             base_config: &base,
             bento: &bento,
@@ -412,19 +347,11 @@ mod tests {
         });
         assert_eq!(c["config"]["Cmd"], Value::Null);
         assert_eq!(c["config"]["User"], "1034:1034");
-        let env: Vec<&str> = c["config"]["Env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let env: Vec<&str> = c["config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert!(env.contains(&"PATH=/app/.venv/bin:/usr/bin:/bin"));
         assert!(env.contains(&"LANG=C.UTF-8"));
         assert!(env.contains(&"A=x") && env.contains(&"E="));
-        assert!(
-            !env.iter().any(|e| e.starts_with("R=")),
-            "runtime envs are not baked in"
-        );
+        assert!(!env.iter().any(|e| e.starts_with("R=")), "runtime envs are not baked in");
         assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:1", "sha256:2"]));
         assert_eq!(c["history"].as_array().unwrap().len(), 2);
         assert_eq!(c["config"]["Labels"]["a"], "b");

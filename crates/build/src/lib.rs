@@ -26,8 +26,6 @@ pub mod source;
 pub mod tarball;
 
 pub use blob::Compression;
-pub use builder::{
-    BuildConfig, BuildError, BuildOutcome, FailureKind, LayerReport, build, failure_kind,
-};
+pub use builder::{BuildConfig, BuildError, BuildOutcome, FailureKind, LayerReport, build, failure_kind};
 pub use cli::{BuildArgs, run};
 pub use progress::{BlobAction, Event, LayerKind, Progress};

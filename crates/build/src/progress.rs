@@ -62,7 +62,9 @@ pub enum Event {
         action: BlobAction,
     },
     /// All blobs are in the registry; the manifest (the commit) is next.
-    PushingManifest { reference: String },
+    PushingManifest {
+        reference: String,
+    },
     Done {
         reference: String,
         bytes_pushed: u64,
@@ -74,24 +76,14 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Event::Step(s) => f.write_str(s),
-            Event::Layer {
-                kind,
-                name,
-                digest,
-                size,
-                cached,
-            } => write!(
+            Event::Layer { kind, name, digest, size, cached } => write!(
                 f,
                 "layer {kind} {name}: {} ({}){}",
                 short(digest),
                 human(*size),
                 if *cached { ", from cache" } else { "" }
             ),
-            Event::Blob {
-                digest,
-                size,
-                action,
-            } => {
+            Event::Blob { digest, size, action } => {
                 let what = match action {
                     BlobAction::Present => "already in the registry",
                     BlobAction::Mounted => "mounted",
@@ -101,11 +93,7 @@ impl fmt::Display for Event {
                 write!(f, "blob {} ({}): {what}", short(digest), human(*size))
             }
             Event::PushingManifest { reference } => write!(f, "pushing manifest {reference}"),
-            Event::Done {
-                reference,
-                bytes_pushed,
-                already_built,
-            } => {
+            Event::Done { reference, bytes_pushed, already_built } => {
                 if *already_built {
                     write!(f, "already built: {reference}")
                 } else {

@@ -14,11 +14,7 @@ pub const VENV: &str = "/app/.venv";
 
 /// Owner rule for everything under `/app`: the venv belongs to the bento user, `/app` to root.
 pub fn venv_owner(path: &str) -> u64 {
-    if path == "app/.venv" || path.starts_with("app/.venv/") {
-        BENTO_UID
-    } else {
-        0
-    }
+    if path == "app/.venv" || path.starts_with("app/.venv/") { BENTO_UID } else { 0 }
 }
 
 /// `3.11` from `3.11`, `3.11.7`, `python3.11`.
@@ -49,16 +45,9 @@ pub struct Uv {
 
 impl Uv {
     pub async fn version(&self) -> anyhow::Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--version")
-            .output()
-            .await
-            .with_context(|| {
-                format!(
-                    "running {} (uv is needed on the build host; `pip install uv`)",
-                    self.bin.display()
-                )
-            })?;
+        let out = Command::new(&self.bin).arg("--version").output().await.with_context(|| {
+            format!("running {} (uv is needed on the build host; `pip install uv`)", self.bin.display())
+        })?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
@@ -87,24 +76,11 @@ impl Uv {
     ) -> anyhow::Result<String> {
         let out_file = tempfile::NamedTempFile::new()?;
         let mut c = self.cmd(cwd, envs);
-        c.args([
-            "pip",
-            "compile",
-            "--quiet",
-            "--no-header",
-            "--no-annotate",
-            "--only-binary",
-            ":all:",
-        ])
-        .args([
-            "--python-platform",
-            &target.uv_platform,
-            "--python-version",
-            &target.python,
-        ])
-        .arg("--output-file")
-        .arg(out_file.path())
-        .arg(requirements);
+        c.args(["pip", "compile", "--quiet", "--no-header", "--no-annotate", "--only-binary", ":all:"])
+            .args(["--python-platform", &target.uv_platform, "--python-version", &target.python])
+            .arg("--output-file")
+            .arg(out_file.path())
+            .arg(requirements);
         if let Some(t) = exclude_newer {
             c.args(["--exclude-newer", t]);
         }
@@ -122,35 +98,18 @@ impl Uv {
         envs: &[(String, String)],
     ) -> anyhow::Result<()> {
         let mut c = self.cmd(cwd, envs);
-        c.args([
-            "pip",
-            "install",
-            "--quiet",
-            "--only-binary",
-            ":all:",
-            "--link-mode",
-            "copy",
-            "--no-compile",
-        ])
-        .args([
-            "--python-platform",
-            &target.uv_platform,
-            "--python-version",
-            &target.python,
-        ])
-        .arg("--target")
-        .arg(site)
-        .arg("-r")
-        .arg(requirements);
+        c.args(["pip", "install", "--quiet", "--only-binary", ":all:", "--link-mode", "copy", "--no-compile"])
+            .args(["--python-platform", &target.uv_platform, "--python-version", &target.python])
+            .arg("--target")
+            .arg(site)
+            .arg("-r")
+            .arg(requirements);
         run(c, "uv pip install", target).await
     }
 }
 
 async fn run(mut c: Command, what: &str, target: &Target) -> anyhow::Result<()> {
-    let out = c
-        .output()
-        .await
-        .with_context(|| format!("running {what}"))?;
+    let out = c.output().await.with_context(|| format!("running {what}"))?;
     if out.status.success() {
         return Ok(());
     }
@@ -159,12 +118,7 @@ async fn run(mut c: Command, what: &str, target: &Target) -> anyhow::Result<()> 
         || err.contains("building from source is disabled")
         || err.contains("no wheels with a matching")
     {
-        return Err(NoWheel {
-            platform: target.uv_platform.clone(),
-            python: target.python.clone(),
-            detail: err,
-        }
-        .into());
+        return Err(NoWheel { platform: target.uv_platform.clone(), python: target.python.clone(), detail: err }.into());
     }
     bail!("{what} failed ({}): {err}", out.status)
 }
@@ -229,23 +183,9 @@ fn rewrite_shebang(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Byte-compiles `site` for its in-image path with the host's python of the same minor,
 /// as unchecked-hash pycs (reproducible: no mtimes, no staging paths inside).
-pub async fn compile_bytecode(
-    host_python: &Path,
-    site: &Path,
-    image_site: &str,
-) -> anyhow::Result<()> {
+pub async fn compile_bytecode(host_python: &Path, site: &Path, image_site: &str) -> anyhow::Result<()> {
     let out = Command::new(host_python)
-        .args([
-            "-m",
-            "compileall",
-            "-q",
-            "-j",
-            "0",
-            "--invalidation-mode",
-            "unchecked-hash",
-            "-d",
-            image_site,
-        ])
+        .args(["-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-d", image_site])
         .arg(site)
         .env("PYTHONHASHSEED", "0")
         .stdin(Stdio::null())
@@ -255,10 +195,7 @@ pub async fn compile_bytecode(
     // compileall exits 1 when some file fails to compile (e.g. py2-only test files shipped in a
     // wheel); pip and uv tolerate that too, the module is then simply not precompiled.
     if !out.status.success() && out.status.code() != Some(1) {
-        bail!(
-            "compileall failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("compileall failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -272,9 +209,7 @@ pub fn find_host_python(minor: &str) -> Option<PathBuf> {
                 && std::process::Command::new(c)
                     .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
                     .output()
-                    .map(|o| {
-                        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == minor
-                    })
+                    .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == minor)
                     .unwrap_or(false)
         })
     })
@@ -284,34 +219,17 @@ pub fn find_host_python(minor: &str) -> Option<PathBuf> {
 /// inside the image, e.g. `/usr/bin/python3.11`).
 pub fn shim_tree(python: &str, minor: &str) -> Tree {
     let owner = venv_owner;
-    let home = python
-        .rsplit_once('/')
-        .map(|(d, _)| d)
-        .unwrap_or("/usr/bin");
+    let home = python.rsplit_once('/').map(|(d, _)| d).unwrap_or("/usr/bin");
     let mut t = Tree::new();
-    let cfg = format!(
-        "home = {home}\ninclude-system-site-packages = false\nversion = {minor}\nexecutable = {python}\n"
-    );
-    t.file(
-        "app/.venv/pyvenv.cfg",
-        Source::Bytes(cfg.into_bytes()),
-        false,
-        &owner,
-    );
+    let cfg =
+        format!("home = {home}\ninclude-system-site-packages = false\nversion = {minor}\nexecutable = {python}\n");
+    t.file("app/.venv/pyvenv.cfg", Source::Bytes(cfg.into_bytes()), false, &owner);
     t.symlink("app/.venv/bin/python", python, &owner);
     t.symlink("app/.venv/bin/python3", "python", &owner);
     t.symlink(&format!("app/.venv/bin/python{minor}"), "python", &owner);
     t.symlink("app/.venv/lib64", "lib", &owner);
-    t.dir(
-        &format!("app/.venv/lib/python{minor}/site-packages"),
-        &owner,
-    );
-    t.file(
-        "app/.venv/bin/activate",
-        Source::Bytes(ACTIVATE.as_bytes().to_vec()),
-        false,
-        &owner,
-    );
+    t.dir(&format!("app/.venv/lib/python{minor}/site-packages"), &owner);
+    t.file("app/.venv/bin/activate", Source::Bytes(ACTIVATE.as_bytes().to_vec()), false, &owner);
     t
 }
 
@@ -344,14 +262,8 @@ mod tests {
     fn shebangs_point_at_the_venv() {
         let s = rewrite_shebang(b"#!/root/.pyenv/versions/3.11.7/bin/python3\nimport x\n").unwrap();
         assert_eq!(s, b"#!/app/.venv/bin/python\nimport x\n");
-        let t = rewrite_shebang(
-            b"#!/bin/sh\n'''exec' '/very/long/python3' \"$0\" \"$@\"\n' '''\nimport x\n",
-        )
-        .unwrap();
-        assert_eq!(
-            String::from_utf8(t).unwrap(),
-            "#!/app/.venv/bin/python\nimport x\n"
-        );
+        let t = rewrite_shebang(b"#!/bin/sh\n'''exec' '/very/long/python3' \"$0\" \"$@\"\n' '''\nimport x\n").unwrap();
+        assert_eq!(String::from_utf8(t).unwrap(), "#!/app/.venv/bin/python\nimport x\n");
         assert!(rewrite_shebang(b"#!/bin/bash\necho\n").is_none());
         assert!(rewrite_shebang(b"\x7fELF").is_none());
     }

@@ -29,34 +29,18 @@ use crate::tarball::{ExactKind, Tree};
 const SKIP: &[&str] = &["proc", "sys", "dev", "tmp", "run"];
 
 /// The base's root filesystem, unpacked once per base digest under the cache.
-pub async fn base_rootfs(
-    reg: &Registry,
-    base: &ResolvedBase,
-    cache: &Cache,
-) -> anyhow::Result<PathBuf> {
-    let dir = cache
-        .root()
-        .join("rootfs")
-        .join(base.digest.trim_start_matches("sha256:"));
+pub async fn base_rootfs(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> anyhow::Result<PathBuf> {
+    let dir = cache.root().join("rootfs").join(base.digest.trim_start_matches("sha256:"));
     if dir.join(".complete").exists() {
         return Ok(dir.join("root"));
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("root"))?;
     for layer in &base.layers {
-        let digest = layer
-            .get("digest")
-            .and_then(Value::as_str)
-            .context("base layer without digest")?
-            .to_string();
-        let media = layer
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let digest = layer.get("digest").and_then(Value::as_str).context("base layer without digest")?.to_string();
+        let media = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
         let resp = reg.get_blob(&base.reference.repository, &digest).await?;
-        let reader =
-            tokio_util::io::StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
+        let reader = tokio_util::io::StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
         let root = dir.join("root");
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let sync = tokio_util::io::SyncIoBridge::new(reader);
@@ -86,16 +70,10 @@ fn apply_layer(r: impl Read, root: &Path) -> anyhow::Result<()> {
     for e in ar.entries()? {
         let mut e = e?;
         let path = e.path()?.into_owned();
-        if path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
-        {
+        if path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir)) {
             bail!("layer member {} escapes the root", path.display());
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = path.parent().unwrap_or(Path::new(""));
         if name == ".wh..wh..opq" {
             if let Ok(rd) = std::fs::read_dir(root.join(parent)) {
@@ -150,24 +128,15 @@ pub async fn commands_layer(
             "running image commands needs root (mount namespaces and overlayfs); run the builder as root or remove the commands"
         );
     }
-    let work = tempfile::Builder::new()
-        .prefix("commands-")
-        .tempdir_in(cache.tmp_dir())?;
-    let (upper, ovl_work, merged) = (
-        work.path().join("upper"),
-        work.path().join("work"),
-        work.path().join("merged"),
-    );
+    let work = tempfile::Builder::new().prefix("commands-").tempdir_in(cache.tmp_dir())?;
+    let (upper, ovl_work, merged) = (work.path().join("upper"), work.path().join("work"), work.path().join("merged"));
     for d in [&upper, &ovl_work, &merged] {
         std::fs::create_dir_all(d)?;
     }
     // A private copy of the host's resolver config: a command writing /etc/resolv.conf must not
     // write the host's.
     let resolv = work.path().join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-    )?;
+    std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
     let script = format!("set -eu\n{}\n", steps.join("\n"));
     let mut cmd = tokio::process::Command::new("unshare");
     cmd.args(["--mount", "--pid", "--fork", "--kill-child", "sh", "-c"])
@@ -193,23 +162,9 @@ exec chroot "$M" /usr/bin/env -i "$@""#,
         cmd.arg(format!("{k}={v}"));
     }
     cmd.args(["/bin/sh", "-c", &script]).stdin(Stdio::null());
-    let out = cmd
-        .output()
-        .await
-        .context("running unshare (util-linux) for the image commands")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for line in text
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-    {
+    let out = cmd.output().await.context("running unshare (util-linux) for the image commands")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for line in text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev() {
         log(format!("  | {line}"));
     }
     if !out.status.success() {
@@ -224,8 +179,7 @@ exec chroot "$M" /usr/bin/env -i "$@""#,
     let mut tree = Tree::new();
     capture(&upper, &upper, &mut tree)?;
     let blobs = cache.blobs_dir();
-    let (blob, _) =
-        tokio::task::spawn_blocking(move || blob::write_blob(&tree, encoding, &blobs)).await??;
+    let (blob, _) = tokio::task::spawn_blocking(move || blob::write_blob(&tree, encoding, &blobs)).await??;
     Ok(blob)
 }
 
@@ -241,12 +195,7 @@ fn capture(root: &Path, dir: &Path, tree: &mut Tree) -> anyhow::Result<()> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_str()
-            .context("non-UTF-8 path written by a command")?
-            .to_string();
+        let rel = path.strip_prefix(root).unwrap().to_str().context("non-UTF-8 path written by a command")?.to_string();
         if dir == root && SKIP.contains(&rel.as_str()) {
             continue;
         }
@@ -254,38 +203,18 @@ fn capture(root: &Path, dir: &Path, tree: &mut Tree) -> anyhow::Result<()> {
         let ft = m.file_type();
         let (mode, uid, gid) = (m.mode(), m.uid() as u64, m.gid() as u64);
         if ft.is_char_device() && m.rdev() == 0 {
-            let (parent, name) = rel
-                .rsplit_once('/')
-                .map(|(p, n)| (format!("{p}/"), n))
-                .unwrap_or((String::new(), rel.as_str()));
-            tree.exact(
-                &format!("{parent}.wh.{name}"),
-                ExactKind::Empty,
-                0o644,
-                0,
-                0,
-            );
+            let (parent, name) =
+                rel.rsplit_once('/').map(|(p, n)| (format!("{p}/"), n)).unwrap_or((String::new(), rel.as_str()));
+            tree.exact(&format!("{parent}.wh.{name}"), ExactKind::Empty, 0o644, 0, 0);
         } else if ft.is_dir() {
             tree.exact(&rel, ExactKind::Dir, mode, uid, gid);
             if is_opaque(&path) {
-                tree.exact(
-                    &format!("{rel}/.wh..wh..opq"),
-                    ExactKind::Empty,
-                    0o644,
-                    0,
-                    0,
-                );
+                tree.exact(&format!("{rel}/.wh..wh..opq"), ExactKind::Empty, 0o644, 0, 0);
             }
             capture(root, &path, tree)?;
         } else if ft.is_symlink() {
             let t = std::fs::read_link(&path)?;
-            tree.exact(
-                &rel,
-                ExactKind::Symlink(t.to_str().context("non-UTF-8 symlink")?.into()),
-                0o777,
-                uid,
-                gid,
-            );
+            tree.exact(&rel, ExactKind::Symlink(t.to_str().context("non-UTF-8 symlink")?.into()), 0o777, uid, gid);
         } else if ft.is_file() {
             tree.exact(&rel, ExactKind::File(path.clone()), mode, uid, gid);
         }
@@ -301,13 +230,6 @@ fn is_opaque(p: &Path) -> bool {
     let name = c"trusted.overlay.opaque";
     let mut buf = [0u8; 4];
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     n == 1 && buf[0] == b'y'
 }

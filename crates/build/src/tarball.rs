@@ -98,9 +98,7 @@ impl Tree {
             }
             acc.push_str(part);
             let uid = owner(&acc);
-            self.entries
-                .entry(acc.clone())
-                .or_insert(Entry::Dir { uid });
+            self.entries.entry(acc.clone()).or_insert(Entry::Dir { uid });
         }
     }
 
@@ -110,14 +108,7 @@ impl Tree {
             self.dir(parent, owner);
         }
         let uid = owner(&path);
-        self.entries.insert(
-            path,
-            Entry::File {
-                src,
-                executable,
-                uid,
-            },
-        );
+        self.entries.insert(path, Entry::File { src, executable, uid });
     }
 
     pub fn symlink(&mut self, path: &str, target: &str, owner: &dyn Fn(&str) -> u64) {
@@ -126,26 +117,12 @@ impl Tree {
             self.dir(parent, owner);
         }
         let uid = owner(&path);
-        self.entries.insert(
-            path,
-            Entry::Symlink {
-                target: target.to_string(),
-                uid,
-            },
-        );
+        self.entries.insert(path, Entry::Symlink { target: target.to_string(), uid });
     }
 
     /// Adds an entry with its own metadata; parents must be added by the caller.
     pub fn exact(&mut self, path: &str, kind: ExactKind, mode: u32, uid: u64, gid: u64) {
-        self.entries.insert(
-            path.trim_matches('/').to_string(),
-            Entry::Exact {
-                kind,
-                mode,
-                uid,
-                gid,
-            },
-        );
+        self.entries.insert(path.trim_matches('/').to_string(), Entry::Exact { kind, mode, uid, gid });
     }
 
     /// Adds everything under `src` (not `src` itself) below `dest`, skipping paths for which
@@ -170,31 +147,21 @@ impl Tree {
         owner: &dyn Fn(&str) -> u64,
         skip: &dyn Fn(&str) -> bool,
     ) -> anyhow::Result<()> {
-        let rd =
-            fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
+        let rd = fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
         for item in rd {
             let item = item?;
             let path = item.path();
             let rel = path.strip_prefix(root).expect("walk stays under root");
-            let rel = rel
-                .to_str()
-                .with_context(|| format!("non-UTF-8 path {}", path.display()))?;
+            let rel = rel.to_str().with_context(|| format!("non-UTF-8 path {}", path.display()))?;
             if skip(rel) {
                 continue;
             }
-            let target = if dest.is_empty() {
-                rel.to_string()
-            } else {
-                format!("{dest}/{rel}")
-            };
+            let target = if dest.is_empty() { rel.to_string() } else { format!("{dest}/{rel}") };
             let meta = fs::symlink_metadata(&path)?;
             let ft = meta.file_type();
             if ft.is_symlink() {
                 let link = fs::read_link(&path)?;
-                let link = link
-                    .to_str()
-                    .context("non-UTF-8 symlink target")?
-                    .to_string();
+                let link = link.to_str().context("non-UTF-8 symlink target")?.to_string();
                 self.symlink(&target, &link, owner);
             } else if ft.is_dir() {
                 self.dir(&target, owner);
@@ -203,10 +170,7 @@ impl Tree {
                 let executable = meta.permissions().mode() & 0o111 != 0;
                 self.file(&target, Source::Path(path.clone()), executable, owner);
             } else {
-                bail!(
-                    "{} is neither a file, a directory nor a symlink",
-                    path.display()
-                );
+                bail!("{} is neither a file, a directory nor a symlink", path.display());
             }
         }
         Ok(())
@@ -238,12 +202,7 @@ impl Tree {
                     h.set_size(0);
                     b.append_link(&mut h, path, target)?;
                 }
-                Entry::Exact {
-                    kind,
-                    mode,
-                    uid,
-                    gid,
-                } => {
+                Entry::Exact { kind, mode, uid, gid } => {
                     h.set_mode(*mode & 0o7777);
                     h.set_uid(*uid);
                     h.set_gid(*gid);
@@ -265,19 +224,14 @@ impl Tree {
                         }
                         ExactKind::File(p) => {
                             h.set_entry_type(tar::EntryType::Regular);
-                            let f = File::open(p)
-                                .with_context(|| format!("opening {}", p.display()))?;
+                            let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
                             let len = f.metadata()?.len();
                             h.set_size(len);
                             b.append_data(&mut h, path, f.take(len))?;
                         }
                     }
                 }
-                Entry::File {
-                    src,
-                    executable,
-                    uid,
-                } => {
+                Entry::File { src, executable, uid } => {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_mode(if *executable { 0o755 } else { 0o644 });
                     h.set_uid(*uid);
@@ -288,8 +242,7 @@ impl Tree {
                             b.append_data(&mut h, path, data.as_slice())?;
                         }
                         Source::Path(p) => {
-                            let f = File::open(p)
-                                .with_context(|| format!("opening {}", p.display()))?;
+                            let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
                             let len = f.metadata()?.len();
                             h.set_size(len);
                             // `take` guards against a file growing while it is read.
@@ -315,9 +268,7 @@ pub fn open_archive(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f)))
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(
-            io::BufReader::new(f),
-        ))
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::new(f)))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::stream::read::Decoder::new(f)?)
     } else {
@@ -340,10 +291,7 @@ pub fn extract_safe(reader: impl Read, dest: &Path) -> anyhow::Result<()> {
             match c {
                 Component::Normal(p) => clean.push(p),
                 Component::CurDir => {}
-                _ => bail!(
-                    "archive member {} escapes the extraction directory",
-                    path.display()
-                ),
+                _ => bail!("archive member {} escapes the extraction directory", path.display()),
             }
         }
         if clean.as_os_str().is_empty() {
@@ -368,10 +316,7 @@ pub fn extract_safe(reader: impl Read, dest: &Path) -> anyhow::Result<()> {
             }
         }
         if !entry.unpack_in(dest)? {
-            bail!(
-                "archive member {} escapes the extraction directory",
-                path.display()
-            );
+            bail!("archive member {} escapes the extraction directory", path.display());
         }
     }
     Ok(())
@@ -399,13 +344,7 @@ mod tests {
         }
         let tar_of = |d: &Path| {
             let mut t = Tree::new();
-            t.add_dir_all(
-                d,
-                "home/x",
-                &|p| if p.starts_with("home/x") { 7 } else { 0 },
-                &|_| false,
-            )
-            .unwrap();
+            t.add_dir_all(d, "home/x", &|p| if p.starts_with("home/x") { 7 } else { 0 }, &|_| false).unwrap();
             t.write_to(Vec::new()).unwrap()
         };
         let (ta, tb) = (tar_of(a.path()), tar_of(b.path()));
@@ -429,15 +368,7 @@ mod tests {
         let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "home/",
-                "home/x/",
-                "home/x/a.sh",
-                "home/x/z/",
-                "home/x/z/link",
-                "home/x/z/y/",
-                "home/x/z/y/f.txt"
-            ]
+            ["home/", "home/x/", "home/x/a.sh", "home/x/z/", "home/x/z/link", "home/x/z/y/", "home/x/z/y/f.txt"]
         );
         assert_eq!(got[0].2, 0, "home/ stays root-owned");
         assert_eq!(got[1].2, 7);
@@ -454,11 +385,8 @@ mod tests {
         t.file(&long, Source::Bytes(b"x".to_vec()), false, &root_owner);
         let bytes = t.write_to(Vec::new()).unwrap();
         let mut ar = tar::Archive::new(bytes.as_slice());
-        let names: Vec<String> = ar
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> =
+            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert!(names.contains(&long));
     }
 

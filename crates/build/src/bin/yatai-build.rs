@@ -4,11 +4,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "yatai-build",
-    version,
-    about = "Build a bento's OCI image and push it (no Docker daemon)"
-)]
+#[command(name = "yatai-build", version, about = "Build a bento's OCI image and push it (no Docker daemon)")]
 struct Cli {
     #[command(flatten)]
     args: yatai_build::BuildArgs,

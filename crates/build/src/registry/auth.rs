@@ -65,8 +65,8 @@ pub fn lookup(config: Option<&Path>, registry: &str) -> anyhow::Result<Option<Cr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let cfg: DockerConfig = serde_json::from_slice(&text)
-        .with_context(|| format!("parsing docker config {}", path.display()))?;
+    let cfg: DockerConfig =
+        serde_json::from_slice(&text).with_context(|| format!("parsing docker config {}", path.display()))?;
     let keys = candidate_keys(registry);
     for k in &keys {
         if let Some(helper) = cfg.cred_helpers.get(k) {
@@ -75,8 +75,7 @@ pub fn lookup(config: Option<&Path>, registry: &str) -> anyhow::Result<Option<Cr
     }
     for k in &keys {
         if let Some(e) = cfg.auths.get(k)
-            && let Some(c) = entry_credentials(e)
-                .with_context(|| format!("auth entry {k:?} in {}", path.display()))?
+            && let Some(c) = entry_credentials(e).with_context(|| format!("auth entry {k:?} in {}", path.display()))?
         {
             return Ok(Some(c));
         }
@@ -89,11 +88,7 @@ pub fn lookup(config: Option<&Path>, registry: &str) -> anyhow::Result<Option<Cr
 
 fn candidate_keys(registry: &str) -> Vec<String> {
     if registry == super::reference::DOCKER_HUB {
-        return vec![
-            "https://index.docker.io/v1/".into(),
-            "index.docker.io".into(),
-            "docker.io".into(),
-        ];
+        return vec!["https://index.docker.io/v1/".into(), "index.docker.io".into(), "docker.io".into()];
     }
     vec![
         registry.to_string(),
@@ -108,23 +103,13 @@ fn entry_credentials(e: &AuthEntry) -> anyhow::Result<Option<Credentials>> {
         return Ok(Some(Credentials::IdentityToken(t.to_string())));
     }
     if let Some(a) = e.auth.as_deref().filter(|a| !a.is_empty()) {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(a.trim())
-            .context("`auth` is not base64")?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).context("`auth` is not base64")?;
         let raw = String::from_utf8(raw).context("`auth` is not UTF-8")?;
-        let Some((u, p)) = raw.split_once(':') else {
-            bail!("`auth` must encode user:password")
-        };
-        return Ok(Some(Credentials::Basic {
-            username: u.into(),
-            password: p.into(),
-        }));
+        let Some((u, p)) = raw.split_once(':') else { bail!("`auth` must encode user:password") };
+        return Ok(Some(Credentials::Basic { username: u.into(), password: p.into() }));
     }
     if let (Some(u), Some(p)) = (&e.username, &e.password) {
-        return Ok(Some(Credentials::Basic {
-            username: u.clone(),
-            password: p.clone(),
-        }));
+        return Ok(Some(Credentials::Basic { username: u.clone(), password: p.clone() }));
     }
     Ok(None)
 }
@@ -139,21 +124,14 @@ fn run_helper(helper: &str, server: &str) -> anyhow::Result<Option<Credentials>>
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running credential helper {bin}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(server.as_bytes())?;
+    child.stdin.take().expect("piped").write_all(server.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if msg.contains("credentials not found") {
             return Ok(None);
         }
-        bail!(
-            "{bin} get {server}: {msg} {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{bin} get {server}: {msg} {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     #[derive(Deserialize)]
     struct Out {
@@ -162,15 +140,11 @@ fn run_helper(helper: &str, server: &str) -> anyhow::Result<Option<Credentials>>
         #[serde(rename = "Secret")]
         secret: String,
     }
-    let o: Out = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("{bin} printed no credentials"))?;
+    let o: Out = serde_json::from_slice(&out.stdout).with_context(|| format!("{bin} printed no credentials"))?;
     Ok(Some(if o.username == "<token>" {
         Credentials::IdentityToken(o.secret)
     } else {
-        Credentials::Basic {
-            username: o.username,
-            password: o.secret,
-        }
+        Credentials::Basic { username: o.username, password: o.secret }
     }))
 }
 
@@ -191,26 +165,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             lookup(Some(&p), "reg.example:5000").unwrap(),
-            Some(Credentials::Basic {
-                username: "u".into(),
-                password: "p:w".into()
-            })
+            Some(Credentials::Basic { username: "u".into(), password: "p:w".into() })
         );
         assert_eq!(
             lookup(Some(&p), "docker.io").unwrap(),
-            Some(Credentials::Basic {
-                username: "hub".into(),
-                password: "pw".into()
-            })
+            Some(Credentials::Basic { username: "hub".into(), password: "pw".into() })
         );
-        assert_eq!(
-            lookup(Some(&p), "tok.example").unwrap(),
-            Some(Credentials::IdentityToken("rt".into()))
-        );
+        assert_eq!(lookup(Some(&p), "tok.example").unwrap(), Some(Credentials::IdentityToken("rt".into())));
         assert_eq!(lookup(Some(&p), "other").unwrap(), None);
-        assert_eq!(
-            lookup(Some(&d.path().join("missing.json")), "other").unwrap(),
-            None
-        );
+        assert_eq!(lookup(Some(&d.path().join("missing.json")), "other").unwrap(), None);
     }
 }

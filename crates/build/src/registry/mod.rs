@@ -35,22 +35,11 @@ pub enum RegistryError {
     #[error("registry {registry} is unreachable: {detail}")]
     Unreachable { registry: String, detail: String },
     #[error("registry {registry} refused the credentials for {what} (HTTP {status}){hint}: {body}")]
-    Unauthorized {
-        registry: String,
-        what: String,
-        status: u16,
-        hint: String,
-        body: String,
-    },
+    Unauthorized { registry: String, what: String, status: u16, hint: String, body: String },
     #[error("{what}: not found in {registry}")]
     NotFound { registry: String, what: String },
     #[error("{what}: registry {registry} answered HTTP {status}: {body}")]
-    Status {
-        registry: String,
-        what: String,
-        status: u16,
-        body: String,
-    },
+    Status { registry: String, what: String, status: u16, body: String },
     #[error("{what}: {detail}")]
     Protocol { what: String, detail: String },
 }
@@ -61,10 +50,7 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 enum Scheme {
     Anonymous,
     Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String> },
 }
 
 /// One registry host.
@@ -114,12 +100,10 @@ impl Registry {
 
     fn absolute(&self, location: &str) -> Result<String> {
         let base = reqwest::Url::parse(&self.base).expect("valid base");
-        base.join(location)
-            .map(|u| u.to_string())
-            .map_err(|e| RegistryError::Protocol {
-                what: "upload location".into(),
-                detail: format!("bad Location {location:?}: {e}"),
-            })
+        base.join(location).map(|u| u.to_string()).map_err(|e| RegistryError::Protocol {
+            what: "upload location".into(),
+            detail: format!("bad Location {location:?}: {e}"),
+        })
     }
 
     /// Sends the request built by `build` (called again for a retry after an auth challenge),
@@ -135,18 +119,12 @@ impl Registry {
             if let Some(h) = self.auth_header(scopes) {
                 req = req.header(header::AUTHORIZATION, h);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| self.transport_error(what, e))?;
+            let resp = req.send().await.map_err(|e| self.transport_error(what, e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
-            let challenge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let challenge =
+                resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = resp.text().await.unwrap_or_default();
             if attempt == 1 {
                 return Err(self.unauthorized(what, 401, body));
@@ -159,9 +137,7 @@ impl Registry {
                     *self.scheme.lock().unwrap() = Some(Scheme::Basic);
                 }
                 Some(Some(Scheme::Bearer { realm, service })) => {
-                    let token = self
-                        .fetch_token(what, &realm, service.as_deref(), scopes)
-                        .await?;
+                    let token = self.fetch_token(what, &realm, service.as_deref(), scopes).await?;
                     *self.scheme.lock().unwrap() = Some(Scheme::Bearer { realm, service });
                     self.tokens.lock().unwrap().insert(scopes.join(" "), token);
                 }
@@ -178,22 +154,11 @@ impl Registry {
                 Some(Credentials::Basic { username, password }) => Some(basic(username, password)),
                 _ => None,
             },
-            Scheme::Bearer { .. } => self
-                .tokens
-                .lock()
-                .unwrap()
-                .get(&scopes.join(" "))
-                .map(|t| format!("Bearer {t}")),
+            Scheme::Bearer { .. } => self.tokens.lock().unwrap().get(&scopes.join(" ")).map(|t| format!("Bearer {t}")),
         }
     }
 
-    async fn fetch_token(
-        &self,
-        what: &str,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-    ) -> Result<String> {
+    async fn fetch_token(&self, what: &str, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<String> {
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = service {
             query.push(("service", s));
@@ -203,25 +168,17 @@ impl Registry {
         }
         let req = match &self.creds {
             Some(Credentials::IdentityToken(rt)) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", rt.as_str()),
-                    ("client_id", "yatai-rs"),
-                ];
+                let mut form =
+                    vec![("grant_type", "refresh_token"), ("refresh_token", rt.as_str()), ("client_id", "yatai-rs")];
                 form.extend(query.iter().copied());
                 self.http.post(realm).form(&form)
             }
-            Some(Credentials::Basic { username, password }) => self
-                .http
-                .get(realm)
-                .query(&query)
-                .basic_auth(username, Some(password)),
+            Some(Credentials::Basic { username, password }) => {
+                self.http.get(realm).query(&query).basic_auth(username, Some(password))
+            }
             None => self.http.get(realm).query(&query),
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&format!("token for {what}"), e))?;
+        let resp = req.send().await.map_err(|e| self.transport_error(&format!("token for {what}"), e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let body = resp.text().await.unwrap_or_default();
@@ -241,17 +198,14 @@ impl Registry {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Token = resp.json().await.map_err(|e| RegistryError::Protocol {
+        let t: Token = resp
+            .json()
+            .await
+            .map_err(|e| RegistryError::Protocol { what: format!("token for {what}"), detail: e.to_string() })?;
+        t.token.or(t.access_token).filter(|t| !t.is_empty()).ok_or_else(|| RegistryError::Protocol {
             what: format!("token for {what}"),
-            detail: e.to_string(),
-        })?;
-        t.token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| RegistryError::Protocol {
-                what: format!("token for {what}"),
-                detail: "the token endpoint returned no token".into(),
-            })
+            detail: "the token endpoint returned no token".into(),
+        })
     }
 
     fn unauthorized(&self, what: &str, status: u16, body: String) -> RegistryError {
@@ -277,10 +231,7 @@ impl Registry {
             detail.push_str(&s.to_string());
             src = s.source();
         }
-        RegistryError::Unreachable {
-            registry: self.host.clone(),
-            detail: format!("{what}: {detail}"),
-        }
+        RegistryError::Unreachable { registry: self.host.clone(), detail: format!("{what}: {detail}") }
     }
 
     async fn status_error(&self, what: &str, resp: Response) -> RegistryError {
@@ -290,43 +241,25 @@ impl Registry {
             return self.unauthorized(what, status, body);
         }
         if status == 404 {
-            return RegistryError::NotFound {
-                registry: self.host.clone(),
-                what: what.to_string(),
-            };
+            return RegistryError::NotFound { registry: self.host.clone(), what: what.to_string() };
         }
-        RegistryError::Status {
-            registry: self.host.clone(),
-            what: what.to_string(),
-            status,
-            body,
-        }
+        RegistryError::Status { registry: self.host.clone(), what: what.to_string(), status, body }
     }
 
     /// `GET /v2/`: reachability, and which auth scheme the registry wants.
     pub async fn ping(&self) -> Result<()> {
-        let resp = self
-            .http
-            .get(self.url("/v2/"))
-            .send()
-            .await
-            .map_err(|e| self.transport_error("GET /v2/", e))?;
+        let resp = self.http.get(self.url("/v2/")).send().await.map_err(|e| self.transport_error("GET /v2/", e))?;
         let scheme = match resp.status() {
             s if s.is_success() => Scheme::Anonymous,
             StatusCode::UNAUTHORIZED => {
-                let c = resp
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok());
+                let c = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
                 match c.and_then(parse_challenge) {
                     Some(s) => s,
                     None => return Err(self.status_error("GET /v2/", resp).await),
                 }
             }
             _ => {
-                return Err(self
-                    .status_error("GET /v2/ (is this an OCI registry?)", resp)
-                    .await);
+                return Err(self.status_error("GET /v2/ (is this an OCI registry?)", resp).await);
             }
         };
         if matches!(scheme, Scheme::Basic) && self.creds.is_none() {
@@ -337,19 +270,11 @@ impl Registry {
     }
 
     /// The manifest named by `reference`: its bytes, media type and digest.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<(Vec<u8>, String, String)> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String, String)> {
         let what = format!("manifest {repo}:{reference}");
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let scopes = [pull(repo)];
-        let resp = self
-            .send(&what, &scopes, &|c| {
-                c.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
+        let resp = self.send(&what, &scopes, &|c| c.get(&url).header(header::ACCEPT, MANIFEST_ACCEPT)).await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&what, resp).await);
         }
@@ -363,17 +288,10 @@ impl Registry {
             .unwrap_or("")
             .trim()
             .to_string();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&what, e))?
-            .to_vec();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&what, e))?.to_vec();
         let digest = crate::blob::sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
-            return Err(RegistryError::Protocol {
-                what,
-                detail: format!("content has digest {digest}"),
-            });
+            return Err(RegistryError::Protocol { what, detail: format!("content has digest {digest}") });
         }
         Ok((bytes, media, digest))
     }
@@ -383,19 +301,11 @@ impl Registry {
         let what = format!("manifest {repo}:{reference}");
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let scopes = [pull(repo)];
-        let resp = self
-            .send(&what, &scopes, &|c| {
-                c.head(&url).header(header::ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
+        let resp = self.send(&what, &scopes, &|c| c.head(&url).header(header::ACCEPT, MANIFEST_ACCEPT)).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                if let Some(d) = resp
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                {
+                if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
                     return Ok(Some(d.to_string()));
                 }
                 Ok(Some(self.get_manifest(repo, reference).await?.2))
@@ -428,22 +338,10 @@ impl Registry {
 
     /// Asks the registry to mount `digest` from `from` into `repo`. Per the distribution spec a
     /// 202 means "not mounted, here is an upload session instead", which we continue.
-    pub async fn mount_blob(
-        &self,
-        repo: &str,
-        digest: &str,
-        from: &str,
-        scopes: &[String],
-    ) -> Result<Mount> {
+    pub async fn mount_blob(&self, repo: &str, digest: &str, from: &str, scopes: &[String]) -> Result<Mount> {
         let what = format!("mount of {digest} from {from} into {repo}");
-        let url = self.url(&format!(
-            "/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
-        ));
-        let resp = self
-            .send(&what, scopes, &|c| {
-                c.post(&url).header(header::CONTENT_LENGTH, "0")
-            })
-            .await?;
+        let url = self.url(&format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"));
+        let resp = self.send(&what, scopes, &|c| c.post(&url).header(header::CONTENT_LENGTH, "0")).await?;
         match resp.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(&what, resp.headers())?)),
@@ -454,11 +352,7 @@ impl Registry {
     pub async fn start_upload(&self, repo: &str, scopes: &[String]) -> Result<String> {
         let what = format!("upload to {repo}");
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
-        let resp = self
-            .send(&what, scopes, &|c| {
-                c.post(&url).header(header::CONTENT_LENGTH, "0")
-            })
-            .await?;
+        let resp = self.send(&what, scopes, &|c| c.post(&url).header(header::CONTENT_LENGTH, "0")).await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&what, resp).await);
         }
@@ -466,13 +360,10 @@ impl Registry {
     }
 
     fn location(&self, what: &str, h: &HeaderMap) -> Result<String> {
-        let loc = h
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol {
-                what: what.to_string(),
-                detail: "202 without a Location header".into(),
-            })?;
+        let loc = h.get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| RegistryError::Protocol {
+            what: what.to_string(),
+            detail: "202 without a Location header".into(),
+        })?;
         self.absolute(loc)
     }
 
@@ -490,9 +381,7 @@ impl Registry {
         let path = path.to_path_buf();
         let build = move |c: &reqwest::Client| {
             let path = path.clone();
-            let stream =
-                futures_util::stream::once(async move { tokio::fs::File::open(path).await })
-                    .map_ok_file();
+            let stream = futures_util::stream::once(async move { tokio::fs::File::open(path).await }).map_ok_file();
             c.put(&url)
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .header(header::CONTENT_LENGTH, size.to_string())
@@ -522,10 +411,7 @@ impl Registry {
         if let Some(h) = self.auth_header(scopes) {
             req = req.header(header::AUTHORIZATION, h);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&what, e))?;
+        let resp = req.send().await.map_err(|e| self.transport_error(&what, e))?;
         self.check_put(&what, digest, resp).await
     }
 
@@ -533,16 +419,10 @@ impl Registry {
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
             return Err(self.status_error(what, resp).await);
         }
-        if let Some(d) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
+        if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
             && d != digest
         {
-            return Err(RegistryError::Protocol {
-                what: what.to_string(),
-                detail: format!("registry stored {d}"),
-            });
+            return Err(RegistryError::Protocol { what: what.to_string(), detail: format!("registry stored {d}") });
         }
         Ok(())
     }
@@ -550,64 +430,40 @@ impl Registry {
     /// Abandons an upload session (best effort; registries purge stale ones anyway).
     pub async fn cancel_upload(&self, location: &str, scopes: &[String]) {
         let url = location.to_string();
-        let _ = self
-            .send("cancel upload", scopes, &|c| {
-                c.request(Method::DELETE, &url)
-            })
-            .await;
+        let _ = self.send("cancel upload", scopes, &|c| c.request(Method::DELETE, &url)).await;
     }
 
     /// `PUT /v2/<repo>/manifests/<tag>`: the atomic commit of a build. Returns the digest.
-    pub async fn put_manifest(
-        &self,
-        repo: &str,
-        tag: &str,
-        bytes: &[u8],
-        media_type: &str,
-    ) -> Result<String> {
+    pub async fn put_manifest(&self, repo: &str, tag: &str, bytes: &[u8], media_type: &str) -> Result<String> {
         let what = format!("manifest {repo}:{tag}");
         let url = self.url(&format!("/v2/{repo}/manifests/{tag}"));
         let scopes = [push(repo)];
         let body = bytes.to_vec();
         let resp = self
-            .send(&what, &scopes, &|c| {
-                c.put(&url)
-                    .header(header::CONTENT_TYPE, media_type)
-                    .body(body.clone())
-            })
+            .send(&what, &scopes, &|c| c.put(&url).header(header::CONTENT_TYPE, media_type).body(body.clone()))
             .await?;
         if !resp.status().is_success() {
             return Err(self.status_error(&what, resp).await);
         }
         let digest = crate::blob::sha256_digest(bytes);
-        if let Some(d) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
+        if let Some(d) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
             && d != digest
         {
-            return Err(RegistryError::Protocol {
-                what,
-                detail: format!("registry computed {d}, we sent {digest}"),
-            });
+            return Err(RegistryError::Protocol { what, detail: format!("registry computed {d}, we sent {digest}") });
         }
         Ok(digest)
     }
 }
 
 trait FileStreamExt {
-    fn map_ok_file(
-        self,
-    ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static;
+    fn map_ok_file(self) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static;
 }
 
 impl<S> FileStreamExt for S
 where
     S: futures_util::Stream<Item = std::io::Result<tokio::fs::File>> + Send + 'static,
 {
-    fn map_ok_file(
-        self,
-    ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    fn map_ok_file(self) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
         use futures_util::StreamExt;
         self.flat_map(|f| match f {
             Ok(f) => tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).left_stream(),
@@ -631,10 +487,7 @@ fn with_digest(location: &str, digest: &str) -> String {
 
 fn basic(u: &str, p: &str) -> String {
     use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
 }
 
 fn trim(mut s: String) -> String {
@@ -678,10 +531,7 @@ fn parse_challenge(h: &str) -> Option<Scheme> {
         map.insert(k, val.to_string());
         rest = tail;
     }
-    Some(Scheme::Bearer {
-        realm: map.remove("realm")?,
-        service: map.remove("service"),
-    })
+    Some(Scheme::Bearer { realm: map.remove("realm")?, service: map.remove("service") })
 }
 
 #[cfg(test)]
@@ -701,10 +551,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            parse_challenge(r#"Basic realm="Registry Realm""#),
-            Some(Scheme::Basic)
-        ));
+        assert!(matches!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Scheme::Basic)));
         assert!(parse_challenge("Negotiate").is_none());
     }
 
@@ -714,9 +561,6 @@ mod tests {
             with_digest("http://h/v2/r/blobs/uploads/u?_state=x", "sha256:a"),
             "http://h/v2/r/blobs/uploads/u?_state=x&digest=sha256:a"
         );
-        assert_eq!(
-            with_digest("http://h/u", "sha256:a"),
-            "http://h/u?digest=sha256:a"
-        );
+        assert_eq!(with_digest("http://h/u", "sha256:a"), "http://h/u?digest=sha256:a");
     }
 }

@@ -32,9 +32,7 @@ impl ImageRef {
             None => (s, None),
         };
         let (registry, path) = match rest.split_once('/') {
-            Some((first, p))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, p)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (first.to_string(), p.to_string())
             }
             _ => (DOCKER_HUB.to_string(), rest.to_string()),
@@ -50,59 +48,35 @@ impl ImageRef {
         };
         let valid_repo = !repository.is_empty()
             && repository.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             });
         if !valid_repo {
-            return Err(format!(
-                "{s:?}: repository must be lowercase letters, digits and . _ - / separators"
-            ));
+            return Err(format!("{s:?}: repository must be lowercase letters, digits and . _ - / separators"));
         }
         if let Some(t) = &tag
             && !valid_tag(t)
         {
             return Err(format!("{s:?}: invalid tag {t:?}"));
         }
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(Self { registry, repository, tag, digest })
     }
 
     /// The host to talk to (Docker Hub's API lives on another name).
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            &self.registry
-        }
+        if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
     }
 
     /// Tag, else digest, else `latest`.
     pub fn reference(&self) -> &str {
-        self.digest
-            .as_deref()
-            .or(self.tag.as_deref())
-            .unwrap_or("latest")
+        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
     }
 
     pub fn with_tag(&self, tag: &str) -> Self {
-        Self {
-            tag: Some(tag.to_string()),
-            digest: None,
-            ..self.clone()
-        }
+        Self { tag: Some(tag.to_string()), digest: None, ..self.clone() }
     }
 
     pub fn with_digest(&self, digest: &str) -> Self {
-        Self {
-            digest: Some(digest.to_string()),
-            ..self.clone()
-        }
+        Self { digest: Some(digest.to_string()), ..self.clone() }
     }
 
     /// `registry/repository` without tag or digest.
@@ -114,8 +88,7 @@ impl ImageRef {
 pub fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !t.starts_with(['.', '-'])
 }
 
@@ -145,10 +118,7 @@ mod tests {
         );
         assert_eq!(r.api_host(), "registry-1.docker.io");
         let r = ImageRef::parse("127.0.0.1:5000/yatai-bentos").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), r.tag),
-            ("127.0.0.1:5000", "yatai-bentos", None)
-        );
+        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag), ("127.0.0.1:5000", "yatai-bentos", None));
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("localhost/a/b:t@{d}")).unwrap();
         assert_eq!(r.reference(), d);

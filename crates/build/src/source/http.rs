@@ -51,28 +51,15 @@ impl YataiSource {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(120))
             .build()?;
-        Ok(Self {
-            endpoint,
-            token: token.to_string(),
-            http,
-        })
+        Ok(Self { endpoint, token: token.to_string(), http })
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.endpoint))
-            .header("X-YATAI-API-TOKEN", &self.token)
+        self.http.request(method, format!("{}{path}", self.endpoint)).header("X-YATAI-API-TOKEN", &self.token)
     }
 
-    async fn send(
-        &self,
-        what: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> anyhow::Result<reqwest::Response> {
-        let resp = rb
-            .send()
-            .await
-            .with_context(|| format!("{what}: yatai server {} is unreachable", self.endpoint))?;
+    async fn send(&self, what: &str, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = rb.send().await.with_context(|| format!("{what}: yatai server {} is unreachable", self.endpoint))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -95,12 +82,7 @@ impl YataiSource {
         }
     }
 
-    async fn artifact(
-        &self,
-        kind: &str,
-        name: &str,
-        version: Option<&str>,
-    ) -> anyhow::Result<Artifact> {
+    async fn artifact(&self, kind: &str, name: &str, version: Option<&str>) -> anyhow::Result<Artifact> {
         let what = format!("{kind} {name}:{}", version.unwrap_or("latest"));
         let a: Artifact = match version {
             Some(v) => {
@@ -113,67 +95,32 @@ impl YataiSource {
             }
             None => {
                 let path = format!("/api/v1/{kind}_repositories/{name}/{kind}s?start=0&count=1");
-                let l: List = self
-                    .send(&what, self.req(reqwest::Method::GET, &path))
-                    .await?
-                    .json()
-                    .await?;
-                l.items
-                    .into_iter()
-                    .next()
-                    .with_context(|| format!("{what}: the repository has no versions"))?
+                let l: List = self.send(&what, self.req(reqwest::Method::GET, &path)).await?.json().await?;
+                l.items.into_iter().next().with_context(|| format!("{what}: the repository has no versions"))?
             }
         };
         if a.upload_status != "success" {
-            bail!(
-                "{kind} {name}:{} is not fully uploaded (upload_status {:?})",
-                a.version,
-                a.upload_status
-            );
+            bail!("{kind} {name}:{} is not fully uploaded (upload_status {:?})", a.version, a.upload_status);
         }
         Ok(a)
     }
 
     /// Streams an artifact's archive to `dest` and extracts it.
-    async fn download(
-        &self,
-        kind: &str,
-        name: &str,
-        a: &Artifact,
-        work: &Path,
-        dest: &Path,
-    ) -> anyhow::Result<()> {
+    async fn download(&self, kind: &str, name: &str, a: &Artifact, work: &Path, dest: &Path) -> anyhow::Result<()> {
         let base = format!("/api/v1/{kind}_repositories/{name}/{kind}s/{}", a.version);
         let what = format!("download of {kind} {name}:{}", a.version);
         let resp = match a.transmission_strategy.as_deref() {
-            Some("proxy") => {
-                self.send(
-                    &what,
-                    self.req(reqwest::Method::GET, &format!("{base}/download")),
-                )
-                .await?
-            }
+            Some("proxy") => self.send(&what, self.req(reqwest::Method::GET, &format!("{base}/download"))).await?,
             _ => {
                 let p: Artifact = self
-                    .send(
-                        &what,
-                        self.req(
-                            reqwest::Method::PATCH,
-                            &format!("{base}/presign_download_url"),
-                        ),
-                    )
+                    .send(&what, self.req(reqwest::Method::PATCH, &format!("{base}/presign_download_url")))
                     .await?
                     .json()
                     .await?;
                 if p.presigned_download_url.is_empty() {
-                    self.send(
-                        &what,
-                        self.req(reqwest::Method::GET, &format!("{base}/download")),
-                    )
-                    .await?
+                    self.send(&what, self.req(reqwest::Method::GET, &format!("{base}/download"))).await?
                 } else {
-                    self.send(&what, self.http.get(&p.presigned_download_url))
-                        .await?
+                    self.send(&what, self.http.get(&p.presigned_download_url)).await?
                 }
             }
         };
@@ -198,32 +145,18 @@ impl YataiSource {
 #[async_trait::async_trait]
 impl BentoSource for YataiSource {
     async fn fetch_bento(&self, tag: &BentoTag, work: &Path) -> anyhow::Result<PathBuf> {
-        let a = self
-            .artifact("bento", &tag.name, tag.version.as_deref())
-            .await?;
+        let a = self.artifact("bento", &tag.name, tag.version.as_deref()).await?;
         let dest = work.join("bento");
         self.download("bento", &tag.name, &a, work, &dest).await?;
         let info = BentoInfo::load(&dest)?;
         if info.name != tag.name || info.version != a.version {
-            bail!(
-                "the server sent bento {} for {}:{}",
-                info.tag(),
-                tag.name,
-                a.version
-            );
+            bail!("the server sent bento {} for {}:{}", info.tag(), tag.name, a.version);
         }
         Ok(dest)
     }
 
-    async fn fetch_model(
-        &self,
-        model: &ModelRef,
-        _bento_dir: &Path,
-        work: &Path,
-    ) -> anyhow::Result<PathBuf> {
-        let a = self
-            .artifact("model", &model.name, Some(&model.version))
-            .await?;
+    async fn fetch_model(&self, model: &ModelRef, _bento_dir: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+        let a = self.artifact("model", &model.name, Some(&model.version)).await?;
         let dest = work.join("models").join(&model.name).join(&model.version);
         self.download("model", &model.name, &a, work, &dest).await?;
         if !dest.join("model.yaml").is_file() {
@@ -233,16 +166,9 @@ impl BentoSource for YataiSource {
     }
 
     async fn model_key(&self, model: &ModelRef) -> anyhow::Result<Option<String>> {
-        let a = self
-            .artifact("model", &model.name, Some(&model.version))
-            .await?;
-        let size = a
-            .manifest
-            .as_ref()
-            .and_then(|m| m.get("size_bytes"))
-            .cloned();
-        Ok(a.upload_finished_at
-            .map(|t| format!("yatai|{}|{}|{t}|{size:?}", self.endpoint, model.tag())))
+        let a = self.artifact("model", &model.name, Some(&model.version)).await?;
+        let size = a.manifest.as_ref().and_then(|m| m.get("size_bytes")).cloned();
+        Ok(a.upload_finished_at.map(|t| format!("yatai|{}|{}|{t}|{size:?}", self.endpoint, model.tag())))
     }
 
     fn describe(&self) -> String {

@@ -27,16 +27,8 @@ impl BentoSource for LocalSource {
         tokio::task::spawn_blocking(move || this.fetch_bento_blocking(&tag, &work)).await?
     }
 
-    async fn fetch_model(
-        &self,
-        model: &ModelRef,
-        bento_dir: &Path,
-        _work: &Path,
-    ) -> anyhow::Result<PathBuf> {
-        let carried = bento_dir
-            .join("models")
-            .join(&model.name)
-            .join(&model.version);
+    async fn fetch_model(&self, model: &ModelRef, bento_dir: &Path, _work: &Path) -> anyhow::Result<PathBuf> {
+        let carried = bento_dir.join("models").join(&model.name).join(&model.version);
         if carried.join("model.yaml").is_file() {
             return Ok(carried);
         }
@@ -50,10 +42,7 @@ impl BentoSource for LocalSource {
             "model {} is neither in the bento ({}) nor in the bentoml store{}",
             model.tag(),
             bento_dir.display(),
-            self.bentoml_home
-                .as_ref()
-                .map(|h| format!(" {}", h.display()))
-                .unwrap_or_default()
+            self.bentoml_home.as_ref().map(|h| format!(" {}", h.display())).unwrap_or_default()
         )
     }
 
@@ -73,8 +62,7 @@ impl LocalSource {
             (Some(p), _) => {
                 let dest = work.join("bento");
                 let r = tarball::open_archive(p)?;
-                tarball::extract_safe(r, &dest)
-                    .with_context(|| format!("extracting {}", p.display()))?;
+                tarball::extract_safe(r, &dest).with_context(|| format!("extracting {}", p.display()))?;
                 dest
             }
             (None, Some(home)) => {
@@ -82,13 +70,7 @@ impl LocalSource {
                 let version = match &tag.version {
                     Some(v) => v.clone(),
                     None => std::fs::read_to_string(repo.join("latest"))
-                        .with_context(|| {
-                            format!(
-                                "no bento {} in the bentoml store {}",
-                                tag.name,
-                                home.display()
-                            )
-                        })?
+                        .with_context(|| format!("no bento {} in the bentoml store {}", tag.name, home.display()))?
                         .trim()
                         .to_string(),
                 };

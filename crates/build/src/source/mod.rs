@@ -29,8 +29,7 @@ impl BentoTag {
         let ok = |p: &str| {
             !p.is_empty()
                 && p.len() <= 63
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
                 && p.as_bytes()[0].is_ascii_alphanumeric()
                 && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
         };
@@ -51,12 +50,7 @@ impl BentoTag {
 
 impl std::fmt::Display for BentoTag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.name,
-            self.version.as_deref().unwrap_or("latest")
-        )
+        write!(f, "{}:{}", self.name, self.version.as_deref().unwrap_or("latest"))
     }
 }
 
@@ -69,12 +63,7 @@ pub trait BentoSource: Send + Sync {
 
     /// Returns the directory of one model version (holding `model.yaml`). `bento_dir` is the
     /// fetched bento: exported bentos carry their models under `models/`.
-    async fn fetch_model(
-        &self,
-        model: &ModelRef,
-        bento_dir: &Path,
-        work: &Path,
-    ) -> anyhow::Result<PathBuf>;
+    async fn fetch_model(&self, model: &ModelRef, bento_dir: &Path, work: &Path) -> anyhow::Result<PathBuf>;
 
     /// A key that changes whenever the model's content may have changed (e.g. the server's
     /// upload time and size), so its layer can be taken from the cache without downloading the
@@ -93,17 +82,8 @@ mod tests {
 
     #[test]
     fn bento_tags() {
-        assert_eq!(
-            BentoTag::parse("iris:latest").unwrap(),
-            BentoTag {
-                name: "iris".into(),
-                version: None
-            }
-        );
-        assert_eq!(
-            BentoTag::parse("Iris:AbC").unwrap().version.as_deref(),
-            Some("abc")
-        );
+        assert_eq!(BentoTag::parse("iris:latest").unwrap(), BentoTag { name: "iris".into(), version: None });
+        assert_eq!(BentoTag::parse("Iris:AbC").unwrap().version.as_deref(), Some("abc"));
         assert!(BentoTag::parse("-x:y").is_err());
         assert!(BentoTag::parse("x:").is_err());
     }

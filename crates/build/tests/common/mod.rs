@@ -15,15 +15,11 @@ use serde_json::Value;
 use yatai_build::BuildConfig;
 
 pub fn cache_root() -> PathBuf {
-    std::env::var_os("YATAI_BUILD_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/yatai-rs/build".into())
+    std::env::var_os("YATAI_BUILD_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/cache/yatai-rs/build".into())
 }
 
 fn venv() -> PathBuf {
-    std::env::var_os("YATAI_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/yatai-rs/venv".into())
+    std::env::var_os("YATAI_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| "/var/cache/yatai-rs/venv".into())
 }
 
 fn repo_root() -> PathBuf {
@@ -48,34 +44,23 @@ impl Fixtures {
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let missing: Vec<&str> = [
-            "docker-registry",
-            "skopeo",
-            "umoci",
-            "debootstrap",
-            "unshare",
-            "chroot",
-        ]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success()
-        })
-        .collect();
+        let missing: Vec<&str> = ["docker-registry", "skopeo", "umoci", "debootstrap", "unshare", "chroot"]
+            .into_iter()
+            .filter(|t| {
+                !Command::new("sh")
+                    .args(["-c", &format!("command -v {t}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            })
+            .collect();
         assert!(
             missing.is_empty(),
             "missing tools {missing:?}: apt-get install -y docker-registry skopeo umoci debootstrap"
         );
         let uv = venv().join("bin/uv");
-        assert!(
-            uv.exists(),
-            "no {} (the bentoml venv: see docs/image-builder.md, Tests)",
-            uv.display()
-        );
+        assert!(uv.exists(), "no {} (the bentoml venv: see docs/image-builder.md, Tests)", uv.display());
         let script = |name: &str| -> PathBuf {
             let out = Command::new("bash")
                 .arg(repo_root().join("scripts/build-testbed").join(name))
@@ -86,11 +71,7 @@ pub fn fixtures() -> &'static Fixtures {
             assert!(out.status.success(), "{name} failed");
             PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
         };
-        Fixtures {
-            base_layout: script("base-image.sh"),
-            bentos: script("make-bentos.sh"),
-            uv,
-        }
+        Fixtures { base_layout: script("base-image.sh"), bentos: script("make-bentos.sh"), uv }
     })
 }
 
@@ -100,11 +81,7 @@ pub fn shared_cache() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
@@ -121,24 +98,10 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 fn http_status(url: &str) -> Option<u16> {
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "2",
-            url,
-        ])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url])
         .output()
         .ok()?;
-    String::from_utf8(out.stdout)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|c| *c != 0)
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok().filter(|c| *c != 0)
 }
 
 /// Debian's docker-registry (distribution 2.8) on a loopback port, optionally with htpasswd.
@@ -177,7 +140,12 @@ impl TestRegistry {
         if let Some((u, p)) = &self.auth {
             // bcrypt from Debian's libxcrypt through Python's crypt module (3.11 still has it).
             let out = Command::new("/usr/bin/python3")
-                .args(["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))"])
+                .args([
+                    "-W",
+                    "ignore",
+                    "-c",
+                    "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+                ])
                 .arg(p)
                 .output()
                 .unwrap();
@@ -185,22 +153,15 @@ impl TestRegistry {
             let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
             assert!(hash.starts_with("$2"), "{hash}");
             std::fs::write(dir.join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
-            cfg.push_str(&format!(
-                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
-                dir.join("htpasswd").display()
-            ));
+            cfg.push_str(&format!("auth: {{htpasswd: {{realm: test, path: {}}}}}\n", dir.join("htpasswd").display()));
         }
         std::fs::write(dir.join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = unsafe_die_with_parent(
-            Command::new("docker-registry")
-                .arg("serve")
-                .arg(dir.join("config.yml")),
-        )
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("docker-registry");
+        let child = unsafe_die_with_parent(Command::new("docker-registry").arg("serve").arg(dir.join("config.yml")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry");
         self.child = Some(child);
         let url = format!("http://{}/v2/", self.host());
         poll("docker-registry to listen", Duration::from_secs(20), || {
@@ -288,22 +249,13 @@ pub fn config(reg: &TestRegistry, tag: &str, repo: &str) -> BuildConfig {
 }
 
 pub fn local(bento: &Path) -> yatai_build::source::LocalSource {
-    yatai_build::source::LocalSource {
-        bento: Some(bento.to_path_buf()),
-        bentoml_home: None,
-    }
+    yatai_build::source::LocalSource { bento: Some(bento.to_path_buf()), bentoml_home: None }
 }
 
 /// Extracts an exported bento into a directory the test may edit.
 pub fn extract(bento: &Path) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(bento)
-            .arg("-C")
-            .arg(d.path()),
-    );
+    run_ok(Command::new("tar").arg("-xf").arg(bento).arg("-C").arg(d.path()));
     d
 }
 
@@ -324,24 +276,12 @@ pub fn unpack(reference: &str) -> (tempfile::TempDir, PathBuf) {
     let layout = d.path().join("oci");
     run_ok(
         Command::new("skopeo")
-            .args([
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                "--dest-compress",
-                "--dest-compress-format",
-                "gzip",
-            ])
+            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-compress", "--dest-compress-format", "gzip"])
             .arg(format!("docker://{reference}"))
             .arg(format!("oci:{}:img", layout.display())),
     );
     let bundle = d.path().join("bundle");
-    run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:img", layout.display()))
-            .arg(&bundle),
-    );
+    run_ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:img", layout.display())).arg(&bundle));
     (d, bundle)
 }
 
@@ -355,24 +295,21 @@ pub struct Running {
 
 impl Running {
     pub fn start(bundle: &Path) -> Self {
-        let rt: Value =
-            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        let rt: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
         let p = &rt["process"];
         let rootfs = bundle.join("rootfs");
         // A runtime would bind-mount these; chroot does not.
-        std::fs::write(
-            rootfs.join("etc/hosts"),
-            "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
-        )
-        .unwrap();
+        std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1\tlocalhost\n::1\tlocalhost\n").unwrap();
         let port = free_port();
         let uid = p["user"]["uid"].as_u64().unwrap();
         let gid = p["user"]["gid"].as_u64().unwrap();
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--pid", "--fork", "sh", "-c"])
-            .arg(r#"R=$1; U=$2; C=$3; shift 3
+            .arg(
+                r#"R=$1; U=$2; C=$3; shift 3
 mount -t proc proc "$R/proc" && mount --rbind /dev "$R/dev" && mount -t tmpfs tmpfs "$R/tmp" || exit 97
-exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
+exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#,
+            )
             .arg("sh")
             .arg(&rootfs)
             .arg(format!("{uid}:{gid}"))
@@ -380,19 +317,13 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
         for e in p["env"].as_array().unwrap() {
             cmd.arg(e.as_str().unwrap());
         }
-        cmd.arg(format!("PORT={port}"))
-            .arg("BENTOML_HOST=127.0.0.1")
-            .arg("BENTOML_DO_NOT_TRACK=true");
+        cmd.arg(format!("PORT={port}")).arg("BENTOML_HOST=127.0.0.1").arg("BENTOML_DO_NOT_TRACK=true");
         for a in p["args"].as_array().unwrap() {
             cmd.arg(a.as_str().unwrap());
         }
         let log = bundle.join("serve.log");
         let f = std::fs::File::create(&log).unwrap();
-        let unshare = unsafe_die_with_parent(&mut cmd)
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
+        let unshare = unsafe_die_with_parent(&mut cmd).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
         Self { port, unshare, log }
     }
 
@@ -409,10 +340,7 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
                 return;
             }
             if let Ok(Some(st)) = self.unshare.try_wait() {
-                panic!(
-                    "the image's process exited ({st}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                panic!("the image's process exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default());
             }
             assert!(
                 Instant::now() < deadline,
@@ -426,17 +354,7 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
     pub fn post(&self, path: &str, body: &str) -> String {
         run_ok(
             Command::new("curl")
-                .args([
-                    "-sf",
-                    "--max-time",
-                    "20",
-                    "-X",
-                    "POST",
-                    "-H",
-                    "content-type: application/json",
-                    "-d",
-                    body,
-                ])
+                .args(["-sf", "--max-time", "20", "-X", "POST", "-H", "content-type: application/json", "-d", body])
                 .arg(self.url(path)),
         )
     }
@@ -463,8 +381,8 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#)
                 continue;
             }
             let mut cmdline = String::new();
-            let _ = std::fs::File::open(format!("/proc/{pid}/cmdline"))
-                .and_then(|mut f| f.read_to_string(&mut cmdline));
+            let _ =
+                std::fs::File::open(format!("/proc/{pid}/cmdline")).and_then(|mut f| f.read_to_string(&mut cmdline));
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let uid = status
                 .lines()
@@ -495,10 +413,6 @@ pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> Path
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let p = dir.join("config.json");
-    std::fs::write(
-        &p,
-        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(&p, serde_json::json!({"auths": {host: {"auth": auth}}}).to_string()).unwrap();
     p
 }
