@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run the server: API, registry and artifact transfer, on one port.
     Serve(config::ServeArgs),
+    /// Build a bento into an OCI image and push it to a registry, without a
+    /// Docker daemon. The last line of stdout is the pushed reference.
+    Build(Box<yatai_build::BuildArgs>),
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Build(args) => yatai_build::run(*args).await,
             Command::Token(cmd) => admin::token(cmd).await,
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,
