@@ -13,6 +13,7 @@ pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod extract;
+pub mod images;
 pub mod janitor;
 pub mod openapi;
 pub mod routes;

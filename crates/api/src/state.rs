@@ -59,6 +59,8 @@ pub struct ApiConfig {
     pub deployment_domain: Option<String>,
     /// How long a replica may take to become ready, unless the deployment says.
     pub cold_start_timeout: Duration,
+    /// Where and how the server builds images of bentos (none: builds are off).
+    pub image_builds: Option<crate::images::ImageBuildSettings>,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +75,7 @@ impl Default for ApiConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             deployment_domain: None,
             cold_start_timeout: Duration::from_secs(300),
+            image_builds: None,
         }
     }
 }

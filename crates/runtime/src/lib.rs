@@ -262,6 +262,16 @@ impl LocalRuntime {
         self.shared.materializer.bento_files(bento).await.map(|_| ())
     }
 
+    /// The bento's own files (extracted once, read-only), e.g. for image builds.
+    pub async fn bento_files(&self, bento: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
+        self.shared.materializer.bento_files(bento).await
+    }
+
+    /// A model's files (extracted once, read-only).
+    pub async fn model_files(&self, model: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
+        self.shared.materializer.model_files(model).await
+    }
+
     /// The key host-based routing uses: `<name>-<namespace>`.
     pub fn host_key(name: &str, namespace: &str) -> String {
         format!("{name}-{namespace}")

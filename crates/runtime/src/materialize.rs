@@ -78,6 +78,13 @@ impl Materializer {
         Ok(dir)
     }
 
+    /// A model's files, extracted once per archive digest.
+    pub async fn model_files(&self, model: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
+        let dir = self.root.join("models").join(&model.digest);
+        self.extract_once(&model.storage_key, &dir, &format!("model {}:{}", model.name, model.version)).await?;
+        Ok(dir)
+    }
+
     /// A directory holding the bento with its models, ready for `bentoml serve`:
     /// the bento's files (hard links into the extracted archive) plus
     /// `models/<name>/<version>` links to the extracted models.
@@ -101,8 +108,7 @@ impl Materializer {
         }
         let files = self.bento_files(bento).await?;
         for m in &sorted {
-            let mdir = self.root.join("models").join(&m.digest);
-            self.extract_once(&m.storage_key, &mdir, &format!("model {}:{}", m.name, m.version)).await?;
+            self.model_files(m).await?;
         }
         let models_root = self.root.join("models");
         let entries: Vec<(String, String, String)> =

@@ -9,12 +9,14 @@
 mod deployments;
 mod events;
 mod identity;
+mod image_builds;
 mod registry;
 mod uploads;
 
 pub use deployments::{ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};
+pub use image_builds::ImageBuildRow;
 pub use registry::{ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow, VersionWithRepo};
 pub use uploads::{FinalizeOutcome, UploadRow};
 

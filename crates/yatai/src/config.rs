@@ -166,6 +166,22 @@ pub struct ServeArgs {
     /// How long a replica gets to stop after SIGTERM before SIGKILL.
     #[arg(long, env = "YATAI_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
+    /// Build images of bentos on request and push them to this repository,
+    /// `HOST[:PORT]/REPOSITORY`. Default: no image builds.
+    #[arg(long, env = "YATAI_IMAGE_REGISTRY")]
+    pub image_registry: Option<String>,
+    /// Speak plain HTTP to the image registry (loopback or trusted networks only).
+    #[arg(long, env = "YATAI_IMAGE_PLAIN_HTTP")]
+    pub image_plain_http: bool,
+    /// Base image for every build, instead of each bento's `image.base_image`.
+    #[arg(long, env = "YATAI_IMAGE_BASE")]
+    pub image_base: Option<String>,
+    /// The image builder's cache (layers, dependency installs). Default: DATA_DIR/build-cache.
+    #[arg(long, env = "YATAI_IMAGE_BUILD_CACHE")]
+    pub image_build_cache: Option<PathBuf>,
+    /// Docker `config.json` with registry credentials (default: $DOCKER_CONFIG or ~/.docker).
+    #[arg(long, env = "YATAI_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
     /// First start only: the organization, admin user and email to create.
     #[arg(long, env = "YATAI_ORG_NAME", default_value = "default")]
     pub org_name: String,
@@ -205,6 +221,14 @@ impl ServeArgs {
             upload_ttl: self.upload_ttl,
             deployment_domain: self.deployment_domain.clone(),
             cold_start_timeout: self.cold_start_timeout,
+            image_builds: self.image_registry.clone().map(|registry| yatai_api::images::ImageBuildSettings {
+                registry,
+                cache_dir: self.image_build_cache.clone().unwrap_or_else(|| self.db.data_dir.join("build-cache")),
+                plain_http: self.image_plain_http,
+                docker_config: self.docker_config.clone(),
+                uv: self.uv.clone(),
+                base: self.image_base.clone(),
+            }),
         }
     }
 }

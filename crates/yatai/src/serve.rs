@@ -38,6 +38,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     {
+        yatai_api::images::fail_interrupted(&state).await;
         let to_restore = yatai_api::deployments::prepare_restore(&state).await;
         let state = state.clone();
         tokio::spawn(async move { yatai_api::deployments::restore_all(&state, to_restore).await });

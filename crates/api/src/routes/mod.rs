@@ -6,6 +6,7 @@ pub mod deployments_v1;
 pub mod events;
 pub mod health;
 pub mod identity;
+pub mod images;
 pub mod registry;
 pub mod transfer;
 
@@ -59,6 +60,7 @@ pub fn authenticated(state: AppState) -> Api {
         .merge(transfer::routes::<BentoKind>(state.clone()))
         .merge(deployments::routes(state.clone()))
         .merge(deployments_v1::routes(state.clone()))
+        .merge(images::routes(state.clone()))
         .merge(events::routes(state))
 }
 
