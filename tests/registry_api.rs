@@ -445,3 +445,33 @@ fn a_restarted_server_keeps_data_tokens_and_bootstraps_once() {
     let http = server.http();
     assert_eq!(download(&http, &v).body, b"kept");
 }
+
+backend_test! {
+    fn abandoned_uploads_are_cleaned_up_by_the_janitor(backend: Backend) {
+        let server = Server::start_with(ServerOptions::new(backend).args(&[
+            "--transmission-strategy", "presigned", "--presign-ttl", "1s", "--upload-ttl", "1s", "--janitor-interval", "1s",
+        ]));
+        let http = server.http();
+        let v = create_model(&http, "abandoned", "v1");
+        let got = http.patch(&format!("{v}/presign_upload_url"), None).json();
+        http.patch(&format!("{v}/start_upload"), None);
+        let url = got["presigned_upload_url"].as_str().unwrap().to_owned();
+        // The bytes arrive, but the client never calls finish_upload.
+        let status = std::process::Command::new("curl")
+            .args(["-sf", "-X", "PUT", "--data-binary", "abandoned bytes", &url])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if backend == Backend::SqliteLocal {
+            // (With S3 the object sits in the bucket under blobs/ before it is a blob.)
+            assert_eq!(server.stored_archives().len(), 1);
+        }
+        let got = wait_for("the janitor to give up on the upload", Duration::from_secs(30), || {
+            let got = http.get(&v).json();
+            (got["upload_status"] == "failed").then_some(got)
+        });
+        assert!(got["upload_finished_reason"].as_str().unwrap().contains("abandoned"), "{got}");
+        wait_for("the abandoned object to be deleted", Duration::from_secs(30), || server.stored_archives().is_empty().then_some(()));
+        assert_eq!(download(&http, &v).status, 404);
+    }
+}

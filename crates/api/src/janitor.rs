@@ -79,6 +79,10 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
     match state.store.stale_uploads(Timestamp::now()).await {
         Ok(uploads) => {
             for u in &uploads {
+                // A proxy upload still streaming into this process is alive, however long it takes.
+                if state.uploads_in_progress.lock().expect("lock").contains(&u.version_uid) {
+                    continue;
+                }
                 if u.state == "open" || u.state == "received" {
                     // Abandoned: the version's upload failed.
                     if let Err(e) =

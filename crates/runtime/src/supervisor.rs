@@ -287,11 +287,10 @@ impl Supervisor {
                         self.desired = generation.spec.scaling.min_effective();
                         self.current = Some(generation);
                     }
-                    Some(cur) => {
+                    Some(_) => {
                         // Start as many new replicas as serve now.
                         self.desired =
                             self.desired.clamp(generation.spec.scaling.min_effective(), generation.spec.scaling.max);
-                        let _ = cur;
                         self.say(&format!(
                             "rolling update to revision {}: starting {} replica(s)",
                             generation.spec.revision_uid, self.desired

@@ -227,8 +227,11 @@ impl Drop for InProgress {
     }
 }
 
+/// When an unfinished upload is cleaned up: `ttl` (how long its URLs or
+/// stream may run) plus a grace period (the upload TTL, at most an hour).
 fn upload_expiry(state: &AppState, ttl: Duration) -> Timestamp {
-    Timestamp(Timestamp::now().0 + ttl.as_micros() as i64 + state.config.upload_ttl.as_micros() as i64 / 24)
+    let grace = state.config.upload_ttl.min(Duration::from_secs(3600));
+    Timestamp(Timestamp::now().0 + (ttl + grace).as_micros() as i64)
 }
 
 /// Makes verified bytes the version's content. Every upload path ends here.
@@ -349,7 +352,7 @@ async fn receive_proxy_upload(
         state.store.mark_upload_started(&row).await?;
     }
     let key = BlobStore::new_blob_key();
-    let upload = state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, Duration::ZERO)).await?;
+    let upload = state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, state.config.upload_ttl)).await?;
     match state.blobs.write(&key, body.into_data_stream(), limits).await {
         Ok(w) => finish(state, caller, &row, &upload, &w).await,
         Err(e) => {
