@@ -584,7 +584,7 @@ def seed(srv, repo, n, threads, conns):
         except urllib.error.HTTPError:
             return False  # 404 while the repository is still empty
 
-    poll(f"{n} versions", 1800, counted, every=0.25)
+    poll(f"{n} versions", 1800, counted, every=1.0)
     elapsed = time.perf_counter() - t
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -609,6 +609,7 @@ def get_bench(a, tmp, report, pg_url):
         backends.append(("PostgreSQL", ["--database-url", pg_url]))
     rows = []
     seeds = []
+    list_ms = []
     for label, args in backends:
         data = tmp / f"get-{label}"
         with Server(a.binary, data, args) as srv:
@@ -619,6 +620,14 @@ def get_bench(a, tmp, report, pg_url):
             middle = f"s1-{per // 2:07d}"
             fixed_url = f"{srv.url}{path}/{middle}"
             hdr = ["-H", f"X-YATAI-API-TOKEN: {TOKEN}"]
+            # The first page of the version list (what `bentoml pull` and the
+            # dashboard ask for), timed alone.
+            lists = []
+            for _ in range(20):
+                t = time.perf_counter()
+                srv.call("GET", f"{path}?count=20")
+                lists.append((time.perf_counter() - t) * 1000)
+            list_ms.append((label, statistics.median(lists)))
             log(f"get: warming up ({label})")
             wrk_get(fixed_url, hdr, 3, 32)
             for c in a.connections:
@@ -644,6 +653,9 @@ def get_bench(a, tmp, report, pg_url):
         r.append(f"| {label} | {c} | {f['rps']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
                  f"{rnd['rps']:,.0f} | {rnd['p50']:.2f} | {rnd['p99']:.2f} |")
     r.append("")
+    for label, ms in list_ms:
+        r.append(f"First page of the version list (`GET …/bentos?count=20`) with {label}: "
+                 f"{ms:.1f} ms (median of 20, one at a time).")
     for label, n, took in seeds:
         r.append(f"Seeding {label}: {n:,} versions through `POST …/bentos` (wrk, "
                  f"{a.seed_threads} thread(s), {a.seed_conns} connections, bench/lua/seed.lua) "
@@ -714,7 +726,25 @@ def main():
     pg = s3 = None
     a.s3 = False
     started = time.strftime("%Y-%m-%d %H:%M %Z")
-    report = []
+    commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                 text=True, check=False).stdout.strip()
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, check=False).stdout.strip()
+    report = [f"Measured {started} (nice {os.nice(0)}) at commit {commit}"
+              f"{' (with uncommitted changes)' if dirty else ''} with "
+              f"`bench/run-registry {' '.join(a.argv)}`.", ""]
+
+    def emit(part, busy):
+        """Prints a finished part at once (and appends it to --out), so a
+        later failure loses nothing."""
+        report.append(f"(CPU busy with other work when this part started: {busy:.0%}.)\n")
+        text = "\n".join(report)
+        print(text, flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(text + "\n")
+        report.clear()
+
     try:
         if a.s3s_fs and "datapath" in parts:
             port = free_port()
@@ -722,7 +752,6 @@ def main():
             s3 = subprocess.Popen([a.s3s_fs, "--host", "127.0.0.1", "--port", str(port),
                                    "--access-key", "bench", "--secret-key", "bench-secret", str(tmp / "s3")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            import socket
             poll("s3s-fs", 30, lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
             a.s3 = True
             a.s3_args = ["--storage", "s3://bench", "--s3-endpoint", f"http://127.0.0.1:{port}",
@@ -731,17 +760,23 @@ def main():
         if "datapath" in parts:
             busy = wait_idle(a.idle, a.idle_timeout)
             datapath(a, tmp, report)
-            report.append(f"(CPU busy with other work when this part started: {busy:.0%}.)\n")
+            emit("datapath", busy)
         if "e2e" in parts:
             busy = wait_idle(a.idle, a.idle_timeout)
             e2e(a, tmp, report)
-            report.append(f"(CPU busy with other work when this part started: {busy:.0%}.)\n")
+            emit("e2e", busy)
         if "get" in parts:
             busy = wait_idle(a.idle, a.idle_timeout)
             if not a.no_postgres:
                 pg = Postgres(tmp, free_port())
             get_bench(a, tmp, report, pg.url if pg else None)
-            report.append(f"(CPU busy with other work when this part started: {busy:.0%}.)\n")
+            emit("get", busy)
+    except BaseException:
+        # Keep the servers' logs of a failed run.
+        for log_file in tmp.glob("*.log"):
+            shutil.copy(log_file, Path(a.scratch) / f"yatai-bench-failed-{log_file.name}")
+        log(f"failed; server logs copied to {a.scratch}/yatai-bench-failed-*.log")
+        raise
     finally:
         if pg:
             pg.stop()
@@ -749,17 +784,6 @@ def main():
             s3.terminate()
             s3.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                 text=True, check=False).stdout.strip()
-    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, check=False).stdout.strip()
-    head = [f"Measured {started} at commit {commit}{' (with uncommitted changes)' if dirty else ''} "
-            f"with `bench/run-registry {' '.join(a.argv)}`.",
-            ""]
-    text = "\n".join(head + report)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
