@@ -584,7 +584,12 @@ def seed(srv, repo, n, threads, conns):
         except urllib.error.HTTPError:
             return False  # 404 while the repository is still empty
 
-    poll(f"{n} versions", 1800, counted, every=1.0)
+    try:
+        poll(f"{n} versions", 1800, counted, every=1.0)
+    except BaseException:
+        proc.kill()  # wrk runs for an hour unless stopped
+        proc.wait()
+        raise
     elapsed = time.perf_counter() - t
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
