@@ -82,6 +82,9 @@ impl Store {
                     // Readers run in parallel under WAL; writers queue on the
                     // busy timeout rather than failing.
                     .max_connections(8)
+                    // A local file cannot "go away" between queries: the
+                    // ping before each checkout only costs two thread hops.
+                    .test_before_acquire(false)
                     .min_connections(1)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -101,6 +104,12 @@ impl Store {
                     .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
                 AnyPoolOptions::new()
                     .max_connections(16)
+                    // sqlx pings a connection when it goes back to the pool
+                    // already; a second ping at checkout is one more round
+                    // trip per query (a third of them on a single-query
+                    // request). A connection the server dropped meanwhile
+                    // fails its query once and is then discarded.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await?

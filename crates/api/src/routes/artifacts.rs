@@ -113,6 +113,22 @@ pub async fn find_repository(state: &AppState, caller: &Caller, kind: Kind, name
         .ok_or_else(|| ApiError::not_found(format!("{kind} repository {name:?} not found")))
 }
 
+/// Like [`find_repository`] without counting its versions (`version_count`
+/// is -1), for routes that do not show the repository.
+pub async fn find_repository_uncounted(
+    state: &AppState,
+    caller: &Caller,
+    kind: Kind,
+    name: &str,
+) -> ApiResult<RepositoryRow> {
+    check_repo_name(kind, name)?;
+    state
+        .store
+        .get_repository_uncounted(&caller.org.uid, kind, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{kind} repository {name:?} not found")))
+}
+
 /// Finds a version; `latest` (when no version is literally named so) means
 /// the newest uploaded one.
 pub async fn find_version(
@@ -133,7 +149,7 @@ pub async fn find_version(
     {
         return Ok(row);
     }
-    if state.store.get_repository(org, kind, repo).await?.is_none() {
+    if state.store.get_repository_uncounted(org, kind, repo).await?.is_none() {
         return Err(ApiError::not_found(format!("{kind} repository {repo:?} not found")));
     }
     Err(ApiError::not_found(format!("{kind} {repo}:{version} not found")))

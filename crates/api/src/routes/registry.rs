@@ -11,8 +11,8 @@ use yatai_core::{Tag, Timestamp};
 use yatai_store::{NewVersion, VersionPatch};
 
 use super::artifacts::{
-    ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository, find_version, record,
-    repository, repository_with_latest,
+    ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository,
+    find_repository_uncounted, find_version, record, repository, repository_with_latest,
 };
 use super::{Auth, KindParam};
 use crate::auth::Permission;
@@ -258,14 +258,14 @@ async fn list_versions<K: KindParam>(
     Path(name): Path<String>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ArtifactList>> {
-    let repo = find_repository(&state, &caller, K::KIND, &name).await?;
-    if repo.version_count == 0 {
+    find_repository_uncounted(&state, &caller, K::KIND, &name).await?;
+    let q = params.to_query()?;
+    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, Some(&name), &q).await?;
+    if total == 0 && q.search.is_none() && q.labels.is_empty() {
         // The Python client indexes items[0] of this list without checking
         // for emptiness; a 404 is what it handles.
         return Err(ApiError::not_found(format!("{} repository {name:?} has no versions", K::KIND)));
     }
-    let q = params.to_query()?;
-    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, Some(&name), &q).await?;
     let items: Vec<_> = rows.iter().map(|r| artifact(&state, r)).collect();
     Ok(Json(ArtifactList { start: q.start, count: items.len() as i64, total, items }))
 }
@@ -338,7 +338,7 @@ async fn create_version<K: KindParam>(
     Path(name): Path<String>,
     crate::extract::Json(body): crate::extract::Json<CreateVersionRequest>,
 ) -> ApiResult<Json<ArtifactSchema>> {
-    let repo = find_repository(&state, &caller, K::KIND, &name).await?;
+    let repo = find_repository_uncounted(&state, &caller, K::KIND, &name).await?;
     check_version_name(K::KIND, &body.version)?;
     let (manifest, refs) = check_manifest(K::KIND, body.manifest.as_deref())?;
     let labels = body.labels.unwrap_or_default();

@@ -352,7 +352,8 @@ async fn receive_proxy_upload(
         state.store.mark_upload_started(&row).await?;
     }
     let key = BlobStore::new_blob_key();
-    let upload = state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, state.config.upload_ttl)).await?;
+    let upload =
+        state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, state.config.upload_ttl)).await?;
     match state.blobs.write(&key, body.into_data_stream(), limits).await {
         Ok(w) => finish(state, caller, &row, &upload, &w).await,
         Err(e) => {
