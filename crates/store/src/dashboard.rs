@@ -253,10 +253,11 @@ impl Store {
     /// Users a sign-in name could mean: the user of that name, else the users
     /// with that email address (compared without case).
     pub async fn find_login_candidates(&self, name_or_email: &str) -> Result<Vec<UserRow>> {
-        let by_name: Vec<UserRow> = sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = $1")))
-            .bind(name_or_email)
-            .fetch_all(self.pool())
-            .await?;
+        let by_name: Vec<UserRow> =
+            sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = $1")))
+                .bind(name_or_email)
+                .fetch_all(self.pool())
+                .await?;
         if !by_name.is_empty() || !name_or_email.contains('@') {
             return Ok(by_name);
         }
@@ -337,11 +338,13 @@ impl Store {
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -481,40 +484,35 @@ impl Store {
         Ok(RepositoryPage { items, total })
     }
 
-    /// A page of one repository's versions. Newest and oldest use the
-    /// (repository, seq) index, version order the (repository, version) one.
+    /// A page of one repository's versions, newest or oldest first, after a
+    /// cursor (the `seq` of the last row of the previous page). Keyset paging
+    /// on the (repository, seq) index: page 5,000 of 100,000 versions costs
+    /// what page 1 costs, and nothing counts every version. Returns one row
+    /// more than asked when there is a next page.
     pub async fn version_page(
         &self,
         repository_uid: &str,
         search: Option<&str>,
-        uploaded_only: bool,
         sort: VersionSort,
-        start: i64,
+        after_seq: Option<i64>,
         count: i64,
-    ) -> Result<(Vec<crate::VersionRow>, i64)> {
+    ) -> Result<Vec<crate::VersionRow>> {
         let search = search.map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
-        let filter = "WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.version LIKE $2 ESCAPE '\\') \
-                      AND ($3 = 0 OR v.upload_status = 'success')";
-        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM versions v {filter}")))
-            .bind(repository_uid)
-            .bind(&search)
-            .bind(uploaded_only as i64)
-            .fetch_one(self.pool())
-            .await?;
-        let order = match sort {
-            VersionSort::Newest => "v.seq DESC",
-            VersionSort::Oldest => "v.seq ASC",
-            VersionSort::Version => "v.version ASC",
+        let (cmp, order) = match sort {
+            VersionSort::Oldest => (">", "ASC"),
+            _ => ("<", "DESC"),
         };
-        let rows = sqlx::query_as(built(format!("{VERSION_SELECT} {filter} ORDER BY {order} LIMIT $4 OFFSET $5")))
+        let sql = format!(
+            "{VERSION_SELECT} WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.version LIKE $2 ESCAPE '\\') \
+             AND ($3 IS NULL OR v.seq {cmp} $3) ORDER BY v.seq {order} LIMIT $4"
+        );
+        Ok(sqlx::query_as(built(sql))
             .bind(repository_uid)
             .bind(&search)
-            .bind(uploaded_only as i64)
-            .bind(count)
-            .bind(start)
+            .bind(after_seq)
+            .bind(count + 1)
             .fetch_all(self.pool())
-            .await?;
-        Ok((rows, total))
+            .await?)
     }
 
     /// The newest versions of an organization of one kind, across
@@ -557,10 +555,12 @@ impl Store {
     // ---- deployments ------------------------------------------------------
 
     pub async fn deployment_status_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY status ORDER BY status")
-            .bind(org_uid)
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY status ORDER BY status",
+        )
+        .bind(org_uid)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// The bento each of these deployments' active revision runs (`main`
@@ -601,6 +601,27 @@ impl Store {
             .await?
             .rows_affected()
             > 0)
+    }
+
+    /// A page of an organization's feed, newest first, older than a cursor
+    /// (`seq`), without counting the whole feed. Returns one row more than
+    /// asked when there is an older page.
+    pub async fn event_page(&self, org_uid: &str, f: &crate::EventFilter, count: i64) -> Result<Vec<crate::EventRow>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, resource_type, \
+             resource_name, status, info FROM events WHERE org_uid = $1 AND ($2 IS NULL OR operation = $2) \
+             AND ($3 IS NULL OR resource_type = $3) AND ($4 IS NULL OR resource_name = $4) \
+             AND ($5 IS NULL OR actor_name = $5) AND ($6 IS NULL OR seq < $6) ORDER BY seq DESC LIMIT $7",
+        )
+        .bind(org_uid)
+        .bind(&f.operation)
+        .bind(&f.resource_type)
+        .bind(&f.resource_name)
+        .bind(&f.actor_name)
+        .bind(f.before_seq)
+        .bind(count + 1)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Operation names seen in an organization's feed, for the filter menu.
