@@ -549,7 +549,7 @@ backend_test! {
         assert!(!bob.page("/deployments").contains(r#"data-name="iris""#));
         assert!(!bob.page("/").contains(r#"data-name="iris""#));
         assert!(!bob.page("/events").contains(version));
-        assert!(!bob.page("/settings/tokens").contains("initial"), "the other org's tokens");
+        assert!(!bob.page("/settings/tokens").contains(r#"data-name="initial""#), "the other org's tokens");
         assert!(!bob.page("/settings/members").contains("admin@example.com"));
         for path in [
             format!("/bentos/{repo}"),
@@ -608,14 +608,20 @@ fn pages_render_fast_with_100000_versions() {
         api_model(&server, &format!("repo{i}"), "v1");
     }
 
+    // The median of three requests, measured at the client (so it includes
+    // the loopback round trip).
     let mut worst = Duration::ZERO;
     let mut timed = |b: &mut Browser, path: &str| -> String {
-        let _ = b.get(path); // warm
-        let started = Instant::now();
-        let html = b.page(path);
-        let took = started.elapsed();
-        eprintln!("{path}: {took:?}");
-        worst = worst.max(took);
+        let mut times = Vec::new();
+        let mut html = String::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            html = b.page(path);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!("{path}: {:?}", times[1]);
+        worst = worst.max(times[1]);
         html
     };
     let list = timed(&mut b, "/models");
@@ -632,6 +638,6 @@ fn pages_render_fast_with_100000_versions() {
     timed(&mut b, "/models?sort=name&q=repo");
     timed(&mut b, "/");
     timed(&mut b, "/events");
-    // Generous for a loaded two-core test machine; typical is a few ms.
-    assert!(worst < Duration::from_millis(400), "slowest page took {worst:?}");
+    // Typically a few milliseconds; the bound leaves room for a busy machine.
+    assert!(worst < Duration::from_millis(100), "slowest page took {worst:?}");
 }

@@ -226,7 +226,7 @@ async fn repository(
         }
         h2 { "Versions" }
         form.toolbar method="get" role="search" {
-            div { label for="q" { "Search versions" } input id="q" name="q" type="search" value=(p.q); }
+            div { label for="q" { "Versions starting with" } input id="q" name="q" type="search" value=(p.q); }
             div {
                 label for="sort" { "Order" }
                 select id="sort" name="sort" {
@@ -255,7 +255,11 @@ async fn repository(
                     }
                 }
             }
-            (ui::pager(first, older))
+            @if search.is_some() {
+                @if more { p.hint { "The first " (PAGE) " matches, in version order: type more of the version to narrow them." } }
+            } @else {
+                (ui::pager(first, older))
+            }
         }
     };
     Ok(ui::page(&s, page_id, &repo.name, body))
