@@ -351,6 +351,32 @@ fn every_form_is_refused_without_its_csrf_token() {
 }
 
 impl Browser {
+    /// Reads a server-sent event stream until `until` appears or `limit`
+    /// passes, and returns what came (head and body).
+    fn read_stream(&self, path: &str, until: &str, limit: Duration) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http.addr()).unwrap();
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n",
+            self.http.addr()
+        )
+        .unwrap();
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while Instant::now() < deadline && !String::from_utf8_lossy(&got).contains(until) {
+            s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+                .unwrap();
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     fn csrf_for_tests(&mut self) -> String {
         csrf_of(&self.page("/"))
     }
@@ -578,6 +604,37 @@ backend_test! {
         }
         assert_eq!(server.http().get("/api/v1/auth/current").status, 200, "the admin's token still works");
         assert_eq!(server.http().get("/api/v2/deployments/iris").json()["status"] != "terminated", true);
+
+        // Live parts: status and replicas, and the log, as server-sent events.
+        let live = b.read_stream("/deployments/iris/live", "event: state", Duration::from_secs(20));
+        assert!(live.contains("text/event-stream") && live.contains(r#""status":"#), "{live}");
+        wait_for("log lines", Duration::from_secs(120), || {
+            let logs = b.read_stream("/deployments/iris/logs", "data: ", Duration::from_secs(5));
+            logs.contains("data: ").then_some(())
+        });
+
+        // Update to another build from the edit form, compare revisions, and
+        // roll back with one click.
+        client.ok(&["push", &iris.bento_v2]);
+        let (_, version2) = iris.bento_v2.split_once(':').unwrap();
+        let r = b.submit("/deployments/iris/edit", "/deployments/iris/edit", &[
+            ("bento_repository", repo), ("bento_version", version2), ("min_replicas", "1"), ("max_replicas", "2"),
+            ("envs", "IRIS_VARIANT=v2"),
+        ]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        let detail = b.page("/deployments/iris?a=1&b=2");
+        assert!(detail.contains(r#"data-revision="2""#));
+        let diff = &detail[detail.find(r#"data-testid="diff""#).expect("a diff")..];
+        assert!(diff.contains("IRIS_VARIANT") && diff.contains(version2), "{diff}");
+        let r1 = &detail[detail.find(r#"data-revision="1""#).unwrap()..];
+        let uid_at = r1.find(r#"name="revision_uid" value=""#).expect("r1 can be rolled back to");
+        let uid = &r1[uid_at + r#"name="revision_uid" value=""#.len()..];
+        let uid = uid[..uid.find('"').unwrap()].to_owned();
+        let r = b.submit("/deployments/iris", "/deployments/iris/rollback", &[("revision_uid", &uid)]);
+        assert_eq!(r.status, 303);
+        let detail = b.page("/deployments/iris");
+        let r3 = &detail[detail.find(r#"data-revision="3""#).expect("a third revision")..];
+        assert!(r3[..r3.find("</tr>").unwrap()].contains("rollback to r1") && r3.contains(version), "{r3}");
 
         // Terminate from the page; the status says so.
         let r = b.submit("/deployments/iris", "/deployments/iris/terminate", &[]);

@@ -35,6 +35,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/app.css", get(assets::css))
         .route("/static/app.js", get(assets::js))
+        .route("/static/icon.svg", get(assets::icon))
+        .route("/favicon.ico", get(assets::icon))
         .route("/setup", get(auth::setup_page).post(auth::setup_submit))
         .route("/login", get(auth::login_page).post(auth::login_submit))
         .route("/logout", post(auth::logout))

@@ -64,8 +64,9 @@
         s.replicas.forEach(function (r) {
           var tr = document.createElement("tr");
           tr.setAttribute("data-testid", "replica");
-          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v) {
+          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v, i) {
             var td = document.createElement("td");
+            if (i >= 2) td.className = "num";
             td.textContent = v;
             tr.appendChild(td);
           });

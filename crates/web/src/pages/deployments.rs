@@ -660,7 +660,7 @@ pub async fn detail(
                 tbody data-live-replicas {
                     @if let Some(snap) = &snapshot {
                         @for r in &snap.replicas {
-                            tr data-testid="replica" { td { (r.id) } td { (r.state) } td { (r.restarts) } td { (r.inflight) } td { (r.pid.map(|p| p.to_string()).unwrap_or_default()) } }
+                            tr data-testid="replica" { td { (r.id) } td { (r.state) } td.num { (r.restarts) } td.num { (r.inflight) } td.num { (r.pid.map(|p| p.to_string()).unwrap_or_default()) } }
                         }
                     }
                 }
@@ -722,11 +722,24 @@ pub async fn detail(
     Ok(ui::page(&s, "deployment", &d.name, body))
 }
 
+/// An event's details in a line: empty values left out, long ones (digests)
+/// shortened.
 pub fn short_info(info: &str) -> String {
     match serde_json::from_str::<Value>(info) {
         Ok(Value::Object(m)) if !m.is_empty() => m
             .iter()
-            .map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .filter_map(|(k, v)| {
+                let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                if text.is_empty() || text == "null" {
+                    return None;
+                }
+                let text = if text.chars().count() > 40 {
+                    format!("{}…", text.chars().take(16).collect::<String>())
+                } else {
+                    text
+                };
+                Some(format!("{k}: {text}"))
+            })
             .collect::<Vec<_>>()
             .join(", "),
         _ => String::new(),

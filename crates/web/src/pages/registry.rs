@@ -409,7 +409,9 @@ async fn version_page(
         nav.crumbs aria-label="Breadcrumb" { a href=(base(kind)) { (plural(kind)) } " / " a href=(repo_href(kind, &v.repository_name)) { (v.repository_name) } " /" }
         h1 { (v.repository_name) ":" code data-testid="version" { (v.version) } }
         (ui::notice(p.notice.as_deref()))
-        @if !v.description.is_empty() { p { (v.description) } }
+        @if v.description.len() > 200 || v.description.contains('\n') {
+            details { summary { "Description" } pre.readme { (v.description) } }
+        } @else if !v.description.is_empty() { p { (v.description) } }
         dl.facts {
             dt { "Upload" } dd data-testid="upload-status" { (ui::upload_badge(&v.upload_status)) @if !v.upload_finished_reason.is_empty() { " " span.muted { (v.upload_finished_reason) } } }
             dt { "Size" } dd { (ui::size(size)) @if v.archive_size.is_some() && size != v.archive_size { span.muted { " (archive " (ui::size(v.archive_size)) ")" } } }
