@@ -55,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .route("/bentos/{repo}/{version}/delete", post(registry::delete_bento))
         .route("/deployments", get(deployments::list))
         .route("/deployments/new", get(deployments::new_page).post(deployments::create))
+        .route("/deployments/new/versions", get(deployments::versions_fragment))
         .route("/deployments/{name}", get(deployments::detail))
         .route("/deployments/{name}/edit", get(deployments::edit_page).post(deployments::update))
         .route("/deployments/{name}/live", get(deployments::live))

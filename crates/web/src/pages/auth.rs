@@ -63,6 +63,10 @@ async fn start_session(
             user.name
         )));
     };
+    // Sign-ins are rare: a good moment to forget sessions that expired.
+    if let Err(e) = state.store.purge_expired_sessions(Timestamp::now()).await {
+        tracing::warn!(error = %e, "could not purge expired sessions");
+    }
     let secret = new_secret();
     let expires = Timestamp(Timestamp::now().0 + SESSION_TTL.as_micros() as i64);
     let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
