@@ -277,6 +277,7 @@ const PAGES: &[&str] = &[
 const FORMS: &[&str] = &[
     "/logout",
     "/account/password",
+    "/account/organization",
     "/models/iris_clf/v1/delete",
     "/bentos/iris/v1/delete",
     "/deployments/new",
@@ -470,6 +471,26 @@ fn members_are_managed_and_the_last_admin_stays() {
     let r = b.submit("/settings/members", &format!("/settings/members/{uid}/remove"), &[]);
     assert!(location(&r).contains("last"), "{}", location(&r));
     assert_eq!(b.get("/settings/tokens").status, 200, "still admin");
+}
+
+#[test]
+fn a_member_of_two_organizations_works_in_one_at_a_time() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut admin = setup(&server);
+    api_model(&server, "shared_clf", "v1");
+    server.admin(&["org", "create", "lab"]);
+    server.admin(&["user", "create", "carol", "--email", "carol@example.com", "--org", "default"]);
+    server.admin(&["user", "create", "carol", "--org", "lab", "--role", "guest"]);
+    admin_with_env(&server, &["user", "set-password", "carol"], &[("YATAI_PASSWORD", PASSWORD)]);
+    let (mut carol, _) = login(&server, "carol", PASSWORD);
+    assert!(carol.page("/models").contains(r#"data-name="shared_clf""#), "carol starts in default");
+    let r = carol.submit("/account", "/account/organization", &[("org", "lab")]);
+    assert_eq!(r.status, 303);
+    assert!(!carol.page("/models").contains(r#"data-name="shared_clf""#));
+    assert_eq!(carol.get("/models/shared_clf").status, 404, "default's models are out of reach from lab");
+    let r = carol.submit("/account", "/account/organization", &[("org", "nope")]);
+    assert_eq!(r.status, 404);
+    assert_eq!(admin.get("/models/shared_clf").status, 200);
 }
 
 /// Keeps `yatai serve`'s replicas from outliving a failed test.
