@@ -663,6 +663,19 @@ backend_test! {
         wait_for("the deployment to be terminated", Duration::from_secs(60), || {
             b.page("/deployments/iris").contains(r#"data-testid="status" data-live-status>terminated<"#).then_some(())
         });
+        let page = b.page("/deployments/iris");
+        assert!(page.contains(r#"data-action="restore""#) && !page.contains(r#"data-action="terminate""#));
+
+        // Restore brings it back; delete (through the dialog's form) removes it.
+        let r = b.submit("/deployments/iris", "/deployments/iris/restore", &[]);
+        assert_eq!(r.status, 303);
+        wait_for("the restored deployment to run", Duration::from_secs(120), || {
+            (server.http().get("/api/v2/deployments/iris").json()["status"] == "running").then_some(())
+        });
+        let r = b.submit("/deployments/iris", "/deployments/iris/delete", &[]);
+        assert_eq!((r.status, location(&r).split('?').next().unwrap()), (303, "/deployments"));
+        assert_eq!(b.get("/deployments/iris").status, 404);
+        assert_eq!(server.http().get("/api/v2/deployments/iris").status, 404);
         drop(guard);
     }
 }
