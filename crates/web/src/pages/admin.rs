@@ -76,9 +76,8 @@ async fn tokens_page(
                 @for (scope, text) in SCOPE_TEXT {
                     label for=(format!("scope-{scope}")) {
                         input id=(format!("scope-{scope}")) type="checkbox" name="scopes" value=(scope) checked[checked.contains(scope)];
-                        code { (scope) } " — " (text)
+                        span { code { (scope) } " — " (text) }
                     }
-                    br;
                 }
             }
             (field_error("scopes", errors))
