@@ -316,6 +316,14 @@ fn every_page_and_form_needs_a_session() {
     let r = b.get(css);
     assert_eq!(r.status, 200);
     assert!(r.header("cache-control").unwrap().contains("max-age"));
+    // A page that does not exist is a page for a browser, JSON for the API.
+    b.headers.push(("Accept".into(), "text/html".into()));
+    let r = b.get("/no/such/page");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains(r#"data-page="error""#), "{}", r.text());
+    let r = b.get("/api/v1/no_such_route");
+    assert_eq!(r.status, 404);
+    assert!(r.text().starts_with('{'));
 }
 
 #[test]

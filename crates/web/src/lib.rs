@@ -80,6 +80,33 @@ pub fn router() -> Router<AppState> {
         .layer(axum::middleware::map_response(security_headers))
 }
 
+/// Wraps the whole application so that a browser asking for a page that
+/// does not exist gets a page saying so, not the API's JSON 404.
+pub fn html_not_found(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(html_404))
+}
+
+async fn html_404(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let wants_page = req.method() == axum::http::Method::GET
+        && !["/api/", "/transfer/", "/healthz", "/metrics"].iter().any(|p| req.uri().path().starts_with(p))
+        && req
+            .headers()
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if wants_page && json && resp.status() == axum::http::StatusCode::NOT_FOUND {
+        return ui::error_response(ui::WebError::not_found(format!("There is no page at {path}.")));
+    }
+    resp
+}
+
 /// Everything the pages load comes from this server: scripts, styles and
 /// connections are limited to it, and no other site may frame a page.
 async fn security_headers(mut resp: Response) -> Response {
