@@ -357,6 +357,12 @@ fn every_form_is_refused_without_its_csrf_token() {
     assert!(!b.page("/settings/tokens").contains("sneaky"));
     assert!(!b.page("/settings").contains("changed"));
     assert_eq!(login(&server, "admin", PASSWORD).1.status, 303);
+
+    // With its token the same form works: a version nothing uses is deleted.
+    let r = b.submit("/models/iris_clf/v1", "/models/iris_clf/v1/delete", &[]);
+    assert_eq!(r.status, 303);
+    assert!(location(&r).starts_with("/models/iris_clf?notice=Deleted"), "{}", location(&r));
+    assert_eq!(b.get("/models/iris_clf/v1").status, 404);
 }
 
 impl Browser {
@@ -552,6 +558,7 @@ backend_test! {
         assert!(r.body.len() > 1000, "the archive");
         let model = b.page(&models[models.find("/models/iris_clf/").unwrap()..].split('"').next().unwrap().to_owned());
         assert!(model.contains(r#"data-page="model-version""#) && model.contains(repo), "a model links its bentos");
+        assert!(model.contains(r#"data-testid="delete-blocked""#), "a model a bento uses cannot be deleted");
 
         // The deployment form: errors beside their fields, input kept.
         let r = b.submit("/deployments/new", "/deployments/new", &[
