@@ -56,7 +56,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("yatai listening on http://{addr}");
 
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            yatai_api::shutdown::begin();
+        })
         .await?;
     janitor.abort();
     tracing::info!("stopping the deployments' replicas");
