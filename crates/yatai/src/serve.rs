@@ -24,7 +24,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = yatai_runtime::LocalRuntime::new(runtime_config, blobs.clone(), sink);
     let state =
         AppState::with_runtime(store.clone(), blobs.clone(), &signing_key, args.api_config(), Some(runtime.clone()));
-    let (app, _doc) = yatai_api::app(state.clone());
+    let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router());
+    let app = yatai_web::html_not_found(app);
     let listener =
         tokio::net::TcpListener::bind(&args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
@@ -47,14 +48,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let endpoint = format!("http://{addr}");
         println!(
             "\nCreated the admin user {:?} in organization {:?}. Its API token, shown only now:\n\n    {token}\n\n\
-             Log in with:\n\n    bentoml cloud login --endpoint {endpoint} --api-token {token}\n",
+             Log in with:\n\n    bentoml cloud login --endpoint {endpoint} --api-token {token}\n\n\
+             It is also the setup token of the dashboard: open {endpoint}/ to create the administrator's password.\n",
             args.admin_name, args.org_name
         );
     }
     println!("yatai listening on http://{addr}");
 
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            yatai_api::shutdown::begin();
+        })
         .await?;
     janitor.abort();
     tracing::info!("stopping the deployments' replicas");

@@ -1,0 +1,11 @@
+//! One module per area of the dashboard.
+
+pub mod admin;
+pub mod auth;
+pub mod deployment_form;
+pub mod deployment_page;
+pub mod deployments;
+pub mod home;
+pub mod members;
+pub mod registry;
+pub mod tokens;
