@@ -107,7 +107,7 @@ pub async fn sample_forever(endpoint: Arc<Endpoint>, history: Arc<History>) {
         }
         history.record(&endpoint, SAMPLE_EVERY);
         n += 1;
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let mut totals = Vec::new();
             for b in endpoint.backends().iter() {
                 if let Some(text) = scrape(b.addr.port()).await {

@@ -557,18 +557,14 @@ fn async_stream(
     let past = futures_util::stream::iter(past.into_iter().map(|l| Ok(Event::default().data(l))));
     let live = futures_util::stream::unfold(live, |rx| async move {
         let mut rx = rx?;
-        loop {
-            match rx.recv().await {
-                Ok(line) => return Some((Ok(Event::default().data(line.as_ref())), Some(rx))),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    return Some((
-                        Ok(Event::default().comment(format!("{n} lines skipped (the reader was too slow)"))),
-                        Some(rx),
-                    ));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(line) => Event::default().data(line.as_ref()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().comment(format!("{n} lines skipped (the reader was too slow)"))
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), Some(rx)))
     });
     past.chain(live)
 }
