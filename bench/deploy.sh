@@ -3,7 +3,8 @@
 #   - deploy-to-ready time, split into preparing the Python environment (cold:
 #     empty environment and uv caches; warm: environment cached) and starting
 #     the replica process;
-#   - the reverse proxy's added latency (p50, p99) and requests/s, measured
+#   - the reverse proxy's added latency (p50, p99: bench/latency.py, one request at
+#     a time) and requests/s (wrk), measured
 #     side by side with calling the replica directly, in the same run.
 # Usage: bench/deploy.sh            (results are printed as a Markdown table)
 # Needs: the test setup (scripts/setup-test-deps), wrk (apt-get install wrk).
@@ -82,35 +83,29 @@ wrk.body = '{"input_series": [[5.1, 3.5, 1.4, 0.2]]}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 ROUNDS=${ROUNDS:-3}
-measure() { # url path conns extra-args... → "req/s p50_ms p99_ms"
-    local url=$1 path=$2 conns=$3; shift 3
-    wrk -t1 -c"$conns" -d5s --latency "$@" "$url$path" | python3 -c '
-import re, sys
-t = sys.stdin.read()
-rps = re.search(r"Requests/sec:\s+([0-9.]+)", t).group(1)
-def q(p):
-    m = re.search(r"\s" + p + r"%\s+([0-9.]+)(us|ms|s)", t)
-    v, u = float(m.group(1)), m.group(2)
-    return v / 1000 if u == "us" else (v * 1000 if u == "s" else v)
-print(rps, "%.3f" % q("50"), "%.3f" % q("99"))'
+BODY='{"input_series": [[5.1, 3.5, 1.4, 0.2]]}'
+throughput() { # url path extra-args... → requests/s of wrk -t1 -c4 -d5s
+    local url=$1 path=$2; shift 2
+    wrk -t1 -c4 -d5s "$@" "$url$path" | awk '/Requests\/sec/ {print $2}'
+}
+latency() { # url path → "p50_ms p99_ms" of 2,000 sequential requests
+    local post=(); [ "$2" = /classify ] && post=(--post "$BODY")
+    python3 bench/latency.py "$1$2" "${post[@]}"
 }
 # The server's CPU time (user + system, in clock ticks) so far.
 server_cpu() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 # Direct and proxied runs alternate, ROUNDS times each; the report takes medians.
-# One connection shows the latency the proxy adds without queueing; four show
-# throughput with the replica saturated.
 : >"$T/runs"
 for path in /livez /classify; do
     extra=(); [ "$path" = /classify ] && extra=(-s "$T/post.lua")
-    measure "$DIRECT" "$path" 4 "${extra[@]}" >/dev/null  # warm-up
+    throughput "$DIRECT" "$path" "${extra[@]}" >/dev/null  # warm-up
     for round in $(seq "$ROUNDS"); do
-        for conns in 1 4; do
-            for mode in direct proxied; do
-                url=$DIRECT; [ $mode = proxied ] && url=$PROXY
-                cpu0=$(server_cpu)
-                result=$(measure "$url" "$path" "$conns" "${extra[@]}")
-                echo "$path $conns $mode $result $(($(server_cpu) - cpu0))" >>"$T/runs"
-            done
+        for mode in direct proxied; do
+            url=$DIRECT; [ $mode = proxied ] && url=$PROXY
+            cpu0=$(server_cpu)
+            rps=$(throughput "$url" "$path" "${extra[@]}")
+            ticks=$(($(server_cpu) - cpu0))
+            echo "$path $mode $rps $ticks $(latency "$url" "$path")" >>"$T/runs"
         done
     done
 done
@@ -130,20 +125,20 @@ import statistics, sys
 from collections import defaultdict
 runs = defaultdict(list)
 for line in open(sys.argv[1]):
-    path, conns, mode, rps, p50, p99, ticks = line.split()
-    # The server's CPU per request, in µs (wrk -d5s).
+    path, mode, rps, ticks, p50, p99 = line.split()
+    # The server's CPU per request during the wrk run (-d5s), in µs.
     cpu_us = int(ticks) / int(sys.argv[3]) / (float(rps) * 5) * 1e6
-    runs[(path, int(conns), mode)].append((float(rps), float(p50), float(p99), cpu_us))
-med = lambda xs: statistics.median(xs)
-print(f"| route, wrk -t1 -d5s, median of {sys.argv[2]} alternating runs | connections | direct req/s | proxied req/s | proxied / direct | direct p50 / p99 ms | proxied p50 / p99 ms | added p50 / p99 ms | proxy CPU per request |")
-print("|---|---|---|---|---|---|---|---|---|")
-for (path, conns, mode) in sorted(runs):
-    if mode != "direct":
-        continue
-    d, p = runs[(path, conns, "direct")], runs[(path, conns, "proxied")]
-    d_rps, p_rps = med([r[0] for r in d]), med([r[0] for r in p])
-    d50, p50 = med([r[1] for r in d]), med([r[1] for r in p])
-    d99, p99 = med([r[2] for r in d]), med([r[2] for r in p])
+    runs[(path, mode)].append((float(rps), cpu_us, float(p50), float(p99)))
+med = lambda rows, i: statistics.median(r[i] for r in rows)
+print(f"Medians of {sys.argv[2]} alternating rounds. Throughput: `wrk -t1 -c4 -d5s`; latency: 2,000")
+print("requests one at a time on one kept-alive connection (`bench/latency.py`).")
+print()
+print("| route | direct req/s | proxied req/s | proxied / direct | proxy CPU per request | direct p50 / p99 ms | proxied p50 / p99 ms | added p50 / p99 ms |")
+print("|---|---|---|---|---|---|---|---|")
+for path in ("/livez", "/classify"):
+    d, p = runs[(path, "direct")], runs[(path, "proxied")]
     name = "GET /livez" if path == "/livez" else "POST /classify"
-    print(f"| {name} | {conns} | {d_rps:.0f} | {p_rps:.0f} | {p_rps / d_rps:.2f} | {d50:.2f} / {d99:.2f} | {p50:.2f} / {p99:.2f} | {p50 - d50:+.2f} / {p99 - d99:+.2f} | {med([r[3] for r in p]):.0f} µs |")
+    d50, d99, p50, p99 = med(d, 2), med(d, 3), med(p, 2), med(p, 3)
+    print(f"| {name} | {med(d, 0):.0f} | {med(p, 0):.0f} | {med(p, 0) / med(d, 0):.2f} | {med(p, 1):.0f} µs "
+          f"| {d50:.2f} / {d99:.2f} | {p50:.2f} / {p99:.2f} | {p50 - d50:+.2f} / {p99 - d99:+.2f} |")
 PY
