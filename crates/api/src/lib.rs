@@ -40,12 +40,19 @@ use crate::error::ApiError;
 
 /// The complete application: routes, OpenAPI document and middleware.
 pub fn app(state: AppState) -> (Router, OpenApi) {
+    app_with(state, Router::new())
+}
+
+/// The application with more routes (the dashboard's) mounted next to the
+/// API, under the same middleware and before the JSON 404 fallback.
+pub fn app_with(state: AppState, extra: Router<AppState>) -> (Router, OpenApi) {
     let authenticated = routes::authenticated(state.clone())
         .layer_all(|r| r.route_layer(from_fn_with_state(state.clone(), auth::require_token)));
     let (router, doc) = authenticated.merge(routes::public(state.clone())).finish();
     let swagger: Router<AppState> = SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()).into();
     let router = router
         .merge(swagger)
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_json_body))

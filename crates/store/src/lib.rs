@@ -6,6 +6,7 @@
 //! differs, [`Dialect`] picks the variant. Each backend has its own migration
 //! directory because their DDL differs in small ways (auto-increment keys).
 
+mod dashboard;
 mod deployments;
 mod events;
 mod identity;
@@ -13,6 +14,7 @@ mod image_builds;
 mod registry;
 mod uploads;
 
+pub use dashboard::{DeploymentUse, MemberRow, NewSession, RepoSort, RepositoryPage, SessionIdentity, VersionSort};
 pub use deployments::{ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};

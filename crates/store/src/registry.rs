@@ -107,7 +107,7 @@ pub struct ListQuery {
     pub labels: Vec<(String, Option<String>)>,
 }
 
-const REPO_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
+pub(crate) const REPO_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
      cu.name AS creator_name, r.created_at, r.updated_at, \
      (SELECT COUNT(*) FROM versions vc WHERE vc.repository_uid = r.uid) AS version_count \
      FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
@@ -119,7 +119,7 @@ const REPO_SELECT_UNCOUNTED: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.
      cu.name AS creator_name, r.created_at, r.updated_at, -1 AS version_count \
      FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
 
-const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, r.name AS repository_name, r.org_uid, r.kind, \
+pub(crate) const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, r.name AS repository_name, r.org_uid, r.kind, \
      v.version, v.description, v.manifest, v.labels, v.build_at, v.upload_status, v.upload_finished_reason, \
      v.upload_started_at, v.upload_finished_at, v.upload_id, v.replace_requested_at, v.blob_digest, \
      b.size_bytes AS archive_size, v.image_build_status, v.creator_uid, cu.name AS creator_name, \

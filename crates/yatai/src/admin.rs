@@ -70,6 +70,13 @@ pub enum UserCommand {
         #[arg(long, default_value = "developer")]
         role: String,
     },
+    /// Set a user's dashboard password (read from YATAI_PASSWORD, else the
+    /// first line of stdin), and sign them out of every browser.
+    SetPassword {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +204,26 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             };
             store.set_member(&org.uid, &user.uid, role).await?;
             println!("user {:?} is a {} of organization {:?}", user.name, role.as_str(), org.name);
+            Ok(())
+        }
+        UserCommand::SetPassword { db, name } => {
+            let password = match std::env::var("YATAI_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            if let Some(why) = yatai_web::password::check_new(&password) {
+                bail!("password refused: {why}");
+            }
+            let store = db.connect().await?;
+            let user = user_by_name(&store, &name).await?;
+            let hash = yatai_web::password::hash(&password).await.map_err(|e| anyhow!("cannot hash: {e}"))?;
+            store.set_password(&user.uid, &hash).await?;
+            let signed_out = store.delete_user_sessions(&user.uid, None).await?;
+            println!("set the password of {:?}; signed out {signed_out} session(s)", user.name);
             Ok(())
         }
     }

@@ -24,7 +24,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = yatai_runtime::LocalRuntime::new(runtime_config, blobs.clone(), sink);
     let state =
         AppState::with_runtime(store.clone(), blobs.clone(), &signing_key, args.api_config(), Some(runtime.clone()));
-    let (app, _doc) = yatai_api::app(state.clone());
+    let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router());
     let listener =
         tokio::net::TcpListener::bind(&args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;

@@ -285,6 +285,19 @@ pub async fn terminate_deployment(state: &AppState, caller: &Caller, d: &Deploym
     reload(state, d).await
 }
 
+/// Starts a terminated deployment again with its active revision.
+pub async fn restore_deployment(state: &AppState, caller: &Caller, d: &DeploymentRow) -> ApiResult<DeploymentRow> {
+    if d.desired == "running" {
+        return Err(ApiError::conflict(format!("deployment {:?} is not terminated", d.name)));
+    }
+    state.store.set_desired(&d.uid, "running").await?;
+    let _ = state.store.set_status(&d.uid, "deploying", "restoring").await;
+    let d = reload(state, d).await?;
+    dep::record(state, caller, "restored", &d, Value::Null).await;
+    dep::apply(state, &d).await?;
+    Ok(d)
+}
+
 pub async fn delete_deployment(state: &AppState, caller: &Caller, d: &DeploymentRow) -> ApiResult<()> {
     dep::forget(state, d).await;
     state.store.delete_deployment(&d.uid).await?;
@@ -439,14 +452,7 @@ async fn restore(
     Query(p): Query<ClusterParam>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    if d.desired == "running" {
-        return Err(ApiError::conflict(format!("deployment {:?} is not terminated", d.name)));
-    }
-    state.store.set_desired(&d.uid, "running").await?;
-    let _ = state.store.set_status(&d.uid, "deploying", "restoring").await;
-    let d = reload(&state, &d).await?;
-    dep::record(&state, &caller, "restored", &d, Value::Null).await;
-    dep::apply(&state, &d).await?;
+    let d = restore_deployment(&state, &caller, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 

@@ -599,7 +599,8 @@ async fn uploaded_archive(state: &AppState, row: &VersionRow) -> ApiResult<Strin
     Ok(key)
 }
 
-async fn stream_archive(state: &AppState, row: &VersionRow) -> ApiResult<Response> {
+/// Streams a version's archive through yatai (the API's download and the dashboard's).
+pub async fn stream_archive(state: &AppState, row: &VersionRow) -> ApiResult<Response> {
     let key = uploaded_archive(state, row).await?;
     let reader = state.blobs.open(&key).await?;
     let filename = format!("{}-{}.tar", row.repository_name, row.version);

@@ -1,0 +1,110 @@
+// yatai dashboard: small progressive enhancements. Every page works without
+// this file; it adds copy buttons, confirmation dialogs and live updates.
+"use strict";
+(function () {
+  function onReady(f) {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", f);
+    else f();
+  }
+
+  function copyButtons() {
+    document.querySelectorAll("button[data-copy]").forEach(function (b) {
+      b.addEventListener("click", function () {
+        var el = document.getElementById(b.getAttribute("data-copy"));
+        if (!el) return;
+        var text = el.textContent;
+        var done = function () { b.textContent = "Copied"; setTimeout(function () { b.textContent = "Copy"; }, 1500); };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(text).then(done, function () { select(el); });
+        } else {
+          select(el);
+        }
+      });
+    });
+  }
+
+  function select(el) {
+    var r = document.createRange();
+    r.selectNodeContents(el);
+    var s = window.getSelection();
+    s.removeAllRanges();
+    s.addRange(r);
+  }
+
+  // <button data-dialog="ID"> opens <dialog id=ID>; [data-close] closes it.
+  function dialogs() {
+    document.querySelectorAll("button[data-dialog]").forEach(function (b) {
+      var d = document.getElementById(b.getAttribute("data-dialog"));
+      if (!d || typeof d.showModal !== "function") return;
+      b.type = "button";
+      b.addEventListener("click", function (e) { e.preventDefault(); d.showModal(); });
+    });
+    document.querySelectorAll("dialog [data-close]").forEach(function (b) {
+      b.addEventListener("click", function (e) { e.preventDefault(); b.closest("dialog").close(); });
+    });
+  }
+
+  // A deployment page: status, replicas and charts over server-sent events.
+  function liveDeployment() {
+    var root = document.querySelector("[data-live]");
+    if (!root || typeof EventSource === "undefined") return;
+    var es = new EventSource(root.getAttribute("data-live"));
+    es.addEventListener("state", function (e) {
+      var s;
+      try { s = JSON.parse(e.data); } catch (_) { return; }
+      document.querySelectorAll("[data-live-status]").forEach(function (el) {
+        el.textContent = s.status;
+        el.className = "badge s-" + s.status;
+      });
+      var reason = document.querySelector("[data-live-reason]");
+      if (reason) reason.textContent = s.reason || "";
+      var body = document.querySelector("[data-live-replicas]");
+      if (body && Array.isArray(s.replicas)) {
+        body.textContent = "";
+        s.replicas.forEach(function (r) {
+          var tr = document.createElement("tr");
+          tr.setAttribute("data-testid", "replica");
+          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v) {
+            var td = document.createElement("td");
+            td.textContent = v;
+            tr.appendChild(td);
+          });
+          body.appendChild(tr);
+        });
+        var empty = document.querySelector("[data-live-noreplicas]");
+        if (empty) empty.hidden = s.replicas.length > 0;
+      }
+      if (s.charts) {
+        Object.keys(s.charts).forEach(function (id) {
+          var fig = document.getElementById(id);
+          if (fig) fig.outerHTML = s.charts[id];
+        });
+      }
+    });
+    es.onerror = function () { /* EventSource reconnects by itself */ };
+  }
+
+  function liveLogs() {
+    var box = document.querySelector("[data-logs-url]");
+    if (!box || typeof EventSource === "undefined") return;
+    var code = box.querySelector("code") || box;
+    var es = new EventSource(box.getAttribute("data-logs-url"));
+    var first = true;
+    es.onmessage = function (e) {
+      if (first) { code.textContent = ""; first = false; }
+      var stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 20;
+      code.appendChild(document.createTextNode(e.data + "\n"));
+      var lines = code.childNodes;
+      while (lines.length > 2000) code.removeChild(lines[0]);
+      if (stick) box.scrollTop = box.scrollHeight;
+    };
+    es.onerror = function () { /* reconnects; the server resends the tail */ first = true; };
+  }
+
+  onReady(function () {
+    copyButtons();
+    dialogs();
+    liveDeployment();
+    liveLogs();
+  });
+})();

@@ -1,0 +1,73 @@
+//! The dashboard: server-rendered pages served by `yatai serve` at `/`, with
+//! live parts (deployment status, logs, charts) over server-sent events and
+//! a little vanilla JavaScript. No front-end build step; the stylesheet and
+//! the script are compiled into the binary.
+//!
+//! Every page needs a session ([`session::Session`]) and shows only the
+//! session's organization; every form carries a CSRF token
+//! ([`session::Post`]). Actions go through the same service functions as
+//! the API (`yatai_api::deployments`, `yatai_api::routes::*`), so a change
+//! made here is the change the API would make.
+
+pub mod assets;
+pub mod limiter;
+pub mod pages;
+pub mod password;
+pub mod session;
+pub mod ui;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use yatai_api::AppState;
+
+/// What the dashboard keeps in memory.
+#[derive(Default)]
+pub struct Web {
+    pub limiter: limiter::Limiter,
+}
+
+/// The dashboard's routes, to mount next to the API
+/// (`yatai_api::app_with(state, yatai_web::router())`).
+pub fn router() -> Router<AppState> {
+    use pages::*;
+    Router::new()
+        .route("/static/app.css", get(assets::css))
+        .route("/static/app.js", get(assets::js))
+        .route("/setup", get(auth::setup_page).post(auth::setup_submit))
+        .route("/login", get(auth::login_page).post(auth::login_submit))
+        .route("/logout", post(auth::logout))
+        .route("/account", get(auth::account_page))
+        .route("/account/password", post(auth::change_password))
+        .route("/", get(home::home))
+        .route("/models", get(registry::models))
+        .route("/models/{repo}", get(registry::model_repo))
+        .route("/models/{repo}/{version}", get(registry::model_version))
+        .route("/models/{repo}/{version}/download", get(registry::download_model))
+        .route("/models/{repo}/{version}/delete", post(registry::delete_model))
+        .route("/bentos", get(registry::bentos))
+        .route("/bentos/{repo}", get(registry::bento_repo))
+        .route("/bentos/{repo}/{version}", get(registry::bento_version))
+        .route("/bentos/{repo}/{version}/download", get(registry::download_bento))
+        .route("/bentos/{repo}/{version}/delete", post(registry::delete_bento))
+        .route("/deployments", get(deployments::list))
+        .route("/deployments/new", get(deployments::new_page).post(deployments::create))
+        .route("/deployments/{name}", get(deployments::detail))
+        .route("/deployments/{name}/edit", get(deployments::edit_page).post(deployments::update))
+        .route("/deployments/{name}/live", get(deployments::live))
+        .route("/deployments/{name}/logs", get(deployments::logs))
+        .route("/deployments/{name}/terminate", post(deployments::terminate))
+        .route("/deployments/{name}/restore", post(deployments::restore))
+        .route("/deployments/{name}/rollback", post(deployments::rollback))
+        .route("/deployments/{name}/delete", post(deployments::delete))
+        .route("/settings", get(admin::settings).post(admin::save_settings))
+        .route("/settings/tokens", get(admin::tokens).post(admin::create_token))
+        .route("/settings/tokens/{uid}/revoke", post(admin::revoke_token))
+        .route("/settings/members", get(admin::members).post(admin::add_member))
+        .route("/settings/members/{uid}/role", post(admin::change_role))
+        .route("/settings/members/{uid}/remove", post(admin::remove_member))
+        .route("/events", get(admin::events))
+        .route("/clusters", get(admin::clusters))
+        .layer(Extension(Arc::new(Web::default())))
+}

@@ -1,0 +1,354 @@
+//! The dashboard in a real browser (headless Chromium, driven over the
+//! DevTools protocol by tests/support/browser.rs): the whole path of a new
+//! installation, from first-run setup to a terminated deployment, with the
+//! bento pushed by the real bentoml CLI using a token created in the page.
+//!
+//! Every step asserts on the DOM, every page must be free of console errors
+//! (exceptions, `console.error`, failed loads), and each main page is saved as
+//! a screenshot (see docs/testbed.md) and checked at phone width.
+
+mod support;
+
+#[path = "support/browser.rs"]
+mod browser;
+
+use std::time::Duration;
+
+use browser::{Browser, js_str};
+use support::*;
+
+const ADMIN: &str = "ada";
+const EMAIL: &str = "ada@example.com";
+const PASSWORD: &str = "correct horse battery";
+/// Starting a deployment builds its Python environment the first time.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Waits until the page shown is `page` (`<main id=main data-page=…>`).
+async fn on_page(b: &Browser, page: &str) {
+    b.wait_for(&format!("main#main[data-page={page}]")).await;
+}
+
+/// Opens `path`, checks it is `page` without console errors, and saves a screenshot.
+async fn visit(b: &Browser, path: &str, page: &str) {
+    b.goto(path).await;
+    on_page(b, page).await;
+    b.assert_no_console_errors();
+    b.screenshot(page).await;
+}
+
+/// Clicks and expects a console error-free `page` next.
+async fn click_to(b: &Browser, selector: &str, page: &str) {
+    b.click_and_wait(selector).await;
+    on_page(b, page).await;
+    b.assert_no_console_errors();
+}
+
+/// Submits a form and expects `page` next.
+async fn submit_to(b: &Browser, form: &str, page: &str) {
+    b.submit(&format!("form[data-form={form}]")).await;
+    on_page(b, page).await;
+}
+
+/// The text of the field error shown for `field`.
+async fn field_error(b: &Browser, field: &str) -> String {
+    b.text(&format!(".field-error[data-error-for={field}]")).await
+}
+
+/// Submits a form that the server answers with its errors (422 or 401).
+/// Chromium reports a document loaded with an error status as a failed
+/// resource load; that one entry is expected, anything else is not.
+async fn submit_expecting_errors(b: &Browser, form: &str, page: &str, status: u16) {
+    b.assert_no_console_errors();
+    submit_to(b, form, page).await;
+    let errors = b.console_errors();
+    let unexpected: Vec<_> = errors
+        .iter()
+        .filter(|e| !(e.kind == "log:network" && e.text.contains(&format!("status of {status}"))))
+        .map(ToString::to_string)
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected console errors after a rejected form: {unexpected:#?}");
+    b.clear_console_errors();
+}
+
+/// `[data-testid=row][data-name=NAME]`
+fn row(name: &str) -> String {
+    format!("[data-testid=row][data-name={}]", js_str(name))
+}
+
+fn revision(n: usize) -> String {
+    format!("[data-testid=revision][data-revision=\"{n}\"]")
+}
+
+async fn wait_status(b: &Browser, status: &str, timeout: Duration) {
+    b.wait_for_text_within("[data-testid=status]", status, timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_first_run_to_a_terminated_deployment() {
+    let server = Server::start(Backend::SqliteLocal);
+    let b = Browser::launch().await.with_base(&server.url);
+
+    // ---- first-run setup: the setup token is the server's first API token ----
+    b.goto("/").await;
+    on_page(&b, "setup").await;
+    assert!(b.current_url().await.ends_with("/setup"), "{}", b.current_url().await);
+    for field in ["token", "name", "email", "password"] {
+        // Every control is labelled.
+        assert_eq!(b.count(&format!("form[data-form=setup] label[for={field}]")).await, 1, "label for {field}");
+        assert_eq!(b.attr(&format!("#{field}"), "name").await.as_deref(), Some(field));
+    }
+    b.assert_no_console_errors();
+    b.screenshot("setup").await;
+
+    // A wrong token is refused beside its field, and what was typed stays.
+    b.fill("form[data-form=setup] [name=token]", "not-the-token").await;
+    b.fill("form[data-form=setup] [name=name]", ADMIN).await;
+    b.fill("form[data-form=setup] [name=email]", EMAIL).await;
+    b.fill("form[data-form=setup] [name=password]", PASSWORD).await;
+    submit_expecting_errors(&b, "setup", "setup", 422).await;
+    assert!(field_error(&b, "token").await.contains("not the setup token"), "{}", field_error(&b, "token").await);
+    assert_eq!(b.prop("[name=name]", "value").await, ADMIN);
+    b.screenshot("setup-error").await;
+
+    b.fill("form[data-form=setup] [name=token]", &server.token).await;
+    b.fill("form[data-form=setup] [name=password]", PASSWORD).await;
+    submit_to(&b, "setup", "home").await;
+    b.assert_no_console_errors();
+
+    // The session cookie is out of the page's reach and not sent cross-site.
+    let session = b.cookie("yatai_session").await.expect("a session cookie after setup");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert!(matches!(session["sameSite"].as_str(), Some("Lax" | "Strict")), "{session}");
+    assert_eq!(b.eval("document.cookie.includes('yatai_session')").await, false);
+
+    // ---- sign out, then sign in by email ----
+    b.submit("form[data-form=logout]").await;
+    on_page(&b, "login").await;
+    assert!(b.cookie("yatai_session").await.is_none(), "the session cookie outlived sign-out");
+    b.goto("/bentos").await;
+    on_page(&b, "login").await;
+    b.assert_no_console_errors();
+    b.screenshot("login").await;
+
+    b.fill("form[data-form=login] [name=login]", EMAIL).await;
+    b.fill("form[data-form=login] [name=password]", "wrong password").await;
+    submit_expecting_errors(&b, "login", "login", 401).await;
+    assert!(field_error(&b, "form").await.contains("Wrong"), "{}", field_error(&b, "form").await);
+
+    b.fill("form[data-form=login] [name=login]", EMAIL).await;
+    b.fill("form[data-form=login] [name=password]", PASSWORD).await;
+    submit_to(&b, "login", "bentos").await;
+    b.assert_no_console_errors();
+    // Nothing pushed yet: the empty state says what to do.
+    assert!(b.text("main").await.to_lowercase().contains("push"), "{}", b.text("main").await);
+    b.screenshot("bentos-empty").await;
+
+    // ---- an API token, created in the page ----
+    visit(&b, "/settings/tokens", "tokens").await;
+    b.fill("form[data-form=token-create] [name=name]", "ci-push").await;
+    b.fill("form[data-form=token-create] [name=expires_in_days]", "30").await;
+    assert_eq!(b.prop("form[data-form=token-create] [name=scopes][value=api]", "checked").await, true);
+    submit_to(&b, "token-create", "tokens").await;
+    b.assert_no_console_errors();
+    let token = b.text("[data-testid=new-token]").await;
+    assert!(token.starts_with("yatai_") && token.len() > 20, "{token:?}");
+    let login_cmd = b.text("#login-cmd").await;
+    assert!(login_cmd.contains(&format!("bentoml cloud login --api-token {token} --endpoint ")), "{login_cmd}");
+    b.wait_for(&row("ci-push")).await;
+    b.screenshot("tokens-created").await;
+    // Shown once: a reload does not show it again.
+    b.goto("/settings/tokens").await;
+    assert_eq!(b.count("[data-testid=new-token]").await, 0);
+    assert!(!b.html().await.contains(&token), "the token's secret is on the page again");
+
+    // ---- push a bento with the bentoml CLI, using that token ----
+    let iris = iris_home();
+    let cli = Bentoml::with_home_from(&server.url, &token, iris.home.path());
+    cli.ok(&["push", &iris.bento]);
+    cli.ok(&["push", &iris.bento_v2]);
+    let (repo, v1) = iris.bento.split_once(':').unwrap();
+    let v2 = iris.bento_v2.split_once(':').unwrap().1;
+
+    // The token was used.
+    b.reload().await;
+    let used = b.text(&row("ci-push")).await;
+    assert!(!used.contains("never"), "the token is not marked as used: {used}");
+
+    // ---- the bento is listed; its repository and version pages ----
+    visit(&b, "/bentos", "bentos").await;
+    b.wait_for(&row(repo)).await;
+    click_to(&b, &format!("{} a[href=\"/bentos/{repo}\"]", row(repo)), "bento-repo").await;
+    b.wait_for(&row(v1)).await;
+    b.wait_for(&row(v2)).await;
+    b.screenshot("bento-repo").await;
+    click_to(&b, &format!("{} a", row(v1)), "bento-version").await;
+    assert_eq!(b.text("[data-testid=version]").await, v1);
+    assert!(b.text("[data-testid=upload-status]").await.contains("uploaded"), "{}", b.text("main").await);
+    assert_eq!(b.text("[data-testid=creator]").await, ADMIN);
+    // Its models are linked, its APIs and requirements shown.
+    for model in &iris.models {
+        let (name, version) = model.split_once(':').unwrap();
+        b.wait_for(&format!("[data-testid=models] a[href=\"/models/{name}/{version}\"]")).await;
+    }
+    b.wait_for_text("[data-testid=api]", "classify").await;
+    b.wait_for_text("main", &format!("bentoml pull {repo}:{v1}")).await;
+    b.screenshot("bento-version").await;
+
+    // ---- deploy it from the form ----
+    click_to(&b, "a[href^=\"/deployments/new?\"]", "deployment-new").await;
+    assert_eq!(b.prop("[name=bento_repository]", "value").await, repo);
+    assert_eq!(b.prop("[name=bento_version]", "value").await, v1);
+    for field in ["name", "bento_repository", "bento_version", "cluster", "min_replicas", "max_replicas", "envs"] {
+        assert_eq!(b.count(&format!("form[data-form=deployment] label[for={field}]")).await, 1, "label for {field}");
+    }
+    b.screenshot("deployment-new").await;
+    // Mistakes are shown beside their fields.
+    b.fill("[name=name]", "Not A Name").await;
+    b.fill("[name=max_replicas]", "0").await;
+    b.fill("[name=envs]", "NOT AN ENV").await;
+    submit_expecting_errors(&b, "deployment", "deployment-new", 422).await;
+    assert!(!field_error(&b, "max_replicas").await.is_empty());
+    assert!(field_error(&b, "envs").await.contains("KEY=VALUE"), "{}", field_error(&b, "envs").await);
+    b.screenshot("deployment-new-errors").await;
+    // (The name is checked once the rest is valid.)
+    b.fill("[name=max_replicas]", "1").await;
+    b.fill("[name=envs]", "IRIS_VARIANT=one").await;
+    submit_expecting_errors(&b, "deployment", "deployment-new", 422).await;
+    assert!(!field_error(&b, "name").await.is_empty(), "{}", b.text("main").await);
+    assert_eq!(b.prop("[name=envs]", "value").await, "IRIS_VARIANT=one");
+
+    b.fill("[name=name]", "iris-web").await;
+    b.select("[name=bento_version]", v1).await;
+    b.fill("[name=min_replicas]", "1").await;
+    submit_to(&b, "deployment", "deployment").await;
+    assert!(b.current_url().await.ends_with("/deployments/iris-web"), "{}", b.current_url().await);
+    b.assert_no_console_errors();
+
+    // ---- watch it turn running (the badge updates live) ----
+    wait_status(&b, "running", DEPLOY_TIMEOUT).await;
+    b.wait_for("[data-testid=replica]").await;
+    assert!(b.text("[data-testid=replica]").await.contains("running"), "{}", b.text("[data-testid=replica]").await);
+    assert_eq!(b.count("[data-testid=revision]").await, 1);
+    let url = b.attr("[data-testid=url]", "href").await.expect("the deployment's URL");
+
+    // ---- its logs, live: a request made now shows up in the viewer ----
+    b.wait_until("document.querySelector('[data-testid=logs]').innerText.trim().length > 0").await;
+    let ep = Http { base: url.trim_end_matches('/').to_owned(), token: None };
+    let answer = ep.post("/about", &serde_json::json!({}));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["variant"], "one");
+    b.wait_for_text("[data-testid=logs]", "/about").await;
+    b.assert_no_console_errors();
+    b.screenshot("deployment-running").await;
+
+    // ---- update: a second revision, with the other bento version ----
+    click_to(&b, "a[href=\"/deployments/iris-web/edit\"]", "deployment-edit").await;
+    assert_eq!(b.prop("[name=envs]", "value").await.as_str().map(str::trim), Some("IRIS_VARIANT=one"));
+    b.select("[name=bento_version]", v2).await;
+    b.fill("[name=envs]", "IRIS_VARIANT=two").await;
+    b.screenshot("deployment-edit").await;
+    submit_to(&b, "deployment", "deployment").await;
+    b.assert_no_console_errors();
+    b.wait_for(&revision(2)).await;
+    assert_eq!(b.count("[data-testid=revision]").await, 2);
+    assert_eq!(b.attr(&revision(2), "data-status").await.as_deref(), Some("active"));
+    // The diff between the two revisions shows what changed.
+    b.wait_for_text("[data-testid=diff]", "IRIS_VARIANT").await;
+    wait_status(&b, "running", DEPLOY_TIMEOUT).await;
+    let variant = || async { ep.post("/about", &serde_json::json!({})).json()["variant"].clone() };
+    wait_for_async("the second revision to answer", DEPLOY_TIMEOUT, || async { variant().await == "two" }).await;
+
+    // ---- roll back to revision 1 with one click ----
+    click_to(&b, &format!("{} [data-action=rollback]", revision(1)), "deployment").await;
+    b.wait_for(&revision(3)).await;
+    assert_eq!(b.attr(&revision(3), "data-status").await.as_deref(), Some("active"));
+    assert!(b.text(&revision(3)).await.contains("rollback to r1"), "{}", b.text(&revision(3)).await);
+    assert!(b.text(&revision(3)).await.contains(v1), "{}", b.text(&revision(3)).await);
+    wait_status(&b, "running", DEPLOY_TIMEOUT).await;
+    wait_for_async("the rolled-back revision to answer", DEPLOY_TIMEOUT, || async { variant().await == "one" }).await;
+    b.assert_no_console_errors();
+    b.screenshot("deployment-rolled-back").await;
+
+    // ---- the lists show it ----
+    visit(&b, "/deployments", "deployments").await;
+    b.wait_for(&row("iris-web")).await;
+    assert!(b.text(&row("iris-web")).await.contains("running"), "{}", b.text(&row("iris-web")).await);
+    visit(&b, "/", "home").await;
+    b.wait_for_text("main", "iris-web").await;
+    visit(&b, "/events", "events").await;
+    b.wait_for_text("main", "iris-web").await;
+
+    // ---- the other main pages, and all of them at phone width ----
+    let (repo_path, version_path) = (format!("/bentos/{repo}"), format!("/bentos/{repo}/{v1}"));
+    let pages = [
+        ("/", "home"),
+        ("/models", "models"),
+        ("/bentos", "bentos"),
+        (repo_path.as_str(), "bento-repo"),
+        (version_path.as_str(), "bento-version"),
+        ("/deployments", "deployments"),
+        ("/deployments/new", "deployment-new"),
+        ("/deployments/iris-web", "deployment"),
+        ("/settings/tokens", "tokens"),
+        ("/settings/members", "members"),
+        ("/events", "events"),
+        ("/clusters", "clusters"),
+        ("/settings", "settings"),
+        ("/account", "account"),
+    ];
+    for (path, page) in pages {
+        visit(&b, path, page).await;
+    }
+    let (model_name, model_version) = iris.models[0].split_once(':').unwrap();
+    visit(&b, &format!("/models/{model_name}"), "model-repo").await;
+    visit(&b, &format!("/models/{model_name}/{model_version}"), "model-version").await;
+
+    b.set_viewport(375, 812, true).await;
+    let mut overflowing = Vec::new();
+    for (path, page) in pages {
+        b.goto(path).await;
+        on_page(&b, page).await;
+        let o = b.horizontal_overflow().await;
+        if o.viewport != 375 || o.over > 0 {
+            overflowing.push(format!("{path}: {o:?}"));
+        }
+        b.screenshot(&format!("{page}-phone")).await;
+    }
+    b.assert_no_console_errors();
+    assert!(overflowing.is_empty(), "pages wider than a 375 px phone:\n{}", overflowing.join("\n"));
+    b.reset_viewport().await;
+
+    // ---- terminate ----
+    b.goto("/deployments/iris-web").await;
+    click_to(&b, "[data-action=terminate]", "deployment").await;
+    wait_status(&b, "terminated", Duration::from_secs(60)).await;
+    b.wait_for("[data-action=restore]").await;
+    b.wait_for_none("[data-testid=replica]").await;
+    b.assert_no_console_errors();
+    b.screenshot("deployment-terminated").await;
+    // Its process is gone: the URL answers no more.
+    wait_for_async("the endpoint to stop answering", Duration::from_secs(30), || async {
+        std::net::TcpStream::connect(ep.addr()).is_err()
+    })
+    .await;
+
+    // ---- delete, after a confirmation ----
+    b.click("button[data-dialog=confirm-delete]").await;
+    b.wait_until("document.getElementById('confirm-delete').open").await;
+    click_to(&b, "#confirm-delete [data-action=confirm]", "deployments").await;
+    assert_eq!(b.count(&row("iris-web")).await, 0);
+    b.assert_no_console_errors();
+}
+
+/// Polls an async condition (outside the page) until it holds.
+async fn wait_for_async<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

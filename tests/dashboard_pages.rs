@@ -1,0 +1,637 @@
+//! The dashboard, server side, against a real `yatai serve`: sign-in and
+//! sessions, CSRF on every form, organization isolation of every page, and
+//! the pages built from what the real bentoml CLI pushed.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A cookie-keeping client that submits forms the way a browser does.
+struct Browser {
+    http: Http,
+    cookies: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+}
+
+impl Browser {
+    fn new(server: &Server) -> Browser {
+        Browser { http: server.http().without_token(), cookies: Vec::new(), headers: Vec::new() }
+    }
+
+    fn send(&mut self, method: &str, path: &str, body: &[u8], form: bool) -> Response {
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let mut head: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if !cookie.is_empty() {
+            head.push(("Cookie", &cookie));
+        }
+        if form {
+            head.push(("Content-Type", "application/x-www-form-urlencoded"));
+        }
+        let r = self.http.raw(method, path, &head, body, Some(body.len()), false);
+        for (k, v) in &r.headers {
+            if k.eq_ignore_ascii_case("set-cookie") {
+                let pair = v.split(';').next().unwrap();
+                let (name, value) = pair.split_once('=').unwrap();
+                self.cookies.retain(|(n, _)| n != name);
+                if !v.contains("Max-Age=0") {
+                    self.cookies.push((name.to_owned(), value.to_owned()));
+                }
+            }
+        }
+        r
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.send("GET", path, b"", false)
+    }
+
+    /// GETs a page and asserts it rendered (200).
+    fn page(&mut self, path: &str) -> String {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.text()
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in fields {
+            s.append_pair(k, v);
+        }
+        self.send("POST", path, s.finish().as_bytes(), true)
+    }
+
+    /// Submits a form from the page at `page`, with its CSRF token.
+    fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Response {
+        let html = self.page(page);
+        let csrf = csrf_of(&html);
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post(action, &all)
+    }
+
+    fn has_session(&self) -> bool {
+        self.cookies.iter().any(|(k, _)| k == "yatai_session")
+    }
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find(r#"name="csrf" value=""#).unwrap_or_else(|| panic!("no CSRF field in:\n{html}"));
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+fn location(r: &Response) -> &str {
+    r.header("location").unwrap_or_else(|| panic!("no Location (status {}): {}", r.status, r.text()))
+}
+
+fn set_cookie<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with(&format!("{name}=")))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Completes first-run setup as `admin` and returns the signed-in browser.
+fn setup(server: &Server) -> Browser {
+    let mut b = Browser::new(server);
+    let r = b.submit(
+        "/setup",
+        "/setup",
+        &[("token", &server.token), ("name", "admin"), ("email", "admin@example.com"), ("password", PASSWORD)],
+    );
+    assert_eq!(r.status, 303, "setup: {}", r.text());
+    assert!(b.has_session());
+    b
+}
+
+fn login(server: &Server, login: &str, password: &str) -> (Browser, Response) {
+    let mut b = Browser::new(server);
+    let r = b.submit("/login", "/login", &[("login", login), ("password", password)]);
+    (b, r)
+}
+
+/// Runs `yatai` with this server's database and the given environment.
+fn admin_with_env(server: &Server, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(yatai_bin());
+    cmd.args(args).arg("--data-dir").arg(server.data_dir());
+    if let Some(i) = server.args.iter().position(|a| a == "--database-url") {
+        cmd.arg("--database-url").arg(&server.args[i + 1]);
+    }
+    for (k, v) in server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(env.iter().copied()) {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "yatai {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A second organization with its own admin, `bob`, signed in.
+fn other_org(server: &Server) -> Browser {
+    server.admin(&["org", "create", "other"]);
+    server.admin(&["user", "create", "bob", "--email", "bob@example.com", "--org", "other", "--role", "admin"]);
+    admin_with_env(server, &["user", "set-password", "bob"], &[("YATAI_PASSWORD", PASSWORD)]);
+    let (b, r) = login(server, "bob", PASSWORD);
+    assert_eq!(r.status, 303, "bob signs in: {}", r.text());
+    b
+}
+
+/// A model version made through the API (no archive needed for pages).
+fn api_model(server: &Server, name: &str, version: &str) {
+    let http = server.http();
+    let r = http.post("/api/v1/model_repositories", &json!({"name": name}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let manifest =
+        json!({"module": "bentoml.sklearn", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 1234});
+    let r = http.post(
+        &format!("/api/v1/model_repositories/{name}/models"),
+        &json!({"version": version, "manifest": manifest, "labels": [{"key": "team", "value": "ml"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+backend_test! {
+    fn setup_is_guarded_by_the_token_and_sessions_work(backend: Backend) {
+        let server = Server::start(backend);
+        let mut b = Browser::new(&server);
+        let r = b.get("/");
+        assert_eq!(r.status, 303);
+        assert_eq!(location(&r), "/login?next=%2F");
+        let r = b.get("/login");
+        assert_eq!((r.status, location(&r)), (303, "/setup"), "login waits for setup");
+
+        // A wrong token is refused beside its field, and nothing is set up.
+        let r = b.submit("/setup", "/setup", &[("token", "yatai_wrong"), ("name", "admin"), ("email", "a@example.com"), ("password", PASSWORD)]);
+        assert_eq!(r.status, 422);
+        assert!(r.text().contains(r#"data-error-for="token""#), "{}", r.text());
+        assert!(!b.has_session());
+        // Without the form's CSRF token: 403.
+        let r = b.post("/setup", &[("token", &server.token), ("name", "admin"), ("email", "a@example.com"), ("password", PASSWORD)]);
+        assert_eq!(r.status, 403);
+        assert!(!b.has_session());
+        // A short password is refused beside its field, the other input kept.
+        let r = b.submit("/setup", "/setup", &[("token", &server.token), ("name", "admin"), ("email", "a@example.com"), ("password", "short")]);
+        assert_eq!(r.status, 422);
+        assert!(r.text().contains(r#"data-error-for="password""#));
+        assert!(r.text().contains(r#"value="a@example.com""#));
+
+        let mut b = setup(&server);
+        let home = b.page("/");
+        assert!(home.contains(r#"data-page="home""#));
+        let r = b.get("/setup");
+        assert_eq!((r.status, location(&r)), (303, "/login"), "setup happens once");
+
+        // Sign out: the session is gone on the server.
+        let session = b.cookies.iter().find(|(k, _)| k == "yatai_session").unwrap().clone();
+        let r = b.submit("/", "/logout", &[]);
+        assert_eq!(r.status, 303);
+        let mut replay = Browser::new(&server);
+        replay.cookies.push(session);
+        assert_eq!(replay.get("/").status, 303, "a signed-out cookie is dead");
+
+        // Sign in by name or email; wrong passwords are refused.
+        let (_, r) = login(&server, "admin", "wrong password");
+        assert_eq!(r.status, 401);
+        assert!(r.text().contains("Wrong name, email or password"));
+        let (mut b, r) = login(&server, "ADMIN@example.com", PASSWORD);
+        assert_eq!((r.status, location(&r)), (303, "/"));
+        let cookie = set_cookie(&r, "yatai_session").unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Max-Age="), "{cookie}");
+        assert!(!cookie.contains("Secure"), "plain http: {cookie}");
+        assert!(b.page("/account").contains("admin@example.com"));
+
+        // Behind an https proxy the cookie is Secure; `next` is followed
+        // only within the site.
+        let mut b = Browser::new(&server);
+        b.headers.push(("X-Forwarded-Proto".into(), "https".into()));
+        let r = b.submit("/login?next=%2Fmodels", "/login", &[("login", "admin"), ("password", PASSWORD), ("next", "/models")]);
+        assert_eq!(location(&r), "/models");
+        assert!(set_cookie(&r, "yatai_session").unwrap().contains("Secure"));
+        let (_, r) = {
+            let mut b = Browser::new(&server);
+            let r = b.submit("/login", "/login", &[("login", "admin"), ("password", PASSWORD), ("next", "//evil.example/")]);
+            (b, r)
+        };
+        assert_eq!(location(&r), "/");
+
+        // Changing the password signs out other sessions.
+        let (mut other, _) = login(&server, "admin", PASSWORD);
+        let (mut b, _) = login(&server, "admin", PASSWORD);
+        let r = b.submit("/account", "/account/password", &[("current", "wrong"), ("password", "another long password")]);
+        assert_eq!(r.status, 422);
+        assert!(r.text().contains(r#"data-error-for="current""#));
+        let r = b.submit("/account", "/account/password", &[("current", PASSWORD), ("password", "another long password")]);
+        assert_eq!(r.status, 303);
+        assert_eq!(b.get("/").status, 200);
+        assert_eq!(other.get("/").status, 303);
+        assert_eq!(login(&server, "admin", PASSWORD).1.status, 401);
+        assert_eq!(login(&server, "admin", "another long password").1.status, 303);
+    }
+}
+
+#[test]
+fn sign_in_attempts_are_rate_limited() {
+    let server = Server::start(Backend::SqliteLocal);
+    setup(&server);
+    for _ in 0..5 {
+        assert_eq!(login(&server, "admin", "wrong").1.status, 401);
+    }
+    let (_, r) = login(&server, "admin", PASSWORD);
+    assert_eq!(r.status, 429, "even the right password waits: {}", r.text());
+    assert!(r.text().contains("Try again in"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // Another account from the same address is not locked by this one.
+    server.admin(&["user", "create", "carol", "--email", "carol@example.com"]);
+    admin_with_env(&server, &["user", "set-password", "carol"], &[("YATAI_PASSWORD", PASSWORD)]);
+    assert_eq!(login(&server, "carol", PASSWORD).1.status, 303);
+}
+
+const PAGES: &[&str] = &[
+    "/",
+    "/models",
+    "/models/iris_clf",
+    "/models/iris_clf/v1",
+    "/models/iris_clf/v1/download",
+    "/bentos",
+    "/bentos/iris",
+    "/bentos/iris/v1",
+    "/deployments",
+    "/deployments/new",
+    "/deployments/iris",
+    "/deployments/iris/edit",
+    "/deployments/iris/live",
+    "/deployments/iris/logs",
+    "/settings",
+    "/settings/tokens",
+    "/settings/members",
+    "/events",
+    "/clusters",
+    "/account",
+];
+
+const FORMS: &[&str] = &[
+    "/logout",
+    "/account/password",
+    "/models/iris_clf/v1/delete",
+    "/bentos/iris/v1/delete",
+    "/deployments/new",
+    "/deployments/iris/edit",
+    "/deployments/iris/terminate",
+    "/deployments/iris/restore",
+    "/deployments/iris/rollback",
+    "/deployments/iris/delete",
+    "/settings",
+    "/settings/tokens",
+    "/settings/tokens/x/revoke",
+    "/settings/members",
+    "/settings/members/x/role",
+    "/settings/members/x/remove",
+];
+
+#[test]
+fn every_page_and_form_needs_a_session() {
+    let server = Server::start(Backend::SqliteLocal);
+    setup(&server);
+    let mut b = Browser::new(&server);
+    for path in PAGES {
+        let r = b.get(path);
+        assert_eq!(r.status, 303, "GET {path} without a session");
+        assert!(location(&r).starts_with("/login?next="), "GET {path}: {}", location(&r));
+    }
+    for path in FORMS.iter().filter(|p| **p != "/logout") {
+        let r = b.post(path, &[("csrf", "x")]);
+        assert_eq!(r.status, 303, "POST {path} without a session");
+        assert!(location(&r).starts_with("/login"));
+    }
+    // Assets need no session and are cached.
+    let html = Browser::new(&server).page("/login");
+    let css = &html[html.find("/static/app.css").unwrap()..];
+    let css = &css[..css.find('"').unwrap()];
+    let r = b.get(css);
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-control").unwrap().contains("max-age"));
+}
+
+#[test]
+fn every_form_is_refused_without_its_csrf_token() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    api_model(&server, "iris_clf", "v1");
+    let good = b.csrf_for_tests();
+    for path in FORMS {
+        for fields in [vec![], vec![("csrf", "0".repeat(64))]] {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut all = fields.clone();
+            all.extend([
+                ("name", "sneaky"),
+                ("password", "a long enough password"),
+                ("current", PASSWORD),
+                ("description", "changed"),
+                ("role", "guest"),
+            ]);
+            let r = b.post(path, &all);
+            assert_eq!(r.status, 403, "POST {path} with {fields:?}: {}", r.text());
+            assert!(r.text().contains("security token"), "a readable page: {}", r.text());
+        }
+    }
+    // Nothing changed: still signed in, the model, the password, the members
+    // and the settings are as they were, and no token was made.
+    assert!(!good.is_empty());
+    assert_eq!(b.get("/").status, 200);
+    assert_eq!(b.get("/models/iris_clf/v1").status, 200);
+    assert!(!b.page("/settings/members").contains("sneaky"));
+    assert!(!b.page("/settings/tokens").contains("sneaky"));
+    assert!(!b.page("/settings").contains("changed"));
+    assert_eq!(login(&server, "admin", PASSWORD).1.status, 303);
+}
+
+impl Browser {
+    fn csrf_for_tests(&mut self) -> String {
+        csrf_of(&self.page("/"))
+    }
+}
+
+#[test]
+fn tokens_are_shown_once_and_work_with_the_api() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    let r = b.submit("/settings/tokens", "/settings/tokens", &[("name", ""), ("expires_in_days", "0")]);
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains(r#"data-error-for="name""#) && r.text().contains(r#"data-error-for="expires_in_days""#));
+
+    let r = b.submit(
+        "/settings/tokens",
+        "/settings/tokens",
+        &[("name", "laptop"), ("scopes", "read_organization"), ("scopes", "read_cluster"), ("expires_in_days", "30")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let html = r.text();
+    let at = html.find(r#"data-testid="new-token""#).expect("the new token is shown");
+    let code = &html[at..];
+    let secret = &code[code.find("yatai_").unwrap()..];
+    let secret = secret[..secret.find('<').unwrap()].to_owned();
+    assert!(html.contains(&format!("bentoml cloud login --api-token {secret} --endpoint {}", server.url)));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+
+    let api = server.http().with_token(&secret);
+    let me = api.get("/api/v1/auth/current");
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["name"], "admin");
+    let write = api.post("/api/v1/model_repositories", &json!({"name": "nope"}));
+    assert_eq!(write.status, 403, "the token has only the read scopes it was given");
+
+    let list = b.page("/settings/tokens");
+    assert!(!list.contains(&secret), "shown once only");
+    assert!(list.contains(r#"data-name="laptop""#));
+    assert!(list.contains("read_organization, read_cluster"));
+
+    // Revoke: the API stops accepting it.
+    let uid_at = list.find("/settings/tokens/").unwrap();
+    let rest = &list[uid_at..];
+    let action = rest[..rest.find('"').unwrap()].to_owned();
+    let tokens_before = list.matches(r#"data-testid="row""#).count();
+    let r = b.submit("/settings/tokens", &action, &[]);
+    assert_eq!(r.status, 303);
+    wait_for("the revoked token to be refused", Duration::from_secs(10), || {
+        (api.get("/api/v1/auth/current").status == 401).then_some(())
+    });
+    assert_eq!(b.page("/settings/tokens").matches(r#"data-testid="row""#).count(), tokens_before - 1);
+}
+
+#[test]
+fn members_are_managed_and_the_last_admin_stays() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    let r = b.submit(
+        "/settings/members",
+        "/settings/members",
+        &[("name", "dana"), ("email", "bad"), ("password", "x"), ("role", "developer")],
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains(r#"data-error-for="email""#) && r.text().contains(r#"data-error-for="password""#));
+    let r = b.submit(
+        "/settings/members",
+        "/settings/members",
+        &[("name", "dana"), ("email", "dana@example.com"), ("password", PASSWORD), ("role", "guest")],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let (mut dana, r) = login(&server, "dana", PASSWORD);
+    assert_eq!(r.status, 303);
+    // A guest sees pages but may not administer.
+    assert_eq!(dana.get("/settings/members").status, 200);
+    let r = dana.submit(
+        "/settings/members",
+        "/settings/members",
+        &[("name", "eve"), ("email", "eve@example.com"), ("password", PASSWORD), ("role", "admin")],
+    );
+    assert_eq!(r.status, 403);
+    let r = dana.submit("/settings/tokens", "/settings/tokens", &[("name", "mine")]);
+    assert_eq!(r.status, 200, "anyone may make their own token");
+
+    // The only admin cannot be demoted or removed.
+    let members = b.page("/settings/members");
+    let admin_row = &members[members.find(r#"data-name="admin""#).unwrap()..];
+    let role_at = admin_row.find("/settings/members/").unwrap();
+    let uid = &admin_row[role_at + "/settings/members/".len()..];
+    let uid = uid[..uid.find('/').unwrap()].to_owned();
+    let r = b.submit("/settings/members", &format!("/settings/members/{uid}/role"), &[("role", "guest")]);
+    assert!(location(&r).contains("last%20admin") || location(&r).contains("last+admin"), "{}", location(&r));
+    let r = b.submit("/settings/members", &format!("/settings/members/{uid}/remove"), &[]);
+    assert!(location(&r).contains("last"), "{}", location(&r));
+    assert_eq!(b.get("/settings/tokens").status, 200, "still admin");
+}
+
+/// Keeps `yatai serve`'s replicas from outliving a failed test.
+struct StopOnDrop<'a>(&'a mut Server);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.stop()));
+        }
+    }
+}
+
+backend_test! {
+    fn pages_show_a_pushed_bento_and_never_another_organizations_data(backend: Backend) {
+        let mut server = Server::start(backend);
+        let guard = StopOnDrop(&mut server);
+        let server = &*guard.0;
+        let iris = iris_home();
+        let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
+        client.ok(&["push", &iris.bento]);
+        client.ok(&["push", &iris.needs_env]);
+        let (repo, version) = iris.bento.split_once(':').unwrap();
+        let mut b = setup(server);
+
+        // Lists and the version page.
+        let bentos = b.page("/bentos");
+        assert!(bentos.contains(&format!(r#"data-name="{repo}""#)), "{bentos}");
+        let models = b.page("/models");
+        assert!(models.contains(r#"data-name="iris_clf""#));
+        let versions = b.page(&format!("/bentos/{repo}"));
+        assert!(versions.contains(&format!(r#"data-name="{version}""#)));
+        let page = b.page(&format!("/bentos/{repo}/{version}"));
+        assert!(page.contains(r#"data-page="bento-version""#));
+        for expected in [
+            "classify",                                   // an API of the service
+            "input_series",                               // its input schema
+            "/models/iris_clf/",                          // the models it uses, linked
+            "/models/iris_notes/",
+            "scikit-learn",                               // Python requirements
+            "success",                                    // upload status
+            "admin",                                      // creator
+            &format!("bentoml pull {repo}:{version}"),
+            &format!("bentoml deployment create {repo}:{version}"),
+            &format!("/bentos/{repo}/{version}/download"),
+        ] {
+            assert!(page.contains(expected), "the version page shows {expected:?}:\n{page}");
+        }
+        let r = b.get(&format!("/bentos/{repo}/{version}/download"));
+        assert_eq!(r.status, 200);
+        assert!(r.body.len() > 1000, "the archive");
+        let model = b.page(&models[models.find("/models/iris_clf/").unwrap()..].split('"').next().unwrap().to_owned());
+        assert!(model.contains(r#"data-page="model-version""#) && model.contains(repo), "a model links its bentos");
+
+        // The deployment form: errors beside their fields, input kept.
+        let r = b.submit("/deployments/new", "/deployments/new", &[
+            ("name", "Bad_Name"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
+            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", ""),
+        ]);
+        assert_eq!(r.status, 422);
+        assert!(r.text().contains(r#"data-error-for="name""#), "{}", r.text());
+        let r = b.submit("/deployments/new", "/deployments/new", &[
+            ("name", "iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
+            ("min_replicas", "3"), ("max_replicas", "2"), ("envs", "GOOD=1\nno equals sign"),
+        ]);
+        assert_eq!(r.status, 422);
+        let text = r.text();
+        assert!(text.contains(r#"data-error-for="max_replicas""#) && text.contains(r#"data-error-for="envs""#), "{text}");
+        assert!(text.contains("GOOD=1\nno equals sign"), "the input is kept");
+        let (env_repo, env_version) = iris.needs_env.split_once(':').unwrap();
+        let r = b.submit("/deployments/new", "/deployments/new", &[
+            ("name", "needs-env"), ("bento_repository", env_repo), ("bento_version", env_version), ("cluster", "local"),
+            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", ""),
+        ]);
+        assert_eq!(r.status, 422);
+        assert!(r.text().contains(r#"data-error-for="envs""#), "a required env: {}", r.text());
+
+        // Deploy from the form.
+        let r = b.submit("/deployments/new", "/deployments/new", &[
+            ("name", "iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
+            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", "IRIS_VARIANT=web"),
+        ]);
+        assert_eq!((r.status, location(&r)), (303, "/deployments/iris"), "{}", r.text());
+        let detail = b.page("/deployments/iris");
+        assert!(detail.contains(r#"data-testid="status""#) && detail.contains(r#"data-revision="1""#));
+        assert!(b.page("/deployments").contains(r#"data-name="iris""#));
+        assert!(b.page("/").contains(r#"data-name="iris""#));
+        let edit = b.page("/deployments/iris/edit");
+        assert!(edit.contains("IRIS_VARIANT=web"), "the edit form holds the current configuration");
+
+        // Delete is refused while a deployment uses the bento, with the reason.
+        let page = b.page(&format!("/bentos/{repo}/{version}"));
+        assert!(page.contains(r#"data-testid="delete-blocked""#) && page.contains("iris"), "{page}");
+        let r = b.submit(&format!("/bentos/{repo}/{version}"), &format!("/bentos/{repo}/{version}/delete"), &[]);
+        assert_eq!(r.status, 303);
+        assert!(location(&r).contains("Not%20deleted") || location(&r).contains("Not+deleted"), "{}", location(&r));
+        assert_eq!(b.get(&format!("/bentos/{repo}/{version}")).status, 200, "still there");
+
+        // Another organization sees none of it and can touch none of it.
+        let mut bob = other_org(server);
+        assert!(!bob.page("/bentos").contains(&format!(r#"data-name="{repo}""#)));
+        assert!(!bob.page("/models").contains(r#"data-name="iris_clf""#));
+        assert!(!bob.page("/deployments").contains(r#"data-name="iris""#));
+        assert!(!bob.page("/").contains(r#"data-name="iris""#));
+        assert!(!bob.page("/events").contains(version));
+        assert!(!bob.page("/settings/tokens").contains("initial"), "the other org's tokens");
+        assert!(!bob.page("/settings/members").contains("admin@example.com"));
+        for path in [
+            format!("/bentos/{repo}"),
+            format!("/bentos/{repo}/{version}"),
+            format!("/bentos/{repo}/{version}/download"),
+            "/models/iris_clf".to_owned(),
+            "/deployments/iris".to_owned(),
+            "/deployments/iris/edit".to_owned(),
+            "/deployments/iris/live".to_owned(),
+            "/deployments/iris/logs".to_owned(),
+        ] {
+            assert_eq!(bob.get(&path).status, 404, "bob GET {path}");
+        }
+        let admin_tokens = b.page("/settings/tokens");
+        let t = &admin_tokens[admin_tokens.find("/settings/tokens/").unwrap()..];
+        let revoke = t[..t.find('"').unwrap()].to_owned();
+        for path in [
+            format!("/bentos/{repo}/{version}/delete"),
+            "/deployments/iris/terminate".to_owned(),
+            "/deployments/iris/delete".to_owned(),
+            "/deployments/iris/rollback".to_owned(),
+            revoke.clone(),
+        ] {
+            let r = bob.submit("/", &path, &[]);
+            assert_eq!(r.status, 404, "bob POST {path}: {}", r.text());
+        }
+        assert_eq!(server.http().get("/api/v1/auth/current").status, 200, "the admin's token still works");
+        assert_eq!(server.http().get("/api/v2/deployments/iris").json()["status"] != "terminated", true);
+
+        // Terminate from the page; the status says so.
+        let r = b.submit("/deployments/iris", "/deployments/iris/terminate", &[]);
+        assert_eq!(r.status, 303);
+        wait_for("the deployment to be terminated", Duration::from_secs(60), || {
+            b.page("/deployments/iris").contains(r#"data-testid="status" data-live-status>terminated<"#).then_some(())
+        });
+        drop(guard);
+    }
+}
+
+/// Pages stay fast with a repository of 100,000 versions (made directly in
+/// the database; the pages only read).
+#[test]
+fn pages_render_fast_with_100000_versions() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    api_model(&server, "big", "v0");
+    let db = server.data_dir().join("yatai.db");
+    let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+        INSERT INTO versions (uid, repository_uid, version, description, manifest, labels, upload_status, \
+        upload_finished_reason, image_build_status, created_at) \
+        SELECT 'u' || i, r.uid, 'v' || i, '', '{\"module\":\"m\",\"api_version\":\"v1\",\"bentoml_version\":\"1.4.40\",\"size_bytes\":1}', \
+        '[]', 'success', '', '', 1700000000000000 + i FROM n, repositories r WHERE r.name = 'big';";
+    let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..40 {
+        api_model(&server, &format!("repo{i}"), "v1");
+    }
+
+    let mut worst = Duration::ZERO;
+    let mut timed = |b: &mut Browser, path: &str| -> String {
+        let _ = b.get(path); // warm
+        let started = Instant::now();
+        let html = b.page(path);
+        let took = started.elapsed();
+        eprintln!("{path}: {took:?}");
+        worst = worst.max(took);
+        html
+    };
+    let list = timed(&mut b, "/models");
+    assert!(list.contains(r#"data-name="big""#) || list.contains("Next page"));
+    let first = timed(&mut b, "/models/big");
+    assert!(first.contains(r#"data-name="v100000""#), "newest first");
+    let next = &first[first.find("after=").expect("a next page")..];
+    let after = &next["after=".len()..next.find('"').unwrap()];
+    let second = timed(&mut b, &format!("/models/big?after={after}"));
+    assert!(second.contains(r#"data-name="v99975""#));
+    timed(&mut b, "/models/big?sort=oldest");
+    timed(&mut b, "/models/big?q=v4242");
+    timed(&mut b, "/models/big/v50000");
+    timed(&mut b, "/models?sort=name&q=repo");
+    timed(&mut b, "/");
+    timed(&mut b, "/events");
+    // Generous for a loaded two-core test machine; typical is a few ms.
+    assert!(worst < Duration::from_millis(400), "slowest page took {worst:?}");
+}
