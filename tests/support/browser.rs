@@ -83,7 +83,8 @@ pub struct Overflow {
     pub content: i64,
     /// `content - viewport`, or 0.
     pub over: i64,
-    /// The elements reaching furthest right beyond the viewport.
+    /// The elements reaching furthest right beyond the viewport (their box,
+    /// or their content when it overflows them visibly, like a long word).
     pub culprits: Vec<String>,
 }
 
@@ -580,12 +581,13 @@ impl Browser {
         self.navigating(&format!("the page after clicking `{selector}`"), self.click(selector)).await
     }
 
-    /// Submits a form as its submit button would (running its validation and
-    /// submit handlers) and waits for the page it navigates to.
+    /// Submits a form as its submit button would (running its validation,
+    /// unless it has `novalidate`, and its submit handlers) and waits for the
+    /// page it navigates to.
     pub async fn submit(&self, form_selector: &str) {
         self.wait_for(form_selector).await;
         let js = format!(
-            "(f => {{ if (!f.checkValidity()) {{ \
+            "(f => {{ if (!f.noValidate && !f.checkValidity()) {{ \
                return Array.from(f.elements).filter(e => e.willValidate && !e.checkValidity()) \
                  .map(e => (e.name || e.id) + ': ' + e.validationMessage).join('; ') || 'invalid'; }} \
                setTimeout(() => f.requestSubmit(), 0); return null; }})(document.querySelector({}))",
@@ -656,13 +658,17 @@ impl Browser {
     pub async fn horizontal_overflow(&self) -> Overflow {
         let js = "(() => { const w = document.documentElement.clientWidth; \
                   const content = document.documentElement.scrollWidth; \
+                  const right = e => { const r = e.getBoundingClientRect(); \
+                    return getComputedStyle(e).overflowX === 'visible' ? r.left + Math.max(r.width, e.scrollWidth) : r.right; }; \
                   const culprits = content <= w ? [] : Array.from(document.querySelectorAll('body *')) \
-                    .map(e => [e, e.getBoundingClientRect().right]).filter(([e, r]) => r > w + 0.5) \
+                    .map(e => [e, right(e)]).filter(([e, r]) => r > w + 0.5); \
+                  const leaves = culprits.filter(([e]) => !culprits.some(([o]) => o !== e && e.contains(o))) \
                     .sort((a, b) => b[1] - a[1]).slice(0, 5) \
                     .map(([e, r]) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + \
                       (e.className && typeof e.className === 'string' && e.className.trim() ? \
-                        '.' + e.className.trim().split(/\\s+/).join('.') : '') + ' right=' + Math.round(r)); \
-                  return {viewport: w, content, culprits}; })()";
+                        '.' + e.className.trim().split(/\\s+/).join('.') : '') + ' right=' + Math.round(r) + \
+                      ' ' + JSON.stringify((e.innerText || '').trim().slice(0, 40))); \
+                  return {viewport: w, content, culprits: leaves}; })()";
         let v = self.eval(js).await;
         let viewport = v["viewport"].as_i64().unwrap_or(0);
         let content = v["content"].as_i64().unwrap_or(0);
@@ -737,9 +743,30 @@ impl Browser {
         self.shared.lock().unwrap().errors.clear();
     }
 
-    /// Panics listing the page's errors, if there are any.
+    /// Panics listing the page's errors, if there are any. For local
+    /// debugging only, `YATAI_TEST_CONSOLE_IGNORE` (comma-separated
+    /// substrings) lets matching errors pass, saying so on stderr.
     pub fn assert_no_console_errors(&self) {
-        let errors = self.console_errors();
+        self.assert_no_console_errors_but(|_| false)
+    }
+
+    /// [`Browser::assert_no_console_errors`], letting the errors `expected` accepts pass.
+    pub fn assert_no_console_errors_but(&self, expected: impl Fn(&ConsoleError) -> bool) {
+        let ignore: Vec<String> = std::env::var("YATAI_TEST_CONSOLE_IGNORE")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let (ignored, errors): (Vec<_>, Vec<_>) = self
+            .console_errors()
+            .into_iter()
+            .filter(|e| !expected(e))
+            .partition(|e| ignore.iter().any(|i| e.to_string().contains(i)));
+        for e in &ignored {
+            eprintln!("console error ignored (YATAI_TEST_CONSOLE_IGNORE): {e}");
+        }
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
             panic!("the page reported {} error(s):\n{}", errors.len(), list.join("\n"));
