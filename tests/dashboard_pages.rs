@@ -277,6 +277,7 @@ const PAGES: &[&str] = &[
 const FORMS: &[&str] = &[
     "/logout",
     "/account/password",
+    "/account/organization",
     "/models/iris_clf/v1/delete",
     "/bentos/iris/v1/delete",
     "/deployments/new",
@@ -351,6 +352,32 @@ fn every_form_is_refused_without_its_csrf_token() {
 }
 
 impl Browser {
+    /// Reads a server-sent event stream until `until` appears or `limit`
+    /// passes, and returns what came (head and body).
+    fn read_stream(&self, path: &str, until: &str, limit: Duration) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http.addr()).unwrap();
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n",
+            self.http.addr()
+        )
+        .unwrap();
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while Instant::now() < deadline && !String::from_utf8_lossy(&got).contains(until) {
+            s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+                .unwrap();
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     fn csrf_for_tests(&mut self) -> String {
         csrf_of(&self.page("/"))
     }
@@ -444,6 +471,26 @@ fn members_are_managed_and_the_last_admin_stays() {
     let r = b.submit("/settings/members", &format!("/settings/members/{uid}/remove"), &[]);
     assert!(location(&r).contains("last"), "{}", location(&r));
     assert_eq!(b.get("/settings/tokens").status, 200, "still admin");
+}
+
+#[test]
+fn a_member_of_two_organizations_works_in_one_at_a_time() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut admin = setup(&server);
+    api_model(&server, "shared_clf", "v1");
+    server.admin(&["org", "create", "lab"]);
+    server.admin(&["user", "create", "carol", "--email", "carol@example.com", "--org", "default"]);
+    server.admin(&["user", "create", "carol", "--org", "lab", "--role", "guest"]);
+    admin_with_env(&server, &["user", "set-password", "carol"], &[("YATAI_PASSWORD", PASSWORD)]);
+    let (mut carol, _) = login(&server, "carol", PASSWORD);
+    assert!(carol.page("/models").contains(r#"data-name="shared_clf""#), "carol starts in default");
+    let r = carol.submit("/account", "/account/organization", &[("org", "lab")]);
+    assert_eq!(r.status, 303);
+    assert!(!carol.page("/models").contains(r#"data-name="shared_clf""#));
+    assert_eq!(carol.get("/models/shared_clf").status, 404, "default's models are out of reach from lab");
+    let r = carol.submit("/account", "/account/organization", &[("org", "nope")]);
+    assert_eq!(r.status, 404);
+    assert_eq!(admin.get("/models/shared_clf").status, 200);
 }
 
 /// Keeps `yatai serve`'s replicas from outliving a failed test.
@@ -549,7 +596,7 @@ backend_test! {
         assert!(!bob.page("/deployments").contains(r#"data-name="iris""#));
         assert!(!bob.page("/").contains(r#"data-name="iris""#));
         assert!(!bob.page("/events").contains(version));
-        assert!(!bob.page("/settings/tokens").contains("initial"), "the other org's tokens");
+        assert!(!bob.page("/settings/tokens").contains(r#"data-name="initial""#), "the other org's tokens");
         assert!(!bob.page("/settings/members").contains("admin@example.com"));
         for path in [
             format!("/bentos/{repo}"),
@@ -578,6 +625,37 @@ backend_test! {
         }
         assert_eq!(server.http().get("/api/v1/auth/current").status, 200, "the admin's token still works");
         assert_eq!(server.http().get("/api/v2/deployments/iris").json()["status"] != "terminated", true);
+
+        // Live parts: status and replicas, and the log, as server-sent events.
+        let live = b.read_stream("/deployments/iris/live", "event: state", Duration::from_secs(20));
+        assert!(live.contains("text/event-stream") && live.contains(r#""status":"#), "{live}");
+        wait_for("log lines", Duration::from_secs(120), || {
+            let logs = b.read_stream("/deployments/iris/logs", "data: ", Duration::from_secs(5));
+            logs.contains("data: ").then_some(())
+        });
+
+        // Update to another build from the edit form, compare revisions, and
+        // roll back with one click.
+        client.ok(&["push", &iris.bento_v2]);
+        let (_, version2) = iris.bento_v2.split_once(':').unwrap();
+        let r = b.submit("/deployments/iris/edit", "/deployments/iris/edit", &[
+            ("bento_repository", repo), ("bento_version", version2), ("min_replicas", "1"), ("max_replicas", "2"),
+            ("envs", "IRIS_VARIANT=v2"),
+        ]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        let detail = b.page("/deployments/iris?a=1&b=2");
+        assert!(detail.contains(r#"data-revision="2""#));
+        let diff = &detail[detail.find(r#"data-testid="diff""#).expect("a diff")..];
+        assert!(diff.contains("IRIS_VARIANT") && diff.contains(version2), "{diff}");
+        let r1 = &detail[detail.find(r#"data-revision="1""#).unwrap()..];
+        let uid_at = r1.find(r#"name="revision_uid" value=""#).expect("r1 can be rolled back to");
+        let uid = &r1[uid_at + r#"name="revision_uid" value=""#.len()..];
+        let uid = uid[..uid.find('"').unwrap()].to_owned();
+        let r = b.submit("/deployments/iris", "/deployments/iris/rollback", &[("revision_uid", &uid)]);
+        assert_eq!(r.status, 303);
+        let detail = b.page("/deployments/iris");
+        let r3 = &detail[detail.find(r#"data-revision="3""#).expect("a third revision")..];
+        assert!(r3[..r3.find("</tr>").unwrap()].contains("rollback to r1") && r3.contains(version), "{r3}");
 
         // Terminate from the page; the status says so.
         let r = b.submit("/deployments/iris", "/deployments/iris/terminate", &[]);
@@ -608,14 +686,20 @@ fn pages_render_fast_with_100000_versions() {
         api_model(&server, &format!("repo{i}"), "v1");
     }
 
+    // The median of three requests, measured at the client (so it includes
+    // the loopback round trip).
     let mut worst = Duration::ZERO;
     let mut timed = |b: &mut Browser, path: &str| -> String {
-        let _ = b.get(path); // warm
-        let started = Instant::now();
-        let html = b.page(path);
-        let took = started.elapsed();
-        eprintln!("{path}: {took:?}");
-        worst = worst.max(took);
+        let mut times = Vec::new();
+        let mut html = String::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            html = b.page(path);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!("{path}: {:?}", times[1]);
+        worst = worst.max(times[1]);
         html
     };
     let list = timed(&mut b, "/models");
@@ -632,6 +716,6 @@ fn pages_render_fast_with_100000_versions() {
     timed(&mut b, "/models?sort=name&q=repo");
     timed(&mut b, "/");
     timed(&mut b, "/events");
-    // Generous for a loaded two-core test machine; typical is a few ms.
-    assert!(worst < Duration::from_millis(400), "slowest page took {worst:?}");
+    // Typically a few milliseconds; the bound leaves room for a busy machine.
+    assert!(worst < Duration::from_millis(100), "slowest page took {worst:?}");
 }

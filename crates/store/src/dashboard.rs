@@ -485,34 +485,72 @@ impl Store {
     }
 
     /// A page of one repository's versions, newest or oldest first, after a
-    /// cursor (the `seq` of the last row of the previous page). Keyset paging
-    /// on the (repository, seq) index: page 5,000 of 100,000 versions costs
-    /// what page 1 costs, and nothing counts every version. Returns one row
-    /// more than asked when there is a next page.
+    /// cursor (the `seq` of the last row of the previous page), optionally
+    /// only those whose version starts with `prefix` (in version order, one
+    /// page: a search is refined, not paged). Keyset paging on the
+    /// (repository, seq) index: page 5,000 of 100,000 versions costs what
+    /// page 1 costs, and nothing counts every version; the prefix is a range
+    /// on the (repository, version) index. Returns one row more than asked
+    /// when there is a next page.
     pub async fn version_page(
         &self,
         repository_uid: &str,
-        search: Option<&str>,
+        prefix: Option<&str>,
         sort: VersionSort,
         after_seq: Option<i64>,
         count: i64,
     ) -> Result<Vec<crate::VersionRow>> {
-        let search = search.map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
-        let (cmp, order) = match sort {
-            VersionSort::Oldest => (">", "ASC"),
-            _ => ("<", "DESC"),
+        let prefix = prefix.map(str::trim).filter(|s| !s.is_empty());
+        // The SQL holds only the conditions in use: `($n IS NULL OR …)`
+        // would keep SQLite from planning an index range.
+        let rows = match prefix {
+            // A search is answered in version order, which the range walks in
+            // index order and stops at the page (a prefix of 11 versions among
+            // 100,000 would otherwise scan them all in `seq` order).
+            Some(p) => {
+                let like = format!("{}%", like_escape(p));
+                let range = match self.dialect() {
+                    // Every string that starts with the prefix sorts between
+                    // it and the prefix followed by the highest character.
+                    crate::Dialect::Sqlite => "AND v.version >= $3 AND v.version < $4",
+                    // Collations other than C may order some prefixes apart:
+                    // LIKE alone is right there.
+                    crate::Dialect::Postgres => "AND CAST($3 AS TEXT) IS NOT NULL AND CAST($4 AS TEXT) IS NOT NULL",
+                };
+                let sql = format!(
+                    "{VERSION_SELECT} WHERE v.repository_uid = $1 AND v.version LIKE $2 ESCAPE '\\' {range} \
+                     ORDER BY v.version ASC LIMIT $5"
+                );
+                sqlx::query_as(built(sql))
+                    .bind(repository_uid)
+                    .bind(like)
+                    .bind(p)
+                    .bind(format!("{p}\u{10FFFF}"))
+                    .bind(count + 1)
+                    .fetch_all(self.pool())
+                    .await?
+            }
+            None => {
+                let (cmp, order) = match sort {
+                    VersionSort::Oldest => (">", "ASC"),
+                    _ => ("<", "DESC"),
+                };
+                let after = if after_seq.is_some() {
+                    format!("AND v.seq {cmp} $3")
+                } else {
+                    "AND CAST($3 AS BIGINT) IS NULL".into()
+                };
+                let sql =
+                    format!("{VERSION_SELECT} WHERE v.repository_uid = $1 {after} ORDER BY v.seq {order} LIMIT $2");
+                sqlx::query_as(built(sql))
+                    .bind(repository_uid)
+                    .bind(count + 1)
+                    .bind(after_seq)
+                    .fetch_all(self.pool())
+                    .await?
+            }
         };
-        let sql = format!(
-            "{VERSION_SELECT} WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.version LIKE $2 ESCAPE '\\') \
-             AND ($3 IS NULL OR v.seq {cmp} $3) ORDER BY v.seq {order} LIMIT $4"
-        );
-        Ok(sqlx::query_as(built(sql))
-            .bind(repository_uid)
-            .bind(&search)
-            .bind(after_seq)
-            .bind(count + 1)
-            .fetch_all(self.pool())
-            .await?)
+        Ok(rows)
     }
 
     /// The newest versions of an organization of one kind, across

@@ -18,6 +18,9 @@ pub mod ui;
 
 use std::sync::Arc;
 
+use axum::http::HeaderValue;
+use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use yatai_api::AppState;
@@ -35,11 +38,14 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/static/app.css", get(assets::css))
         .route("/static/app.js", get(assets::js))
+        .route("/static/icon.svg", get(assets::icon))
+        .route("/favicon.ico", get(assets::icon))
         .route("/setup", get(auth::setup_page).post(auth::setup_submit))
         .route("/login", get(auth::login_page).post(auth::login_submit))
         .route("/logout", post(auth::logout))
         .route("/account", get(auth::account_page))
         .route("/account/password", post(auth::change_password))
+        .route("/account/organization", post(auth::switch_org))
         .route("/", get(home::home))
         .route("/models", get(registry::models))
         .route("/models/{repo}", get(registry::model_repo))
@@ -53,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/bentos/{repo}/{version}/delete", post(registry::delete_bento))
         .route("/deployments", get(deployments::list))
         .route("/deployments/new", get(deployments::new_page).post(deployments::create))
+        .route("/deployments/new/versions", get(deployments::versions_fragment))
         .route("/deployments/{name}", get(deployments::detail))
         .route("/deployments/{name}/edit", get(deployments::edit_page).post(deployments::update))
         .route("/deployments/{name}/live", get(deployments::live))
@@ -70,4 +77,22 @@ pub fn router() -> Router<AppState> {
         .route("/events", get(admin::events))
         .route("/clusters", get(admin::clusters))
         .layer(Extension(Arc::new(Web::default())))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Everything the pages load comes from this server: scripts, styles and
+/// connections are limited to it, and no other site may frame a page.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; \
+             frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        ),
+    );
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    resp
 }

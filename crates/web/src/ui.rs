@@ -72,6 +72,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · yatai" }
+            link rel="icon" href=(crate::assets::ICON_URL) type="image/svg+xml";
             link rel="stylesheet" href=(crate::assets::CSS_URL);
             script src=(crate::assets::JS_URL) defer {}
         }

@@ -64,8 +64,9 @@
         s.replicas.forEach(function (r) {
           var tr = document.createElement("tr");
           tr.setAttribute("data-testid", "replica");
-          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v) {
+          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v, i) {
             var td = document.createElement("td");
+            if (i >= 2) td.className = "num";
             td.textContent = v;
             tr.appendChild(td);
           });
@@ -101,7 +102,23 @@
     es.onerror = function () { /* reconnects; the server resends the tail */ first = true; };
   }
 
+  // The deployment form: choosing a repository loads its versions.
+  function versionPicker() {
+    var repo = document.querySelector("select[data-versions-url]");
+    if (!repo || typeof fetch !== "function") return;
+    repo.addEventListener("change", function () {
+      var url = repo.getAttribute("data-versions-url") + "?bento_repository=" + encodeURIComponent(repo.value);
+      fetch(url, { credentials: "same-origin" }).then(function (r) {
+        return r.ok ? r.text() : null;
+      }).then(function (html) {
+        var old = document.getElementById("version-picker");
+        if (html && old) old.outerHTML = html;
+      }).catch(function () { /* the text field still works */ });
+    });
+  }
+
   onReady(function () {
+    versionPicker();
     copyButtons();
     dialogs();
     liveDeployment();

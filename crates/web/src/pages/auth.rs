@@ -11,7 +11,7 @@ use serde::Deserialize;
 use yatai_api::AppState;
 use yatai_api::auth::hash_token;
 use yatai_core::Timestamp;
-use yatai_store::{NewSession, UserRow};
+use yatai_store::{MemberRole, NewSession, OrgRow, UserRow};
 
 use crate::Web;
 use crate::limiter::{PER_ACCOUNT, PER_ADDRESS};
@@ -63,6 +63,10 @@ async fn start_session(
             user.name
         )));
     };
+    // Sign-ins are rare: a good moment to forget sessions that expired.
+    if let Err(e) = state.store.purge_expired_sessions(Timestamp::now()).await {
+        tracing::warn!(error = %e, "could not purge expired sessions");
+    }
     let secret = new_secret();
     let expires = Timestamp(Timestamp::now().0 + SESSION_TTL.as_micros() as i64);
     let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -298,7 +302,7 @@ pub struct NoticeParam {
     pub notice: Option<String>,
 }
 
-fn account_body(s: &Session, notice: Option<&str>, errors: &Errors) -> Markup {
+fn account_body(s: &Session, orgs: &[(OrgRow, MemberRole)], notice: Option<&str>, errors: &Errors) -> Markup {
     let u = &s.caller.user;
     html! {
         h1 { "Your account" }
@@ -308,6 +312,17 @@ fn account_body(s: &Session, notice: Option<&str>, errors: &Errors) -> Markup {
             dt { "Email" } dd { (u.email) }
             dt { "Organization" } dd { (s.caller.org.name) }
             dt { "Role" } dd { (s.caller.role.as_str()) @if u.is_admin != 0 { " (server administrator)" } }
+        }
+        @if orgs.len() > 1 {
+            h2 { "Organizations" }
+            form.card.stack data-form="organization" method="post" action="/account/organization" {
+                (ui::csrf(s))
+                label for="org" { "Work in" }
+                select id="org" name="org" {
+                    @for (o, role) in orgs { option value=(o.name) selected[o.uid == s.caller.org.uid] { (o.name) " (" (role.as_str()) ")" } }
+                }
+                button type="submit" { "Switch" }
+            }
         }
         h2 { "Change password" }
         form.card data-form="password" method="post" action="/account/password" {
@@ -323,8 +338,20 @@ fn account_body(s: &Session, notice: Option<&str>, errors: &Errors) -> Markup {
     }
 }
 
-pub async fn account_page(s: Session, Query(q): Query<NoticeParam>) -> Response {
-    ui::page(&s, "account", "Account", account_body(&s, q.notice.as_deref(), &Vec::new()))
+pub async fn account_page(State(state): State<AppState>, s: Session, Query(q): Query<NoticeParam>) -> WebResult {
+    let orgs = state.store.user_orgs(&s.caller.user.uid).await?;
+    Ok(ui::page(&s, "account", "Account", account_body(&s, &orgs, q.notice.as_deref(), &Vec::new())))
+}
+
+/// Moves the session to another organization the user belongs to.
+pub async fn switch_org(State(state): State<AppState>, post: Post) -> WebResult {
+    let s = &post.session;
+    let orgs = state.store.user_orgs(&s.caller.user.uid).await?;
+    let Some((org, _)) = orgs.iter().find(|(o, _)| o.name == post.form.get("org")) else {
+        return Err(WebError::not_found("You are not a member of that organization."));
+    };
+    state.store.set_session_org(&s.id_hash, &org.uid).await?;
+    Ok(ui::back("/", &format!("Now working in {}.", org.name)))
 }
 
 pub async fn change_password(State(state): State<AppState>, post: Post) -> WebResult {
@@ -337,7 +364,8 @@ pub async fn change_password(State(state): State<AppState>, post: Post) -> WebRe
         err(&mut errors, "password", m);
     }
     if !errors.is_empty() {
-        let mut resp = ui::page(s, "account", "Account", account_body(s, None, &errors));
+        let orgs = state.store.user_orgs(&s.caller.user.uid).await?;
+        let mut resp = ui::page(s, "account", "Account", account_body(s, &orgs, None, &errors));
         *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
         return Ok(resp);
     }

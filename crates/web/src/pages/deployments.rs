@@ -304,24 +304,13 @@ async fn form_page(
             }
             (field_error("name", errors))
             label for="bento_repository" { "Bento repository" }
-            select id="bento_repository" name="bento_repository" aria-describedby=(described("bento_repository")) data-versions-of {
+            select id="bento_repository" name="bento_repository" aria-describedby=(described("bento_repository")) data-versions-url="/deployments/new/versions" {
                 option value="" { "Choose a bento…" }
                 @for (r, _) in &repos.items { option value=(r.name) selected[r.name == v.bento_repository] { (r.name) } }
             }
             (field_error("bento_repository", errors))
             label for="bento_version" { "Bento version" }
-            @if versions.is_empty() {
-                input id="bento_version" name="bento_version" type="text" value=(v.bento_version) placeholder="latest" aria-describedby=(described("bento_version"));
-                p.hint { "Leave empty for the newest uploaded version." }
-            } @else {
-                select id="bento_version" name="bento_version" aria-describedby=(described("bento_version")) {
-                    option value="" selected[v.bento_version.is_empty()] { "latest (newest uploaded)" }
-                    @for ver in versions.iter().filter(|x| x.is_uploaded()) {
-                        option value=(ver.version) selected[ver.version == v.bento_version] { (ver.version) " — " (ui::ago(ver.created_at)) }
-                    }
-                }
-            }
-            (field_error("bento_version", errors))
+            (version_picker(&versions, &v.bento_version, errors))
             label for="cluster" { "Cluster" }
             select id="cluster" name="cluster" disabled[editing.is_some()] aria-describedby=(described("cluster")) {
                 @if clusters.is_empty() { option value="local" { "local" } }
@@ -364,6 +353,37 @@ async fn form_page(
         *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }
     Ok(resp)
+}
+
+fn version_picker(versions: &[yatai_store::VersionRow], selected: &str, errors: &Errors) -> Markup {
+    let described = "bento_version-error";
+    let uploaded: Vec<_> = versions.iter().filter(|x| x.is_uploaded()).collect();
+    html! {
+        div id="version-picker" {
+            @if uploaded.is_empty() {
+                input id="bento_version" name="bento_version" type="text" value=(selected) placeholder="latest" aria-describedby=(described);
+                p.hint { "Leave empty for the newest uploaded version." }
+            } @else {
+                select id="bento_version" name="bento_version" aria-describedby=(described) {
+                    option value="" selected[selected.is_empty()] { "latest (newest uploaded)" }
+                    @for ver in &uploaded {
+                        option value=(ver.version) selected[ver.version == selected] { (ver.version) " — " (ui::ago(ver.created_at)) }
+                    }
+                }
+            }
+            (field_error("bento_version", errors))
+        }
+    }
+}
+
+/// The version picker for a repository, which the form's script swaps in
+/// when the repository changes.
+pub async fn versions_fragment(State(state): State<AppState>, s: Session, Query(p): Query<NewParams>) -> WebResult {
+    let versions = match state.store.get_repository_uncounted(s.org_uid(), Kind::Bento, &p.bento_repository).await? {
+        Some(r) => state.store.version_page(&r.uid, None, Default::default(), None, 100).await?,
+        None => Vec::new(),
+    };
+    Ok(axum::response::Html(version_picker(&versions, "", &Vec::new()).into_string()).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -660,7 +680,7 @@ pub async fn detail(
                 tbody data-live-replicas {
                     @if let Some(snap) = &snapshot {
                         @for r in &snap.replicas {
-                            tr data-testid="replica" { td { (r.id) } td { (r.state) } td { (r.restarts) } td { (r.inflight) } td { (r.pid.map(|p| p.to_string()).unwrap_or_default()) } }
+                            tr data-testid="replica" { td { (r.id) } td { (r.state) } td.num { (r.restarts) } td.num { (r.inflight) } td.num { (r.pid.map(|p| p.to_string()).unwrap_or_default()) } }
                         }
                     }
                 }
@@ -722,11 +742,24 @@ pub async fn detail(
     Ok(ui::page(&s, "deployment", &d.name, body))
 }
 
+/// An event's details in a line: empty values left out, long ones (digests)
+/// shortened.
 pub fn short_info(info: &str) -> String {
     match serde_json::from_str::<Value>(info) {
         Ok(Value::Object(m)) if !m.is_empty() => m
             .iter()
-            .map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .filter_map(|(k, v)| {
+                let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                if text.is_empty() || text == "null" {
+                    return None;
+                }
+                let text = if text.chars().count() > 40 {
+                    format!("{}…", text.chars().take(16).collect::<String>())
+                } else {
+                    text
+                };
+                Some(format!("{k}: {text}"))
+            })
             .collect::<Vec<_>>()
             .join(", "),
         _ => String::new(),
@@ -789,13 +822,23 @@ pub async fn logs(
     s: Session,
     Path(name): Path<String>,
 ) -> WebResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    use futures_util::StreamExt;
     let d = find(&state, &s, &name).await?;
-    let book = state
-        .runtime
-        .as_ref()
-        .and_then(|r| r.open_logs(&d.uid))
-        .ok_or_else(|| WebError::not_found(format!("Deployment {:?} has no logs yet.", d.name)))?;
-    Ok(Sse::new(svc::log_stream(book, 200, true)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let runtime = state.runtime.clone().ok_or_else(|| WebError::not_found("This server runs no deployments."))?;
+    // A deployment that has not written a line yet gets a stream that waits
+    // for its log to appear (an error here would make the browser retry
+    // noisily).
+    let uid = d.uid.clone();
+    let book = async move {
+        loop {
+            if let Some(book) = runtime.open_logs(&uid) {
+                return book;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let stream = futures_util::stream::once(book).flat_map(|book| svc::log_stream(book, 200, true));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 // ---- actions --------------------------------------------------------------------

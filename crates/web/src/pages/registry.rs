@@ -226,7 +226,7 @@ async fn repository(
         }
         h2 { "Versions" }
         form.toolbar method="get" role="search" {
-            div { label for="q" { "Search versions" } input id="q" name="q" type="search" value=(p.q); }
+            div { label for="q" { "Versions starting with" } input id="q" name="q" type="search" value=(p.q); }
             div {
                 label for="sort" { "Order" }
                 select id="sort" name="sort" {
@@ -255,7 +255,11 @@ async fn repository(
                     }
                 }
             }
-            (ui::pager(first, older))
+            @if search.is_some() {
+                @if more { p.hint { "The first " (PAGE) " matches, in version order: type more of the version to narrow them." } }
+            } @else {
+                (ui::pager(first, older))
+            }
         }
     };
     Ok(ui::page(&s, page_id, &repo.name, body))
@@ -405,7 +409,9 @@ async fn version_page(
         nav.crumbs aria-label="Breadcrumb" { a href=(base(kind)) { (plural(kind)) } " / " a href=(repo_href(kind, &v.repository_name)) { (v.repository_name) } " /" }
         h1 { (v.repository_name) ":" code data-testid="version" { (v.version) } }
         (ui::notice(p.notice.as_deref()))
-        @if !v.description.is_empty() { p { (v.description) } }
+        @if v.description.len() > 200 || v.description.contains('\n') {
+            details { summary { "Description" } pre.readme { (v.description) } }
+        } @else if !v.description.is_empty() { p { (v.description) } }
         dl.facts {
             dt { "Upload" } dd data-testid="upload-status" { (ui::upload_badge(&v.upload_status)) @if !v.upload_finished_reason.is_empty() { " " span.muted { (v.upload_finished_reason) } } }
             dt { "Size" } dd { (ui::size(size)) @if v.archive_size.is_some() && size != v.archive_size { span.muted { " (archive " (ui::size(v.archive_size)) ")" } } }
