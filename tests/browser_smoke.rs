@@ -199,6 +199,33 @@ async fn phone_width_overflow_is_measured() {
 }
 
 #[tokio::test]
+async fn markup_problems_are_listed() {
+    let b = Browser::launch().await;
+    b.goto(&page(
+        "<!doctype html><main><label for=ok>Fine</label><input id=ok name=ok pattern='[a-z0-9\\-]+'>\
+         <input name=bare><p id=twice></p><p id=twice></p>\
+         <input aria-label=Named name=named pattern='[-a-z]+'>\
+         <button></button><button aria-label=Close></button><a href='/x'><svg><title>Home</title></svg></a>\
+         <img src='data:,'></main>",
+    ))
+    .await;
+    let problems = b.page_problems().await;
+    assert_eq!(problems.len(), 5, "{problems:#?}");
+    let all = problems.join("\n");
+    for expected in [
+        "input[name=bare] has no label",
+        "id twice is used 2 times",
+        "input[name=named] has an invalid pattern",
+        "button has no accessible name",
+        "img has no alt text",
+    ] {
+        assert!(all.contains(expected), "{expected:?} not in:\n{all}");
+    }
+    b.goto(&page("<!doctype html><label>Wrapped <input name=w></label><a href='/'>Home</a>")).await;
+    assert_eq!(b.page_problems().await, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn cookies_can_be_inspected() {
     let server = Server::start(Backend::SqliteLocal);
     let b = Browser::launch().await.with_base(&server.url);

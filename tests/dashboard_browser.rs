@@ -28,11 +28,28 @@ async fn on_page(b: &Browser, page: &str) {
     b.wait_for(&format!("main#main[data-page={page}]")).await;
 }
 
-/// Opens `path`, checks it is `page` without console errors, and saves a screenshot.
+/// What the flow found wrong without stopping: layout and markup problems,
+/// asserted at the end so that one of them does not hide the rest.
+static PROBLEMS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes the [`Browser::page_problems`] of the page shown.
+async fn check_page(b: &Browser, page: &str) {
+    for p in b.page_problems().await {
+        let line = format!("{page}: {p}");
+        let mut all = PROBLEMS.lock().unwrap();
+        if !all.contains(&line) {
+            all.push(line);
+        }
+    }
+}
+
+/// Opens `path`, checks it is `page` without console errors or markup
+/// problems, and saves a screenshot.
 async fn visit(b: &Browser, path: &str, page: &str) {
     b.goto(path).await;
     on_page(b, page).await;
     b.assert_no_console_errors();
+    check_page(b, page).await;
     b.screenshot(page).await;
 }
 
@@ -93,6 +110,7 @@ async fn from_first_run_to_a_terminated_deployment() {
         assert_eq!(b.attr(&format!("#{field}"), "name").await.as_deref(), Some(field));
     }
     b.assert_no_console_errors();
+    check_page(&b, "setup").await;
     b.screenshot("setup").await;
 
     // A wrong token is refused beside its field, and what was typed stays.
@@ -123,6 +141,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     b.goto("/bentos").await;
     on_page(&b, "login").await;
     b.assert_no_console_errors();
+    check_page(&b, "login").await;
     b.screenshot("login").await;
 
     b.fill("form[data-form=login] [name=login]", EMAIL).await;
@@ -150,6 +169,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     let login_cmd = b.text("#login-cmd").await;
     assert!(login_cmd.contains(&format!("bentoml cloud login --api-token {token} --endpoint ")), "{login_cmd}");
     b.wait_for(&row("ci-push")).await;
+    check_page(&b, "tokens-created").await;
     b.screenshot("tokens-created").await;
     // Shown once: a reload does not show it again.
     b.goto("/settings/tokens").await;
@@ -183,6 +203,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     click_to(&b, &format!("{} a[href=\"/bentos/{repo}\"]", row(repo)), "bento-repo").await;
     b.wait_for(&row(v1)).await;
     b.wait_for(&row(v2)).await;
+    check_page(&b, "bento-repo").await;
     b.screenshot("bento-repo").await;
     click_to(&b, &format!("{} a", row(v1)), "bento-version").await;
     assert_eq!(b.text("[data-testid=version]").await, v1);
@@ -195,7 +216,18 @@ async fn from_first_run_to_a_terminated_deployment() {
     }
     b.wait_for_text("[data-testid=api]", "classify").await;
     b.wait_for_text("main", &format!("bentoml pull {repo}:{v1}")).await;
+    check_page(&b, "bento-version").await;
     b.screenshot("bento-version").await;
+
+    // ---- the deployment form's version picker follows the chosen repository ----
+    visit(&b, "/deployments/new", "deployment-new").await;
+    b.select("[name=bento_repository]", repo).await;
+    for v in [v1, v2] {
+        b.wait_for(&format!("select[name=bento_version] option[value={}]", js_str(v))).await;
+    }
+    b.assert_no_console_errors();
+    b.goto(&format!("/bentos/{repo}/{v1}")).await;
+    on_page(&b, "bento-version").await;
 
     // ---- deploy it from the form ----
     click_to(&b, "a[href^=\"/deployments/new?\"]", "deployment-new").await;
@@ -204,6 +236,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     for field in ["name", "bento_repository", "bento_version", "cluster", "min_replicas", "max_replicas", "envs"] {
         assert_eq!(b.count(&format!("form[data-form=deployment] label[for={field}]")).await, 1, "label for {field}");
     }
+    check_page(&b, "deployment-new").await;
     b.screenshot("deployment-new").await;
     // Mistakes are shown beside their fields.
     b.fill("[name=name]", "Not A Name").await;
@@ -242,6 +275,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert_eq!(answer.json()["variant"], "one");
     b.wait_for_text("[data-testid=logs]", "/about").await;
     b.assert_no_console_errors();
+    check_page(&b, "deployment-running").await;
     b.screenshot("deployment-running").await;
 
     // ---- update: a second revision, with the other bento version ----
@@ -249,6 +283,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert_eq!(b.prop("[name=envs]", "value").await.as_str().map(str::trim), Some("IRIS_VARIANT=one"));
     b.select("[name=bento_version]", v2).await;
     b.fill("[name=envs]", "IRIS_VARIANT=two").await;
+    check_page(&b, "deployment-edit").await;
     b.screenshot("deployment-edit").await;
     submit_to(&b, "deployment", "deployment").await;
     b.assert_no_console_errors();
@@ -307,13 +342,12 @@ async fn from_first_run_to_a_terminated_deployment() {
     visit(&b, &format!("/models/{model_name}/{model_version}"), "model-version").await;
 
     b.set_viewport(375, 812, true).await;
-    let mut overflowing = Vec::new();
     for (path, page) in pages {
         b.goto(path).await;
         on_page(&b, page).await;
         let o = b.horizontal_overflow().await;
         if o.viewport != 375 || o.over > 0 {
-            overflowing.push(format!("{path}: {o:?}"));
+            PROBLEMS.lock().unwrap().push(format!("{path} is wider than a 375 px phone: {o:?}"));
         }
         b.screenshot(&format!("{page}-phone")).await;
     }
@@ -342,7 +376,8 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert_eq!(b.count(&row("iris-web")).await, 0);
     b.assert_no_console_errors();
 
-    assert!(overflowing.is_empty(), "pages wider than a 375 px phone:\n{}", overflowing.join("\n"));
+    let problems = PROBLEMS.lock().unwrap().clone();
+    assert!(problems.is_empty(), "problems found on the way:\n{}", problems.join("\n"));
 }
 
 /// Polls an async condition (outside the page) until it holds.

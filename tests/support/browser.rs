@@ -703,6 +703,38 @@ impl Browser {
         }
     }
 
+    /// Problems no page should have, as sentences: ids used twice, form
+    /// controls without a label, `pattern` attributes that are not valid
+    /// (the browser then ignores them, and says so on the console only when
+    /// it first validates), visible buttons and links without an
+    /// accessible name, images without `alt`.
+    pub async fn page_problems(&self) -> Vec<String> {
+        let js = r#"(() => {
+            const problems = [];
+            const desc = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.name ? '[name=' + e.name + ']' : '');
+            const seen = {};
+            document.querySelectorAll('[id]').forEach(e => { seen[e.id] = (seen[e.id] || 0) + 1; });
+            Object.entries(seen).filter(([, n]) => n > 1).forEach(([id, n]) => problems.push(`id ${id} is used ${n} times`));
+            document.querySelectorAll('input:not([type=hidden]), select, textarea').forEach(e => {
+                if (!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
+                    problems.push(`${desc(e)} has no label`);
+            });
+            document.querySelectorAll('[pattern]').forEach(e => {
+                try { new RegExp('^(?:' + e.getAttribute('pattern') + ')$', 'v'); }
+                catch (x) { problems.push(`${desc(e)} has an invalid pattern: ${x.message}`); }
+            });
+            document.querySelectorAll('button, a[href]').forEach(e => {
+                if (!e.getClientRects().length) return;
+                const named = (e.innerText || '').trim() || e.getAttribute('aria-label') || e.getAttribute('aria-labelledby')
+                    || e.getAttribute('title') || e.querySelector('img[alt]:not([alt=""]), svg title');
+                if (!named) problems.push(`${desc(e)} has no accessible name`);
+            });
+            document.querySelectorAll('img:not([alt])').forEach(e => problems.push(`${desc(e)} has no alt text`));
+            return problems;
+        })()"#;
+        serde_json::from_value(self.eval(js).await).unwrap_or_default()
+    }
+
     // --- artifacts ---------------------------------------------------------
 
     /// The directory this test's screenshots go to.
