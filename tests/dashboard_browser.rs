@@ -157,6 +157,13 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert!(b.text("main").await.to_lowercase().contains("push"), "{}", b.text("main").await);
     b.screenshot("bentos-empty").await;
 
+    // Keyboard: the first Tab reaches the skip link, which leads to the content.
+    b.press("Tab").await;
+    let focused = b.focused().await;
+    assert!(focused.starts_with("a") && focused.contains("Skip to content"), "first Tab focused {focused:?}");
+    b.press("Enter").await;
+    b.wait_until("location.hash === '#main'").await;
+
     // ---- an API token, created in the page ----
     visit(&b, "/settings/tokens", "tokens").await;
     b.fill("form[data-form=token-create] [name=name]", "ci-push").await;
