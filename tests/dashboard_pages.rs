@@ -316,6 +316,14 @@ fn every_page_and_form_needs_a_session() {
     let r = b.get(css);
     assert_eq!(r.status, 200);
     assert!(r.header("cache-control").unwrap().contains("max-age"));
+    // A page that does not exist is a page for a browser, JSON for the API.
+    b.headers.push(("Accept".into(), "text/html".into()));
+    let r = b.get("/no/such/page");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains(r#"data-page="error""#), "{}", r.text());
+    let r = b.get("/api/v1/no_such_route");
+    assert_eq!(r.status, 404);
+    assert!(r.text().starts_with('{'));
 }
 
 #[test]
@@ -349,6 +357,12 @@ fn every_form_is_refused_without_its_csrf_token() {
     assert!(!b.page("/settings/tokens").contains("sneaky"));
     assert!(!b.page("/settings").contains("changed"));
     assert_eq!(login(&server, "admin", PASSWORD).1.status, 303);
+
+    // With its token the same form works: a version nothing uses is deleted.
+    let r = b.submit("/models/iris_clf/v1", "/models/iris_clf/v1/delete", &[]);
+    assert_eq!(r.status, 303);
+    assert!(location(&r).starts_with("/models/iris_clf?notice=Deleted"), "{}", location(&r));
+    assert_eq!(b.get("/models/iris_clf/v1").status, 404);
 }
 
 impl Browser {
@@ -544,6 +558,7 @@ backend_test! {
         assert!(r.body.len() > 1000, "the archive");
         let model = b.page(&models[models.find("/models/iris_clf/").unwrap()..].split('"').next().unwrap().to_owned());
         assert!(model.contains(r#"data-page="model-version""#) && model.contains(repo), "a model links its bentos");
+        assert!(model.contains(r#"data-testid="delete-blocked""#), "a model a bento uses cannot be deleted");
 
         // The deployment form: errors beside their fields, input kept.
         let r = b.submit("/deployments/new", "/deployments/new", &[
@@ -663,6 +678,19 @@ backend_test! {
         wait_for("the deployment to be terminated", Duration::from_secs(60), || {
             b.page("/deployments/iris").contains(r#"data-testid="status" data-live-status>terminated<"#).then_some(())
         });
+        let page = b.page("/deployments/iris");
+        assert!(page.contains(r#"data-action="restore""#) && !page.contains(r#"data-action="terminate""#));
+
+        // Restore brings it back; delete (through the dialog's form) removes it.
+        let r = b.submit("/deployments/iris", "/deployments/iris/restore", &[]);
+        assert_eq!(r.status, 303);
+        wait_for("the restored deployment to run", Duration::from_secs(120), || {
+            (server.http().get("/api/v2/deployments/iris").json()["status"] == "running").then_some(())
+        });
+        let r = b.submit("/deployments/iris", "/deployments/iris/delete", &[]);
+        assert_eq!((r.status, location(&r).split('?').next().unwrap()), (303, "/deployments"));
+        assert_eq!(b.get("/deployments/iris").status, 404);
+        assert_eq!(server.http().get("/api/v2/deployments/iris").status, 404);
         drop(guard);
     }
 }

@@ -58,26 +58,53 @@ pub fn router() -> Router<AppState> {
         .route("/bentos/{repo}/{version}/download", get(registry::download_bento))
         .route("/bentos/{repo}/{version}/delete", post(registry::delete_bento))
         .route("/deployments", get(deployments::list))
-        .route("/deployments/new", get(deployments::new_page).post(deployments::create))
-        .route("/deployments/new/versions", get(deployments::versions_fragment))
-        .route("/deployments/{name}", get(deployments::detail))
-        .route("/deployments/{name}/edit", get(deployments::edit_page).post(deployments::update))
-        .route("/deployments/{name}/live", get(deployments::live))
-        .route("/deployments/{name}/logs", get(deployments::logs))
+        .route("/deployments/new", get(deployment_form::new_page).post(deployment_form::create))
+        .route("/deployments/new/versions", get(deployment_form::versions_fragment))
+        .route("/deployments/{name}", get(deployment_page::detail))
+        .route("/deployments/{name}/edit", get(deployment_form::edit_page).post(deployment_form::update))
+        .route("/deployments/{name}/live", get(deployment_page::live))
+        .route("/deployments/{name}/logs", get(deployment_page::logs))
         .route("/deployments/{name}/terminate", post(deployments::terminate))
         .route("/deployments/{name}/restore", post(deployments::restore))
         .route("/deployments/{name}/rollback", post(deployments::rollback))
         .route("/deployments/{name}/delete", post(deployments::delete))
         .route("/settings", get(admin::settings).post(admin::save_settings))
-        .route("/settings/tokens", get(admin::tokens).post(admin::create_token))
-        .route("/settings/tokens/{uid}/revoke", post(admin::revoke_token))
-        .route("/settings/members", get(admin::members).post(admin::add_member))
-        .route("/settings/members/{uid}/role", post(admin::change_role))
-        .route("/settings/members/{uid}/remove", post(admin::remove_member))
+        .route("/settings/tokens", get(tokens::tokens).post(tokens::create_token))
+        .route("/settings/tokens/{uid}/revoke", post(tokens::revoke_token))
+        .route("/settings/members", get(members::members).post(members::add_member))
+        .route("/settings/members/{uid}/role", post(members::change_role))
+        .route("/settings/members/{uid}/remove", post(members::remove_member))
         .route("/events", get(admin::events))
         .route("/clusters", get(admin::clusters))
         .layer(Extension(Arc::new(Web::default())))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Wraps the whole application so that a browser asking for a page that
+/// does not exist gets a page saying so, not the API's JSON 404.
+pub fn html_not_found(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(html_404))
+}
+
+async fn html_404(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let wants_page = req.method() == axum::http::Method::GET
+        && !["/api/", "/transfer/", "/healthz", "/metrics"].iter().any(|p| req.uri().path().starts_with(p))
+        && req
+            .headers()
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if wants_page && json && resp.status() == axum::http::StatusCode::NOT_FOUND {
+        return ui::error_response(ui::WebError::not_found(format!("There is no page at {path}.")));
+    }
+    resp
 }
 
 /// Everything the pages load comes from this server: scripts, styles and

@@ -2,6 +2,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod deployment_form;
+pub mod deployment_page;
 pub mod deployments;
 pub mod home;
+pub mod members;
 pub mod registry;
+pub mod tokens;
