@@ -106,6 +106,43 @@ async fn javascript_errors_and_failed_loads_are_caught() {
 }
 
 #[tokio::test]
+async fn content_security_policy_violations_are_caught() {
+    let b = Browser::launch().await;
+    b.goto(&page(
+        "<!doctype html><meta http-equiv=Content-Security-Policy content=\"script-src 'none'\">\
+         <p id=p>strict</p><script>document.title = 'ran'</script>",
+    ))
+    .await;
+    assert_eq!(b.text("#p").await, "strict");
+    assert_ne!(b.eval("document.title").await, "ran");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.console_errors().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = b.console_errors();
+    assert!(errors.iter().any(|e| e.text.contains("Content Security Policy")), "{errors:#?}");
+}
+
+#[tokio::test]
+async fn the_browser_reaches_nothing_but_loopback() {
+    let b = Browser::launch().await;
+    for url in ["http://example.com/", "https://pypi.org/", "http://1.1.1.1/", "http://[2606:4700:4700::1111]/"] {
+        let r = b.call("Page.navigate", serde_json::json!({"url": url})).await;
+        let error = r["errorText"].as_str().unwrap_or_default();
+        assert!(
+            matches!(error, "net::ERR_PROXY_CONNECTION_FAILED" | "net::ERR_NAME_NOT_RESOLVED"),
+            "{url} was not blocked as it should be: {r}"
+        );
+    }
+    // Loopback works, by address and by name.
+    let server = Server::start(Backend::SqliteLocal);
+    b.goto(&format!("{}/api/docs/", server.url)).await;
+    b.wait_for(".opblock").await;
+    b.goto(&format!("{}/api/docs/", server.url.replace("127.0.0.1", "localhost"))).await;
+    b.wait_for(".opblock").await;
+}
+
+#[tokio::test]
 async fn a_wait_that_times_out_says_what_it_awaited_and_where() {
     let mut b = Browser::launch().await;
     b.timeout = Duration::from_millis(300);

@@ -153,9 +153,11 @@ impl Browser {
             "--disable-dev-shm-usage",
             "--remote-debugging-port=0",
             "--window-size=1280,900",
-            // Nothing but loopback: no DNS for other hosts, no background traffic.
+            // Nothing but loopback: no name resolves but localhost, and every
+            // other address (IP literals too) goes to a proxy that is not there;
+            // loopback bypasses proxies implicitly. No background traffic either.
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-            "--no-proxy-server",
+            "--proxy-server=http://127.0.0.1:9",
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
