@@ -281,6 +281,16 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["variant"], "one");
     b.wait_for_text("[data-testid=logs]", "/about").await;
+    // The request-rate chart follows the traffic (sampled every few seconds, pushed live).
+    for _ in 0..20 {
+        assert_eq!(ep.post("/about", &serde_json::json!({})).status, 200);
+    }
+    b.wait_until_for(
+        "parseFloat(document.querySelector('#chart-rps [data-value]').textContent) > 0",
+        "the request-rate chart to show the requests",
+        Duration::from_secs(45),
+    )
+    .await;
     b.assert_no_console_errors();
     check_page(&b, "deployment-running").await;
     b.screenshot("deployment-running").await;
