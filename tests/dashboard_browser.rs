@@ -393,6 +393,20 @@ async fn from_first_run_to_a_terminated_deployment() {
     assert_eq!(b.count(&row("iris-web")).await, 0);
     b.assert_no_console_errors();
 
+    // ---- change the password, then sign in by name with the new one ----
+    visit(&b, "/account", "account").await;
+    b.fill("form[data-form=password] [name=current]", PASSWORD).await;
+    b.fill("form[data-form=password] [name=password]", "a new password, longer").await;
+    submit_to(&b, "password", "account").await;
+    b.wait_for("p.notice[role=status]").await;
+    b.assert_no_console_errors();
+    b.submit("form[data-form=logout]").await;
+    on_page(&b, "login").await;
+    b.fill("form[data-form=login] [name=login]", ADMIN).await;
+    b.fill("form[data-form=login] [name=password]", "a new password, longer").await;
+    submit_to(&b, "login", "home").await;
+    b.assert_no_console_errors();
+
     let problems = PROBLEMS.lock().unwrap().clone();
     assert!(problems.is_empty(), "problems found on the way:\n{}", problems.join("\n"));
 }
