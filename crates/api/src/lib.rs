@@ -18,6 +18,7 @@ pub mod janitor;
 pub mod openapi;
 pub mod routes;
 pub mod schemas;
+pub mod shutdown;
 pub mod signing;
 pub mod state;
 

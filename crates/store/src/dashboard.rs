@@ -4,8 +4,19 @@
 
 use sqlx::FromRow;
 
-use crate::registry::{REPO_SELECT, VERSION_SELECT, like_escape};
+use crate::registry::{VERSION_SELECT, like_escape};
 use crate::{Kind, MemberRole, OrgRow, RepositoryRow, Result, Store, StoreError, Timestamp, UserRow, built};
+
+/// Repositories with their version counts capped at [`COUNT_CAP`] + 1: an
+/// exact count reads every version (8 ms for 100,000 in SQLite), and a list
+/// of 25 large repositories would pay that 25 times.
+const REPO_PAGE_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
+     cu.name AS creator_name, r.created_at, r.updated_at, \
+     (SELECT COUNT(*) FROM (SELECT 1 FROM versions vc WHERE vc.repository_uid = r.uid LIMIT 1001) capped) AS version_count \
+     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+
+/// Repository lists count versions up to this many ("1000+").
+pub const COUNT_CAP: i64 = 1000;
 
 const USER_COLUMNS: &str =
     "u.uid, u.name, u.email, u.first_name, u.last_name, u.password_hash, u.is_admin, u.created_at, u.updated_at";
@@ -463,7 +474,7 @@ impl Store {
             RepoSort::Name => "r.name ASC",
         };
         let rows: Vec<RepositoryRow> =
-            sqlx::query_as(built(format!("{REPO_SELECT} {filter} ORDER BY {order} LIMIT $4 OFFSET $5")))
+            sqlx::query_as(built(format!("{REPO_PAGE_SELECT} {filter} ORDER BY {order} LIMIT $4 OFFSET $5")))
                 .bind(org_uid)
                 .bind(kind.as_str())
                 .bind(&search)

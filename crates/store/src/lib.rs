@@ -14,7 +14,9 @@ mod image_builds;
 mod registry;
 mod uploads;
 
-pub use dashboard::{DeploymentUse, MemberRow, NewSession, RepoSort, RepositoryPage, SessionIdentity, VersionSort};
+pub use dashboard::{
+    COUNT_CAP, DeploymentUse, MemberRow, NewSession, RepoSort, RepositoryPage, SessionIdentity, VersionSort,
+};
 pub use deployments::{ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};

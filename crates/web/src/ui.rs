@@ -208,7 +208,7 @@ pub fn copyable(id: &str, text: &str) -> Markup {
     html! {
         div.copy {
             pre id=(id) { code { (text) } }
-            button.small type="button" data-copy=(id) { "Copy" }
+            button.small type="button" data-copy=(id) aria-label=(format!("Copy: {text}")) { "Copy" }
         }
     }
 }

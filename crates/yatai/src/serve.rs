@@ -48,14 +48,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let endpoint = format!("http://{addr}");
         println!(
             "\nCreated the admin user {:?} in organization {:?}. Its API token, shown only now:\n\n    {token}\n\n\
-             Log in with:\n\n    bentoml cloud login --endpoint {endpoint} --api-token {token}\n",
+             Log in with:\n\n    bentoml cloud login --endpoint {endpoint} --api-token {token}\n\n\
+             It is also the setup token of the dashboard: open {endpoint}/ to create the administrator's password.\n",
             args.admin_name, args.org_name
         );
     }
     println!("yatai listening on http://{addr}");
 
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            yatai_api::shutdown::begin();
+        })
         .await?;
     janitor.abort();
     tracing::info!("stopping the deployments' replicas");

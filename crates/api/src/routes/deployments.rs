@@ -543,9 +543,10 @@ pub fn log_stream(
     tail: usize,
     follow: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    use futures_util::StreamExt;
     let live = follow.then(|| book.subscribe());
     let past = book.tail(tail);
-    async_stream(past, live)
+    async_stream(past, live).take_until(Box::pin(crate::shutdown::stopping()))
 }
 
 fn async_stream(

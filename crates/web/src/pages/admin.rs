@@ -45,7 +45,17 @@ pub async fn events(State(state): State<AppState>, s: Session, Query(p): Query<E
     let more = rows.len() > 50;
     rows.truncate(50);
     let operations = state.store.event_operations(s.org_uid()).await?;
-    let types = ["model", "model_repository", "bento", "bento_repository", "deployment", "api_token", "member", "user"];
+    let types = [
+        "model",
+        "model_repository",
+        "bento",
+        "bento_repository",
+        "deployment",
+        "api_token",
+        "member",
+        "user",
+        "organization",
+    ];
     let link = |before: Option<i64>| {
         let b = before.map(|b| b.to_string()).unwrap_or_default();
         format!(

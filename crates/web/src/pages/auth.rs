@@ -99,10 +99,10 @@ fn setup_form(token: &str, values: &crate::session::FormData, errors: &Errors) -
             input id="token" name="token" type="password" required autocomplete="off" aria-describedby="token-error";
             (field_error("token", errors))
             label for="name" { "Administrator name" }
-            input id="name" name="name" type="text" required value=(values.get("name")) autocomplete="username" aria-describedby="name-error";
+            input id="name" name="name" type="text" required value=(values.get("name")) placeholder="admin" autocomplete="username" aria-describedby="name-error";
             (field_error("name", errors))
             label for="email" { "Email" }
-            input id="email" name="email" type="email" required value=(values.get("email")) autocomplete="email" aria-describedby="email-error";
+            input id="email" name="email" type="email" required value=(values.get("email")) placeholder="you@example.com" autocomplete="email" aria-describedby="email-error";
             (field_error("email", errors))
             label for="password" { "Password" }
             input id="password" name="password" type="password" required minlength="8" autocomplete="new-password" aria-describedby="password-error";

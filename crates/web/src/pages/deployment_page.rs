@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -301,6 +301,7 @@ pub async fn live(
             }
         },
     );
+    let stream = stream.take_until(Box::pin(yatai_api::shutdown::stopping()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -309,7 +310,6 @@ pub async fn logs(
     s: Session,
     Path(name): Path<String>,
 ) -> WebResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    use futures_util::StreamExt;
     let d = find(&state, &s, &name).await?;
     let runtime = state.runtime.clone().ok_or_else(|| WebError::not_found("This server runs no deployments."))?;
     // A deployment that has not written a line yet gets a stream that waits
@@ -324,7 +324,9 @@ pub async fn logs(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let stream = futures_util::stream::once(book).flat_map(|book| svc::log_stream(book, 200, true));
+    let stream = futures_util::stream::once(book)
+        .flat_map(|book| svc::log_stream(book, 200, true))
+        .take_until(Box::pin(yatai_api::shutdown::stopping()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

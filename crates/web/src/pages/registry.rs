@@ -135,7 +135,7 @@ async fn repositories(kind: Kind, State(state): State<AppState>, s: Session, Que
                                         " " (ui::upload_badge(&v.upload_status))
                                     } @else { span.muted { "none" } }
                                 }
-                                td.num { (r.version_count) }
+                                td.num { @if r.version_count > yatai_store::COUNT_CAP { (yatai_store::COUNT_CAP) "+" } @else { (r.version_count) } }
                                 td.hide-narrow { (ui::size(latest.as_ref().and_then(|v| v.archive_size))) }
                                 td.hide-narrow { @if let Some(v) = latest { (ui::time(v.created_at)) } }
                                 td.hide-narrow { (r.creator_name.as_deref().unwrap_or("—")) }

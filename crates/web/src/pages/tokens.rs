@@ -54,7 +54,7 @@ async fn tokens_page(
             section.card.notice aria-labelledby="new-token-title" {
                 h2 id="new-token-title" { "Token " (c.name) " created" }
                 p { strong { "Copy it now: it will not be shown again." } }
-                div.copy { pre id="new-token" data-testid="new-token" { code { (c.secret) } } button.small type="button" data-copy="new-token" { "Copy" } }
+                div.copy { pre id="new-token" data-testid="new-token" { code { (c.secret) } } button.small type="button" data-copy="new-token" aria-label="Copy the token" { "Copy" } }
                 p { "Log the bentoml CLI in with it:" }
                 (ui::copyable("login-cmd", &format!("bentoml cloud login --api-token {} --endpoint {endpoint}", c.secret)))
             }
