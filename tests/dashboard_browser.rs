@@ -20,8 +20,11 @@ use support::*;
 const ADMIN: &str = "ada";
 const EMAIL: &str = "ada@example.com";
 const PASSWORD: &str = "correct horse battery";
-/// Starting a deployment builds its Python environment the first time.
+/// How long a (re)deployment may take to turn running.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
+/// The first deployment on a machine also builds its Python environment
+/// (downloaded with uv, then cached under /var/cache/yatai-rs/test-envs).
+const FIRST_DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Waits until the page shown is `page` (`<main id=main data-page=…>`).
 async fn on_page(b: &Browser, page: &str) {
@@ -91,8 +94,19 @@ fn revision(n: usize) -> String {
     format!("[data-testid=revision][data-revision=\"{n}\"]")
 }
 
+/// Waits for the detail page's live status badge to read `status`; fails
+/// at once, with the reason and the logs, if it reads `failed` instead.
 async fn wait_status(b: &Browser, status: &str, timeout: Duration) {
-    b.wait_for_text_within("[data-testid=status]", status, timeout).await;
+    let js = format!(
+        "(s => s === {} || s === 'failed' ? s : null)(document.querySelector('[data-testid=status]').textContent.trim())",
+        js_str(status)
+    );
+    let seen = b.wait_until_for(&js, &format!("the status to turn {status}"), timeout).await;
+    if seen != status {
+        let reason = b.text("[data-live-reason]").await;
+        let logs = b.text("[data-testid=logs]").await;
+        panic!("the deployment failed instead of turning {status}: {reason}\nlogs:\n{logs}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +282,7 @@ async fn from_first_run_to_a_terminated_deployment() {
     b.assert_no_console_errors();
 
     // ---- watch it turn running (the badge updates live) ----
-    wait_status(&b, "running", DEPLOY_TIMEOUT).await;
+    wait_status(&b, "running", FIRST_DEPLOY_TIMEOUT).await;
     b.wait_for("[data-testid=replica]").await;
     assert!(b.text("[data-testid=replica]").await.contains("ready"), "{}", b.text("[data-testid=replica]").await);
     assert_eq!(b.count("[data-testid=revision]").await, 1);
