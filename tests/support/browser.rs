@@ -615,12 +615,11 @@ impl Browser {
             _ => ("", 0, Some(key)),
         };
         let key_name = if key == "Space" { " " } else { key };
-        let mut down = json!({"type": "keyDown", "key": key_name, "code": code, "windowsVirtualKeyCode": vk});
+        // A key that types something is a keyDown with its text; others are raw.
+        let mut down = json!({"type": "rawKeyDown", "key": key_name, "code": code, "windowsVirtualKeyCode": vk});
         if let Some(t) = text {
             down["type"] = json!("keyDown");
             down["text"] = json!(t);
-        } else {
-            down["type"] = json!("rawKeyDown");
         }
         self.call("Input.dispatchKeyEvent", down).await;
         self.call(
