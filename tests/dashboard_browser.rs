@@ -170,6 +170,12 @@ async fn from_first_run_to_a_terminated_deployment() {
     // Nothing pushed yet: the empty state says what to do.
     assert!(b.text("main").await.to_lowercase().contains("push"), "{}", b.text("main").await);
     b.screenshot("bentos-empty").await;
+    visit(&b, "/models", "models").await;
+    assert!(b.text("main").await.to_lowercase().contains("push"), "{}", b.text("main").await);
+    visit(&b, "/deployments", "deployments").await;
+    b.wait_for("main a[href=\"/deployments/new\"]").await;
+    assert_eq!(b.count("[data-testid=row]").await, 0);
+    b.screenshot("deployments-empty").await;
 
     // Keyboard: the first Tab reaches the skip link, which leads to the content.
     b.press("Tab").await;
