@@ -20,6 +20,8 @@ use support::*;
 const ADMIN: &str = "ada";
 const EMAIL: &str = "ada@example.com";
 const PASSWORD: &str = "correct horse battery";
+/// A page that takes longer than this to load is reported.
+const SLOW_NAVIGATION: Duration = Duration::from_secs(5);
 /// How long a (re)deployment may take to turn running.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 /// The first deployment on a machine also builds its Python environment
@@ -112,7 +114,10 @@ async fn wait_status(b: &Browser, status: &str, timeout: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_first_run_to_a_terminated_deployment() {
     let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--janitor-interval", "2s"]));
-    let b = Browser::launch().await.with_base(&server.url);
+    let mut b = Browser::launch().await.with_base(&server.url);
+    // Longer than the dashboard's 15 s SSE keep-alive, so that a navigation
+    // stalled behind event streams is measured (below) rather than fatal.
+    b.timeout = Duration::from_secs(90);
 
     // ---- first-run setup: the setup token is the server's first API token ----
     b.goto("/").await;
@@ -344,6 +349,19 @@ async fn from_first_run_to_a_terminated_deployment() {
     b.assert_no_console_errors();
     b.screenshot("deployment-rolled-back").await;
 
+    // Any two revisions compare: r2 against r3 (the rollback to r1) undoes the update.
+    b.select("form.toolbar select[name=a]", "2").await;
+    b.select("form.toolbar select[name=b]", "3").await;
+    b.submit("form.toolbar").await;
+    on_page(&b, "deployment").await;
+    assert!(b.current_url().await.contains("a=2&b=3"), "{}", b.current_url().await);
+    b.wait_for_text("[data-testid=diff] .del", &format!("bento: {repo}:{v2}")).await;
+    b.wait_for_text("[data-testid=diff] .add", &format!("bento: {repo}:{v1}")).await;
+    b.wait_for_text("[data-testid=diff] .del", "\"two\"").await;
+    b.wait_for_text("[data-testid=diff] .add", "\"one\"").await;
+    b.assert_no_console_errors();
+    b.screenshot("deployment-diff").await;
+
     // ---- the lists show it ----
     visit(&b, "/deployments", "deployments").await;
     b.wait_for(&row("iris-web")).await;
@@ -426,6 +444,13 @@ async fn from_first_run_to_a_terminated_deployment() {
     b.fill("form[data-form=login] [name=password]", "a new password, longer").await;
     submit_to(&b, "login", "home").await;
     b.assert_no_console_errors();
+
+    // Every page came quickly (the server renders each in milliseconds).
+    for (url, took) in b.navigation_times() {
+        if took > SLOW_NAVIGATION {
+            PROBLEMS.lock().unwrap().push(format!("loading {url} took {:.1} s", took.as_secs_f64()));
+        }
+    }
 
     let problems = PROBLEMS.lock().unwrap().clone();
     assert!(problems.is_empty(), "problems found on the way:\n{}", problems.join("\n"));

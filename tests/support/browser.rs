@@ -88,6 +88,19 @@ pub struct Overflow {
     pub culprits: Vec<String>,
 }
 
+/// Where a navigation started (see [`Browser::start_navigation`]).
+struct Nav {
+    loads: u64,
+    started: Instant,
+    mark: String,
+}
+
+/// A number not used before in this process.
+fn next_mark() -> u64 {
+    static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What the protocol thread shares with the [`Browser`].
 #[derive(Default)]
 struct Shared {
@@ -96,6 +109,8 @@ struct Shared {
     dialogs: Vec<String>,
     /// Set when the page crashed or the connection ended.
     gone: Option<String>,
+    /// The latest page events (method and a detail), for failure messages.
+    recent: std::collections::VecDeque<String>,
 }
 
 type Reply = Box<dyn FnOnce(Result<Value, String>) + Send>;
@@ -117,6 +132,8 @@ pub struct Browser {
     /// Counts the page's `load` events.
     loads: watch::Receiver<u64>,
     io_thread: Option<std::thread::JoinHandle<()>>,
+    /// Each navigation waited for: the URL reached and how long it took.
+    navigations: Mutex<Vec<(String, Duration)>>,
     /// The deadline of waits.
     pub timeout: Duration,
     /// Relative URLs given to [`Browser::goto`] are resolved against this.
@@ -166,7 +183,6 @@ impl Browser {
             "--disable-breakpad",
             "--disable-domain-reliability",
             "--disable-client-side-phishing-detection",
-            "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions",
             "--metrics-recording-only",
             "--no-first-run",
             "--no-default-browser-check",
@@ -177,6 +193,27 @@ impl Browser {
             "--force-color-profile=srgb",
             "--lang=en-US",
         ]);
+        // Extra flags from $CHROMIUM_FLAGS (space-separated); their
+        // --disable-features joins ours (Chromium keeps only one).
+        let mut disabled = vec![
+            "Translate",
+            "OptimizationHints",
+            "MediaRouter",
+            "DialMediaRouteProvider",
+            "AutofillServerCommunication",
+            "CertificateTransparencyComponentUpdater",
+            "InterestFeedContentSuggestions",
+        ]
+        .join(",");
+        for flag in std::env::var("CHROMIUM_FLAGS").unwrap_or_default().split_whitespace() {
+            match flag.strip_prefix("--disable-features=") {
+                Some(more) => disabled = format!("{disabled},{more}"),
+                None => {
+                    cmd.arg(flag);
+                }
+            }
+        }
+        cmd.arg(format!("--disable-features={disabled}"));
         cmd.arg(format!("--user-data-dir={}", user_data.display()));
         cmd.arg("about:blank");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr_path).unwrap());
@@ -226,6 +263,7 @@ impl Browser {
             shared,
             loads,
             io_thread: Some(io_thread),
+            navigations: Mutex::new(Vec::new()),
             timeout: DEFAULT_TIMEOUT,
             base_url: None,
             test_name: name.to_owned(),
@@ -359,7 +397,8 @@ impl Browser {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        format!("  page: {url}\n  text: {}", snippet(&text, 800))
+        let state = self.try_eval("document.readyState").await.ok().and_then(|v| v.as_str().map(str::to_owned));
+        format!("  page: {url} ({})\n  text: {}", state.unwrap_or_default(), snippet(&text, 800))
     }
 
     // --- navigation --------------------------------------------------------
@@ -375,40 +414,75 @@ impl Browser {
     /// waits for its `load` event.
     pub async fn goto(&self, url: &str) {
         let url = self.resolve(url);
-        let before = *self.loads.borrow();
+        let nav = self.start_navigation().await;
         let r = self.call("Page.navigate", json!({"url": url})).await;
         if let Some(e) = r.get("errorText").and_then(Value::as_str) {
             panic!("navigating to {url} failed: {e}");
         }
         // A same-document navigation (#fragment) has no loader and no load event.
         if r.get("loaderId").is_some() {
-            self.wait_load(before, &format!("the load of {url}")).await;
+            self.wait_load(nav, &format!("the load of {url}")).await;
         }
     }
 
     /// Reloads the page and waits for its `load` event.
     pub async fn reload(&self) {
-        let before = *self.loads.borrow();
+        let nav = self.start_navigation().await;
         self.call("Page.reload", json!({})).await;
-        self.wait_load(before, "the reload").await;
+        self.wait_load(nav, "the reload").await;
     }
 
-    async fn wait_load(&self, before: u64, what: &str) {
+    /// Notes where the page is before an action that navigates: the count of
+    /// `load` events, the time, and a mark left in the current document.
+    async fn start_navigation(&self) -> Nav {
+        let mark = format!("{}-{}", std::process::id(), next_mark());
+        let _ = self.try_eval(&format!("window.__yataiDocument = {}", js_str(&mark))).await;
+        Nav { loads: *self.loads.borrow(), started: Instant::now(), mark }
+    }
+
+    /// Waits for the document after `nav`: its `load` event, or (should
+    /// the event not arrive) a complete document without the mark.
+    async fn wait_load(&self, nav: Nav, what: &str) {
+        let deadline = Instant::now() + self.timeout;
+        let replaced =
+            format!("window.__yataiDocument !== {} && document.readyState === 'complete'", js_str(&nav.mark));
         let mut loads = self.loads.clone();
-        let waited = tokio::time::timeout(self.timeout, loads.wait_for(|n| *n > before)).await;
-        match waited {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => panic!("waiting for {what}: {}", self.gone_reason()),
-            Err(_) => panic!("timed out after {:?} waiting for {what}\n{}", self.timeout, self.where_am_i().await),
+        loop {
+            if *loads.borrow_and_update() > nav.loads
+                || self.try_eval(&replaced).await.is_ok_and(|v| v == Value::Bool(true))
+            {
+                let url = self.current_url().await;
+                self.navigations.lock().unwrap().push((url, nav.started.elapsed()));
+                return;
+            }
+            if let Some(gone) = self.shared.lock().unwrap().gone.clone() {
+                panic!("waiting for {what}: {gone}");
+            }
+            if Instant::now() > deadline {
+                let recent = self.shared.lock().unwrap().recent.iter().cloned().collect::<Vec<_>>().join("\n    ");
+                panic!(
+                    "timed out after {:?} waiting for {what}\n{}\n  latest page events:\n    {recent}",
+                    self.timeout,
+                    self.where_am_i().await
+                )
+            }
+            let _ = tokio::time::timeout(POLL, loads.changed()).await;
         }
     }
 
     /// Runs `action` (which should make the page navigate) and waits for the
     /// next page's `load` event.
     async fn navigating(&self, what: &str, action: impl Future<Output = ()>) {
-        let before = *self.loads.borrow();
+        let nav = self.start_navigation().await;
         action.await;
-        self.wait_load(before, what).await;
+        self.wait_load(nav, what).await;
+    }
+
+    /// Every navigation waited for so far (by `goto`, `reload`, `submit`,
+    /// `click_and_wait`): the URL it reached and how long it took from the
+    /// action to the `load` event.
+    pub fn navigation_times(&self) -> Vec<(String, Duration)> {
+        self.navigations.lock().unwrap().clone()
     }
 
     // --- waiting -----------------------------------------------------------
@@ -595,12 +669,12 @@ impl Browser {
                setTimeout(() => f.requestSubmit(), 0); return null; }})(document.querySelector({}))",
             js_str(form_selector)
         );
-        let before = *self.loads.borrow();
+        let nav = self.start_navigation().await;
         let invalid = self.eval(&js).await;
         if let Some(problems) = invalid.as_str() {
             panic!("`{form_selector}` is not valid, so it would not submit: {problems}\n{}", self.where_am_i().await);
         }
-        self.wait_load(before, &format!("the page after submitting `{form_selector}`")).await;
+        self.wait_load(nav, &format!("the page after submitting `{form_selector}`")).await;
     }
 
     /// Presses a key (`Tab`, `Enter`, `Escape`, `ArrowDown`, a character…) on the focused element.
@@ -999,6 +1073,14 @@ async fn io_loop<S>(
                 }
                 let method = v["method"].as_str().unwrap_or_default();
                 let params = &v["params"];
+                if method.starts_with("Page.") {
+                    let detail = params["name"].as_str().or(params["frame"]["url"].as_str()).or(params["url"].as_str());
+                    let mut sh = shared.lock().unwrap();
+                    if sh.recent.len() >= 20 {
+                        sh.recent.pop_front();
+                    }
+                    sh.recent.push_back(format!("{method} {}", detail.unwrap_or_default()));
+                }
                 match method {
                     "Page.loadEventFired" => loads.send_modify(|n| *n += 1),
                     "Page.javascriptDialogOpening" => {
