@@ -44,62 +44,88 @@
     });
   }
 
+  // The page's event streams. They are closed when the page is hidden: a page
+  // kept in the back/forward cache would otherwise hold its connections open,
+  // and with six connections per host a few deployment pages in the history
+  // stall every later load. A page restored from that cache reopens them.
+  var streams = [];
+  function stream(open) {
+    streams.push({ open: open, es: open() });
+  }
+  window.addEventListener("pagehide", function () {
+    streams.forEach(function (s) {
+      if (s.es) { s.es.close(); s.es = null; }
+    });
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (!e.persisted) return;
+    streams.forEach(function (s) {
+      if (!s.es) s.es = s.open();
+    });
+  });
+
   // A deployment page: status, replicas and charts over server-sent events.
   function liveDeployment() {
     var root = document.querySelector("[data-live]");
     if (!root || typeof EventSource === "undefined") return;
-    var es = new EventSource(root.getAttribute("data-live"));
-    es.addEventListener("state", function (e) {
-      var s;
-      try { s = JSON.parse(e.data); } catch (_) { return; }
-      document.querySelectorAll("[data-live-status]").forEach(function (el) {
-        el.textContent = s.status;
-        el.className = "badge s-" + s.status;
-      });
-      var reason = document.querySelector("[data-live-reason]");
-      if (reason) reason.textContent = s.reason || "";
-      var body = document.querySelector("[data-live-replicas]");
-      if (body && Array.isArray(s.replicas)) {
-        body.textContent = "";
-        s.replicas.forEach(function (r) {
-          var tr = document.createElement("tr");
-          tr.setAttribute("data-testid", "replica");
-          [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v, i) {
-            var td = document.createElement("td");
-            if (i >= 2) td.className = "num";
-            td.textContent = v;
-            tr.appendChild(td);
+    stream(function () {
+      var es = new EventSource(root.getAttribute("data-live"));
+      es.addEventListener("state", function (e) {
+        var s;
+        try { s = JSON.parse(e.data); } catch (_) { return; }
+        document.querySelectorAll("[data-live-status]").forEach(function (el) {
+          el.textContent = s.status;
+          el.className = "badge s-" + s.status;
+        });
+        var reason = document.querySelector("[data-live-reason]");
+        if (reason) reason.textContent = s.reason || "";
+        var body = document.querySelector("[data-live-replicas]");
+        if (body && Array.isArray(s.replicas)) {
+          body.textContent = "";
+          s.replicas.forEach(function (r) {
+            var tr = document.createElement("tr");
+            tr.setAttribute("data-testid", "replica");
+            [r.id, r.state, String(r.restarts), String(r.inflight), r.pid == null ? "" : String(r.pid)].forEach(function (v, i) {
+              var td = document.createElement("td");
+              if (i >= 2) td.className = "num";
+              td.textContent = v;
+              tr.appendChild(td);
+            });
+            body.appendChild(tr);
           });
-          body.appendChild(tr);
-        });
-        var empty = document.querySelector("[data-live-noreplicas]");
-        if (empty) empty.hidden = s.replicas.length > 0;
-      }
-      if (s.charts) {
-        Object.keys(s.charts).forEach(function (id) {
-          var fig = document.getElementById(id);
-          if (fig) fig.outerHTML = s.charts[id];
-        });
-      }
+          var empty = document.querySelector("[data-live-noreplicas]");
+          if (empty) empty.hidden = s.replicas.length > 0;
+        }
+        if (s.charts) {
+          Object.keys(s.charts).forEach(function (id) {
+            var fig = document.getElementById(id);
+            if (fig) fig.outerHTML = s.charts[id];
+          });
+        }
+      });
+      es.onerror = function () { /* EventSource reconnects by itself */ };
+      return es;
     });
-    es.onerror = function () { /* EventSource reconnects by itself */ };
   }
 
   function liveLogs() {
     var box = document.querySelector("[data-logs-url]");
     if (!box || typeof EventSource === "undefined") return;
     var code = box.querySelector("code") || box;
-    var es = new EventSource(box.getAttribute("data-logs-url"));
-    var first = true;
-    es.onmessage = function (e) {
-      if (first) { code.textContent = ""; first = false; }
-      var stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 20;
-      code.appendChild(document.createTextNode(e.data + "\n"));
-      var lines = code.childNodes;
-      while (lines.length > 2000) code.removeChild(lines[0]);
-      if (stick) box.scrollTop = box.scrollHeight;
-    };
-    es.onerror = function () { /* reconnects; the server resends the tail */ first = true; };
+    stream(function () {
+      var es = new EventSource(box.getAttribute("data-logs-url"));
+      var first = true;
+      es.onmessage = function (e) {
+        if (first) { code.textContent = ""; first = false; }
+        var stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 20;
+        code.appendChild(document.createTextNode(e.data + "\n"));
+        var lines = code.childNodes;
+        while (lines.length > 2000) code.removeChild(lines[0]);
+        if (stick) box.scrollTop = box.scrollHeight;
+      };
+      es.onerror = function () { /* reconnects; the server resends the tail */ first = true; };
+      return es;
+    });
   }
 
   // The deployment form: choosing a repository loads its versions.

@@ -173,7 +173,7 @@ async fn form_page(
             @if editing.is_some() {
                 input id="name" name="name" type="text" value=(v.name) readonly;
             } @else {
-                input id="name" name="name" type="text" value=(v.name) placeholder="iris" pattern="[a-z]([-a-z0-9]*[a-z0-9])?" maxlength="50" aria-describedby=(described("name"));
+                input id="name" name="name" type="text" value=(v.name) placeholder="iris" pattern="[a-z]([a-z0-9\\-]*[a-z0-9])?" maxlength="50" aria-describedby=(described("name"));
                 p.hint { "Lowercase letters, digits and '-'; becomes part of the URL. Leave empty to have one chosen." }
             }
             (field_error("name", errors))
