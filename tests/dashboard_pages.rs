@@ -568,12 +568,13 @@ backend_test! {
         assert_eq!(r.status, 422);
         assert!(r.text().contains(r#"data-error-for="name""#), "{}", r.text());
         let r = b.submit("/deployments/new", "/deployments/new", &[
-            ("name", "iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
+            ("name", "-iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
             ("min_replicas", "3"), ("max_replicas", "2"), ("envs", "GOOD=1\nno equals sign"),
         ]);
         assert_eq!(r.status, 422);
         let text = r.text();
         assert!(text.contains(r#"data-error-for="max_replicas""#) && text.contains(r#"data-error-for="envs""#), "{text}");
+        assert!(text.contains(r#"data-error-for="name""#), "every field's error at once: {text}");
         assert!(text.contains("GOOD=1\nno equals sign"), "the input is kept");
         let (env_repo, env_version) = iris.needs_env.split_once(':').unwrap();
         let r = b.submit("/deployments/new", "/deployments/new", &[

@@ -295,15 +295,21 @@ pub async fn create(State(state): State<AppState>, post: Post) -> WebResult {
     ui::require(s, Permission::WriteCluster)?;
     let v = FormValues::from_form(&post.form);
     let entry = entry_of(&state, s, &v).await;
-    let (tag, config) = match parse(&v, &entry) {
-        Ok(x) => x,
-        Err(errors) => return form_page(&state, s, None, &v, &errors).await,
-    };
+    // Every field's error at once: the name's beside the others'.
+    let mut errors = Errors::new();
     if !v.name.is_empty()
         && let Err(e) = dep::check_deployment_name(&v.name)
     {
-        return form_page(&state, s, None, &v, &vec![("name".into(), e.message)]).await;
+        errors.push(("name".into(), e.message));
     }
+    let (tag, config) = match parse(&v, &entry) {
+        Ok(x) if errors.is_empty() => x,
+        Ok(_) => return form_page(&state, s, None, &v, &errors).await,
+        Err(more) => {
+            errors.extend(more);
+            return form_page(&state, s, None, &v, &errors).await;
+        }
+    };
     let cluster = Some(v.cluster.as_str()).filter(|c| !c.is_empty());
     match svc::create_deployment(
         &state,
