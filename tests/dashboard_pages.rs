@@ -629,125 +629,126 @@ fn members_are_managed_and_the_last_admin_stays() {
     assert_eq!(b.get("/settings/tokens").status, 200, "still admin");
 }
 
-#[test]
-fn inviting_adds_nobody_without_their_consent_and_reveals_nobody() {
-    let server = Server::start(Backend::SqliteLocal);
-    let mut admin = setup(&server);
-    let mut bob = other_org(&server);
+backend_test! {
+    fn inviting_adds_nobody_without_their_consent_and_reveals_nobody(backend: Backend) {
+        let server = Server::start(backend);
+        let mut admin = setup(&server);
+        let mut bob = other_org(&server);
 
-    // The attack, old form: adding another organization's user by name.
-    let r =
-        admin.submit("/settings/members", "/settings/members", &[("name", "bob"), ("role", "admin"), ("password", "")]);
-    assert_eq!(r.status, 422, "{}", r.text());
-    let members = admin.page("/settings/members");
-    assert!(!members.contains(r#"data-name="bob""#), "bob was not added");
-    assert!(!members.contains("bob@example.com"));
+        // The attack, old form: adding another organization's user by name.
+        let r =
+            admin.submit("/settings/members", "/settings/members", &[("name", "bob"), ("role", "admin"), ("password", "")]);
+        assert_eq!(r.status, 422, "{}", r.text());
+        let members = admin.page("/settings/members");
+        assert!(!members.contains(r#"data-name="bob""#), "bob was not added");
+        assert!(!members.contains("bob@example.com"));
 
-    // Inviting him: the same answer as for a name nobody has, and neither
-    // his email nor his membership appears.
-    let existing = admin.submit("/settings/members", "/settings/members", &[("invitee", "bob"), ("role", "admin")]);
-    let missing = admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody"), ("role", "admin")]);
-    let by_email =
-        admin.submit("/settings/members", "/settings/members", &[("invitee", "bob@example.com"), ("role", "guest")]);
-    let by_missing_email =
-        admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody@example.com"), ("role", "guest")]);
-    for r in [&existing, &missing, &by_email, &by_missing_email] {
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.text().contains(INVITED), "{}", r.text());
-        assert_eq!(r.header("cache-control"), Some("no-store"));
-        for telling in ["no such", "not found", "exists", "unknown"] {
-            assert!(!r.text().to_lowercase().contains(telling), "{telling}: {}", r.text());
+        // Inviting him: the same answer as for a name nobody has, and neither
+        // his email nor his membership appears.
+        let existing = admin.submit("/settings/members", "/settings/members", &[("invitee", "bob"), ("role", "admin")]);
+        let missing = admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody"), ("role", "admin")]);
+        let by_email =
+            admin.submit("/settings/members", "/settings/members", &[("invitee", "bob@example.com"), ("role", "guest")]);
+        let by_missing_email =
+            admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody@example.com"), ("role", "guest")]);
+        for r in [&existing, &missing, &by_email, &by_missing_email] {
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains(INVITED), "{}", r.text());
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            for telling in ["no such", "not found", "exists", "unknown"] {
+                assert!(!r.text().to_lowercase().contains(telling), "{telling}: {}", r.text());
+            }
         }
+        // The pages differ only where the typed name and the link are.
+        let shape = |r: &Response, typed: &str| {
+            let t = r.text();
+            let link = invite_link(&t);
+            t.replace(&link, "LINK").replace(typed, "TYPED")
+        };
+        let (a, b) = (shape(&existing, "bob"), shape(&missing, "nobody"));
+        // The pending list holds both, in the other order on each page; compare
+        // everything before it.
+        let cut = |t: &str| t[..t.find("Pending invitations").unwrap()].to_owned();
+        assert_eq!(cut(&a), cut(&b));
+        assert!(!existing.text().contains("bob@example.com"), "a name never shows the email");
+        let members = admin.page("/settings/members");
+        assert!(!members.contains(r#"data-name="bob""#), "an invitation adds nobody");
+        assert!(members.contains(r#"data-invitee="bob""#) && members.contains(r#"data-invitee="nobody""#));
+        let r = bob.submit("/account", "/account/organization", &[("org", "default")]);
+        assert_eq!(r.status, 404, "bob is not in default until he accepts");
+
+        // bob finds the invitations on his account page; declining one, then
+        // accepting the other, makes him a member with the invited role.
+        let account = bob.page("/account");
+        assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 2, "by name and by email: {account}");
+        let decline = action_of(&account, "/account/invitations/");
+        let decline = decline.replace("/accept", "/decline");
+        let r = bob.submit("/account", &decline, &[]);
+        assert_eq!(r.status, 303);
+        let account = bob.page("/account");
+        assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 1);
+        let accept = action_of(&account, "/account/invitations/");
+        assert!(accept.ends_with("/accept"));
+        let r = bob.submit("/account", &accept, &[]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(location(&r).contains("joined"), "{}", location(&r));
+        assert!(bob.page("/").contains("default"), "bob now works in default");
+        let members = admin.page("/settings/members");
+        assert!(members.contains(r#"data-name="bob""#));
+        assert_eq!(bob.submit("/account", &accept, &[]).status, 404, "an invitation is used once");
+
+        // Someone who is not the invitee cannot take an invitation from the
+        // account page: it is not listed for them, and its id does not work.
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "frank"), ("role", "admin")]);
+        let frank_link = invite_link(&r.text());
+        let mut eve = {
+            server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other"]);
+            admin_with_env(&server, &["user", "set-password", "eve"], &[("YATAI_PASSWORD", PASSWORD)]);
+            login(&server, "eve", PASSWORD).0
+        };
+        assert!(!eve.page("/account").contains(r#"data-testid="invitation""#));
+        let members = admin.page("/settings/members");
+        let frank_row = &members[members.find(r#"data-invitee="frank""#).unwrap()..];
+        let revoke = action_of(frank_row, "/settings/members/invitations/");
+        let uid = revoke.trim_start_matches("/settings/members/invitations/").trim_end_matches("/revoke");
+        let r = eve.submit("/account", &format!("/account/invitations/{uid}/accept"), &[]);
+        assert_eq!(r.status, 404);
+        // Revoked, the link stops working.
+        let r = admin.submit("/settings/members", &revoke, &[]);
+        assert_eq!(r.status, 303);
+        assert!(!admin.page("/settings/members").contains(r#"data-invitee="frank""#));
+        assert_eq!(Browser::new(&server).get(&frank_link).status, 404);
+
+        // A user of no organization (who cannot sign in anywhere yet) accepts
+        // with the link by signing in on it.
+        server.admin(&["user", "create", "gina", "--email", "gina@example.com", "--org", "other"]);
+        admin_with_env(&server, &["user", "set-password", "gina"], &[("YATAI_PASSWORD", PASSWORD)]);
+        let r = bob.submit("/account", "/account/organization", &[("org", "other")]);
+        assert_eq!(r.status, 303);
+        let members = bob.page("/settings/members");
+        let gina_row = &members[members.find(r#"data-name="gina""#).unwrap()..];
+        let remove = action_of(gina_row, "/settings/members/");
+        let remove = format!("{}/remove", remove.trim_end_matches("/role"));
+        assert_eq!(bob.submit("/settings/members", &remove, &[]).status, 303);
+        assert_eq!(login(&server, "gina", PASSWORD).1.status, 403, "no organization any more");
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "gina"), ("role", "developer")]);
+        let link = invite_link(&r.text());
+        let mut gina = Browser::new(&server);
+        let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", "wrong")]);
+        assert_eq!(r.status, 401);
+        let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", PASSWORD)]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(gina.page("/account").contains("developer"));
+        // And a signed-in user accepts with the link too (eve, from other).
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "eve"), ("role", "guest")]);
+        let link = invite_link(&r.text());
+        let page = eve.page(&link);
+        assert!(page.contains(r#"data-form="invitation-accept""#), "{page}");
+        let r = eve.submit(&link, &link, &[]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(admin.page("/settings/members").contains(r#"data-name="eve""#));
+        assert_eq!(Browser::new(&server).get(&link).status, 404, "used");
     }
-    // The pages differ only where the typed name and the link are.
-    let shape = |r: &Response, typed: &str| {
-        let t = r.text();
-        let link = invite_link(&t);
-        t.replace(&link, "LINK").replace(typed, "TYPED")
-    };
-    let (a, b) = (shape(&existing, "bob"), shape(&missing, "nobody"));
-    // The pending list holds both, in the other order on each page; compare
-    // everything before it.
-    let cut = |t: &str| t[..t.find("Pending invitations").unwrap()].to_owned();
-    assert_eq!(cut(&a), cut(&b));
-    assert!(!existing.text().contains("bob@example.com"), "a name never shows the email");
-    let members = admin.page("/settings/members");
-    assert!(!members.contains(r#"data-name="bob""#), "an invitation adds nobody");
-    assert!(members.contains(r#"data-invitee="bob""#) && members.contains(r#"data-invitee="nobody""#));
-    let r = bob.submit("/account", "/account/organization", &[("org", "default")]);
-    assert_eq!(r.status, 404, "bob is not in default until he accepts");
-
-    // bob finds the invitations on his account page; declining one, then
-    // accepting the other, makes him a member with the invited role.
-    let account = bob.page("/account");
-    assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 2, "by name and by email: {account}");
-    let decline = action_of(&account, "/account/invitations/");
-    let decline = decline.replace("/accept", "/decline");
-    let r = bob.submit("/account", &decline, &[]);
-    assert_eq!(r.status, 303);
-    let account = bob.page("/account");
-    assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 1);
-    let accept = action_of(&account, "/account/invitations/");
-    assert!(accept.ends_with("/accept"));
-    let r = bob.submit("/account", &accept, &[]);
-    assert_eq!(r.status, 303, "{}", r.text());
-    assert!(location(&r).contains("joined"), "{}", location(&r));
-    assert!(bob.page("/").contains("default"), "bob now works in default");
-    let members = admin.page("/settings/members");
-    assert!(members.contains(r#"data-name="bob""#));
-    assert_eq!(bob.submit("/account", &accept, &[]).status, 404, "an invitation is used once");
-
-    // Someone who is not the invitee cannot take an invitation from the
-    // account page: it is not listed for them, and its id does not work.
-    let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "frank"), ("role", "admin")]);
-    let frank_link = invite_link(&r.text());
-    let mut eve = {
-        server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other"]);
-        admin_with_env(&server, &["user", "set-password", "eve"], &[("YATAI_PASSWORD", PASSWORD)]);
-        login(&server, "eve", PASSWORD).0
-    };
-    assert!(!eve.page("/account").contains(r#"data-testid="invitation""#));
-    let members = admin.page("/settings/members");
-    let frank_row = &members[members.find(r#"data-invitee="frank""#).unwrap()..];
-    let revoke = action_of(frank_row, "/settings/members/invitations/");
-    let uid = revoke.trim_start_matches("/settings/members/invitations/").trim_end_matches("/revoke");
-    let r = eve.submit("/account", &format!("/account/invitations/{uid}/accept"), &[]);
-    assert_eq!(r.status, 404);
-    // Revoked, the link stops working.
-    let r = admin.submit("/settings/members", &revoke, &[]);
-    assert_eq!(r.status, 303);
-    assert!(!admin.page("/settings/members").contains(r#"data-invitee="frank""#));
-    assert_eq!(Browser::new(&server).get(&frank_link).status, 404);
-
-    // A user of no organization (who cannot sign in anywhere yet) accepts
-    // with the link by signing in on it.
-    server.admin(&["user", "create", "gina", "--email", "gina@example.com", "--org", "other"]);
-    admin_with_env(&server, &["user", "set-password", "gina"], &[("YATAI_PASSWORD", PASSWORD)]);
-    let r = bob.submit("/account", "/account/organization", &[("org", "other")]);
-    assert_eq!(r.status, 303);
-    let members = bob.page("/settings/members");
-    let gina_row = &members[members.find(r#"data-name="gina""#).unwrap()..];
-    let remove = action_of(gina_row, "/settings/members/");
-    let remove = format!("{}/remove", remove.trim_end_matches("/role"));
-    assert_eq!(bob.submit("/settings/members", &remove, &[]).status, 303);
-    assert_eq!(login(&server, "gina", PASSWORD).1.status, 403, "no organization any more");
-    let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "gina"), ("role", "developer")]);
-    let link = invite_link(&r.text());
-    let mut gina = Browser::new(&server);
-    let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", "wrong")]);
-    assert_eq!(r.status, 401);
-    let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", PASSWORD)]);
-    assert_eq!(r.status, 303, "{}", r.text());
-    assert!(gina.page("/account").contains("developer"));
-    // And a signed-in user accepts with the link too (eve, from other).
-    let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "eve"), ("role", "guest")]);
-    let link = invite_link(&r.text());
-    let page = eve.page(&link);
-    assert!(page.contains(r#"data-form="invitation-accept""#), "{page}");
-    let r = eve.submit(&link, &link, &[]);
-    assert_eq!(r.status, 303, "{}", r.text());
-    assert!(admin.page("/settings/members").contains(r#"data-name="eve""#));
-    assert_eq!(Browser::new(&server).get(&link).status, 404, "used");
 }
 
 #[test]
