@@ -17,11 +17,49 @@ struct Browser {
     http: Http,
     cookies: Vec<(String, String)>,
     headers: Vec<(String, String)>,
+    /// The loopback address to connect from (Linux routes all of
+    /// 127.0.0.0/8 on `lo`), so the server sees another client address.
+    from: Option<std::net::Ipv4Addr>,
 }
 
 impl Browser {
     fn new(server: &Server) -> Browser {
-        Browser { http: server.http().without_token(), cookies: Vec::new(), headers: Vec::new() }
+        Browser { http: server.http().without_token(), cookies: Vec::new(), headers: Vec::new(), from: None }
+    }
+
+    fn from_address(server: &Server, ip: [u8; 4]) -> Browser {
+        Browser { from: Some(ip.into()), ..Browser::new(server) }
+    }
+
+    /// A request over a connection made from `self.from`.
+    fn raw_from(
+        &self,
+        from: std::net::Ipv4Addr,
+        method: &str,
+        path: &str,
+        head: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        use std::io::Write;
+        let to: std::net::SocketAddr = self.http.addr().parse().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let mut s = rt
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind((from, 0).into())?;
+                sock.connect(to).await?.into_std()
+            })
+            .unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.http.addr());
+        for (k, v) in head {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        support::read_response(&mut s)
     }
 
     fn send(&mut self, method: &str, path: &str, body: &[u8], form: bool) -> Response {
@@ -33,7 +71,10 @@ impl Browser {
         if form {
             head.push(("Content-Type", "application/x-www-form-urlencoded"));
         }
-        let r = self.http.raw(method, path, &head, body, Some(body.len()), false);
+        let r = match self.from {
+            Some(ip) => self.raw_from(ip, method, path, &head, body),
+            None => self.http.raw(method, path, &head, body, Some(body.len()), false),
+        };
         for (k, v) in &r.headers {
             if k.eq_ignore_ascii_case("set-cookie") {
                 let pair = v.split(';').next().unwrap();
@@ -238,17 +279,93 @@ backend_test! {
 fn sign_in_attempts_are_rate_limited() {
     let server = Server::start(Backend::SqliteLocal);
     setup(&server);
-    for _ in 0..5 {
-        assert_eq!(login(&server, "admin", "wrong").1.status, 401);
+    let attempt = |ip: [u8; 4], login: &str, password: &str| {
+        let mut b = Browser::from_address(&server, ip);
+        b.submit("/login", "/login", &[("login", login), ("password", password)])
+    };
+    // The name and the email address are one account: 3 + 2 failures lock
+    // this address out of it, even with the right password.
+    for _ in 0..3 {
+        assert_eq!(attempt([127, 0, 0, 1], "admin", "wrong").status, 401);
     }
-    let (_, r) = login(&server, "admin", PASSWORD);
+    for _ in 0..2 {
+        assert_eq!(attempt([127, 0, 0, 1], "ADMIN@example.com", "wrong").status, 401);
+    }
+    let r = attempt([127, 0, 0, 1], "admin", PASSWORD);
     assert_eq!(r.status, 429, "even the right password waits: {}", r.text());
     assert!(r.text().contains("Try again in"), "{}", r.text());
     assert!(r.header("retry-after").is_some());
-    // Another account from the same address is not locked by this one.
-    server.admin(&["user", "create", "carol", "--email", "carol@example.com"]);
+    assert_eq!(attempt([127, 0, 0, 1], "admin@example.com", PASSWORD).status, 429, "the alias shares the count");
+
+    // The attack: someone else's failures do not lock the owner out from
+    // the owner's own address.
+    let r = attempt([127, 0, 0, 2], "admin", PASSWORD);
+    assert_eq!(r.status, 303, "the owner signs in from another address: {}", r.text());
+    assert_eq!(location(&r), "/");
+
+    // A name nobody has is limited the same way (limits do not tell who exists).
+    for _ in 0..5 {
+        assert_eq!(attempt([127, 0, 0, 3], "ghost", "wrong").status, 401);
+    }
+    assert_eq!(attempt([127, 0, 0, 3], "ghost", "wrong").status, 429);
+
+    // Another account from the locked-out address is not locked by this one.
+    server.admin(&["user", "create", "carol", "--email", "carol@example.com", "--org", "default"]);
     admin_with_env(&server, &["user", "set-password", "carol"], &[("YATAI_PASSWORD", PASSWORD)]);
-    assert_eq!(login(&server, "carol", PASSWORD).1.status, 303);
+    assert_eq!(attempt([127, 0, 0, 1], "carol", PASSWORD).status, 303);
+
+    // Per address, whatever the accounts: 20 failures.
+    for i in 0..20 {
+        let r = attempt([127, 0, 0, 4], &format!("nobody{i}"), "wrong");
+        assert_eq!(r.status, 401, "attempt {i}");
+    }
+    assert_eq!(attempt([127, 0, 0, 4], "carol", PASSWORD).status, 429);
+    assert_eq!(attempt([127, 0, 0, 5], "carol", PASSWORD).status, 303);
+}
+
+#[test]
+fn sign_in_redirects_only_within_the_site() {
+    let server = Server::start(Backend::SqliteLocal);
+    setup(&server);
+    let sign_in = |next: &str| {
+        let mut b = Browser::new(&server);
+        let r = b.submit("/login", "/login", &[("login", "admin"), ("password", PASSWORD), ("next", next)]);
+        assert_eq!(r.status, 303, "next={next:?}: {}", r.text());
+        assert!(b.has_session(), "next={next:?}");
+        location(&r).to_owned()
+    };
+    for bad in [
+        "/%09/evil.example",
+        "/\t/evil.example",
+        "//evil.example",
+        "///evil.example",
+        "/\\evil.example",
+        "/%5Cevil.example",
+        "/%2F/evil.example",
+        "https://evil.example",
+        "http:evil.example",
+        "javascript:alert(1)",
+        "%0d%0aSet-Cookie:x=1",
+        "/%0d%0aSet-Cookie:x=1",
+        "/\r\nSet-Cookie: x=1",
+        "/\nLocation: https://evil.example",
+    ] {
+        assert_eq!(sign_in(bad), "/", "next={bad:?}");
+    }
+    assert_eq!(sign_in("/models?sort=name"), "/models?sort=name");
+    assert_eq!(sign_in("/deployments/iris"), "/deployments/iris");
+
+    // The sign-in page, reached with a hostile `next` in its URL (the
+    // attack's link), carries only a safe one in its form.
+    let mut b = Browser::new(&server);
+    for (url, kept) in [
+        ("/login?next=%2F%09%2Fevil.example", "/"),
+        ("/login?next=%2F%0D%0ASet-Cookie%3Ax", "/"),
+        ("/login?next=%2Fmodels", "/models"),
+    ] {
+        let html = b.page(url);
+        assert!(html.contains(&format!(r#"name="next" value="{kept}""#)), "{url}: {html}");
+    }
 }
 
 const PAGES: &[&str] = &[
@@ -292,6 +409,11 @@ const FORMS: &[&str] = &[
     "/settings/members",
     "/settings/members/x/role",
     "/settings/members/x/remove",
+    "/settings/members/invitations/x/revoke",
+    "/account/invitations/x/accept",
+    "/account/invitations/x/decline",
+    "/invitations/x",
+    "/invitations/x/decline",
 ];
 
 #[test]
@@ -444,38 +566,58 @@ fn tokens_are_shown_once_and_work_with_the_api() {
     assert_eq!(b.page("/settings/tokens").matches(r#"data-testid="row""#).count(), tokens_before - 1);
 }
 
+/// The invitation link on the page an invitation form answered with.
+fn invite_link(html: &str) -> String {
+    let at = html.find(r#"id="invite-link""#).unwrap_or_else(|| panic!("no invitation link in:\n{html}"));
+    let rest = &html[at..];
+    let from = rest.find("/invitations/").unwrap();
+    let rest = &rest[from..];
+    rest[..rest.find('<').unwrap()].to_owned()
+}
+
+/// The `action` of the first form whose action starts with `prefix`.
+fn action_of(html: &str, prefix: &str) -> String {
+    let at = html.find(&format!(r#"action="{prefix}"#)).unwrap_or_else(|| panic!("no {prefix} form in:\n{html}"));
+    let rest = &html[at + r#"action=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+const INVITED: &str = "Invitation created; it is shown on the pending list.";
+
 #[test]
 fn members_are_managed_and_the_last_admin_stays() {
     let server = Server::start(Backend::SqliteLocal);
     let mut b = setup(&server);
-    let r = b.submit(
-        "/settings/members",
-        "/settings/members",
-        &[("name", "dana"), ("email", "bad"), ("password", "x"), ("role", "developer")],
-    );
+    let r = b.submit("/settings/members", "/settings/members", &[("invitee", "not a name!"), ("role", "boss")]);
     assert_eq!(r.status, 422);
-    assert!(r.text().contains(r#"data-error-for="email""#) && r.text().contains(r#"data-error-for="password""#));
-    let r = b.submit(
-        "/settings/members",
-        "/settings/members",
-        &[("name", "dana"), ("email", "dana@example.com"), ("password", PASSWORD), ("role", "guest")],
+    assert!(r.text().contains(r#"data-error-for="invitee""#) && r.text().contains(r#"data-error-for="role""#));
+    let r = b.submit("/settings/members", "/settings/members", &[("invitee", "admin"), ("role", "guest")]);
+    assert_eq!(r.status, 422, "a member already");
+    // A new user joins through the link, creating their account.
+    let r = b.submit("/settings/members", "/settings/members", &[("invitee", "dana@example.com"), ("role", "guest")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let link = invite_link(&r.text());
+    let mut dana = Browser::new(&server);
+    let page = dana.page(&link);
+    assert!(page.contains(r#"data-page="invitation""#) && page.contains(r#"value="dana@example.com""#), "{page}");
+    let r = dana.submit(
+        &link,
+        &format!("{link}/signup"),
+        &[("name", "dana"), ("email", "dana@example.com"), ("password", PASSWORD)],
     );
-    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!((r.status, location(&r)), (303, "/"), "{}", r.text());
     let (mut dana, r) = login(&server, "dana", PASSWORD);
     assert_eq!(r.status, 303);
     // A guest sees pages but may not administer.
     assert_eq!(dana.get("/settings/members").status, 200);
-    let r = dana.submit(
-        "/settings/members",
-        "/settings/members",
-        &[("name", "eve"), ("email", "eve@example.com"), ("password", PASSWORD), ("role", "admin")],
-    );
+    let r = dana.submit("/settings/members", "/settings/members", &[("invitee", "eve"), ("role", "admin")]);
     assert_eq!(r.status, 403);
     let r = dana.submit("/settings/tokens", "/settings/tokens", &[("name", "mine")]);
     assert_eq!(r.status, 200, "anyone may make their own token");
 
     // The only admin cannot be demoted or removed.
     let members = b.page("/settings/members");
+    assert!(members.contains(r#"data-name="dana""#));
     let admin_row = &members[members.find(r#"data-name="admin""#).unwrap()..];
     let role_at = admin_row.find("/settings/members/").unwrap();
     let uid = &admin_row[role_at + "/settings/members/".len()..];
@@ -485,6 +627,128 @@ fn members_are_managed_and_the_last_admin_stays() {
     let r = b.submit("/settings/members", &format!("/settings/members/{uid}/remove"), &[]);
     assert!(location(&r).contains("last"), "{}", location(&r));
     assert_eq!(b.get("/settings/tokens").status, 200, "still admin");
+}
+
+backend_test! {
+    fn inviting_adds_nobody_without_their_consent_and_reveals_nobody(backend: Backend) {
+        let server = Server::start(backend);
+        let mut admin = setup(&server);
+        let mut bob = other_org(&server);
+
+        // The attack, old form: adding another organization's user by name.
+        let r =
+            admin.submit("/settings/members", "/settings/members", &[("name", "bob"), ("role", "admin"), ("password", "")]);
+        assert_eq!(r.status, 422, "{}", r.text());
+        let members = admin.page("/settings/members");
+        assert!(!members.contains(r#"data-name="bob""#), "bob was not added");
+        assert!(!members.contains("bob@example.com"));
+
+        // Inviting him: the same answer as for a name nobody has, and neither
+        // his email nor his membership appears.
+        let existing = admin.submit("/settings/members", "/settings/members", &[("invitee", "bob"), ("role", "admin")]);
+        let missing = admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody"), ("role", "admin")]);
+        let by_email =
+            admin.submit("/settings/members", "/settings/members", &[("invitee", "bob@example.com"), ("role", "guest")]);
+        let by_missing_email =
+            admin.submit("/settings/members", "/settings/members", &[("invitee", "nobody@example.com"), ("role", "guest")]);
+        for r in [&existing, &missing, &by_email, &by_missing_email] {
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains(INVITED), "{}", r.text());
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+            for telling in ["no such", "not found", "exists", "unknown"] {
+                assert!(!r.text().to_lowercase().contains(telling), "{telling}: {}", r.text());
+            }
+        }
+        // The pages differ only where the typed name and the link are.
+        let shape = |r: &Response, typed: &str| {
+            let t = r.text();
+            let link = invite_link(&t);
+            t.replace(&link, "LINK").replace(typed, "TYPED")
+        };
+        let (a, b) = (shape(&existing, "bob"), shape(&missing, "nobody"));
+        // The pending list holds both, in the other order on each page; compare
+        // everything before it.
+        let cut = |t: &str| t[..t.find("Pending invitations").unwrap()].to_owned();
+        assert_eq!(cut(&a), cut(&b));
+        assert!(!existing.text().contains("bob@example.com"), "a name never shows the email");
+        let members = admin.page("/settings/members");
+        assert!(!members.contains(r#"data-name="bob""#), "an invitation adds nobody");
+        assert!(members.contains(r#"data-invitee="bob""#) && members.contains(r#"data-invitee="nobody""#));
+        let r = bob.submit("/account", "/account/organization", &[("org", "default")]);
+        assert_eq!(r.status, 404, "bob is not in default until he accepts");
+
+        // bob finds the invitations on his account page; declining one, then
+        // accepting the other, makes him a member with the invited role.
+        let account = bob.page("/account");
+        assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 2, "by name and by email: {account}");
+        let decline = action_of(&account, "/account/invitations/");
+        let decline = decline.replace("/accept", "/decline");
+        let r = bob.submit("/account", &decline, &[]);
+        assert_eq!(r.status, 303);
+        let account = bob.page("/account");
+        assert_eq!(account.matches(r#"data-testid="invitation""#).count(), 1);
+        let accept = action_of(&account, "/account/invitations/");
+        assert!(accept.ends_with("/accept"));
+        let r = bob.submit("/account", &accept, &[]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(location(&r).contains("joined"), "{}", location(&r));
+        assert!(bob.page("/").contains("default"), "bob now works in default");
+        let members = admin.page("/settings/members");
+        assert!(members.contains(r#"data-name="bob""#));
+        assert_eq!(bob.submit("/account", &accept, &[]).status, 404, "an invitation is used once");
+
+        // Someone who is not the invitee cannot take an invitation from the
+        // account page: it is not listed for them, and its id does not work.
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "frank"), ("role", "admin")]);
+        let frank_link = invite_link(&r.text());
+        let mut eve = {
+            server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other"]);
+            admin_with_env(&server, &["user", "set-password", "eve"], &[("YATAI_PASSWORD", PASSWORD)]);
+            login(&server, "eve", PASSWORD).0
+        };
+        assert!(!eve.page("/account").contains(r#"data-testid="invitation""#));
+        let members = admin.page("/settings/members");
+        let frank_row = &members[members.find(r#"data-invitee="frank""#).unwrap()..];
+        let revoke = action_of(frank_row, "/settings/members/invitations/");
+        let uid = revoke.trim_start_matches("/settings/members/invitations/").trim_end_matches("/revoke");
+        let r = eve.submit("/account", &format!("/account/invitations/{uid}/accept"), &[]);
+        assert_eq!(r.status, 404);
+        // Revoked, the link stops working.
+        let r = admin.submit("/settings/members", &revoke, &[]);
+        assert_eq!(r.status, 303);
+        assert!(!admin.page("/settings/members").contains(r#"data-invitee="frank""#));
+        assert_eq!(Browser::new(&server).get(&frank_link).status, 404);
+
+        // A user of no organization (who cannot sign in anywhere yet) accepts
+        // with the link by signing in on it.
+        server.admin(&["user", "create", "gina", "--email", "gina@example.com", "--org", "other"]);
+        admin_with_env(&server, &["user", "set-password", "gina"], &[("YATAI_PASSWORD", PASSWORD)]);
+        let r = bob.submit("/account", "/account/organization", &[("org", "other")]);
+        assert_eq!(r.status, 303);
+        let members = bob.page("/settings/members");
+        let gina_row = &members[members.find(r#"data-name="gina""#).unwrap()..];
+        let remove = action_of(gina_row, "/settings/members/");
+        let remove = format!("{}/remove", remove.trim_end_matches("/role"));
+        assert_eq!(bob.submit("/settings/members", &remove, &[]).status, 303);
+        assert_eq!(login(&server, "gina", PASSWORD).1.status, 403, "no organization any more");
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "gina"), ("role", "developer")]);
+        let link = invite_link(&r.text());
+        let mut gina = Browser::new(&server);
+        let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", "wrong")]);
+        assert_eq!(r.status, 401);
+        let r = gina.submit(&link, &format!("{link}/signin"), &[("login", "gina"), ("current", PASSWORD)]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(gina.page("/account").contains("developer"));
+        // And a signed-in user accepts with the link too (eve, from other).
+        let r = admin.submit("/settings/members", "/settings/members", &[("invitee", "eve"), ("role", "guest")]);
+        let link = invite_link(&r.text());
+        let page = eve.page(&link);
+        assert!(page.contains(r#"data-form="invitation-accept""#), "{page}");
+        let r = eve.submit(&link, &link, &[]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert!(admin.page("/settings/members").contains(r#"data-name="eve""#));
+        assert_eq!(Browser::new(&server).get(&link).status, 404, "used");
+    }
 }
 
 #[test]

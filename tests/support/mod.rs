@@ -607,7 +607,7 @@ impl Http {
     }
 }
 
-fn read_response(s: &mut std::net::TcpStream) -> Response {
+pub fn read_response(s: &mut std::net::TcpStream) -> Response {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let split = buf

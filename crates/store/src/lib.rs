@@ -14,6 +14,7 @@ mod image_builds;
 mod registry;
 mod uploads;
 
+pub use dashboard::{Accepted, InvitationRow, NewInvitation};
 pub use dashboard::{
     COUNT_CAP, DeploymentUse, MemberRow, NewSession, RepoSort, RepositoryPage, SessionIdentity, VersionSort,
 };

@@ -92,6 +92,56 @@ pub fn client_addr(parts: &Parts) -> String {
     parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_default()
 }
 
+/// Where to send the browser after sign-in (or any other redirect whose
+/// target came from input): `next` if it is a path on this site, else `/`.
+///
+/// Browsers are lenient in ways a prefix check misses: they drop tabs and
+/// newlines inside URLs (`/\t/evil.example` becomes `//evil.example`, another
+/// host), read `\` as `/`, and a CR/LF would split the Location header. So
+/// the target is refused if it, or its percent-decoded form, holds any
+/// control character or backslash or starts with `//`; it must then resolve
+/// against a dummy origin to that same origin. What is returned is the
+/// parsed URL's path, query and fragment, re-serialised (ASCII, encoded), so
+/// it is always a valid header value.
+pub fn safe_next(next: &str) -> String {
+    const ORIGIN: &str = "http://next.invalid";
+    fn suspicious(s: &str) -> bool {
+        !s.starts_with('/') || s.starts_with("//") || s.chars().any(|c| c.is_control() || c == '\\')
+    }
+    let decoded = percent_decode(next);
+    if suspicious(next) || suspicious(&decoded) {
+        return "/".to_owned();
+    }
+    let base = url::Url::parse(ORIGIN).expect("a valid URL");
+    match base.join(next) {
+        Ok(u) if u.origin() == base.origin() && u.username().is_empty() && u.password().is_none() => {
+            u[url::Position::BeforePath..].to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// `%XX` sequences decoded (invalid ones kept), lossily as UTF-8.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A signed-in user, acting in the session's organization.
 pub struct Session {
     pub caller: Arc<Caller>,
@@ -234,4 +284,44 @@ pub fn pre_token(headers: &HeaderMap) -> (String, bool) {
 pub fn with_cookie(mut resp: Response, value: HeaderValue) -> Response {
     resp.headers_mut().append(SET_COOKIE, value);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_followed_only_within_the_site() {
+        assert_eq!(safe_next("/"), "/");
+        for ok in ["/models", "/models/iris?sort=name&q=a b", "/deployments/x#logs", "/a/./b/../c"] {
+            assert!(safe_next(ok).starts_with('/'), "{ok}");
+            assert_ne!(safe_next(ok), "/", "{ok} is kept");
+        }
+        assert_eq!(safe_next("/models?q=a%20b"), "/models?q=a%20b");
+        assert_eq!(safe_next("/a/./b/../c"), "/a/c");
+        for bad in [
+            "",
+            "models",
+            "//evil.example",
+            "///evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/%09/evil.example",
+            "/\r\nSet-Cookie: x=1",
+            "%0d%0aSet-Cookie:x",
+            "/%0d%0aSet-Cookie:x",
+            "/%2F/evil.example",
+            "/%5Cevil.example",
+            "https://evil.example",
+            "http://next.invalid/x",
+            "javascript:alert(1)",
+            " /models",
+            "/\u{7f}x",
+            "/\u{85}x",
+        ] {
+            assert_eq!(safe_next(bad), "/", "{bad:?}");
+        }
+        // Whatever comes back is a valid header value.
+        assert_eq!(safe_next("/caf\u{e9}"), "/caf%C3%A9");
+    }
 }

@@ -11,14 +11,14 @@ use serde::Deserialize;
 use yatai_api::AppState;
 use yatai_api::auth::hash_token;
 use yatai_core::Timestamp;
-use yatai_store::{MemberRole, NewSession, OrgRow, UserRow};
+use yatai_store::{InvitationRow, MemberRole, NewSession, OrgRow, UserRow};
 
 use crate::Web;
-use crate::limiter::{PER_ACCOUNT, PER_ADDRESS};
+use crate::limiter::{PER_ACCOUNT, PER_ACCOUNT_ADDRESS, PER_ADDRESS};
 use crate::password;
 use crate::session::{
     PRE_COOKIE, Post, PrePost, SESSION_COOKIE, SESSION_TTL, Session, clear_cookie, hash_secret, new_secret, pre_token,
-    set_cookie, with_cookie,
+    safe_next, set_cookie, with_cookie,
 };
 use crate::ui::{self, WebError, WebResult, field_error};
 
@@ -43,23 +43,21 @@ fn pre_page(
     if fresh { with_cookie(resp, set_cookie(PRE_COOKIE, &token, None, secure)) } else { resp }
 }
 
-fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") { next } else { "/" }
-}
-
 /// Signs a user in: a new session in their first organization.
-async fn start_session(
+pub(crate) async fn start_session(
     state: &AppState,
     user: &UserRow,
     headers: &HeaderMap,
     client: &str,
     secure: bool,
     to: &str,
+    prefer_org: Option<&str>,
 ) -> WebResult {
     let orgs = state.store.user_orgs(&user.uid).await?;
-    let Some((org, _)) = orgs.first() else {
+    let preferred = orgs.iter().find(|(o, _)| Some(o.uid.as_str()) == prefer_org);
+    let Some((org, _)) = preferred.or(orgs.first()) else {
         return Err(WebError::forbidden(format!(
-            "{} is not a member of any organization; ask an administrator to add you.",
+            "{} is not a member of any organization; ask an administrator to invite you.",
             user.name
         )));
     };
@@ -81,7 +79,7 @@ async fn start_session(
             client_addr: client,
         })
         .await?;
-    let resp = Redirect::to(safe_next(to)).into_response();
+    let resp = Redirect::to(&safe_next(to)).into_response();
     let resp = with_cookie(resp, set_cookie(SESSION_COOKIE, &secret, Some(SESSION_TTL), secure));
     Ok(with_cookie(resp, clear_cookie(PRE_COOKIE, secure)))
 }
@@ -145,7 +143,7 @@ pub async fn setup_submit(
     }
     let f = &post.form;
     let addr_key = format!("setup:{}", post.client);
-    if let Some(wait) = web.limiter.blocked(&[(&addr_key, PER_ACCOUNT)]) {
+    if let Some(wait) = web.limiter.blocked(&[(&addr_key, PER_ACCOUNT_ADDRESS)]) {
         return Err(WebError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many wrong setup tokens; try again in {} s.", wait.as_secs().max(1)),
@@ -187,7 +185,7 @@ pub async fn setup_submit(
             Ok(()) => {
                 let user = state.store.get_user(&admin.uid).await?.expect("the admin exists");
                 record(&state, &user, "setup").await;
-                return start_session(&state, &user, &headers, &post.client, post.secure, "/").await;
+                return start_session(&state, &user, &headers, &post.client, post.secure, "/", None).await;
             }
             Err(yatai_store::StoreError::Conflict(m)) => err(&mut errors, "name", m),
             Err(e) => return Err(e.into()),
@@ -250,7 +248,79 @@ pub async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query
         return Ok(Redirect::to("/setup").into_response());
     }
     let secure = crate::session::is_https(&state, &headers);
-    Ok(pre_page(StatusCode::OK, &headers, secure, "login", "Sign in", |t| login_form(t, "", &q.next, &Vec::new())))
+    let next = safe_next(&q.next);
+    Ok(pre_page(StatusCode::OK, &headers, secure, "login", "Sign in", |t| login_form(t, "", &next, &Vec::new())))
+}
+
+/// The key sign-in failures are counted under: the user a name or email
+/// address means, so that both count together; a login that means no user
+/// (or an email two users share) is keyed by what was typed, the same way
+/// for every such login, so limits tell nothing about who exists.
+fn account_key(candidates: &[UserRow], login: &str) -> String {
+    match candidates {
+        [user] => format!("user:{}", user.uid),
+        _ => format!("login:{}", login.to_lowercase()),
+    }
+}
+
+/// Why a sign-in was refused: the message for the form, and how long to
+/// wait when it was the rate limit.
+pub(crate) struct Refused {
+    pub message: String,
+    pub wait: Option<std::time::Duration>,
+}
+
+impl Refused {
+    pub fn status(&self) -> StatusCode {
+        if self.wait.is_some() { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::UNAUTHORIZED }
+    }
+    /// Sets `Retry-After` on a response showing this refusal.
+    pub fn retry_after(&self, mut resp: Response) -> Response {
+        if let Some(w) = self.wait {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, w.as_secs().max(1).into());
+        }
+        resp
+    }
+}
+
+/// Checks a name (or email) and password, within the sign-in limits (see
+/// [`crate::limiter`]): failures count per (account, address), per address
+/// and per account.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    web: &Web,
+    client: &str,
+    login: &str,
+    password: &str,
+) -> WebResult<Result<UserRow, Refused>> {
+    let candidates = if login.is_empty() { Vec::new() } else { state.store.find_login_candidates(login).await? };
+    let account = account_key(&candidates, login);
+    let pair_key = format!("pair:{account}\0{client}");
+    let acct_key = format!("acct:{account}");
+    let addr_key = format!("addr:{client}");
+    let mut limits = vec![(pair_key.as_str(), PER_ACCOUNT_ADDRESS), (addr_key.as_str(), PER_ADDRESS)];
+    // The account-wide limit holds back only addresses that already failed
+    // for this account: the owner's address stays open (see `limiter`).
+    if web.limiter.count(&pair_key) > 0 {
+        limits.push((acct_key.as_str(), PER_ACCOUNT));
+    }
+    if let Some(wait) = web.limiter.blocked(&limits) {
+        let message = format!("Too many failed sign-ins. Try again in {} s.", wait.as_secs().max(1));
+        return Ok(Err(Refused { message, wait: Some(wait) }));
+    }
+    // An email two users share signs in neither: ask for the name instead.
+    let user = if candidates.len() == 1 { candidates.into_iter().next() } else { None };
+    let ok = password::verify(password, user.as_ref().and_then(|u| u.password_hash.as_deref())).await;
+    match user.filter(|_| ok) {
+        Some(user) => {
+            web.limiter.succeeded(&pair_key);
+            Ok(Ok(user))
+        }
+        None => {
+            web.limiter.failed(&[&pair_key, &addr_key, &acct_key]);
+            Ok(Err(Refused { message: "Wrong name, email or password.".into(), wait: None }))
+        }
+    }
 }
 
 pub async fn login_submit(
@@ -261,29 +331,15 @@ pub async fn login_submit(
 ) -> WebResult {
     let f = &post.form;
     let login = f.get("login");
-    let acct_key = format!("acct:{}", login.to_lowercase());
-    let addr_key = format!("addr:{}", post.client);
-    let fail = |status: StatusCode, errors: Errors| {
-        pre_page(status, &headers, post.secure, "login", "Sign in", |t| login_form(t, login, f.get("next"), &errors))
-    };
-    if let Some(wait) = web.limiter.blocked(&[(&acct_key, PER_ACCOUNT), (&addr_key, PER_ADDRESS)]) {
-        let msg = format!("Too many failed sign-ins. Try again in {} s.", wait.as_secs().max(1));
-        let mut resp = fail(StatusCode::TOO_MANY_REQUESTS, vec![("form".into(), msg)]);
-        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.as_secs().max(1).into());
-        return Ok(resp);
-    }
-    let candidates = if login.is_empty() { Vec::new() } else { state.store.find_login_candidates(login).await? };
-    // An email two users share signs in neither: ask for the name instead.
-    let user = if candidates.len() == 1 { candidates.into_iter().next() } else { None };
-    let ok = password::verify(f.raw("password"), user.as_ref().and_then(|u| u.password_hash.as_deref())).await;
-    match user.filter(|_| ok) {
-        Some(user) => {
-            web.limiter.succeeded(&acct_key);
-            start_session(&state, &user, &headers, &post.client, post.secure, f.get("next")).await
-        }
-        None => {
-            web.limiter.failed(&[&acct_key, &addr_key]);
-            Ok(fail(StatusCode::UNAUTHORIZED, vec![("form".into(), "Wrong name, email or password.".into())]))
+    let next = safe_next(f.get("next"));
+    match authenticate(&state, &web, &post.client, login, f.raw("password")).await? {
+        Ok(user) => start_session(&state, &user, &headers, &post.client, post.secure, &next, None).await,
+        Err(refused) => {
+            let errors = vec![("form".to_owned(), refused.message.clone())];
+            let resp = pre_page(refused.status(), &headers, post.secure, "login", "Sign in", |t| {
+                login_form(t, login, &next, &errors)
+            });
+            Ok(refused.retry_after(resp))
         }
     }
 }
@@ -302,7 +358,13 @@ pub struct NoticeParam {
     pub notice: Option<String>,
 }
 
-fn account_body(s: &Session, orgs: &[(OrgRow, MemberRole)], notice: Option<&str>, errors: &Errors) -> Markup {
+fn account_body(
+    s: &Session,
+    orgs: &[(OrgRow, MemberRole)],
+    invitations: &[InvitationRow],
+    notice: Option<&str>,
+    errors: &Errors,
+) -> Markup {
     let u = &s.caller.user;
     html! {
         h1 { "Your account" }
@@ -312,6 +374,34 @@ fn account_body(s: &Session, orgs: &[(OrgRow, MemberRole)], notice: Option<&str>
             dt { "Email" } dd { (u.email) }
             dt { "Organization" } dd { (s.caller.org.name) }
             dt { "Role" } dd { (s.caller.role.as_str()) @if u.is_admin != 0 { " (server administrator)" } }
+        }
+        @if !invitations.is_empty() {
+            h2 { "Invitations" }
+            div.table-wrap {
+                table {
+                    thead { tr { th { "Organization" } th { "Role" } th.hide-narrow { "From" } th { span.visually-hidden { "Actions" } } } }
+                    tbody {
+                        @for i in invitations {
+                            tr data-testid="invitation" data-org=(i.org_name) {
+                                td { (i.org_name) }
+                                td { (i.role) }
+                                td.hide-narrow { (i.inviter_name.as_deref().unwrap_or("—")) }
+                                td.row-actions {
+                                    form method="post" action=(format!("/account/invitations/{}/accept", i.uid)) data-form="invitation-accept" {
+                                        (ui::csrf(s))
+                                        button.small type="submit" data-action="accept" aria-label=(format!("Join {}", i.org_name)) { "Accept" }
+                                    }
+                                    " "
+                                    form method="post" action=(format!("/account/invitations/{}/decline", i.uid)) data-form="invitation-decline" {
+                                        (ui::csrf(s))
+                                        button.small type="submit" data-action="decline" aria-label=(format!("Decline {}", i.org_name)) { "Decline" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         @if orgs.len() > 1 {
             h2 { "Organizations" }
@@ -340,7 +430,8 @@ fn account_body(s: &Session, orgs: &[(OrgRow, MemberRole)], notice: Option<&str>
 
 pub async fn account_page(State(state): State<AppState>, s: Session, Query(q): Query<NoticeParam>) -> WebResult {
     let orgs = state.store.user_orgs(&s.caller.user.uid).await?;
-    Ok(ui::page(&s, "account", "Account", account_body(&s, &orgs, q.notice.as_deref(), &Vec::new())))
+    let invitations = super::invitations::for_user(&state, &s).await?;
+    Ok(ui::page(&s, "account", "Account", account_body(&s, &orgs, &invitations, q.notice.as_deref(), &Vec::new())))
 }
 
 /// Moves the session to another organization the user belongs to.
@@ -365,7 +456,8 @@ pub async fn change_password(State(state): State<AppState>, post: Post) -> WebRe
     }
     if !errors.is_empty() {
         let orgs = state.store.user_orgs(&s.caller.user.uid).await?;
-        let mut resp = ui::page(s, "account", "Account", account_body(s, &orgs, None, &errors));
+        let invitations = super::invitations::for_user(&state, s).await?;
+        let mut resp = ui::page(s, "account", "Account", account_body(s, &orgs, &invitations, None, &errors));
         *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
         return Ok(resp);
     }

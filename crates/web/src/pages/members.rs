@@ -1,21 +1,41 @@
-//! Members of the organization and their roles: add (a new user with a
-//! password, or an existing one), change role, remove — never the last admin.
+//! Members of the organization and their roles: invite (by name or email;
+//! the person joins only by accepting), change role, remove — never the
+//! last admin.
+//!
+//! Inviting never looks the invitee up: the answer is the same whether or
+//! not such a user exists, and nothing about users outside the organization
+//! (their email above all) is shown.
+
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use maud::html;
 use serde_json::json;
 use yatai_api::AppState;
 use yatai_api::auth::Permission;
 use yatai_api::routes::artifacts::record;
-use yatai_store::MemberRole;
+use yatai_core::Timestamp;
+use yatai_store::{MemberRole, NewInvitation};
 
 use super::auth::{NoticeParam, valid_email, valid_user_name};
-use crate::password;
-use crate::session::{Post, Session};
+use super::registry::endpoint;
+use crate::session::{Post, Session, hash_secret, new_secret};
 use crate::ui::{self, WebError, WebResult, field_error};
 
 type Errors = Vec<(String, String)>;
+
+/// How long an invitation link works.
+pub const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The answer to every accepted invitation form, whoever the invitee is.
+pub const INVITED: &str = "Invitation created; it is shown on the pending list.";
+
+/// A new invitation's link, shown once to the admin who made it.
+struct NewLink {
+    invitee: String,
+    url: String,
+}
 
 async fn members_page(
     state: &AppState,
@@ -23,14 +43,23 @@ async fn members_page(
     notice: Option<&str>,
     errors: &Errors,
     form: Option<&crate::session::FormData>,
+    link: Option<NewLink>,
 ) -> WebResult {
     let members = state.store.list_members(s.org_uid()).await?;
     let admin = s.can(Permission::Admin);
+    let invitations =
+        if admin { state.store.list_invitations(s.org_uid(), Timestamp::now()).await? } else { Vec::new() };
     let roles = ["guest", "developer", "admin"];
     let v = |k: &str| form.map(|f| f.get(k).to_owned()).unwrap_or_default();
     let body = html! {
         h1 { "Members of " (s.caller.org.name) }
         (ui::notice(notice))
+        @if let Some(l) = &link {
+            section.card.new-token {
+                p { "Send this link to " strong { (l.invitee) } ". It works once, for " (INVITATION_TTL.as_secs() / 86400) " days: signed in, they accept it; new to yatai, they create their account with it. It is not shown again." }
+                (ui::copyable("invite-link", &l.url))
+            }
+        }
         p.hint { "Guests read; developers also push and deploy; admins also manage members and the organization." }
         div.table-wrap {
             table {
@@ -68,25 +97,45 @@ async fn members_page(
             }
         }
         @if admin {
-            h2 { "Add a member" }
-            form.card.stack data-form="member-add" method="post" action="/settings/members" {
+            h2 { "Pending invitations" }
+            @if invitations.is_empty() {
+                p.muted data-testid="no-invitations" { "None." }
+            } @else {
+                div.table-wrap {
+                    table {
+                        thead { tr { th { "Invited" } th { "Role" } th.hide-narrow { "By" } th.hide-narrow { "Expires" } th { span.visually-hidden { "Actions" } } } }
+                        tbody {
+                            @for i in &invitations {
+                                tr data-testid="invitation" data-invitee=(i.invitee) {
+                                    td { (i.invitee) }
+                                    td { (i.role) }
+                                    td.hide-narrow { (i.inviter_name.as_deref().unwrap_or("—")) }
+                                    td.hide-narrow { (ui::time(i.expires_at)) }
+                                    td.row-actions {
+                                        form method="post" action=(format!("/settings/members/invitations/{}/revoke", i.uid)) data-form="invitation-revoke" {
+                                            (ui::csrf(s))
+                                            button.small.danger type="submit" data-action="revoke" aria-label=(format!("Revoke the invitation of {}", i.invitee)) { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Invite a member" }
+            form.card.stack data-form="member-invite" method="post" action="/settings/members" {
                 (ui::csrf(s))
-                p.hint { "Creates the user with a password they can change, or adds an existing user (leave the password empty)." }
-                label for="m-name" { "Name" }
-                input id="m-name" name="name" type="text" required value=(v("name")) autocomplete="off";
-                (field_error("name", errors))
-                label for="m-email" { "Email" }
-                input id="m-email" name="email" type="email" value=(v("email")) autocomplete="off";
-                (field_error("email", errors))
-                label for="m-password" { "Password" }
-                input id="m-password" name="password" type="password" autocomplete="new-password";
-                (field_error("password", errors))
+                p.hint { "Invite someone by their user name or email address. They join only when they accept: signed in, from their account page or the link; new to yatai, by creating their account with the link." }
+                label for="m-invitee" { "Name or email" }
+                input id="m-invitee" name="invitee" type="text" required value=(v("invitee")) autocomplete="off" aria-describedby="invitee-error";
+                (field_error("invitee", errors))
                 label for="m-role" { "Role" }
                 select id="m-role" name="role" {
                     @for r in roles { option value=(r) selected[v("role") == r || (v("role").is_empty() && r == "developer")] { (r) } }
                 }
                 (field_error("role", errors))
-                button type="submit" { "Add member" }
+                button type="submit" { "Invite" }
             }
         }
     };
@@ -94,53 +143,79 @@ async fn members_page(
     if !errors.is_empty() {
         *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }
+    if link.is_some() {
+        // The page with a new link must never be cached or replayed.
+        resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, "no-store".parse().expect("valid"));
+    }
     Ok(resp)
 }
 
 pub async fn members(State(state): State<AppState>, s: Session, Query(q): Query<NoticeParam>) -> WebResult {
-    members_page(&state, &s, q.notice.as_deref(), &Vec::new(), None).await
+    members_page(&state, &s, q.notice.as_deref(), &Vec::new(), None, None).await
 }
 
-pub async fn add_member(State(state): State<AppState>, post: Post) -> WebResult {
+/// Invites someone to the organization. The invitee is not looked up among
+/// users: the same answer comes whether or not the name or address exists,
+/// and nobody is added until they accept.
+pub async fn add_member(State(state): State<AppState>, headers: HeaderMap, post: Post) -> WebResult {
     let (s, f) = (&post.session, &post.form);
     ui::require(s, Permission::Admin)?;
     let mut errors = Errors::new();
-    let (name, email, pw) = (f.get("name"), f.get("email"), f.raw("password"));
+    let invitee = f.get("invitee");
     let role = MemberRole::parse(f.get("role"));
     if role.is_none() {
         errors.push(("role".into(), "Choose guest, developer or admin.".into()));
     }
-    if !valid_user_name(name) {
-        errors.push(("name".into(), "Use 1 to 64 letters, digits, '_', '-' or '.'.".into()));
-    }
-    let existing = state.store.get_user_by_name(name).await?;
-    if existing.is_none() {
-        if !valid_email(email) {
-            errors.push(("email".into(), "Enter an email address for the new user.".into()));
-        } else if state.store.email_taken(email, None).await? {
-            errors.push(("email".into(), "Another user has this email address.".into()));
+    if !(valid_user_name(invitee) || valid_email(invitee)) {
+        errors.push((
+            "invitee".into(),
+            "Enter a user name (letters, digits, '_', '-' or '.') or an email address.".into(),
+        ));
+    } else {
+        // Only this organization's members are compared: the admin sees
+        // their names and addresses on this page already.
+        let members = state.store.list_members(s.org_uid()).await?;
+        if let Some(m) =
+            members.iter().find(|m| m.name == invitee || (!m.email.is_empty() && m.email.eq_ignore_ascii_case(invitee)))
+        {
+            errors.push(("invitee".into(), format!("{} is already a member.", m.name)));
         }
-        if let Some(m) = password::check_new(pw) {
-            errors.push(("password".into(), m));
-        }
-    } else if !pw.is_empty() {
-        errors.push(("password".into(), "This user exists: leave the password empty to add them as they are.".into()));
     }
     if !errors.is_empty() {
-        return members_page(&state, s, None, &errors, Some(f)).await;
+        return members_page(&state, s, None, &errors, Some(f), None).await;
     }
-    let user = match existing {
-        Some(u) => u,
-        None => {
-            let hash = password::hash(pw).await.map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-            state.store.create_user(name, email, Some(&hash), false).await?
-        }
-    };
     let role = role.expect("checked");
-    state.store.set_member(s.org_uid(), &user.uid, role).await?;
-    state.auth.invalidate();
-    record(&state, &s.caller, "added", "member", &user.name, json!({"role": role.as_str()})).await;
-    Ok(ui::back("/settings/members", &format!("{} is now a member ({}).", user.name, role.as_str())))
+    let now = Timestamp::now();
+    if let Err(e) = state.store.purge_expired_invitations(now).await {
+        tracing::warn!(error = %e, "could not purge expired invitations");
+    }
+    let secret = new_secret();
+    state
+        .store
+        .create_invitation(NewInvitation {
+            org_uid: s.org_uid(),
+            invitee,
+            role,
+            token_hash: &hash_secret(&secret),
+            inviter_uid: &s.caller.user.uid,
+            expires_at: Timestamp(now.0 + INVITATION_TTL.as_micros() as i64),
+        })
+        .await?;
+    record(&state, &s.caller, "invited", "member", invitee, json!({"role": role.as_str()})).await;
+    let link =
+        NewLink { invitee: invitee.to_owned(), url: format!("{}/invitations/{secret}", endpoint(&state, &headers)) };
+    members_page(&state, s, Some(INVITED), &Vec::new(), None, Some(link)).await
+}
+
+pub async fn revoke_invitation(State(state): State<AppState>, Path(uid): Path<String>, post: Post) -> WebResult {
+    let s = &post.session;
+    ui::require(s, Permission::Admin)?;
+    let Some(inv) = state.store.get_invitation(s.org_uid(), &uid).await? else {
+        return Err(WebError::not_found("There is no such invitation."));
+    };
+    state.store.delete_invitation(s.org_uid(), &inv.uid).await?;
+    record(&state, &s.caller, "revoked invitation", "member", &inv.invitee, json!({})).await;
+    Ok(ui::back("/settings/members", &format!("Revoked the invitation of {}.", inv.invitee)))
 }
 
 async fn member_of_org(state: &AppState, s: &Session, uid: &str) -> WebResult<yatai_store::MemberRow> {

@@ -6,6 +6,7 @@ pub mod deployment_form;
 pub mod deployment_page;
 pub mod deployments;
 pub mod home;
+pub mod invitations;
 pub mod members;
 pub mod registry;
 pub mod tokens;
