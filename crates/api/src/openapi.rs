@@ -86,9 +86,13 @@ impl Op {
         self.permission = Some(p);
         self
     }
+    /// A JSON body: besides its schema, this documents 413 (over the body
+    /// limit) and 415 (not sent as `application/json`), which every JSON
+    /// route returns.
     pub fn body<T: ToSchema>(mut self) -> Self {
         let r = register::<T>(&mut self.schemas);
         self.body = Some(("application/json".into(), r));
+        self.errors.extend_from_slice(&[413, 415]);
         self
     }
     pub fn binary_body(mut self) -> Self {
@@ -192,6 +196,10 @@ impl Api {
         b = b.response("200", ok.build());
         let error_ref = RefOr::Ref(Ref::from_schema_name(ErrorBody::name()));
         let mut codes = op.errors.clone();
+        if op.path.contains('{') {
+            // Whatever the path names may not exist.
+            codes.push(404);
+        }
         if op.permission.is_none() {
             codes.retain(|c| *c != 401 && *c != 403);
         }

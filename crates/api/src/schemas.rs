@@ -123,8 +123,9 @@ pub struct ArtifactSchema {
     pub presigned_upload_url: String,
     pub presigned_download_url: String,
     pub image_build_status: String,
-    /// The manifest exactly as the client sent it.
-    #[schema(value_type = Object)]
+    /// The manifest exactly as the client sent it: an object, or null for
+    /// a bento created without one.
+    #[schema(value_type = Option<Object>)]
     pub manifest: Box<RawValue>,
     /// Size of the stored archive in bytes, once uploaded.
     pub archive_size_bytes: Option<i64>,
@@ -206,8 +207,9 @@ pub struct CreateVersionRequest {
     pub version: String,
     #[serde(default)]
     pub description: Option<String>,
-    /// `model.yaml` / `bento.yaml` as JSON; stored verbatim.
-    #[schema(value_type = Object)]
+    /// `model.yaml` / `bento.yaml` as JSON; stored verbatim. At most 1 MiB
+    /// serialised; a bento's may be null.
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub manifest: Option<Box<RawValue>>,
     /// `%Y-%m-%d %H:%M:%S.%f` (UTC) as bentoml sends it, or RFC 3339.
@@ -221,7 +223,7 @@ pub struct CreateVersionRequest {
 pub struct UpdateVersionRequest {
     #[serde(default)]
     pub description: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub manifest: Option<Box<RawValue>>,
     #[serde(default)]
@@ -332,7 +334,8 @@ pub struct EventSchema {
     pub status: String,
     pub creator: Option<CreatorSchema>,
     pub api_token_name: String,
-    #[schema(value_type = Object)]
+    /// Details of the operation, or null when it has none.
+    #[schema(value_type = Option<Object>)]
     pub info: Box<RawValue>,
 }
 
