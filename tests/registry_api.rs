@@ -508,10 +508,15 @@ fn fields_over_their_limits_are_refused_and_nothing_is_stored() {
             json!({"version": "v2", "manifest": manifest(), "labels": many_labels}),
             "64",
         ),
-        ("POST", "/api/v1/model_repositories/capped/models", json!({"version": "v2", "manifest": big_manifest}), "1048576"),
-        ("PATCH", &v, json!({"description": long_description}), "65536"),
-        ("PATCH", &v, json!({"manifest": big_manifest}), "1048576"),
-        ("PATCH", &v, json!({"labels": long_value}), "4096"),
+        (
+            "POST",
+            "/api/v1/model_repositories/capped/models",
+            json!({"version": "v2", "manifest": big_manifest}),
+            "1048576",
+        ),
+        ("PATCH", v.as_str(), json!({"description": long_description}), "65536"),
+        ("PATCH", v.as_str(), json!({"manifest": big_manifest}), "1048576"),
+        ("PATCH", v.as_str(), json!({"labels": long_value}), "4096"),
         ("POST", "/api/v1/api_tokens", json!({"name": "t", "description": long_description}), "65536"),
     ];
     for (method, path, body, limit) in &cases {
@@ -630,11 +635,8 @@ fn read_one(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
         buf.push(byte[0]);
     }
     let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
     let mut body = vec![0; len];
     s.read_exact(&mut body).unwrap();
     (head, body)
@@ -647,19 +649,26 @@ fn read_one(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
 #[test]
 fn an_early_error_with_an_unread_body_says_connection_close() {
     use std::io::{Read, Write};
-    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "64KiB"]));
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]));
     let http = server.http();
     http.post("/api/v1/model_repositories", &json!({"name": "kept"}));
     let body = serde_json::to_vec(&json!({"version": "v1", "manifest": manifest()})).unwrap();
-    let big = vec![b' '; 100 << 10];
+    let big = vec![b' '; 8 << 10];
     let token = format!("X-YATAI-API-TOKEN: {}\r\n", server.token);
     let json_type = "Content-Type: application/json\r\n";
     let bytes_type = "Content-Type: application/octet-stream\r\n";
     let cases: [(&str, &str, &str, &str, &[u8], u16); 4] = [
-        ("PUT", "/api/v1/model_repositories/kept/models/latest/upload", token.as_str(), bytes_type, &big, 400),
-        ("POST", "/api/v1/model_repositories/kept/models", "", json_type, &body, 401),
-        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), json_type, &big, 413),
-        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), "", &body, 415),
+        (
+            "PUT",
+            "/api/v1/model_repositories/kept/models/latest/upload",
+            token.as_str(),
+            bytes_type,
+            big.as_slice(),
+            400,
+        ),
+        ("POST", "/api/v1/model_repositories/kept/models", "", json_type, body.as_slice(), 401),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), json_type, big.as_slice(), 413),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), "", body.as_slice(), 415),
     ];
     for (method, path, auth, content_type, payload, status) in cases {
         let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
@@ -673,7 +682,10 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
         let _ = s.write_all(payload);
         let (head, _) = read_one(&mut s);
         assert!(head.starts_with(&format!("http/1.1 {status}")), "{path}: {head}");
-        assert!(head.contains("connection: close"), "{path}: a {status} with an unread body lacks Connection: close:\n{head}");
+        assert!(
+            head.contains("connection: close"),
+            "{path}: a {status} with an unread body lacks Connection: close:\n{head}"
+        );
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
     }

@@ -1,9 +1,9 @@
 //! The OpenAPI document against the server, checked by schemathesis (from
 //! PyPI, in its own venv: scripts/setup-test-deps): generated requests for
 //! every operation, then its stateful phase (sequences that create, read,
-//! update and delete), with every check on. Any server error, any response
-//! that its document does not describe (status, content type, schema), any
-//! bad input accepted, fails the test.
+//! update and delete), with every check but one on (see below). Any server
+//! error, any response that its document does not describe (status, content
+//! type, schema), any bad input accepted, fails the test.
 
 mod support;
 
@@ -40,7 +40,8 @@ fn seed(http: &Http) {
     let v = "/api/v1/model_repositories/seed-model/models/v1";
     assert_eq!(http.patch(&format!("{v}/start_upload"), None).status, 200);
     assert_eq!(http.put_bytes(&format!("{v}/upload"), b"bytes").status, 200);
-    let r = http.post("/api/v1/api_tokens", &json!({"name": "seeded", "description": "", "scopes": ["read_organization"]}));
+    let r =
+        http.post("/api/v1/api_tokens", &json!({"name": "seeded", "description": "", "scopes": ["read_organization"]}));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -57,6 +58,12 @@ fn the_api_conforms_to_its_openapi_document() {
         .env("NO_COLOR", "1")
         .args(["run", &format!("{}/api/openapi.json", server.url)])
         .args(["--checks", "all"])
+        // Not checked: that every request the document allows succeeds. The
+        // document gives names, versions and sizes their rules, but not
+        // every rule a body is checked against (a model manifest's required
+        // keys, a deployment's bento existing, a multipart upload's parts
+        // being uploaded first), and the server's 400 for those is right.
+        .args(["--exclude-checks", "positive_data_acceptance"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", "15"])
         .args(["--seed", "20261130"])

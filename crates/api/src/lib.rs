@@ -113,7 +113,6 @@ async fn route_deployment_hosts(
 /// next request. Deployment traffic does not pass here (it is proxied
 /// before), so streaming replicas keep their connections.
 async fn close_if_body_unread(req: Request, next: Next) -> Response {
-    use axum::body::HttpBody;
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
         return next.run(Request::from_parts(parts, body)).await;

@@ -27,6 +27,9 @@ use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
+/// bentoml's rule for a name or a version (`yatai_core::tag`).
+pub const TAG_PART_PATTERN: &str = "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$";
+
 /// One documented operation.
 pub struct Op {
     method: Method,
@@ -160,14 +163,21 @@ impl Api {
             .summary(Some(op.summary.clone()))
             .tag(op.tag)
             .operation_id(Some(format!("{} {}", op.method, op.path)));
+        // Registry paths name repositories and versions by bentoml's tag rule.
+        let registry =
+            op.path.starts_with("/api/v1/model_repositories/") || op.path.starts_with("/api/v1/bento_repositories/");
         for seg in op.path.split('/') {
             if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let mut schema = ObjectBuilder::new().schema_type(Type::String);
+                if registry && (name == "name" || name == "version") {
+                    schema = schema.pattern(Some(TAG_PART_PATTERN)).max_length(Some(yatai_core::tag::MAX_PART_LEN));
+                }
                 b = b.parameter(
                     ParameterBuilder::new()
                         .name(name)
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                        .schema(Some(schema)),
                 );
             }
         }

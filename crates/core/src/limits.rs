@@ -20,7 +20,7 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY: usize = 256;
 /// A label value, in bytes.
 pub const MAX_LABEL_VALUE: usize = 4096;
-/// A token name, in bytes.
+/// A token name, in characters (after trimming spaces).
 pub const MAX_TOKEN_NAME: usize = 128;
 /// `size_bytes` in a manifest: 1 PiB, far past any real model, and well
 /// inside an `i64`.
@@ -90,7 +90,9 @@ pub fn check_labels<'a>(labels: impl ExactSizeIterator<Item = (&'a str, &'a str)
 pub fn check_size_bytes(value: &serde_json::Value) -> Result<i64, String> {
     match value.as_i64() {
         Some(n) if (0..=MAX_SIZE_BYTES).contains(&n) => Ok(n),
-        _ => Err(format!("the manifest's \"size_bytes\" must be a whole number from 0 to {MAX_SIZE_BYTES}, got {value}")),
+        _ => {
+            Err(format!("the manifest's \"size_bytes\" must be a whole number from 0 to {MAX_SIZE_BYTES}, got {value}"))
+        }
     }
 }
 

@@ -128,8 +128,8 @@ async fn create_token(
     JsonBody(body): JsonBody<CreateTokenRequest>,
 ) -> ApiResult<Json<TokenSchema>> {
     let name = body.name.trim();
-    if name.is_empty() || name.len() > limits::MAX_TOKEN_NAME {
-        return Err(ApiError::bad_request(format!("a token name must be 1 to {} bytes", limits::MAX_TOKEN_NAME)));
+    if name.is_empty() || name.chars().count() > limits::MAX_TOKEN_NAME {
+        return Err(ApiError::bad_request(format!("a token name must be 1 to {} characters", limits::MAX_TOKEN_NAME)));
     }
     if let Some(d) = &body.description {
         limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -21,8 +21,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::openapi::{Api, Op};
 use crate::schemas::{
-    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList, RepositorySchema,
-    Label, UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
+    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, Label, RepositoryList,
+    RepositorySchema, UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
 };
 use crate::state::AppState;
 
@@ -344,7 +344,10 @@ fn version_weight(r: &VersionRow) -> usize {
 }
 
 fn artifact_weight(a: &ArtifactSchema) -> usize {
-    a.manifest.get().len() + a.description.len() + a.labels.iter().map(|l| l.key.len() + l.value.len() + 32).sum::<usize>() + 1024
+    a.manifest.get().len()
+        + a.description.len()
+        + a.labels.iter().map(|l| l.key.len() + l.value.len() + 32).sum::<usize>()
+        + 1024
 }
 
 fn repository_weight(r: &RepositoryRow) -> usize {
@@ -393,7 +396,8 @@ fn check_fields(description: Option<&str>, labels: Option<&[Label]>) -> ApiResul
         limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     if let Some(labels) = labels {
-        limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str()))).map_err(ApiError::bad_request)?;
+        limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+            .map_err(ApiError::bad_request)?;
     }
     Ok(())
 }
@@ -413,7 +417,9 @@ fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) ->
                     return Err(ApiError::bad_request(format!("the model manifest needs a string {key:?}")));
                 }
             }
-            let size = obj.get("size_bytes").ok_or_else(|| ApiError::bad_request("the model manifest needs \"size_bytes\""))?;
+            let size = obj
+                .get("size_bytes")
+                .ok_or_else(|| ApiError::bad_request("the model manifest needs \"size_bytes\""))?;
             limits::check_size_bytes(size).map_err(ApiError::bad_request)?;
             Ok((raw.to_owned(), Vec::new()))
         }
@@ -429,7 +435,9 @@ fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) ->
                     return Err(ApiError::bad_request(format!("the bento manifest needs a string {key:?}")));
                 }
             }
-            let size = obj.get("size_bytes").ok_or_else(|| ApiError::bad_request("the bento manifest needs \"size_bytes\""))?;
+            let size = obj
+                .get("size_bytes")
+                .ok_or_else(|| ApiError::bad_request("the bento manifest needs \"size_bytes\""))?;
             limits::check_size_bytes(size).map_err(ApiError::bad_request)?;
             let refs = bento_model_refs(&value);
             Ok((raw.to_owned(), refs))
