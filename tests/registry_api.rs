@@ -657,20 +657,25 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
     let token = format!("X-YATAI-API-TOKEN: {}\r\n", server.token);
     let json_type = "Content-Type: application/json\r\n";
     let bytes_type = "Content-Type: application/octet-stream\r\n";
-    let cases: [(&str, &str, &str, &str, &[u8], u16); 4] = [
+    // (method, path, token header, content type, body, status, whether the
+    // body is certainly unread when the answer goes out). Over the body limit
+    // the server may have read all of a small body: then it must keep the
+    // connection usable instead.
+    let cases: [(&str, &str, &str, &str, &[u8], u16, bool); 4] = [
         (
             "PUT",
-            "/api/v1/model_repositories/kept/models/latest/upload",
+            "/api/v1/model_repositories/kept/models/Bad_Version/upload",
             token.as_str(),
             bytes_type,
             big.as_slice(),
             400,
+            true,
         ),
-        ("POST", "/api/v1/model_repositories/kept/models", "", json_type, body.as_slice(), 401),
-        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), json_type, big.as_slice(), 413),
-        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), "", body.as_slice(), 415),
+        ("POST", "/api/v1/model_repositories/kept/models", "", json_type, body.as_slice(), 401, true),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), json_type, big.as_slice(), 413, false),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), "", body.as_slice(), 415, true),
     ];
-    for (method, path, auth, content_type, payload, status) in cases {
+    for (method, path, auth, content_type, payload, status, unread) in cases {
         let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let head = format!(
@@ -682,12 +687,16 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
         let _ = s.write_all(payload);
         let (head, _) = read_one(&mut s);
         assert!(head.starts_with(&format!("http/1.1 {status}")), "{path}: {head}");
-        assert!(
-            head.contains("connection: close"),
-            "{path}: a {status} with an unread body lacks Connection: close:\n{head}"
-        );
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
+        if head.contains("connection: close") {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            continue;
+        }
+        assert!(!unread, "{path}: a {status} with an unread body lacks Connection: close:\n{head}");
+        // Without the header, the connection must serve the next request.
+        s.write_all(format!("GET /api/v1/auth/current HTTP/1.1\r\nHost: x\r\n{token}\r\n").as_bytes()).unwrap();
+        let (head, _) = read_one(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{path}: the kept-alive connection failed: {head}");
     }
     // A request whose body was read keeps the connection, and a second request on it works.
     let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
