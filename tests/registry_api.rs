@@ -475,3 +475,242 @@ backend_test! {
         assert_eq!(download(&http, &v).status, 404);
     }
 }
+
+/// M2: every free-text field of every registry and token body has a cap; a
+/// request over one is refused with a message naming the field and the
+/// limit, and stores nothing.
+#[test]
+fn fields_over_their_limits_are_refused_and_nothing_is_stored() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    let v = create_model(&http, "capped", "v1");
+    let long_description = "d".repeat(64 * 1024 + 1);
+    let many_labels: Vec<Value> = (0..65).map(|i| json!({"key": format!("k{i}"), "value": "v"})).collect();
+    let long_value = vec![json!({"key": "k", "value": "v".repeat(4097)})];
+    let mut big_manifest = manifest();
+    big_manifest["metadata"] = json!({"blob": "m".repeat(1024 * 1024)});
+
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        ("POST", "/api/v1/model_repositories", json!({"name": "new", "description": long_description}), "65536"),
+        ("POST", "/api/v1/model_repositories", json!({"name": "new", "labels": many_labels}), "64"),
+        ("POST", "/api/v1/bento_repositories", json!({"name": "new", "labels": long_value}), "4096"),
+        ("PATCH", "/api/v1/model_repositories/capped", json!({"description": long_description}), "65536"),
+        ("PATCH", "/api/v1/model_repositories/capped", json!({"labels": many_labels}), "64"),
+        (
+            "POST",
+            "/api/v1/model_repositories/capped/models",
+            json!({"version": "v2", "manifest": manifest(), "description": long_description}),
+            "65536",
+        ),
+        (
+            "POST",
+            "/api/v1/model_repositories/capped/models",
+            json!({"version": "v2", "manifest": manifest(), "labels": many_labels}),
+            "64",
+        ),
+        (
+            "POST",
+            "/api/v1/model_repositories/capped/models",
+            json!({"version": "v2", "manifest": big_manifest}),
+            "1048576",
+        ),
+        ("PATCH", v.as_str(), json!({"description": long_description}), "65536"),
+        ("PATCH", v.as_str(), json!({"manifest": big_manifest}), "1048576"),
+        ("PATCH", v.as_str(), json!({"labels": long_value}), "4096"),
+        ("POST", "/api/v1/api_tokens", json!({"name": "t", "description": long_description}), "65536"),
+    ];
+    for (method, path, body, limit) in &cases {
+        let r = http.request(method, path, Some(body));
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        let msg = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(msg.contains(limit), "{method} {path}: {msg:?} does not name the limit {limit}");
+        assert!(msg.len() < 300, "{method} {path}: the message echoes the input: {}", msg.len());
+    }
+    // Nothing was created or changed.
+    assert_eq!(http.get("/api/v1/model_repositories/new").status, 404);
+    assert_eq!(http.get("/api/v1/bento_repositories/new").status, 404);
+    assert_eq!(http.get("/api/v1/model_repositories/capped/models/v2").status, 404);
+    let got = http.get(&v).json();
+    assert_eq!(got["description"], "");
+    assert_eq!(got["manifest"], manifest());
+    assert_eq!(got["labels"], json!([{"key": "team", "value": "x"}]));
+    let tokens = http.get("/api/v1/api_tokens").json();
+    assert_eq!(tokens["total"], 1, "{tokens}");
+    // At the limits, everything is accepted.
+    let at_limit = json!({
+        "description": "d".repeat(64 * 1024),
+        "labels": (0..64).map(|i| json!({"key": format!("k{i}"), "value": "v".repeat(4096)})).collect::<Vec<_>>(),
+    });
+    let r = http.patch(&v, Some(&at_limit));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// M2: a page of versions whose manifests are all at the cap stops at the
+/// list budget instead of holding them all in memory; paging on with `start`
+/// returns the rest, and nothing is skipped.
+#[test]
+fn a_list_of_large_versions_stays_within_its_memory_bound() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    http.post("/api/v1/model_repositories", &json!({"name": "heavy"}));
+    let mut big = manifest();
+    big["metadata"] = json!({"blob": "m".repeat(1024 * 1024 - 300)});
+    let n = 20;
+    for i in 0..n {
+        let r = http.post(
+            "/api/v1/model_repositories/heavy/models",
+            &json!({"version": format!("v{i:02}"), "manifest": big, "description": "d".repeat(60 * 1024)}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    for path in ["/api/v1/model_repositories/heavy/models", "/api/v1/models"] {
+        seen.clear();
+        while seen.len() < n {
+            let r = http.get(&format!("{path}?start={}&count=1000", seen.len()));
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.body.len() <= 17 << 20, "{path}: a page of {} bytes", r.body.len());
+            let page = r.json();
+            assert_eq!(page["total"], n);
+            let items = page["items"].as_array().unwrap();
+            assert_eq!(page["count"], items.len());
+            assert!(!items.is_empty() && items.len() < n, "{path}: {} items in one page", items.len());
+            seen.extend(items.iter().map(|i| i["version"].as_str().unwrap().to_owned()));
+            pages += 1;
+        }
+        let expected: Vec<String> = (0..n).rev().map(|i| format!("v{i:02}")).collect();
+        assert_eq!(seen, expected, "{path}: paging skipped or repeated versions");
+    }
+    assert!(pages >= 4);
+    // A repository list carries each repository's newest version, and is bounded the same way.
+    let r = http.get("/api/v1/model_repositories?count=1000");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"][0]["latest_model"]["version"], "v19");
+}
+
+/// L3: a version literally named `latest` would shadow the alias (every
+/// `name:latest` lookup would find it rather than the newest version), and
+/// `size_bytes` must be a size.
+#[test]
+fn a_version_named_latest_and_impossible_sizes_are_refused() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    create_model(&http, "aliased", "v1");
+    let v1 = "/api/v1/model_repositories/aliased/models/v1";
+    assert_eq!(upload(&http, v1, b"v1 bytes").status, 200);
+    for kind in ["model", "bento"] {
+        http.post(&format!("/api/v1/{kind}_repositories"), &json!({"name": "aliased"}));
+        let r = http.post(
+            &format!("/api/v1/{kind}_repositories/aliased/{kind}s"),
+            &json!({"version": "latest", "manifest": manifest()}),
+        );
+        assert_error(&r, 400, "reserved");
+    }
+    assert_eq!(http.get("/api/v1/model_repositories/aliased/models/latest").json()["version"], "v1");
+    let sizes = [json!(-1), json!(u64::MAX), json!((1u64 << 50) + 1), json!(1.5), json!("10")];
+    for size in &sizes {
+        let mut m = manifest();
+        m["size_bytes"] = size.clone();
+        let r = http.post("/api/v1/model_repositories/aliased/models", &json!({"version": "v2", "manifest": m}));
+        assert_error(&r, 400, "size_bytes");
+        let r = http.patch(v1, Some(&json!({"manifest": m})));
+        assert_error(&r, 400, "size_bytes");
+        let bento = json!({"service": "svc:Svc", "bentoml_version": "1.4.40", "size_bytes": size});
+        let r = http.post("/api/v1/bento_repositories/aliased/bentos", &json!({"version": "v2", "manifest": bento}));
+        assert_error(&r, 400, "size_bytes");
+    }
+    assert_eq!(http.get("/api/v1/model_repositories/aliased/models/v2").status, 404);
+    assert_eq!(http.get(v1).json()["manifest"]["size_bytes"], 10);
+}
+
+/// Reads one response from a kept-alive connection: its head, and a body of
+/// `Content-Length` bytes (the connection stays open).
+fn read_one(s: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head: {:?}", String::from_utf8_lossy(&buf));
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
+/// L4: a response sent before the request body was read (a bad path, no
+/// token, over the body limit) says `Connection: close`, so a keep-alive
+/// client does not send its next request into a closing connection; a
+/// request whose body was read keeps the connection open.
+#[test]
+fn an_early_error_with_an_unread_body_says_connection_close() {
+    use std::io::{Read, Write};
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]));
+    let http = server.http();
+    http.post("/api/v1/model_repositories", &json!({"name": "kept"}));
+    let body = serde_json::to_vec(&json!({"version": "v1", "manifest": manifest()})).unwrap();
+    let big = vec![b' '; 8 << 10];
+    let token = format!("X-YATAI-API-TOKEN: {}\r\n", server.token);
+    let json_type = "Content-Type: application/json\r\n";
+    let bytes_type = "Content-Type: application/octet-stream\r\n";
+    // (method, path, token header, content type, body, status, whether the
+    // body is certainly unread when the answer goes out). Over the body limit
+    // the server may have read all of a small body: then it must keep the
+    // connection usable instead.
+    let cases: [(&str, &str, &str, &str, &[u8], u16, bool); 4] = [
+        (
+            "PUT",
+            "/api/v1/model_repositories/kept/models/Bad_Version/upload",
+            token.as_str(),
+            bytes_type,
+            big.as_slice(),
+            400,
+            true,
+        ),
+        ("POST", "/api/v1/model_repositories/kept/models", "", json_type, body.as_slice(), 401, true),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), json_type, big.as_slice(), 413, false),
+        ("POST", "/api/v1/model_repositories/kept/models", token.as_str(), "", body.as_slice(), 415, true),
+    ];
+    for (method, path, auth, content_type, payload, status, unread) in cases {
+        let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}{content_type}Content-Length: {}\r\n\r\n",
+            payload.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        // The server may answer (and stop reading) before all of the body is sent.
+        let _ = s.write_all(payload);
+        let (head, _) = read_one(&mut s);
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{path}: {head}");
+        if head.contains("connection: close") {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            continue;
+        }
+        assert!(!unread, "{path}: a {status} with an unread body lacks Connection: close:\n{head}");
+        // Without the header, the connection must serve the next request.
+        s.write_all(format!("GET /api/v1/auth/current HTTP/1.1\r\nHost: x\r\n{token}\r\n").as_bytes()).unwrap();
+        let (head, _) = read_one(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{path}: the kept-alive connection failed: {head}");
+    }
+    // A request whose body was read keeps the connection, and a second request on it works.
+    let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for (i, version) in ["v1", "v2"].iter().enumerate() {
+        let body = serde_json::to_vec(&json!({"version": version, "manifest": manifest()})).unwrap();
+        let head = format!(
+            "POST /api/v1/model_repositories/kept/models HTTP/1.1\r\nHost: x\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let (head, _) = read_one(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
+        assert!(!head.contains("connection: close"), "request {i}: {head}");
+    }
+}

@@ -15,7 +15,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        // Every body is an object. serde would also fill a struct from an
+        // array of its fields in order (`[null, null]`), which no client
+        // means and the OpenAPI document does not allow.
+        let axum::Json(raw) = axum::Json::<Box<serde_json::value::RawValue>>::from_request(req, state).await?;
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        }
+        let v =
+            serde_json::from_str(raw.get()).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
         Ok(Json(v))
     }
 }

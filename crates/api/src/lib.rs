@@ -24,7 +24,8 @@ pub mod state;
 
 pub use state::{ApiConfig, AppState, TransmissionMode};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -32,6 +33,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use http_body::Body as _;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use utoipa::openapi::OpenApi;
@@ -56,6 +58,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> (Router, OpenApi) {
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(close_if_body_unread))
         .layer(DefaultBodyLimit::max(state.config.max_json_body))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the server hit a bug handling this request").into_response()
@@ -101,6 +104,61 @@ async fn route_deployment_hosts(
     let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let req = req.map(|b| b.map_err(|e| Box::new(e) as yatai_runtime::proxy::BoxError).boxed_unsync());
     endpoint.forward(req, client).await.map(axum::body::Body::new)
+}
+
+/// Adds `Connection: close` to a response sent before the request body was
+/// read to its end (a 400 for a bad path, a 401, a 413 over the body limit):
+/// the server cannot reuse the connection with unread bytes on it, and
+/// without the header a keep-alive client would find it closed under its
+/// next request. Deployment traffic does not pass here (it is proxied
+/// before), so streaming replicas keep their connections.
+async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let body = axum::body::Body::new(ReadToEnd { inner: body, read: read.clone() });
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Acquire) {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A request body that records whether it was read to its end.
+struct ReadToEnd {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -27,6 +27,9 @@ use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
+/// bentoml's rule for a name or a version (`yatai_core::tag`).
+pub const TAG_PART_PATTERN: &str = "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$";
+
 /// One documented operation.
 pub struct Op {
     method: Method,
@@ -86,9 +89,13 @@ impl Op {
         self.permission = Some(p);
         self
     }
+    /// A JSON body: besides its schema, this documents 413 (over the body
+    /// limit) and 415 (not sent as `application/json`), which every JSON
+    /// route returns.
     pub fn body<T: ToSchema>(mut self) -> Self {
         let r = register::<T>(&mut self.schemas);
         self.body = Some(("application/json".into(), r));
+        self.errors.extend_from_slice(&[413, 415]);
         self
     }
     pub fn binary_body(mut self) -> Self {
@@ -156,14 +163,21 @@ impl Api {
             .summary(Some(op.summary.clone()))
             .tag(op.tag)
             .operation_id(Some(format!("{} {}", op.method, op.path)));
+        // Registry paths name repositories and versions by bentoml's tag rule.
+        let registry =
+            op.path.starts_with("/api/v1/model_repositories/") || op.path.starts_with("/api/v1/bento_repositories/");
         for seg in op.path.split('/') {
             if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let mut schema = ObjectBuilder::new().schema_type(Type::String);
+                if registry && (name == "name" || name == "version") {
+                    schema = schema.pattern(Some(TAG_PART_PATTERN)).max_length(Some(yatai_core::tag::MAX_PART_LEN));
+                }
                 b = b.parameter(
                     ParameterBuilder::new()
                         .name(name)
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                        .schema(Some(schema)),
                 );
             }
         }
@@ -192,6 +206,10 @@ impl Api {
         b = b.response("200", ok.build());
         let error_ref = RefOr::Ref(Ref::from_schema_name(ErrorBody::name()));
         let mut codes = op.errors.clone();
+        if op.path.contains('{') {
+            // Whatever the path names may not exist.
+            codes.push(404);
+        }
         if op.permission.is_none() {
             codes.retain(|c| *c != 401 && *c != 403);
         }

@@ -12,7 +12,9 @@ use yatai_store::{OrgRow, TokenRow, UserRow};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Label {
+    #[schema(min_length = 1, max_length = 256)]
     pub key: String,
+    #[schema(max_length = 4096)]
     pub value: String,
 }
 
@@ -123,8 +125,9 @@ pub struct ArtifactSchema {
     pub presigned_upload_url: String,
     pub presigned_download_url: String,
     pub image_build_status: String,
-    /// The manifest exactly as the client sent it.
-    #[schema(value_type = Object)]
+    /// The manifest exactly as the client sent it: an object, or null for
+    /// a bento created without one.
+    #[schema(value_type = Option<Object>)]
     pub manifest: Box<RawValue>,
     /// Size of the stored archive in bytes, once uploaded.
     pub archive_size_bytes: Option<i64>,
@@ -186,45 +189,57 @@ list_schema!(EventList, EventSchema, "A page of events, newest first.");
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRepositoryRequest {
+    #[schema(pattern = "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
     #[serde(default)]
+    /// At most 64 labels.
     pub labels: Option<Vec<Label>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateRepositoryRequest {
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
     #[serde(default)]
+    /// At most 64 labels.
     pub labels: Option<Vec<Label>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateVersionRequest {
+    /// Not `latest`, which names the newest version.
+    #[schema(pattern = "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$", max_length = 63)]
     pub version: String,
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
-    /// `model.yaml` / `bento.yaml` as JSON; stored verbatim.
-    #[schema(value_type = Object)]
+    /// `model.yaml` / `bento.yaml` as JSON; stored verbatim. At most 1 MiB
+    /// serialised; a bento's may be null.
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub manifest: Option<Box<RawValue>>,
     /// `%Y-%m-%d %H:%M:%S.%f` (UTC) as bentoml sends it, or RFC 3339.
     #[serde(default)]
     pub build_at: Option<String>,
     #[serde(default)]
+    /// At most 64 labels.
     pub labels: Option<Vec<Label>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateVersionRequest {
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     #[serde(default)]
     pub manifest: Option<Box<RawValue>>,
     #[serde(default)]
+    /// At most 64 labels.
     pub labels: Option<Vec<Label>>,
 }
 
@@ -256,8 +271,10 @@ pub struct CompleteMultipartRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
+    #[schema(pattern = "\\S", min_length = 1, max_length = 128)]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub description: Option<String>,
     /// `api` (everything the user may do), `read_organization`,
     /// `write_organization`, `read_cluster`, `write_cluster`.
@@ -332,7 +349,8 @@ pub struct EventSchema {
     pub status: String,
     pub creator: Option<CreatorSchema>,
     pub api_token_name: String,
-    #[schema(value_type = Object)]
+    /// Details of the operation, or null when it has none.
+    #[schema(value_type = Option<Object>)]
     pub info: Box<RawValue>,
 }
 

@@ -2,10 +2,11 @@
 //! timestamps. Nothing here does IO, so every rule can be unit-tested alone.
 
 pub mod kind;
+pub mod limits;
 pub mod manifest;
 pub mod tag;
 pub mod time;
 
 pub use kind::Kind;
-pub use tag::{Tag, TagError, validate_name_part};
+pub use tag::{Tag, TagError, validate_name_part, validate_new_version};
 pub use time::Timestamp;

@@ -24,6 +24,23 @@ pub enum TagError {
     Invalid { what: &'static str, value: String },
     #[error("tag {0:?} has an empty version after ':'")]
     TrailingColon(String),
+    #[error("{what} \"latest\" is reserved: it names the newest version; choose another version")]
+    Reserved { what: &'static str },
+}
+
+/// The version name that means "the newest version" in lookups.
+pub const LATEST: &str = "latest";
+
+/// Checks the version of something about to be created: the name rule, and
+/// not [`LATEST`], which a stored version would shadow (lookups of `latest`
+/// would then find it instead of the newest one). Lookups use
+/// [`validate_name_part`], where `latest` is the alias.
+pub fn validate_new_version(what: &'static str, value: &str) -> Result<(), TagError> {
+    validate_name_part(what, value)?;
+    if value == LATEST {
+        return Err(TagError::Reserved { what });
+    }
+    Ok(())
 }
 
 /// Checks one part of a tag (a name or a version). `what` names the part in
@@ -115,6 +132,17 @@ mod tests {
         assert!(matches!(Tag::parse("iris:"), Err(TagError::TrailingColon(_))));
         // A second colon lands in the version, which then fails validation.
         assert!(Tag::parse("iris:v1:x").is_err());
+    }
+
+    #[test]
+    fn latest_is_reserved_for_new_versions() {
+        let e = validate_new_version("bento version", "latest").unwrap_err();
+        assert_eq!(e, TagError::Reserved { what: "bento version" });
+        assert!(e.to_string().contains("reserved"), "{e}");
+        // Uppercase fails the name rule already; near misses are fine.
+        assert!(validate_new_version("version", "LATEST").is_err());
+        validate_new_version("version", "latest2").unwrap();
+        validate_name_part("version", "latest").unwrap();
     }
 
     #[test]

@@ -128,8 +128,9 @@ pub struct ServeArgs {
     /// Default: taken from each request's Host header.
     #[arg(long, env = "YATAI_EXTERNAL_URL")]
     pub external_url: Option<url::Url>,
-    /// Largest JSON body accepted (manifests can be large).
-    #[arg(long, env = "YATAI_MAX_JSON_BODY", default_value = "32MiB", value_parser = parse_size)]
+    /// Largest JSON body accepted. The default fits the largest manifest,
+    /// description and labels the per-field limits allow (README, "Limits").
+    #[arg(long, env = "YATAI_MAX_JSON_BODY", default_value = "2MiB", value_parser = parse_size)]
     pub max_json_body: u64,
     /// Largest archive accepted (default: no limit).
     #[arg(long, env = "YATAI_MAX_ARTIFACT_SIZE", value_parser = parse_size)]

@@ -6,6 +6,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
 use yatai_core::Timestamp;
+use yatai_core::limits;
 use yatai_store::NewToken;
 
 use super::Auth;
@@ -127,8 +128,14 @@ async fn create_token(
     JsonBody(body): JsonBody<CreateTokenRequest>,
 ) -> ApiResult<Json<TokenSchema>> {
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 128 {
-        return Err(ApiError::bad_request("a token name must be 1 to 128 characters"));
+    if name.is_empty() || name.chars().count() > limits::MAX_TOKEN_NAME {
+        return Err(ApiError::bad_request(format!("a token name must be 1 to {} characters", limits::MAX_TOKEN_NAME)));
+    }
+    if let Some(d) = &body.description {
+        limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    if body.scopes.as_ref().is_some_and(|s| s.len() > KNOWN_SCOPES.len()) {
+        return Err(ApiError::bad_request(format!("at most {} scopes can be given", KNOWN_SCOPES.len())));
     }
     let scopes = body.scopes.unwrap_or_else(|| vec!["api".to_owned()]);
     let scopes = if scopes.is_empty() { vec!["api".to_owned()] } else { scopes };

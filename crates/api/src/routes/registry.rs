@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::routing::{delete, get, patch, post};
 use serde_json::Value;
 use yatai_core::Kind;
+use yatai_core::limits::{self, LIST_BUDGET};
 use yatai_core::manifest::bento_model_refs;
-use yatai_core::{Tag, Timestamp};
-use yatai_store::{NewVersion, VersionPatch};
+use yatai_core::{Tag, Timestamp, validate_new_version};
+use yatai_store::{ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow};
 
 use super::artifacts::{
     ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository,
@@ -20,14 +21,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::openapi::{Api, Op};
 use crate::schemas::{
-    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList, RepositorySchema,
-    UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
+    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, Label, RepositoryList,
+    RepositorySchema, UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
 };
 use crate::state::AppState;
 
 const LIST_QUERIES: [(&str, &str); 4] = [
     ("start", "offset of the first item (default 0)"),
-    ("count", "page size (default 20, at most 1000)"),
+    ("count", "page size (default 20, at most 1000; a page of large items may hold fewer, see `count` in the reply)"),
     ("search", "text to look for in names and versions"),
     ("q", "filters: `label:key=value`, `label:key`, free words"),
 ];
@@ -162,10 +163,25 @@ async fn list_repositories<K: KindParam>(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<RepositoryList>> {
     let q = params.to_query()?;
-    let (rows, total) = state.store.list_repositories(&caller.org.uid, K::KIND, &q).await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for r in &rows {
-        items.push(repository_with_latest(&state, r).await?);
+    let mut budget = Budget::default();
+    let mut items = Vec::new();
+    let mut total = 0;
+    while items.len() < q.count as usize && !budget.spent() {
+        let chunk = ListQuery { start: q.start + items.len() as i64, count: chunk_size(&q, items.len()), ..q.clone() };
+        let (rows, t) = state.store.list_repositories(&caller.org.uid, K::KIND, &chunk).await?;
+        total = t;
+        let fetched = rows.len();
+        for r in &rows {
+            let item = repository_with_latest(&state, r).await?;
+            let latest = item.latest_model.iter().chain(&item.latest_bento).flatten();
+            if !budget.take(repository_weight(r) + latest.map(|v| artifact_weight(v)).sum::<usize>(), items.len()) {
+                break;
+            }
+            items.push(item);
+        }
+        if fetched < chunk.count as usize {
+            break;
+        }
     }
     Ok(Json(RepositoryList { start: q.start, count: items.len() as i64, total, items }))
 }
@@ -176,6 +192,7 @@ async fn create_repository<K: KindParam>(
     crate::extract::Json(body): crate::extract::Json<CreateRepositoryRequest>,
 ) -> ApiResult<Json<RepositorySchema>> {
     check_repo_name(K::KIND, &body.name)?;
+    check_fields(body.description.as_deref(), body.labels.as_deref())?;
     let (row, created) = state
         .store
         .create_repository(
@@ -218,6 +235,7 @@ async fn update_repository<K: KindParam>(
     crate::extract::Json(body): crate::extract::Json<UpdateRepositoryRequest>,
 ) -> ApiResult<Json<RepositorySchema>> {
     find_repository(&state, &caller, K::KIND, &name).await?;
+    check_fields(body.description.as_deref(), body.labels.as_deref())?;
     if let Some(labels) = &body.labels {
         check_labels(labels)?;
     }
@@ -260,7 +278,7 @@ async fn list_versions<K: KindParam>(
 ) -> ApiResult<Json<ArtifactList>> {
     find_repository_uncounted(&state, &caller, K::KIND, &name).await?;
     let q = params.to_query()?;
-    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, Some(&name), &q).await?;
+    let (rows, total) = list_versions_bounded(&state, &caller.org.uid, K::KIND, Some(&name), &q).await?;
     if total == 0 && q.search.is_none() && q.labels.is_empty() {
         // The Python client indexes items[0] of this list without checking
         // for emptiness; a 404 is what it handles.
@@ -276,7 +294,7 @@ async fn list_all_versions<K: KindParam>(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<ArtifactList>> {
     let q = params.to_query()?;
-    let (rows, total) = state.store.list_versions(&caller.org.uid, K::KIND, None, &q).await?;
+    let (rows, total) = list_versions_bounded(&state, &caller.org.uid, K::KIND, None, &q).await?;
     let mut repo_uids: Vec<&str> = rows.iter().map(|r| r.repository_uid.as_str()).collect();
     repo_uids.sort_unstable();
     repo_uids.dedup();
@@ -292,9 +310,102 @@ async fn list_all_versions<K: KindParam>(
     Ok(Json(ArtifactList { start: q.start, count: items.len() as i64, total, items }))
 }
 
+/// Rows fetched per query while a list fills its page: small, so that the
+/// rows held beyond the budget stay small too.
+const CHUNK: i64 = 20;
+
+fn chunk_size(q: &ListQuery, have: usize) -> i64 {
+    (q.count - have as i64).clamp(0, CHUNK)
+}
+
+/// The bytes of stored text a list response may still carry (see
+/// [`LIST_BUDGET`]). The first item is always taken, so paging on with
+/// `start` makes progress whatever the items' sizes.
+#[derive(Default)]
+struct Budget(usize);
+
+impl Budget {
+    fn take(&mut self, weight: usize, have: usize) -> bool {
+        if have > 0 && self.0 + weight > LIST_BUDGET {
+            self.0 = LIST_BUDGET;
+            return false;
+        }
+        self.0 += weight;
+        true
+    }
+    fn spent(&self) -> bool {
+        self.0 >= LIST_BUDGET
+    }
+}
+
+/// What a version's stored text adds to a response, plus its fixed fields.
+fn version_weight(r: &VersionRow) -> usize {
+    r.manifest.len() + r.description.len() + r.labels.len() + 1024
+}
+
+fn artifact_weight(a: &ArtifactSchema) -> usize {
+    a.manifest.get().len()
+        + a.description.len()
+        + a.labels.iter().map(|l| l.key.len() + l.value.len() + 32).sum::<usize>()
+        + 1024
+}
+
+fn repository_weight(r: &RepositoryRow) -> usize {
+    r.description.len() + r.labels.len() + 1024
+}
+
+/// A page of versions, newest first, fetched in chunks and cut short once
+/// it holds [`LIST_BUDGET`] bytes, so that neither the rows read nor the
+/// response grow past a known bound (each field has its own cap, see
+/// `yatai_core::limits`).
+async fn list_versions_bounded(
+    state: &AppState,
+    org_uid: &str,
+    kind: Kind,
+    repo: Option<&str>,
+    q: &ListQuery,
+) -> ApiResult<(Vec<VersionRow>, i64)> {
+    let mut budget = Budget::default();
+    let mut items = Vec::new();
+    let mut total = 0;
+    while items.len() < q.count as usize && !budget.spent() {
+        let chunk = ListQuery { start: q.start + items.len() as i64, count: chunk_size(q, items.len()), ..q.clone() };
+        let (rows, t) = state.store.list_versions(org_uid, kind, repo, &chunk).await?;
+        total = t;
+        let fetched = rows.len();
+        for r in rows {
+            if !budget.take(version_weight(&r), items.len()) {
+                break;
+            }
+            items.push(r);
+        }
+        if fetched < chunk.count as usize {
+            break;
+        }
+    }
+    if q.count == 0 {
+        total = state.store.list_versions(org_uid, kind, repo, q).await?.1;
+    }
+    Ok((items, total))
+}
+
+/// Checks the free-text fields every create and update body carries
+/// against `yatai_core::limits`.
+fn check_fields(description: Option<&str>, labels: Option<&[Label]>) -> ApiResult<()> {
+    if let Some(d) = description {
+        limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    if let Some(labels) = labels {
+        limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+            .map_err(ApiError::bad_request)?;
+    }
+    Ok(())
+}
+
 /// Checks a manifest as the client will decode it when it reads it back.
 fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) -> ApiResult<(String, Vec<Tag>)> {
     let raw = manifest.map(|m| m.get()).unwrap_or("null");
+    limits::check_manifest(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let value: Value = serde_json::from_str(raw).map_err(|e| ApiError::bad_request(format!("manifest: {e}")))?;
     match kind {
         Kind::Model => {
@@ -306,9 +417,10 @@ fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) ->
                     return Err(ApiError::bad_request(format!("the model manifest needs a string {key:?}")));
                 }
             }
-            if !obj.get("size_bytes").is_some_and(|v| v.is_i64() || v.is_u64()) {
-                return Err(ApiError::bad_request("the model manifest needs an integer \"size_bytes\""));
-            }
+            let size = obj
+                .get("size_bytes")
+                .ok_or_else(|| ApiError::bad_request("the model manifest needs \"size_bytes\""))?;
+            limits::check_size_bytes(size).map_err(ApiError::bad_request)?;
             Ok((raw.to_owned(), Vec::new()))
         }
         Kind::Bento => {
@@ -323,9 +435,10 @@ fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) ->
                     return Err(ApiError::bad_request(format!("the bento manifest needs a string {key:?}")));
                 }
             }
-            if !obj.get("size_bytes").is_some_and(|v| v.is_i64() || v.is_u64()) {
-                return Err(ApiError::bad_request("the bento manifest needs an integer \"size_bytes\""));
-            }
+            let size = obj
+                .get("size_bytes")
+                .ok_or_else(|| ApiError::bad_request("the bento manifest needs \"size_bytes\""))?;
+            limits::check_size_bytes(size).map_err(ApiError::bad_request)?;
             let refs = bento_model_refs(&value);
             Ok((raw.to_owned(), refs))
         }
@@ -340,6 +453,8 @@ async fn create_version<K: KindParam>(
 ) -> ApiResult<Json<ArtifactSchema>> {
     let repo = find_repository_uncounted(&state, &caller, K::KIND, &name).await?;
     check_version_name(K::KIND, &body.version)?;
+    validate_new_version(K::KIND.version_label(), &body.version)?;
+    check_fields(body.description.as_deref(), body.labels.as_deref())?;
     let (manifest, refs) = check_manifest(K::KIND, body.manifest.as_deref())?;
     let labels = body.labels.unwrap_or_default();
     check_labels(&labels)?;
@@ -387,6 +502,7 @@ async fn update_version<K: KindParam>(
     crate::extract::Json(body): crate::extract::Json<UpdateVersionRequest>,
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = find_version(&state, &caller, K::KIND, &name, &version).await?;
+    check_fields(body.description.as_deref(), body.labels.as_deref())?;
     let manifest = match &body.manifest {
         Some(m) => Some(check_manifest(K::KIND, Some(m))?),
         None => None,

@@ -192,6 +192,13 @@ fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 
 fn limits(state: &AppState, headers: &HeaderMap) -> ApiResult<WriteLimits> {
     let limits = WriteLimits { expected_len: content_length(headers)?, max_len: state.config.max_artifact_size };
+    // No archive is empty; a body-less PUT would otherwise store one as a
+    // successful upload that no client can unpack.
+    if limits.expected_len == Some(0)
+        || (limits.expected_len.is_none() && !headers.contains_key(header::TRANSFER_ENCODING))
+    {
+        return Err(ApiError::bad_request("the upload is empty: send the archive as the request body"));
+    }
     if let (Some(len), Some(max)) = (limits.expected_len, limits.max_len)
         && len > max
     {
