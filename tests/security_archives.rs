@@ -193,8 +193,8 @@ fn link_chains_in_model_archives_fail_the_rollout_and_write_nothing() {
             last = http.get(&format!("/api/v2/deployments/{name}")).json();
             (last["status"] == "failed").then_some(())
         });
+        assert_nothing_escaped(&server, &canary, &format!("rollout with {model}"));
         let reason = last["status_message"].as_str().unwrap_or_default();
         assert!(reason.contains("unsafe path") && reason.contains("a/a/a/a/up"), "{last:#}");
-        assert_nothing_escaped(&server, &canary, &format!("rollout with {model}"));
     }
 }
