@@ -74,9 +74,20 @@ fn apply_layer(r: impl Read, root: &Path) -> anyhow::Result<()> {
             bail!("layer member {} escapes the root", path.display());
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = path.parent().unwrap_or(Path::new(""));
+        let whiteout = name.starts_with(".wh.");
+        let kind = e.header().entry_type();
+        if !whiteout && (kind.is_block_special() || kind.is_character_special() || kind.is_fifo()) {
+            continue; // device nodes are the runtime's business; /dev is bind-mounted
+        }
+        // Removals are resolved like tar resolves writes: links followed, and the result must
+        // stay below the root. The base image may be the bento's choice (`image.base_image`), and
+        // a layer holding `x -> /` and then `x/.wh..wh..opq` would otherwise have the builder
+        // (root) empty the host's `/`.
+        let real = beneath(root, &path)?;
         if name == ".wh..wh..opq" {
-            if let Ok(rd) = std::fs::read_dir(root.join(parent)) {
+            if let Some(dir) = real.as_deref().and_then(Path::parent)
+                && let Ok(rd) = std::fs::read_dir(dir)
+            {
                 for c in rd.flatten() {
                     remove_any(&c.path());
                 }
@@ -84,22 +95,38 @@ fn apply_layer(r: impl Read, root: &Path) -> anyhow::Result<()> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            remove_any(&root.join(parent).join(hidden));
+            if matches!(hidden, "" | "." | "..") {
+                bail!("layer member {} is a whiteout of no name", path.display());
+            }
+            if let Some(real) = &real {
+                remove_any(&real.with_file_name(hidden));
+            }
             continue;
         }
-        let kind = e.header().entry_type();
-        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            continue; // device nodes are the runtime's business; /dev is bind-mounted
-        }
-        let target = root.join(&path);
-        if let Ok(m) = std::fs::symlink_metadata(&target)
+        if let Some(real) = &real
+            && let Ok(m) = std::fs::symlink_metadata(real)
             && !(m.is_dir() && kind.is_dir())
         {
-            remove_any(&target);
+            remove_any(real);
         }
         e.unpack_in(root)?;
     }
     Ok(())
+}
+
+/// Where the layer member `rel` is below `root`, its parent resolved through links; an error
+/// when that leads out of `root`, `None` when the parent does not exist.
+fn beneath(root: &Path, rel: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Ok(None); // the root itself
+    };
+    let real_root = std::fs::canonicalize(root)?;
+    match std::fs::canonicalize(root.join(parent)) {
+        Ok(p) if p.starts_with(&real_root) => Ok(Some(p.join(name))),
+        Ok(p) => bail!("layer member {} lies below a link leading out of the root (to {})", rel.display(), p.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn remove_any(p: &Path) {
@@ -232,4 +259,86 @@ fn is_opaque(p: &Path) -> bool {
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
     let n = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     n == 1 && buf[0] == b'y'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum Member<'a> {
+        File(&'a str),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+    }
+
+    fn layer(members: &[Member]) -> Vec<u8> {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let mut b = tar::Builder::new(Vec::new());
+        for m in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(uid.into());
+            h.set_gid(gid.into());
+            h.set_size(0);
+            match m {
+                Member::File(p) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+                Member::Dir(p) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+                Member::Symlink(p, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_never_remove_anything_outside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(outside.join("keep")).unwrap();
+        std::fs::write(outside.join("canary.txt"), b"x").unwrap();
+        let abs = outside.display().to_string();
+        let hostile = [
+            ("absolute link, whiteout", layer(&[Member::Symlink("x", &abs), Member::File("x/.wh.canary.txt")])),
+            ("absolute link, opaque", layer(&[Member::Symlink("y", &abs), Member::File("y/.wh..wh..opq")])),
+            ("relative link out", layer(&[Member::Symlink("z", "../outside"), Member::File("z/.wh.keep")])),
+            ("replacing through a link", layer(&[Member::Symlink("w", &abs), Member::File("w/canary.txt")])),
+            ("whiteout of the parent", layer(&[Member::File(".wh...")])),
+        ];
+        for (what, data) in hostile {
+            let err = apply_layer(data.as_slice(), &root).expect_err(what);
+            assert!(err.to_string().contains("below a link") || err.to_string().contains("no name"), "{what}: {err}");
+            assert_eq!(std::fs::read(outside.join("canary.txt")).unwrap(), b"x", "{what}");
+            assert!(outside.join("keep").is_dir(), "{what}");
+        }
+    }
+
+    #[test]
+    fn whiteouts_below_links_inside_the_root_apply() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let lower = layer(&[
+            Member::Dir("usr/"),
+            Member::Dir("usr/lib/"),
+            Member::File("usr/lib/gone"),
+            Member::File("usr/lib/kept"),
+            Member::Symlink("lib", "usr/lib"),
+        ]);
+        apply_layer(lower.as_slice(), &root).unwrap();
+        apply_layer(layer(&[Member::File("lib/.wh.gone")]).as_slice(), &root).unwrap();
+        assert!(!root.join("usr/lib/gone").exists());
+        assert!(root.join("usr/lib/kept").exists());
+    }
 }

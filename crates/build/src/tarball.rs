@@ -1,4 +1,4 @@
-//! Deterministic layer tars, and safe extraction of fetched bento/model archives.
+//! Deterministic layer tars, and the archive formats fetched bentos and models arrive in.
 //!
 //! A layer is described as a sorted map of paths to entries with explicit owner and mode, then
 //! written with hand-made headers: no `./` entry, numeric owners only, one fixed mtime, modes
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
@@ -276,55 +276,17 @@ pub fn open_archive(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     })
 }
 
-/// Extracts a tar stream into `dest`, refusing members that would escape it (absolute paths,
-/// `..`, links pointing outside), as the bentoml client does on pull.
+/// Extracts a bento or model archive into `dest` (which must not exist yet) the way the server
+/// does: nothing is written through a link, every link must resolve inside, hard links only to
+/// files the archive holds (see `yatai_archive`).
 pub fn extract_safe(reader: impl Read, dest: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dest)?;
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(false);
-    ar.set_overwrite(true);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let mut clean = PathBuf::new();
-        for c in path.components() {
-            match c {
-                Component::Normal(p) => clean.push(p),
-                Component::CurDir => {}
-                _ => bail!("archive member {} escapes the extraction directory", path.display()),
-            }
-        }
-        if clean.as_os_str().is_empty() {
-            continue;
-        }
-        let kind = entry.header().entry_type();
-        if (kind.is_hard_link() || kind.is_symlink())
-            && let Some(target) = entry.link_name()?
-        {
-            let resolved = clean.parent().unwrap_or(Path::new("")).join(&target);
-            let mut depth: i64 = 0;
-            for c in resolved.components() {
-                match c {
-                    Component::Normal(_) => depth += 1,
-                    Component::ParentDir => depth -= 1,
-                    Component::CurDir => {}
-                    _ => depth = -1,
-                }
-                if depth < 0 {
-                    bail!("archive link {} points outside the archive", path.display());
-                }
-            }
-        }
-        if !entry.unpack_in(dest)? {
-            bail!("archive member {} escapes the extraction directory", path.display());
-        }
-    }
-    Ok(())
+    Ok(yatai_archive::extract(reader, dest)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn root_owner(_: &str) -> u64 {
         0
@@ -392,19 +354,34 @@ mod tests {
 
     #[test]
     fn extraction_refuses_escaping_members() {
-        // A corner no real bento archive produces; built by hand to check the guard.
-        let mut data = Vec::new();
-        {
-            let mut b = tar::Builder::new(&mut data);
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            b.append_link(&mut h, "evil", "../../etc/passwd").unwrap();
-            b.finish().unwrap();
-        }
+        // Corners no real bento archive produces; built by hand to check the guard.
+        let archive = |links: &[(tar::EntryType, &str, &str)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (kind, path, target) in links {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(*kind);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            b.into_inner().unwrap()
+        };
         let d = tempfile::tempdir().unwrap();
-        let err = extract_safe(data.as_slice(), d.path()).unwrap_err();
+        fs::write(d.path().join("secret"), b"outside").unwrap();
+        let dest = d.path().join("work/bento");
+        let out = archive(&[(tar::EntryType::Symlink, "evil", "../../etc/passwd")]);
+        let err = extract_safe(out.as_slice(), &dest).unwrap_err();
         assert!(err.to_string().contains("outside"), "{err}");
+        // `a -> .` makes `a/a/up` sit at the top, so `../..` leads above `work/`; the hard link
+        // would pull `secret` into the bento.
+        let chain = archive(&[
+            (tar::EntryType::Symlink, "a", "."),
+            (tar::EntryType::Symlink, "a/a/up", "../.."),
+            (tar::EntryType::Link, "stolen", "up/secret"),
+        ]);
+        let err = extract_safe(chain.as_slice(), &dest).unwrap_err();
+        assert!(err.to_string().contains("unsafe"), "{err}");
+        assert!(!dest.exists());
+        assert_eq!(fs::metadata(d.path().join("secret")).unwrap().nlink(), 1);
     }
 }
