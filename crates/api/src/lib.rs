@@ -100,7 +100,7 @@ async fn route_deployment_hosts(
     };
     let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let req = req.map(|b| b.map_err(|e| Box::new(e) as yatai_runtime::proxy::BoxError).boxed_unsync());
-    endpoint.forward(req, client).await.map(axum::body::Body::new)
+    endpoint.handle(req, client).await.map(axum::body::Body::new)
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
