@@ -420,8 +420,11 @@ pub async fn runtime_spec(state: &AppState, d: &DeploymentRow) -> ApiResult<Depl
         .map(str::to_owned);
     Ok(DeploymentSpec {
         uid: d.uid.clone(),
+        org_uid: d.org_uid.clone(),
         name: d.name.clone(),
         namespace: d.namespace.clone(),
+        host: d.host.clone(),
+        access_authorization: config.access_authorization.unwrap_or(false),
         revision_uid: rev.uid,
         bento: bento_ref,
         models,
@@ -486,12 +489,14 @@ pub fn deployment_url(state: &AppState, headers: &axum::http::HeaderMap, d: &Dep
         }
     };
     let host = base.host_str().unwrap_or("127.0.0.1").to_owned();
-    match &state.config.deployment_domain {
-        Some(domain) => {
+    match (&state.config.deployment_domain, &d.host) {
+        (Some(domain), Some(label)) => {
             let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{}-{}.{domain}{port}", base.scheme(), d.name, d.namespace)
+            format!("{}://{label}.{domain}{port}", base.scheme())
         }
-        None => format!("http://{host}:{}", d.endpoint_port.unwrap_or(0)),
+        // No domain, or a deployment whose host another one held first (see
+        // migration 0007): its own port.
+        _ => format!("http://{host}:{}", d.endpoint_port.unwrap_or(0)),
     }
 }
 
@@ -665,6 +670,34 @@ impl StatusSink for DbStatusSink {
                 tracing::warn!(error = %e, "could not record a moved endpoint port");
             }
         });
+    }
+}
+
+/// Checks the tokens of requests to deployments with access authorization:
+/// an API token of the deployment's organization that may read its
+/// deployments (scope `api`, `read_cluster` or `write_cluster`), as the
+/// dashboard and API require to see them.
+pub struct ApiTokenAccess {
+    pub state: AppState,
+}
+
+#[async_trait::async_trait]
+impl yatai_runtime::AccessVerifier for ApiTokenAccess {
+    async fn verify(&self, org_uid: &str, token: Option<&str>) -> Result<(), yatai_runtime::AccessDenied> {
+        let denied = |status: u16, message: String| yatai_runtime::AccessDenied { status, message };
+        let Some(token) = token else {
+            return Err(denied(
+                401,
+                "this deployment requires an API token of its organization: send `Authorization: Bearer <token>` \
+                 (bentoml.SyncHTTPClient(url, token=…) does this)"
+                    .into(),
+            ));
+        };
+        let caller = self.state.auth.authenticate(Some(token)).await.map_err(|e| denied(401, e.message))?;
+        if caller.org.uid != org_uid {
+            return Err(denied(403, "the API token belongs to another organization than this deployment".into()));
+        }
+        caller.require(crate::auth::Permission::ReadCluster).map_err(|e| denied(403, e.message))
     }
 }
 

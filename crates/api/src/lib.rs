@@ -103,7 +103,7 @@ async fn route_deployment_hosts(
     };
     let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let req = req.map(|b| b.map_err(|e| Box::new(e) as yatai_runtime::proxy::BoxError).boxed_unsync());
-    endpoint.forward(req, client).await.map(axum::body::Body::new)
+    endpoint.handle(req, client).await.map(axum::body::Body::new)
 }
 
 /// Adds `Connection: close` to a response sent before the request body was

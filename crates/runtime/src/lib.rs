@@ -7,6 +7,7 @@
 //! clusters will be other implementations of the same trait.
 
 pub mod archive;
+pub mod isolation;
 pub mod logs;
 pub mod materialize;
 pub mod metrics;
@@ -15,18 +16,19 @@ pub mod pyenv;
 pub mod replica;
 mod supervisor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use yatai_blob::BlobStore;
 
+use crate::isolation::IdRange;
 use crate::logs::LogBook;
 use crate::materialize::Materializer;
-use crate::proxy::Endpoint;
+use crate::proxy::{AccessRule, Endpoint};
 use crate::pyenv::EnvCache;
 use crate::supervisor::{Command, Supervisor};
 
@@ -74,8 +76,14 @@ impl Scaling {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentSpec {
     pub uid: String,
+    pub org_uid: String,
     pub name: String,
     pub namespace: String,
+    /// The host label routed to the deployment under a deployment domain
+    /// (unique on the server; none for a deployment without one).
+    pub host: Option<String>,
+    /// Requests must carry an API token of the deployment's organization.
+    pub access_authorization: bool,
     pub revision_uid: String,
     pub bento: ArtifactRef,
     pub models: Vec<ArtifactRef>,
@@ -148,6 +156,23 @@ pub trait StatusSink: Send + Sync + 'static {
     fn port_changed(&self, deployment_uid: &str, port: u16);
 }
 
+/// Why a request to a deployment with access authorization was refused.
+#[derive(Debug, Clone)]
+pub struct AccessDenied {
+    /// 401 (no or unknown token) or 403 (a token that may not call it).
+    pub status: u16,
+    pub message: String,
+}
+
+/// Checks the token of a request to a deployment that requires one. The
+/// server provides it (tokens live in its store; the runtime does not
+/// depend on the store).
+#[async_trait::async_trait]
+pub trait AccessVerifier: Send + Sync + 'static {
+    /// `token`: the bearer token of the request, if any.
+    async fn verify(&self, org_uid: &str, token: Option<&str>) -> Result<(), AccessDenied>;
+}
+
 /// A place deployments run.
 #[async_trait::async_trait]
 pub trait DeployTarget: Send + Sync {
@@ -179,6 +204,9 @@ pub struct RuntimeConfig {
     pub backoff_max: Duration,
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// User ids replicas run as, one per deployment (needs root); `None`:
+    /// replicas run as the server's user.
+    pub replica_ids: Option<IdRange>,
 }
 
 impl RuntimeConfig {
@@ -197,6 +225,7 @@ impl RuntimeConfig {
             backoff_max: Duration::from_secs(60),
             log_max_bytes: 10 << 20,
             log_keep: 3,
+            replica_ids: None,
         }
     }
 }
@@ -206,6 +235,7 @@ pub(crate) struct Shared {
     pub materializer: Materializer,
     pub envs: EnvCache,
     pub sink: Arc<dyn StatusSink>,
+    pub verifier: OnceLock<Arc<dyn AccessVerifier>>,
 }
 
 struct Running {
@@ -215,23 +245,57 @@ struct Running {
     logs: Arc<LogBook>,
     snapshot: Arc<Mutex<DeploymentSnapshot>>,
     stop_listener: watch::Sender<bool>,
-    host_key: String,
+    host: Option<String>,
 }
 
 /// The deploy target for this machine.
 pub struct LocalRuntime {
     shared: Arc<Shared>,
     deployments: Mutex<HashMap<String, Running>>,
+    /// The user id each deployment's replicas run as, held until it is removed.
+    replica_ids: Mutex<HashMap<String, u32>>,
 }
 
 impl LocalRuntime {
     pub fn new(config: RuntimeConfig, blobs: BlobStore, sink: Arc<dyn StatusSink>) -> Arc<LocalRuntime> {
         let materializer = Materializer::new(config.root.join("artifacts"), blobs);
-        let envs = EnvCache::new(config.env_dir.clone(), config.uv.clone());
+        let envs = EnvCache::new(config.env_dir.clone(), config.uv.clone(), config.replica_ids.is_some());
         Arc::new(LocalRuntime {
-            shared: Arc::new(Shared { config, materializer, envs, sink }),
+            shared: Arc::new(Shared { config, materializer, envs, sink, verifier: OnceLock::new() }),
             deployments: Mutex::new(HashMap::new()),
+            replica_ids: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets who checks tokens for deployments with access authorization
+    /// (until it is set, such deployments refuse every request).
+    pub fn set_access_verifier(&self, verifier: Arc<dyn AccessVerifier>) {
+        let _ = self.shared.verifier.set(verifier);
+    }
+
+    /// Lays out the runtime and environment directories for replicas that
+    /// run as other users: searchable but not listable (0711), with what
+    /// replicas must never read (archives, logs, pid files) private to the
+    /// server. Returns the paths replicas cannot reach because a directory
+    /// above them is closed to others.
+    pub fn prepare_dirs(&self) -> std::io::Result<Vec<PathBuf>> {
+        let c = &self.shared.config;
+        let open = if c.replica_ids.is_some() { 0o711 } else { 0o700 };
+        isolation::dir_with_mode(&c.root, open)?;
+        isolation::dir_with_mode(&c.env_dir, open)?;
+        let artifacts = c.root.join("artifacts");
+        isolation::dir_with_mode(&artifacts, open)?;
+        // Replicas read bentos through `bentos/<key>` and models through
+        // `models/<digest>`: unguessable names, and no listing.
+        isolation::dir_with_mode(&artifacts.join("bentos"), open)?;
+        isolation::dir_with_mode(&artifacts.join("models"), open)?;
+        isolation::dir_with_mode(&artifacts.join("bento-archives"), 0o700)?;
+        isolation::dir_with_mode(&c.root.join("deployments"), open)?;
+        isolation::dir_with_mode(&c.root.join("pids"), 0o700)?;
+        if c.replica_ids.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok([&c.root, &c.env_dir].into_iter().filter_map(|p| isolation::closed_ancestor(p)).collect())
     }
 
     pub fn describe(&self) -> String {
@@ -272,14 +336,46 @@ impl LocalRuntime {
         self.shared.materializer.model_files(model).await
     }
 
-    /// The key host-based routing uses: `<name>-<namespace>`.
+    /// The host label of a new deployment: `<name>-<namespace>`, as Yatai
+    /// has it. It is unique across organizations (the store refuses a
+    /// second deployment with the same label, atomically), rather than
+    /// carrying the organization: URLs keep Yatai's shape, and a name taken
+    /// by another organization is refused with a message saying so.
     pub fn host_key(name: &str, namespace: &str) -> String {
         format!("{name}-{namespace}")
     }
 
-    /// The endpoint whose host key is `key`.
+    /// The endpoint that answers at host label `key`.
     pub fn endpoint_by_host_key(&self, key: &str) -> Option<Arc<Endpoint>> {
-        self.deployments.lock().expect("lock").values().find(|r| r.host_key == key).map(|r| r.endpoint.clone())
+        self.deployments
+            .lock()
+            .expect("lock")
+            .values()
+            .find(|r| r.host.as_deref() == Some(key))
+            .map(|r| r.endpoint.clone())
+    }
+
+    fn access_rule(&self, spec: &DeploymentSpec) -> Option<AccessRule> {
+        spec.access_authorization
+            .then(|| AccessRule { org_uid: spec.org_uid.clone(), verifier: self.shared.verifier.get().cloned() })
+    }
+
+    /// A user id for a deployment's replicas, if they run as their own user.
+    fn replica_id(&self, deployment_uid: &str) -> Result<Option<u32>, RuntimeError> {
+        let Some(range) = self.shared.config.replica_ids else { return Ok(None) };
+        let mut ids = self.replica_ids.lock().expect("lock");
+        if let Some(id) = ids.get(deployment_uid) {
+            return Ok(Some(*id));
+        }
+        let taken: HashSet<u32> = ids.values().copied().collect();
+        let id = range.pick(deployment_uid, &taken).ok_or_else(|| {
+            RuntimeError::Launch(format!(
+                "no free user id left in {}-{} for the replicas (--replica-uids)",
+                range.first, range.last
+            ))
+        })?;
+        ids.insert(deployment_uid.to_owned(), id);
+        Ok(Some(id))
     }
 
     pub fn endpoint(&self, uid: &str) -> Option<Arc<Endpoint>> {
@@ -305,7 +401,9 @@ impl LocalRuntime {
     }
 
     async fn start(&self, spec: &DeploymentSpec) -> Result<(), RuntimeError> {
+        let run_as = self.replica_id(&spec.uid)?;
         let endpoint = Endpoint::new(&spec.name);
+        endpoint.set_access(self.access_rule(spec));
         let mut port = spec.port;
         let listener = match tokio::net::TcpListener::bind(SocketAddr::new(self.shared.config.listen_host, port)).await
         {
@@ -320,12 +418,17 @@ impl LocalRuntime {
                 l
             }
         };
-        let logs = LogBook::open(
-            &self.shared.config.root.join("deployments").join(&spec.uid).join("logs"),
-            self.shared.config.log_max_bytes,
-            self.shared.config.log_keep,
-        )
-        .map_err(|e| RuntimeError::Launch(format!("log directory: {e}")))?;
+        let deployment_dir = self.shared.config.root.join("deployments").join(&spec.uid);
+        let open = if run_as.is_some() { 0o711 } else { 0o700 };
+        for (dir, mode) in [(deployment_dir.clone(), open), (deployment_dir.join("replicas"), open)] {
+            isolation::dir_with_mode(&dir, mode)
+                .map_err(|e| RuntimeError::Launch(format!("{}: {e}", dir.display())))?;
+        }
+        let log_dir = deployment_dir.join("logs");
+        isolation::dir_with_mode(&log_dir, 0o700)
+            .map_err(|e| RuntimeError::Launch(format!("log directory {}: {e}", log_dir.display())))?;
+        let logs = LogBook::open(&log_dir, self.shared.config.log_max_bytes, self.shared.config.log_keep)
+            .map_err(|e| RuntimeError::Launch(format!("log directory: {e}")))?;
         let snapshot = Arc::new(Mutex::new(DeploymentSnapshot {
             phase: Phase::Deploying,
             reason: String::new(),
@@ -346,6 +449,7 @@ impl LocalRuntime {
             self.shared.clone(),
             &spec.uid,
             &spec.name,
+            run_as,
             endpoint.clone(),
             logs.clone(),
             snapshot.clone(),
@@ -353,15 +457,7 @@ impl LocalRuntime {
         tokio::spawn(sup.run(rx));
         self.deployments.lock().expect("lock").insert(
             spec.uid.clone(),
-            Running {
-                tx,
-                endpoint,
-                history,
-                logs,
-                snapshot,
-                stop_listener,
-                host_key: Self::host_key(&spec.name, &spec.namespace),
-            },
+            Running { tx, endpoint, history, logs, snapshot, stop_listener, host: spec.host.clone() },
         );
         Ok(())
     }
@@ -392,6 +488,9 @@ impl DeployTarget for LocalRuntime {
         }
         let guard = self.deployments.lock().expect("lock");
         let r = guard.get(&spec.uid).expect("just started");
+        // A change of access authorization applies at once, not when the
+        // new revision's replicas are ready.
+        r.endpoint.set_access(self.access_rule(&spec));
         spec.port = r.snapshot.lock().expect("lock").port;
         let _ = r.tx.send(Command::Apply(Box::new(spec)));
         Ok(())
@@ -413,6 +512,7 @@ impl DeployTarget for LocalRuntime {
             let _ = r.stop_listener.send(true);
         }
         let _ = tokio::fs::remove_dir_all(self.shared.config.root.join("deployments").join(uid)).await;
+        self.replica_ids.lock().expect("lock").remove(uid);
     }
 
     fn snapshot(&self, uid: &str) -> Option<DeploymentSnapshot> {

@@ -122,11 +122,25 @@ impl EndpointMetrics {
     }
 }
 
+/// Who may call an endpoint whose deployment has access authorization.
+#[derive(Clone)]
+pub struct AccessRule {
+    pub org_uid: String,
+    /// `None` until the server has provided one: every request is refused.
+    pub verifier: Option<Arc<dyn crate::AccessVerifier>>,
+}
+
+/// Paths that answer without a token: they say whether the replicas are up
+/// and nothing else, and probes (load balancers, `bentoml` clients waiting
+/// for readiness) call them bare.
+const OPEN_PATHS: [&str; 3] = ["/readyz", "/livez", "/healthz"];
+
 pub struct Endpoint {
     pub name: String,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     pub metrics: EndpointMetrics,
     rr: AtomicUsize,
+    access: RwLock<Option<AccessRule>>,
 }
 
 impl Endpoint {
@@ -136,7 +150,46 @@ impl Endpoint {
             backends: RwLock::new(Arc::new(Vec::new())),
             metrics: EndpointMetrics::default(),
             rr: AtomicUsize::new(0),
+            access: RwLock::new(None),
         })
+    }
+
+    /// Requires a token from now on (`Some`), or lets every request through.
+    pub fn set_access(&self, rule: Option<AccessRule>) {
+        *self.access.write().expect("lock") = rule;
+    }
+
+    /// Serves one request: checks its token if the deployment requires one
+    /// (the token is then removed, so that the deployment's code never sees
+    /// the caller's API token), and forwards it.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<ProxyBody>,
+        client: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
+        let rule = self.access.read().expect("lock").clone();
+        if let Some(rule) = rule
+            && !(matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+                && OPEN_PATHS.contains(&req.uri().path()))
+        {
+            let started = Instant::now();
+            let token = bearer_token(req.headers());
+            let verdict = match &rule.verifier {
+                Some(v) => v.verify(&rule.org_uid, token.as_deref()).await,
+                None => Err(crate::AccessDenied {
+                    status: 503,
+                    message: "access authorization is on, and the server cannot check tokens yet".into(),
+                }),
+            };
+            if let Err(denied) = verdict {
+                let status = StatusCode::from_u16(denied.status).unwrap_or(StatusCode::UNAUTHORIZED);
+                let mut resp = self.error_response(status, &denied.message, started);
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        self.forward(req, client).await
     }
 
     /// Replaces the replicas that take traffic.
@@ -165,7 +218,7 @@ impl Endpoint {
     }
 
     /// Forwards one request to a replica and streams the answer back.
-    pub async fn forward(self: Arc<Self>, req: Request<ProxyBody>, client: Option<SocketAddr>) -> Response<ProxyBody> {
+    async fn forward(self: Arc<Self>, req: Request<ProxyBody>, client: Option<SocketAddr>) -> Response<ProxyBody> {
         let started = Instant::now();
         let mut req = prepare_request(req, client);
         let mut tried: Vec<String> = Vec::new();
@@ -224,6 +277,14 @@ impl Endpoint {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, as `bentoml` clients send
+/// it (`SyncHTTPClient(url, token=…)`, or `BENTO_CLOUD_API_KEY`).
+fn bearer_token(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -365,7 +426,7 @@ pub async fn serve(endpoint: Arc<Endpoint>, listener: TcpListener, mut stop: tok
                 let endpoint = endpoint.clone();
                 async move {
                     let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-                    Ok::<_, std::convert::Infallible>(endpoint.forward(req, Some(peer)).await)
+                    Ok::<_, std::convert::Infallible>(endpoint.handle(req, Some(peer)).await)
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -380,5 +441,65 @@ pub async fn serve(endpoint: Arc<Endpoint>, listener: TcpListener, mut stop: tok
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OnlyGood;
+
+    #[async_trait::async_trait]
+    impl crate::AccessVerifier for OnlyGood {
+        async fn verify(&self, org_uid: &str, token: Option<&str>) -> Result<(), crate::AccessDenied> {
+            match token {
+                Some("good") if org_uid == "org-a" => Ok(()),
+                Some(_) => Err(crate::AccessDenied { status: 403, message: "not this one".into() }),
+                None => Err(crate::AccessDenied { status: 401, message: "no token".into() }),
+            }
+        }
+    }
+
+    fn request(method: &str, path: &str, auth: Option<&str>) -> Request<ProxyBody> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(full_body("")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_deployment_with_access_authorization_needs_a_bearer_token() {
+        let ep = Endpoint::new("d");
+        ep.set_access(Some(AccessRule { org_uid: "org-a".into(), verifier: Some(Arc::new(OnlyGood)) }));
+        let status = |r: Response<ProxyBody>| r.status().as_u16();
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", None), None).await), 401);
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", Some("Bearer bad")), None).await), 403);
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", Some("Basic good")), None).await), 401);
+        // Past the check, no replica is ready: 503.
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", Some("Bearer good")), None).await), 503);
+        assert_eq!(status(ep.clone().handle(request("GET", "/readyz", None), None).await), 503);
+        assert_eq!(status(ep.clone().handle(request("POST", "/readyz", None), None).await), 401);
+        // Without a verifier nothing gets through.
+        ep.set_access(Some(AccessRule { org_uid: "org-a".into(), verifier: None }));
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", Some("Bearer good")), None).await), 503);
+        let denied = ep.clone().handle(request("POST", "/classify", Some("Bearer good")), None).await;
+        assert!(denied.headers().contains_key(header::WWW_AUTHENTICATE));
+        // Off: anyone.
+        ep.set_access(None);
+        assert_eq!(status(ep.clone().handle(request("POST", "/classify", None), None).await), 503);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  yatai_x "));
+        assert_eq!(bearer_token(&h).as_deref(), Some("yatai_x"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer yatai_y"));
+        assert_eq!(bearer_token(&h).as_deref(), Some("yatai_y"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
     }
 }

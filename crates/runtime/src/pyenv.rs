@@ -21,6 +21,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub struct EnvCache {
     root: PathBuf,
     uv: Option<PathBuf>,
+    /// Replicas run as other users: environments must use an interpreter
+    /// they can reach (not one under a private home such as /root).
+    for_others: bool,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -35,9 +38,9 @@ pub struct PreparedEnv {
 impl EnvCache {
     /// `uv`: the uv executable to use; `None` looks for `uv` on PATH and
     /// falls back to pip.
-    pub fn new(root: PathBuf, uv: Option<PathBuf>) -> Self {
+    pub fn new(root: PathBuf, uv: Option<PathBuf>, for_others: bool) -> Self {
         let uv = uv.or_else(|| find_on_path("uv"));
-        EnvCache { root, uv, locks: Mutex::new(HashMap::new()) }
+        EnvCache { root, uv, for_others, locks: Mutex::new(HashMap::new()) }
     }
 
     pub fn describe(&self) -> String {
@@ -48,9 +51,14 @@ impl EnvCache {
     }
 
     /// The cache key of a bento's environment.
-    pub fn key(requirements: &str, python_version: Option<&str>) -> String {
+    pub fn key(requirements: &str, python_version: Option<&str>, for_others: bool) -> String {
         let mut h = Sha256::new();
         h.update(b"yatai-env-v1\n");
+        if for_others {
+            // Built on an interpreter every user can run; an environment
+            // built for the server's own user may not be.
+            h.update(b"for-other-users\n");
+        }
         h.update(python_version.unwrap_or("default").as_bytes());
         h.update(b"\n");
         h.update(requirements.as_bytes());
@@ -61,7 +69,7 @@ impl EnvCache {
         let started = Instant::now();
         let req_path = bento_dir.join("env/python/requirements.txt");
         let requirements = tokio::fs::read_to_string(&req_path).await.unwrap_or_default();
-        let key = Self::key(&requirements, python_version);
+        let key = Self::key(&requirements, python_version, self.for_others);
         let venv = self.root.join(&key);
         let ready = venv.join(".yatai-ready");
         if ready.exists() {
@@ -91,6 +99,17 @@ impl EnvCache {
             let tail = tail_lines(&log_path, 15);
             return Err(RuntimeError::Env(format!("could not build the Python environment: {why}\n{tail}")));
         }
+        if self.for_others
+            && let Some(closed) = crate::isolation::closed_ancestor(&venv)
+        {
+            let _ = tokio::fs::remove_dir_all(&venv).await;
+            return Err(RuntimeError::Env(format!(
+                "replicas run as their own user and cannot reach {}: {} is closed to other users; \
+                 choose an environment directory they can search (--env-dir)",
+                venv.display(),
+                closed.display()
+            )));
+        }
         tokio::fs::write(&ready, requirements.as_bytes()).await.map_err(|e| RuntimeError::Env(e.to_string()))?;
         tracing::info!(env = %key, elapsed = ?started.elapsed(), "Python environment ready");
         Ok(PreparedEnv { venv, cached: false, elapsed: started.elapsed() })
@@ -104,11 +123,14 @@ impl EnvCache {
         log: &std::fs::File,
     ) -> Result<(), String> {
         let has_reqs = requirements.exists();
+        let interpreter = if self.for_others { Some(shared_python(python)?) } else { None };
         match &self.uv {
             Some(uv) => {
                 let mut create = tokio::process::Command::new(uv);
                 create.arg("venv").arg(venv).arg("--quiet");
-                if let Some(v) = python {
+                if let Some(p) = &interpreter {
+                    create.arg("--python").arg(p);
+                } else if let Some(v) = python {
                     create.arg("--python").arg(v);
                 }
                 run(create, log, "uv venv").await?;
@@ -123,9 +145,10 @@ impl EnvCache {
                 }
             }
             None => {
-                let python = match python {
-                    Some(v) => find_on_path(&format!("python{v}")).or_else(|| find_on_path("python3")),
-                    None => find_on_path("python3"),
+                let python = match (interpreter, python) {
+                    (Some(p), _) => Some(p),
+                    (None, Some(v)) => find_on_path(&format!("python{v}")).or_else(|| find_on_path("python3")),
+                    (None, None) => find_on_path("python3"),
                 }
                 .ok_or("no python3 on PATH")?;
                 let mut create = tokio::process::Command::new(python);
@@ -166,6 +189,37 @@ async fn run(mut cmd: tokio::process::Command, log: &std::fs::File, what: &str) 
     Ok(())
 }
 
+/// A Python interpreter (of `version` if given) that users other than the
+/// server's can run, from PATH or the system's usual places.
+fn shared_python(version: Option<&str>) -> Result<PathBuf, String> {
+    let names: Vec<String> = match version {
+        // `3.11.7` is served by any `python3.11`.
+        Some(v) => vec![format!("python{}", v.split('.').take(2).collect::<Vec<_>>().join("."))],
+        None => vec!["python3".into()],
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> =
+        std::env::split_paths(&path).chain(["/usr/local/bin", "/usr/bin"].map(PathBuf::from)).collect();
+    let mut seen = Vec::new();
+    for name in &names {
+        for dir in &dirs {
+            let candidate = dir.join(name);
+            if candidate.exists() {
+                if crate::isolation::usable_by_others(&candidate) {
+                    return Ok(candidate);
+                }
+                seen.push(candidate.display().to_string());
+            }
+        }
+    }
+    Err(format!(
+        "replicas run as their own user, and no {} on PATH or in /usr/bin is usable by other users{}; install one \
+         there, or run replicas as the server's user (--replica-uids off)",
+        names.join("/"),
+        if seen.is_empty() { String::new() } else { format!(" (found only {})", seen.join(", ")) }
+    ))
+}
+
 pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| {
@@ -188,9 +242,10 @@ mod tests {
 
     #[test]
     fn keys_depend_on_requirements_and_python() {
-        let a = EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"));
-        assert_eq!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11")));
-        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.41\n", Some("3.11")));
-        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.12")));
+        let a = EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"), false);
+        assert_eq!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"), false));
+        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.41\n", Some("3.11"), false));
+        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.12"), false));
+        assert_ne!(a, EnvCache::key("scikit-learn\nbentoml==1.4.40\n", Some("3.11"), true));
     }
 }

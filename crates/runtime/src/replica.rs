@@ -26,6 +26,9 @@ pub struct LaunchSpec<'a> {
     pub home: &'a Path,
     pub port: u16,
     pub envs: &'a [(String, String)],
+    /// Run as this user id (and the group of the same number), with `home`
+    /// as its HOME and `home/tmp` as its TMPDIR.
+    pub run_as: Option<u32>,
 }
 
 pub struct ReplicaProcess {
@@ -44,6 +47,10 @@ pub async fn launch(
     tokio::fs::create_dir_all(spec.home)
         .await
         .map_err(|e| RuntimeError::Launch(format!("{}: {e}", spec.home.display())))?;
+    let tmp = spec.home.join("tmp");
+    if let Some(id) = spec.run_as {
+        give_home(spec.home, &tmp, id).map_err(|e| RuntimeError::Launch(format!("{}: {e}", spec.home.display())))?;
+    }
     let mut cmd = tokio::process::Command::new(spec.venv.join("bin/bentoml"));
     cmd.arg("serve")
         .arg(spec.bento_dir)
@@ -52,8 +59,33 @@ pub async fn launch(
         .current_dir(spec.home)
         .env_clear();
     for key in INHERITED_ENV {
+        // The server's home, temp and caches are not the replica's.
+        if spec.run_as.is_some() && matches!(key, "HOME" | "TMPDIR" | "UV_CACHE_DIR") {
+            continue;
+        }
         if let Some(v) = std::env::var_os(key) {
             cmd.env(key, v);
+        }
+    }
+    if let Some(id) = spec.run_as {
+        cmd.env("HOME", spec.home)
+            .env("TMPDIR", &tmp)
+            .env("USER", format!("replica{id}"))
+            .env("LOGNAME", format!("replica{id}"))
+            // The environment is read-only to the replica: no bytecode files.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .uid(id)
+            .gid(id);
+        // Setuid programs cannot give the replica back what it dropped.
+        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
     }
     let path = format!("{}:{}", spec.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
@@ -91,6 +123,29 @@ pub async fn launch(
         });
     }
     Ok(ReplicaProcess { pid, child, pid_file })
+}
+
+/// Makes `home` and `tmp` the replica user's own, closed to everyone else.
+/// A replica that ran before may have left anything in its home: ownership
+/// and mode are set through a descriptor opened without following
+/// symlinks, so a link planted as `tmp` cannot hand the replica another
+/// directory.
+fn give_home(home: &Path, tmp: &Path, id: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if std::fs::symlink_metadata(tmp).is_ok_and(|m| !m.is_dir()) {
+        std::fs::remove_file(tmp)?;
+    }
+    if let Err(e) = std::fs::create_dir(tmp)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(e);
+    }
+    for dir in [home, tmp] {
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir)?;
+        std::os::unix::fs::fchown(&f, Some(id), Some(id))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 enum Pipe {

@@ -92,6 +92,8 @@ pub(crate) struct Supervisor {
     shared: Arc<Shared>,
     uid: String,
     name: String,
+    /// The user id the replicas run as (none: the server's).
+    run_as: Option<u32>,
     endpoint: Arc<Endpoint>,
     logs: Arc<LogBook>,
     snapshot: Arc<Mutex<DeploymentSnapshot>>,
@@ -118,6 +120,7 @@ impl Supervisor {
         shared: Arc<Shared>,
         uid: &str,
         name: &str,
+        run_as: Option<u32>,
         endpoint: Arc<Endpoint>,
         logs: Arc<LogBook>,
         snapshot: Arc<Mutex<DeploymentSnapshot>>,
@@ -127,6 +130,7 @@ impl Supervisor {
             shared,
             uid: uid.to_owned(),
             name: name.to_owned(),
+            run_as,
             endpoint,
             logs,
             snapshot,
@@ -367,6 +371,7 @@ impl Supervisor {
             home: &home,
             port,
             envs: &generation.spec.envs,
+            run_as: self.run_as,
         };
         let pid_file = self.shared.config.root.join("pids").join(format!("{}.{}", self.uid, r.id));
         match replica::launch(&spec, &r.id, self.logs.clone(), pid_file).await {

@@ -39,6 +39,9 @@ pub struct DeploymentRow {
     pub status_reason: String,
     pub status_updated_at: Option<i64>,
     pub endpoint_port: Option<i64>,
+    /// The host label under `--deployment-domain`, unique on the server
+    /// (none for a deployment that lost a collision before hosts were unique).
+    pub host: Option<String>,
     pub creator_uid: Option<String>,
     pub creator_name: Option<String>,
     pub created_at: i64,
@@ -86,6 +89,8 @@ pub struct NewDeployment<'a> {
     pub labels: &'a str,
     pub creator_uid: &'a str,
     pub endpoint_port: Option<u16>,
+    /// Host label (`<name>-<namespace>`); unique across organizations.
+    pub host: &'a str,
     pub targets: &'a [NewTarget<'a>],
 }
 
@@ -104,7 +109,7 @@ const CLUSTER_SELECT: &str = "SELECT c.uid, c.org_uid, c.name, c.description, c.
 
 const DEPLOYMENT_SELECT: &str = "SELECT d.uid, d.org_uid, d.cluster_uid, c.name AS cluster_name, d.namespace, d.name, \
      d.description, d.labels, d.desired, d.status, d.status_reason, d.status_updated_at, d.endpoint_port, \
-     d.creator_uid, u.name AS creator_name, d.created_at, d.updated_at \
+     d.host, d.creator_uid, u.name AS creator_name, d.created_at, d.updated_at \
      FROM deployments d JOIN clusters c ON c.uid = d.cluster_uid LEFT JOIN users u ON u.uid = d.creator_uid";
 
 const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, r.rollback_of, r.creator_uid, \
@@ -154,8 +159,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO deployments (uid, org_uid, cluster_uid, namespace, name, description, labels, desired, status, \
-             status_updated_at, endpoint_port, creator_uid, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'deploying', $8, $9, $10, $8)",
+             status_updated_at, endpoint_port, creator_uid, created_at, host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'deploying', $8, $9, $10, $8, $11)",
         )
         .bind(&uid)
         .bind(d.org_uid)
@@ -167,10 +172,17 @@ impl Store {
         .bind(now)
         .bind(d.endpoint_port.map(i64::from))
         .bind(d.creator_uid)
+        .bind(d.host)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
+            if is_unique_violation(&e) && e.to_string().contains("host") {
+                StoreError::Conflict(format!(
+                    "another deployment, possibly of another organization, already answers at host {:?} \
+                     (`<name>-<namespace>` is unique on this server); pick another name",
+                    d.host
+                ))
+            } else if is_unique_violation(&e) {
                 StoreError::Conflict(format!(
                     "a deployment named {:?} already exists in namespace {:?}; pick another name or update it",
                     d.name, d.namespace

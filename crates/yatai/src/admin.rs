@@ -251,8 +251,8 @@ pub async fn org(cmd: OrgCommand) -> anyhow::Result<()> {
 pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let store = args.db.connect().await?;
     let blobs = args.storage.open(&args.db.data_dir)?;
-    let key = store.get_setting("url_signing_key").await?.unwrap_or_default();
-    let state = yatai_api::AppState::new(store, blobs, key.as_bytes(), Default::default());
+    // The sweep signs no URL: it needs no signing key.
+    let state = yatai_api::AppState::new(store, blobs, b"unused: gc signs nothing", Default::default());
     let report = yatai_api::janitor::sweep(&state, args.strays).await;
     println!(
         "removed {} abandoned uploads, {} unreferenced archives, {} stray objects",

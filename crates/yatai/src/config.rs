@@ -156,6 +156,17 @@ pub struct ServeArgs {
     /// PATH; without uv, `python3 -m venv` and pip).
     #[arg(long, env = "YATAI_UV")]
     pub uv: Option<PathBuf>,
+    /// User ids the replicas run as, one per deployment, when the server
+    /// runs as root: `FIRST-LAST` (ids with an entry in the password database
+    /// are skipped), or `off` to run them as the server's user. Without
+    /// root, replicas always run as the server's user.
+    #[arg(long, env = "YATAI_REPLICA_UIDS", default_value = "1500000000-1500999999")]
+    pub replica_uids: String,
+    /// The key that signs transfer URLs yatai serves itself; created on
+    /// first start, readable only by the server. Share it between servers
+    /// that serve the same storage. Default: DATA_DIR/secrets/url-signing.key.
+    #[arg(long, env = "YATAI_URL_SIGNING_KEY_FILE")]
+    pub url_signing_key_file: Option<PathBuf>,
     /// Also route `<name>-<namespace>.<DOMAIN>` on the main port to each
     /// deployment, and report that as its URL (e.g. `127.0.0.1.sslip.io`).
     /// Default: each deployment has a port of its own.
@@ -197,7 +208,20 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn runtime_config(&self) -> yatai_runtime::RuntimeConfig {
+    /// The user ids for replicas, if the server can and should switch users.
+    pub fn replica_ids(&self) -> anyhow::Result<Option<yatai_runtime::isolation::IdRange>> {
+        if self.replica_uids.trim() == "off" {
+            return Ok(None);
+        }
+        let range = self.replica_uids.parse().map_err(|e: String| anyhow::anyhow!("--replica-uids: {e}"))?;
+        Ok(yatai_runtime::isolation::can_switch_users().then_some(range))
+    }
+
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.url_signing_key_file.clone().unwrap_or_else(|| self.db.data_dir.join("secrets").join("url-signing.key"))
+    }
+
+    pub fn runtime_config(&self) -> anyhow::Result<yatai_runtime::RuntimeConfig> {
         let data = &self.db.data_dir;
         let mut c = yatai_runtime::RuntimeConfig::new(
             self.runtime_dir.clone().unwrap_or_else(|| data.join("runtime")),
@@ -205,10 +229,11 @@ impl ServeArgs {
         );
         c.uv = self.uv.clone();
         c.stop_grace = self.stop_grace;
+        c.replica_ids = self.replica_ids()?;
         if let Ok(addr) = self.bind.parse::<std::net::SocketAddr>() {
             c.listen_host = addr.ip();
         }
-        c
+        Ok(c)
     }
 
     pub fn api_config(&self) -> ApiConfig {

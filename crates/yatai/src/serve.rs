@@ -1,5 +1,7 @@
 //! `yatai serve`.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context;
 use rand::Rng;
 use yatai_api::{AppState, auth};
@@ -9,21 +11,41 @@ use crate::config::ServeArgs;
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = args.db.connect().await?;
     let blobs = args.storage.open(&args.db.data_dir)?;
-    let signing_key = {
-        let mut fresh = [0u8; 32];
-        rand::rng().fill_bytes(&mut fresh);
-        hex::decode(store.get_or_init_setting("url_signing_key", &hex::encode(fresh)).await?)
-            .context("the stored URL signing key is corrupt")?
-    };
+    let signing_key = signing_key(&store, &args.signing_key_file()).await?;
     let first_token = bootstrap(&store, &args).await?;
 
-    let runtime_config = args.runtime_config();
+    let runtime_config = args.runtime_config()?;
     std::fs::create_dir_all(&runtime_config.root)
         .with_context(|| format!("cannot create the runtime directory {}", runtime_config.root.display()))?;
     let sink = std::sync::Arc::new(yatai_api::deployments::DbStatusSink { store: store.clone() });
-    let runtime = yatai_runtime::LocalRuntime::new(runtime_config, blobs.clone(), sink);
+    let runtime = yatai_runtime::LocalRuntime::new(runtime_config.clone(), blobs.clone(), sink);
+    let closed = runtime.prepare_dirs().context("cannot lay out the runtime directory")?;
+    close_private_dirs(&args, &runtime_config).context("cannot close the data directory to other users")?;
+    match (&runtime_config.replica_ids, args.replica_uids.trim()) {
+        (Some(r), _) => tracing::info!(
+            uids = %format!("{}-{}", r.first, r.last),
+            "replicas run as users of their own, with the data directory closed to them"
+        ),
+        (None, "off") => tracing::warn!(
+            "replicas run as the server's user (--replica-uids off): a deployment's code can read the database, \
+             the URL-signing key and every artifact; see \"Isolation of deployments\" in the README"
+        ),
+        (None, _) => tracing::warn!(
+            "the server does not run as root, so replicas run as its own user: a deployment's code can read the \
+             database, the URL-signing key and every artifact. Run the server as root (replicas then run as users \
+             of their own) or on Kubernetes to isolate deployments; see \"Isolation of deployments\" in the README"
+        ),
+    }
+    for dir in closed {
+        tracing::warn!(
+            dir = %dir.display(),
+            "replicas run as their own users but cannot search this directory, so they cannot reach the runtime or \
+             environment directory below it: open it to others (chmod o+x) or move --runtime-dir/--env-dir"
+        );
+    }
     let state =
         AppState::with_runtime(store.clone(), blobs.clone(), &signing_key, args.api_config(), Some(runtime.clone()));
+    runtime.set_access_verifier(std::sync::Arc::new(yatai_api::deployments::ApiTokenAccess { state: state.clone() }));
     let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router());
     let app = yatai_web::html_not_found(app);
     let listener =
@@ -67,6 +89,97 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     state.auth.flush_last_used().await;
     store.close().await;
     tracing::info!("yatai stopped");
+    Ok(())
+}
+
+/// The key that signs transfer URLs, from a file only the server can read.
+/// Earlier versions kept it in the database (which a SQLite file exposes to
+/// whoever can read it); such a key moves to the file, so URLs already
+/// handed out stay valid, and leaves the database.
+async fn signing_key(store: &yatai_store::Store, path: &Path) -> anyhow::Result<Vec<u8>> {
+    const SETTING: &str = "url_signing_key";
+    let hex_key = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = match store.get_setting(SETTING).await? {
+                Some(k) => k,
+                None => {
+                    let mut fresh = [0u8; 32];
+                    rand::rng().fill_bytes(&mut fresh);
+                    hex::encode(fresh)
+                }
+            };
+            write_private(path, key.as_bytes())
+                .with_context(|| format!("cannot write the URL signing key to {}", path.display()))?;
+            key
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the URL signing key {}", path.display())),
+    };
+    let key = hex::decode(&hex_key).with_context(|| format!("the URL signing key in {} is corrupt", path.display()))?;
+    if key.len() < 16 {
+        anyhow::bail!("the URL signing key in {} is too short (at least 16 bytes, hex-encoded)", path.display());
+    }
+    store.delete_setting(SETTING).await?;
+    Ok(key)
+}
+
+/// Writes `bytes` to a new file readable only by the server (in a directory
+/// only it can enter), atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Closes the data directory to other users: only the server reads the
+/// database, the archives, the build cache and the secrets. When replicas
+/// run as their own users and the runtime or environment directory lies
+/// inside it, the way to them stays searchable (0711: nothing can be
+/// listed) and every other entry is closed.
+fn close_private_dirs(args: &ServeArgs, runtime: &yatai_runtime::RuntimeConfig) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    let data = args.db.data_dir.canonicalize()?;
+    let isolated = runtime.replica_ids.is_some();
+    // Top-level entries of the data directory replicas must pass through.
+    let passages: Vec<PathBuf> = [&runtime.root, &runtime.env_dir]
+        .into_iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .filter_map(|p| p.strip_prefix(&data).ok().and_then(|r| r.components().next()).map(|c| data.join(c)))
+        .collect();
+    set(&data, if isolated && !passages.is_empty() { 0o711 } else { 0o700 })?;
+    if let Some(images) = args.api_config().image_builds {
+        std::fs::create_dir_all(&images.cache_dir)?;
+        set(&images.cache_dir, 0o700)?;
+    }
+    if let Some(dir) = args.storage.storage.as_deref().filter(|s| !s.contains("://")) {
+        set(Path::new(dir), 0o700)?;
+    }
+    for entry in std::fs::read_dir(&data)? {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = entry.metadata()?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if passages.contains(&path) {
+            // The runtime set the modes of its own directories; a directory
+            // that merely holds them only needs to be searchable.
+            if isolated && path != runtime.root.canonicalize()? && path != runtime.env_dir.canonicalize()? {
+                set(&path, 0o711)?;
+            }
+            continue;
+        }
+        set(&path, mode & 0o700)?;
+    }
     Ok(())
 }
 

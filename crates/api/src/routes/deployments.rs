@@ -215,6 +215,7 @@ pub async fn create_deployment(
     let port = runtime.allocate_port(&taken).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let cfg = config_json(config);
     let labels = labels_to_json(config.labels.as_deref().unwrap_or(&[]));
+    let host = yatai_runtime::LocalRuntime::host_key(&name, namespace);
     let d = state
         .store
         .create_deployment(NewDeployment {
@@ -226,6 +227,7 @@ pub async fn create_deployment(
             labels: &labels,
             creator_uid: &caller.user.uid,
             endpoint_port: Some(port),
+            host: &host,
             targets: &[NewTarget { name: "main", bento_uid: &bento.uid, config: &cfg }],
         })
         .await?;
