@@ -68,7 +68,7 @@ impl Default for ApiConfig {
         ApiConfig {
             transmission: TransmissionMode::Auto,
             external_url: None,
-            max_json_body: 32 << 20,
+            max_json_body: yatai_core::limits::DEFAULT_MAX_JSON_BODY,
             max_artifact_size: None,
             presign_ttl: Duration::from_secs(3600),
             multipart_threshold: 64 << 20,
