@@ -172,10 +172,14 @@ impl Store {
 
     /// The bytes of a claimed upload are complete and hashed: `receiving` →
     /// `received`. False when the upload was cancelled or discarded while
-    /// they arrived; the caller then deletes what it wrote.
+    /// they arrived; the caller then deletes what it wrote. A backend
+    /// multipart upload is complete by then, so it is forgotten: discarding
+    /// the upload later only deletes its object (aborting a completed
+    /// multipart upload fails, and the object was never deleted).
     pub async fn mark_upload_received(&self, uid: &str, digest: &str, size: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2 WHERE uid = $3 AND state = 'receiving'",
+            "UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2, backend_upload_id = NULL \
+             WHERE uid = $3 AND state = 'receiving'",
         )
         .bind(digest)
         .bind(size)

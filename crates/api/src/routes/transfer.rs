@@ -944,10 +944,11 @@ async fn open_upload(state: &AppState, uid: &str, mode: &str) -> ApiResult<Uploa
         .await?
         .filter(|u| u.mode == mode)
         .ok_or_else(|| ApiError::not_found("this upload no longer exists; ask the server for a new URL"))?;
-    if upload.state != "open" {
-        return Err(ApiError::conflict(format!("this upload is already {}", upload.state)));
+    match upload.state.as_str() {
+        "open" => Ok(upload),
+        "receiving" => Err(ApiError::conflict("another transfer of this upload is in progress; wait for it to finish")),
+        other => Err(ApiError::conflict(format!("this upload is already {other}; ask the server for a new URL"))),
     }
-    Ok(upload)
 }
 
 fn etag_response(w: &Written) -> Response {
