@@ -223,18 +223,28 @@ class Server:
 
 
 def make_file(path, size):
-    """A file of random bytes (incompressible, like model weights)."""
+    """A tar of `size` bytes holding one member of random bytes
+    (incompressible, like model weights): the server refuses non-tar archives."""
+    import tarfile
+    payload = size - 512 - 1024  # member header, end-of-archive blocks
+    assert payload > 0 and payload % 512 == 0, "the size must be a multiple of 512 above 1536"
+    header = tarfile.TarInfo("./weights.bin")
+    header.size = payload
     with open("/dev/urandom", "rb") as src, open(path, "wb") as dst:
-        left = size
+        dst.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        left = payload
         while left:
             n = min(left, 16 * MIB)
             dst.write(src.read(n))
             left -= n
+        dst.write(bytes(1024))
 
 
 def stamp(path, n):
-    """Makes the file's content unique to run n, so no upload deduplicates."""
+    """Makes the file's content unique to run n, so no upload deduplicates
+    (inside the member, after its 512-byte header)."""
     with open(path, "r+b") as f:
+        f.seek(512)
         f.write(f"yatai-bench-run-{n:08d}".encode())
 
 

@@ -29,14 +29,25 @@ fn create_model(http: &Http, repo: &str, version: &str) -> String {
     format!("/api/v1/model_repositories/{repo}/models/{version}")
 }
 
-fn upload(http: &Http, version_path: &str, bytes: &[u8]) -> Response {
-    let r = http.patch(&format!("{version_path}/start_upload"), None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    http.put_bytes(&format!("{version_path}/upload"), bytes)
+/// The archive these tests upload for `payload`: archives must be tars, so
+/// the payload travels as the member `./data` (and [`download`] unpacks it).
+fn archive(payload: &[u8]) -> Vec<u8> {
+    tar_of(&[("./data", payload)])
 }
 
+fn upload(http: &Http, version_path: &str, payload: &[u8]) -> Response {
+    let r = http.patch(&format!("{version_path}/start_upload"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.put_bytes(&format!("{version_path}/upload"), &archive(payload))
+}
+
+/// Downloads a version's archive; a 200's body is the payload inside it.
 fn download(http: &Http, version_path: &str) -> Response {
-    http.get(&format!("{version_path}/download"))
+    let mut r = http.get(&format!("{version_path}/download"));
+    if r.status == 200 {
+        r.body = tar_member(&r.body, "./data").expect("an archive made by archive()");
+    }
+    r
 }
 
 fn assert_error(r: &Response, status: u16, needle: &str) {
@@ -170,7 +181,8 @@ backend_test! {
         let http = server.http();
         let v = create_model(&http, "race", "v1");
         http.patch(&format!("{v}/start_upload"), None);
-        let first_body = vec![3u8; 2_000_000];
+        let payload = vec![3u8; 2_000_000];
+        let first_body = archive(&payload);
         let mut first = std::net::TcpStream::connect(http.addr()).unwrap();
         write!(first, "PUT {v}/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-YATAI-API-TOKEN: {}\r\nContent-Length: {}\r\n\r\n", server.token, first_body.len()).unwrap();
         first.write_all(&first_body[..1_000_000]).unwrap();
@@ -184,7 +196,7 @@ backend_test! {
         let mut resp = String::new();
         std::io::Read::read_to_string(&mut first, &mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        assert_eq!(download(&http, &v).body, first_body);
+        assert_eq!(download(&http, &v).body, payload);
         assert_eq!(server.stored_archives().len(), 1);
     }
 }
@@ -400,7 +412,7 @@ fn events_say_who_did_what_with_which_token() {
     assert_eq!(pushed["resource_name"], "audited:v1");
     assert_eq!(pushed["creator"]["name"], "admin");
     assert_eq!(pushed["api_token_name"], "initial");
-    assert_eq!(pushed["info"]["size_bytes"], 5);
+    assert_eq!(pushed["info"]["size_bytes"], archive(b"bytes").len());
     let filtered = http.get("/api/v1/current_org/events?operation_name=pulled").json();
     assert_eq!(filtered["total"], 1);
 }
@@ -420,7 +432,7 @@ fn signed_transfer_urls_reject_tampering() {
     assert_error(&anon.put_bytes(&tampered, b"evil"), 403, "signature");
     let other_upload = path.replacen("/transfer/uploads/", "/transfer/uploads/0", 1);
     assert_eq!(anon.put_bytes(&other_upload, b"evil").status, 403);
-    let r = anon.put_bytes(&path, b"good");
+    let r = anon.put_bytes(&path, &archive(b"good"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("etag").is_some());
     let r = http.patch(&format!("{v}/finish_upload"), Some(&json!({"status": "success", "reason": ""})));
@@ -428,7 +440,7 @@ fn signed_transfer_urls_reject_tampering() {
     assert_eq!(r.json()["upload_status"], "success");
     let dl = http.patch(&format!("{v}/presign_download_url"), None).json();
     let dl_path = dl["presigned_download_url"].as_str().unwrap().trim_start_matches(&server.url).to_owned();
-    assert_eq!(anon.get(&dl_path).body, b"good");
+    assert_eq!(anon.get(&dl_path).body, archive(b"good"));
     assert_eq!(anon.get(&dl_path.replace("expires=", "expires=1")).status, 403);
 }
 

@@ -685,3 +685,49 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A plain tar of `files` (name, bytes), ustar with a fixed mtime, so equal
+/// input gives equal bytes.
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, data) in files {
+        let mut h = [0u8; 512];
+        assert!(name.len() <= 100, "{name} is too long for a plain ustar name");
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        h[136..147].copy_from_slice(b"15000000000");
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| *b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// The bytes of member `name` of a plain tar made by [`tar_of`].
+pub fn tar_member(tar: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut at = 0;
+    while at + 512 <= tar.len() {
+        let h = &tar[at..at + 512];
+        if h.iter().all(|b| *b == 0) {
+            return None;
+        }
+        let end = h[..100].iter().position(|b| *b == 0).unwrap_or(100);
+        let size = usize::from_str_radix(std::str::from_utf8(&h[124..135]).ok()?.trim_matches('\0').trim(), 8).ok()?;
+        let data = tar.get(at + 512..at + 512 + size)?;
+        if &h[..end] == name.as_bytes() {
+            return Some(data.to_vec());
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    None
+}

@@ -92,6 +92,9 @@ impl From<BlobError> for ApiError {
             BlobError::NotFound(_) => ApiError::not_found(
                 "the stored archive is missing from artifact storage; push this version again with --force",
             ),
+            BlobError::Exists(_) => {
+                ApiError::conflict("this archive was already received; ask the server for a new URL to upload again")
+            }
             BlobError::Storage(m) => {
                 tracing::error!(error = %m, "artifact storage error");
                 ApiError::unavailable("artifact storage failed; try again, and tell the operator if it persists")

@@ -13,6 +13,11 @@ use crate::state::AppState;
 /// Objects older than this with no record are strays.
 const STRAY_AGE: Duration = Duration::from_secs(24 * 3600);
 
+/// A temporary file of a write not running in this process is removed once
+/// it has not grown for this long (another process, such as a server while
+/// `yatai gc` runs, may own it).
+const PARTIAL_IDLE: Duration = Duration::from_secs(3600);
+
 /// Deletes what an upload wrote (object, parts, backend multipart upload)
 /// and then its record. Safe to call twice.
 pub async fn discard_upload(state: &AppState, upload: &UploadRow) {
@@ -79,11 +84,16 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
     match state.store.stale_uploads(Timestamp::now()).await {
         Ok(uploads) => {
             for u in &uploads {
-                // A proxy upload still streaming into this process is alive, however long it takes.
-                if state.uploads_in_progress.lock().expect("lock").contains(&u.version_uid) {
+                // An upload still streaming into (or being assembled by) this
+                // process is alive, however long it takes.
+                let busy = {
+                    let set = state.uploads_in_progress.lock().expect("lock");
+                    set.contains(&u.version_uid) || set.contains(&u.uid)
+                };
+                if busy {
                     continue;
                 }
-                if u.state == "open" || u.state == "received" {
+                if u.state != "discard" {
                     // Abandoned: the version's upload failed.
                     if let Err(e) =
                         state.store.fail_upload(&u.version_uid, Some(&u.uid), "the upload was abandoned").await
@@ -104,6 +114,7 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
         }
         Err(e) => tracing::warn!(error = %e, "could not list unreferenced blobs"),
     }
+    report.partials += sweep_partials(state, PARTIAL_IDLE).await;
     if sweep_strays {
         for prefix in ["blobs/", "staging/"] {
             let keys = match state.blobs.list(prefix).await {
@@ -133,11 +144,31 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
     report
 }
 
+/// Deletes the temporary files of writes that died with a crashed process
+/// (`tmp/*.partial` of the local store); writes running in this process keep
+/// theirs whatever `min_idle` is.
+pub async fn sweep_partials(state: &AppState, min_idle: Duration) -> usize {
+    match state.blobs.sweep_partials(min_idle).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(files = n, "deleted temporary files of interrupted uploads");
+            }
+            n
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not sweep temporary upload files");
+            0
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub uploads: usize,
     pub blobs: usize,
     pub strays: usize,
+    /// Temporary files of interrupted uploads.
+    pub partials: usize,
 }
 
 /// Runs [`sweep`] every `every`, the stray sweep once an hour, and flushes
@@ -152,9 +183,20 @@ pub async fn run(state: AppState, every: Duration) {
         if strays {
             last_strays = std::time::Instant::now();
         }
-        let r = sweep(&state, strays).await;
+        // In the server, the local store knows which temporary files belong
+        // to running writes: every other one is left by a crash (at start,
+        // all of them), whatever its age.
+        let partials = sweep_partials(&state, Duration::ZERO).await;
+        let mut r = sweep(&state, strays).await;
+        r.partials += partials;
         if r != SweepReport::default() {
-            tracing::info!(uploads = r.uploads, blobs = r.blobs, strays = r.strays, "janitor cleaned up");
+            tracing::info!(
+                uploads = r.uploads,
+                blobs = r.blobs,
+                strays = r.strays,
+                partials = r.partials,
+                "janitor cleaned up"
+            );
         }
     }
 }

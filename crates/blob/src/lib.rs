@@ -5,7 +5,12 @@
 //! network to storage while computing the SHA-256, never holding a whole
 //! archive in memory. Keys are opaque (`blobs/<uid>`); content addressing is
 //! kept by the metadata store, which maps each digest to one key.
+//!
+//! An object is written once: [`BlobStore::write`] never replaces what is
+//! already at a key, so the bytes a recorded digest was computed from can
+//! never be swapped underneath it by a later or slower writer.
 
+pub mod archive;
 mod local;
 mod s3;
 
@@ -31,6 +36,9 @@ pub enum BlobError {
     TooLarge { limit: u64 },
     #[error("no object at {0}")]
     NotFound(String),
+    /// A write found an object already at its key (objects are never replaced).
+    #[error("an object already exists at {0}")]
+    Exists(String),
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -116,16 +124,75 @@ impl BlobStore {
     }
 
     /// Streams `body` into a new object at `key`, hashing as it goes. On any
-    /// error nothing is left at `key`.
+    /// error nothing is left at `key`. An object already at `key` is never
+    /// replaced: the write fails with [`BlobError::Exists`] and the existing
+    /// object stays as it was. (On S3 the keys yatai writes itself are fresh
+    /// and never handed out in a presigned URL, so nobody else writes them.)
     pub async fn write<S, E>(&self, key: &str, body: S, limits: WriteLimits) -> Result<Written, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
         match self {
-            BlobStore::Local(l) => l.write(key, body, limits).await,
+            BlobStore::Local(l) => l.write(key, body, limits, false).await,
             BlobStore::S3(s) => s.write(key, body, limits).await,
         }
+    }
+
+    /// Like [`BlobStore::write`], but replaces an object already at `key`:
+    /// only for the parts of a multipart upload yatai receives itself, which a
+    /// client may send again before the upload is assembled.
+    pub async fn write_part<S, E>(&self, key: &str, body: S, limits: WriteLimits) -> Result<Written, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        match self {
+            BlobStore::Local(l) => l.write(key, body, limits, true).await,
+            BlobStore::S3(s) => s.write(key, body, limits).await,
+        }
+    }
+
+    /// Copies an object to a new key (which must not exist), e.g. to take a
+    /// presigned upload out of reach of its URL before it is hashed.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), BlobError> {
+        match self {
+            BlobStore::Local(_) => {
+                let reader = self.open(from).await?;
+                self.write(to, reader.stream, WriteLimits::default()).await.map(|_| ())
+            }
+            BlobStore::S3(s) => s.copy(from, to).await,
+        }
+    }
+
+    /// Deletes the temporary files of writes that are not running any more
+    /// (left by a crash) and were last written to at least `min_idle` ago;
+    /// returns how many. Nothing to do on S3, whose failed writes are aborted
+    /// multipart uploads.
+    pub async fn sweep_partials(&self, min_idle: Duration) -> Result<usize, BlobError> {
+        match self {
+            BlobStore::Local(l) => l.sweep_partials(min_idle).await,
+            BlobStore::S3(_) => Ok(0),
+        }
+    }
+
+    /// Checks that the object at `key` is a non-empty tar archive (plain or
+    /// gzip-compressed) and reads its `manifest` member (e.g. `bento.yaml`).
+    /// `Ok(Err(problem))` says why the archive is not acceptable.
+    pub async fn inspect_archive(
+        &self,
+        key: &str,
+        manifest: &str,
+    ) -> Result<Result<archive::ArchiveInfo, archive::ArchiveProblem>, BlobError> {
+        let reader = self.open(key).await?;
+        let sync = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(futures_util::StreamExt::map(
+            reader.stream,
+            |r| r.map_err(std::io::Error::other),
+        )));
+        let manifest = manifest.to_owned();
+        tokio::task::spawn_blocking(move || archive::inspect(sync, &manifest))
+            .await
+            .map_err(|e| BlobError::Storage(format!("archive inspection: {e}")))?
     }
 
     pub async fn open(&self, key: &str) -> Result<Reader, BlobError> {

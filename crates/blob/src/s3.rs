@@ -174,6 +174,12 @@ impl S3Blobs {
         Ok(self.store.signed_url_opts(method, &self.path(key), ttl, &options).await?)
     }
 
+    /// A server-side copy to a fresh key (yatai never copies onto an existing
+    /// object: the destination is a new uid).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), BlobError> {
+        Ok(self.store.copy(&self.path(from), &self.path(to)).await?)
+    }
+
     pub async fn create_multipart(&self, key: &str) -> Result<String, BlobError> {
         Ok(self.store.create_multipart(&self.path(key)).await?)
     }

@@ -16,8 +16,9 @@ pub struct UploadRow {
     pub version_uid: String,
     /// `proxy`, `presigned` or `multipart`.
     pub mode: String,
-    /// `open` while bytes may arrive, `received` once they are verified,
-    /// `discard` when the object is to be deleted.
+    /// `open` while bytes may arrive, `receiving` while the one writer that
+    /// claimed it streams bytes (or assembles parts), `received` once they are
+    /// verified, `discard` when the object is to be deleted.
     pub state: String,
     pub storage_key: String,
     pub backend_upload_id: Option<String>,
@@ -37,6 +38,10 @@ pub enum FinalizeOutcome {
     Deduplicated { replaced: Option<String> },
     /// The version already held exactly these bytes: nothing changed.
     Unchanged,
+    /// The upload was already finished (or cancelled) by a concurrent
+    /// request: nothing changed, and its object, which may now be a blob,
+    /// must not be deleted.
+    AlreadyFinished,
 }
 
 const UPLOAD_COLUMNS: &str = "uid, version_uid, mode, state, storage_key, backend_upload_id, digest, size_bytes, \
@@ -135,7 +140,7 @@ impl Store {
     /// of the given modes.
     pub async fn current_upload(&self, version_uid: &str, modes: &[&str]) -> Result<Option<UploadRow>> {
         let rows: Vec<UploadRow> = sqlx::query_as(built(format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE version_uid = $1 AND state IN ('open', 'received') \
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE version_uid = $1 AND state IN ('open', 'receiving', 'received') \
              ORDER BY created_at DESC"
         )))
         .bind(version_uid)
@@ -144,15 +149,59 @@ impl Store {
         Ok(rows.into_iter().find(|u| modes.contains(&u.mode.as_str())))
     }
 
-    /// The bytes of an upload are complete and verified.
-    pub async fn mark_upload_received(&self, uid: &str, digest: &str, size: i64) -> Result<()> {
-        sqlx::query("UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2 WHERE uid = $3")
-            .bind(digest)
-            .bind(size)
+    /// Claims an open upload for one writer: `open` → `receiving`. False when
+    /// it is not open (another writer holds it, or it is finished or gone),
+    /// so of concurrent writers exactly one proceeds.
+    pub async fn claim_upload(&self, uid: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE uploads SET state = 'receiving' WHERE uid = $1 AND state = 'open'")
+            .bind(uid)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives a claimed upload back after its writer failed, so the client can
+    /// try again: `receiving` → `open`.
+    pub async fn release_upload(&self, uid: &str) -> Result<()> {
+        sqlx::query("UPDATE uploads SET state = 'open' WHERE uid = $1 AND state = 'receiving'")
             .bind(uid)
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    /// The bytes of a claimed upload are complete and hashed: `receiving` →
+    /// `received`. False when the upload was cancelled or discarded while
+    /// they arrived; the caller then deletes what it wrote. A backend
+    /// multipart upload is complete by then, so it is forgotten: discarding
+    /// the upload later only deletes its object (aborting a completed
+    /// multipart upload fails, and the object was never deleted).
+    pub async fn mark_upload_received(&self, uid: &str, digest: &str, size: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2, backend_upload_id = NULL \
+             WHERE uid = $3 AND state = 'receiving'",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(uid)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Points a blob at another object holding the same bytes, when the one
+    /// it pointed at turned out not to hold them (lost or altered in
+    /// storage). Only if it still points at `old_key`.
+    pub async fn repoint_blob(&self, digest: &str, old_key: &str, new_key: &str, size: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE blobs SET storage_key = $1, size_bytes = $2 WHERE digest = $3 AND storage_key = $4")
+                .bind(new_key)
+                .bind(size)
+                .bind(digest)
+                .bind(old_key)
+                .execute(self.pool())
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Marks an upload's object for deletion (the janitor or the caller
@@ -205,6 +254,16 @@ impl Store {
     ) -> Result<FinalizeOutcome> {
         let now = Timestamp::now().0;
         let mut tx = self.begin_write().await?;
+        // One finisher per upload: a second concurrent finish finds the row
+        // gone (its object became the blob) or discarded.
+        let upload_state: Option<String> =
+            sqlx::query_scalar(built(format!("SELECT state FROM uploads WHERE uid = $1{}", self.for_update())))
+                .bind(&upload.uid)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if upload_state.is_none_or(|s| s == "discard") {
+            return Ok(FinalizeOutcome::AlreadyFinished);
+        }
         let current: Option<(String, Option<String>, Option<i64>)> = sqlx::query_as(built(format!(
             "SELECT upload_status, blob_digest, replace_requested_at FROM versions WHERE uid = $1{}",
             self.for_update()

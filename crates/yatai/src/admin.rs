@@ -255,8 +255,8 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let state = yatai_api::AppState::new(store, blobs, b"unused: gc signs nothing", Default::default());
     let report = yatai_api::janitor::sweep(&state, args.strays).await;
     println!(
-        "removed {} abandoned uploads, {} unreferenced archives, {} stray objects",
-        report.uploads, report.blobs, report.strays
+        "removed {} abandoned uploads, {} unreferenced archives, {} stray objects, {} temporary files of interrupted uploads",
+        report.uploads, report.blobs, report.strays, report.partials
     );
     Ok(())
 }

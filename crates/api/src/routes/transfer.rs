@@ -207,30 +207,64 @@ fn limits(state: &AppState, headers: &HeaderMap) -> ApiResult<WriteLimits> {
     Ok(limits)
 }
 
-/// Marks a version as receiving a proxy upload; a second concurrent one is
-/// refused instead of racing.
+/// Marks something as being written by this process: a version receiving a
+/// proxy upload, an upload whose one writer streams or assembles its bytes,
+/// or one part of a multipart upload. A second concurrent writer is refused
+/// instead of racing, and the janitor leaves what is marked alone.
 struct InProgress {
     state: AppState,
-    version_uid: String,
+    key: String,
 }
 
 impl InProgress {
     fn acquire(state: &AppState, row: &VersionRow) -> ApiResult<Self> {
+        Self::claim(state, &row.uid, || {
+            format!("another upload of {} {} is in progress; wait for it to finish", row.kind, row.tag())
+        })
+    }
+
+    fn claim(state: &AppState, key: &str, busy: impl FnOnce() -> String) -> ApiResult<Self> {
         let mut set = state.uploads_in_progress.lock().expect("lock");
-        if !set.insert(row.uid.clone()) {
-            return Err(ApiError::conflict(format!(
-                "another upload of {} {} is in progress; wait for it to finish",
-                row.kind,
-                row.tag()
-            )));
+        if !set.insert(key.to_owned()) {
+            return Err(ApiError::conflict(busy()));
         }
-        Ok(InProgress { state: state.clone(), version_uid: row.uid.clone() })
+        Ok(InProgress { state: state.clone(), key: key.to_owned() })
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.state.uploads_in_progress.lock().expect("lock").remove(&self.version_uid);
+        self.state.uploads_in_progress.lock().expect("lock").remove(&self.key);
+    }
+}
+
+/// The in-progress key of one part of a multipart upload.
+fn part_in_progress(upload_uid: &str, part: i64) -> String {
+    format!("{upload_uid}/part/{part}")
+}
+
+fn parts_in_progress(state: &AppState, upload_uid: &str) -> bool {
+    let prefix = format!("{upload_uid}/part/");
+    state.uploads_in_progress.lock().expect("lock").iter().any(|k| k.starts_with(&prefix))
+}
+
+/// Claims an open upload in the database for this one writer (409 if another
+/// writer has it or it is already finished); see [`yatai_store::Store::claim_upload`].
+async fn claim(state: &AppState, upload: &UploadRow) -> ApiResult<()> {
+    if state.store.claim_upload(&upload.uid).await? {
+        return Ok(());
+    }
+    let now = state.store.get_upload(&upload.uid).await?.map(|u| u.state).unwrap_or_else(|| "gone".into());
+    Err(ApiError::conflict(match now.as_str() {
+        "receiving" => "another transfer of this upload is in progress; wait for it to finish".to_owned(),
+        other => format!("this upload is already {other}; ask the server for a new URL to upload again"),
+    }))
+}
+
+/// Gives a claimed upload back after a failure so that the client can retry.
+async fn release(state: &AppState, upload: &UploadRow) {
+    if let Err(e) = state.store.release_upload(&upload.uid).await {
+        tracing::warn!(error = %e, upload = %upload.uid, "could not release a failed upload for a retry");
     }
 }
 
@@ -249,6 +283,13 @@ async fn finish(
     upload: &UploadRow,
     w: &Written,
 ) -> ApiResult<VersionRow> {
+    if let Err(refused) = check_archive(state, row, upload).await {
+        if refused.status.is_client_error() {
+            abandon(state, caller, row, Some(upload), &refused.message).await;
+        }
+        return Err(refused);
+    }
+    verify_dedup_target(state, row, upload, w).await?;
     let outcome = match state.store.finalize_upload(&row.uid, upload, &w.sha256, w.size as i64).await {
         Ok(o) => o,
         Err(e) => {
@@ -262,6 +303,13 @@ async fn finish(
         FinalizeOutcome::Stored { replaced } => (replaced.clone(), "stored"),
         FinalizeOutcome::Deduplicated { replaced } => (replaced.clone(), "deduplicated"),
         FinalizeOutcome::Unchanged => (None, "unchanged"),
+        FinalizeOutcome::AlreadyFinished => {
+            return Err(ApiError::conflict(format!(
+                "this upload of {} {} was already finished or cancelled by another request",
+                row.kind,
+                row.tag()
+            )));
+        }
     };
     if !matches!(outcome, FinalizeOutcome::Stored { .. }) {
         janitor::discard_upload(state, upload).await;
@@ -279,6 +327,70 @@ async fn finish(
     )
     .await;
     reload(state, row).await
+}
+
+/// Refuses archives a pull could not use (M1, L3): empty, not a tar (plain or
+/// gzip, as the client sends and reads them), or whose manifest names another
+/// tag than the one it is uploaded as (the client takes the tag from the
+/// manifest on pull, so it would save something else or fail).
+async fn check_archive(state: &AppState, row: &VersionRow, upload: &UploadRow) -> ApiResult<()> {
+    let manifest = match row.kind() {
+        Kind::Bento => "bento.yaml",
+        Kind::Model => "model.yaml",
+    };
+    let info = state.blobs.inspect_archive(&upload.storage_key, manifest).await?.map_err(|problem| {
+        ApiError::bad_request(format!(
+            "{problem}; {} {} was not changed. Push an archive made by `bentoml push` (a tar of the {})",
+            row.kind,
+            row.tag(),
+            row.kind
+        ))
+    })?;
+    let Some(m) = info.manifest else { return Ok(()) };
+    for (what, named, expected) in [("name", &m.name, &row.repository_name), ("version", &m.version, &row.version)] {
+        if let Some(named) = named
+            && named != expected
+        {
+            return Err(ApiError::bad_request(format!(
+                "the archive's {manifest} names {what} {named:?}, but it was uploaded as {} {}; \
+                 push it under the tag its {manifest} names",
+                row.kind,
+                row.tag()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Before a version is pointed at an already stored blob with the same
+/// digest, checks that the stored object really holds those bytes: a
+/// recorded digest is trusted only together with the object it describes.
+/// If the object is missing or altered, the blob is repaired to point at
+/// the new upload's (just verified) bytes and the altered object is deleted.
+async fn verify_dedup_target(state: &AppState, row: &VersionRow, upload: &UploadRow, w: &Written) -> ApiResult<()> {
+    if row.upload_status == "success" && row.blob_digest.as_deref() == Some(w.sha256.as_str()) {
+        return Ok(()); // the version already holds these bytes: nothing is newly trusted
+    }
+    let Some((key, _)) = state.store.blob_key(&w.sha256).await? else { return Ok(()) };
+    if key == upload.storage_key {
+        return Ok(());
+    }
+    let found = match state.blobs.hash(&key).await {
+        Ok(found) if found.sha256 == w.sha256 && found.size == w.size => return Ok(()),
+        Ok(found) => format!("{} bytes with sha256 {}", found.size, found.sha256),
+        Err(yatai_blob::BlobError::NotFound(_)) => "nothing".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::error!(
+        digest = %w.sha256, %key, %found,
+        "a stored archive does not hold the bytes of its digest; repairing it with a verified upload"
+    );
+    if state.store.repoint_blob(&w.sha256, &key, &upload.storage_key, w.size as i64).await?
+        && let Err(e) = state.blobs.delete(&key).await
+    {
+        tracing::warn!(error = %e, %key, "could not delete an altered archive; the stray sweep retries");
+    }
+    Ok(())
 }
 
 /// Records a failed upload and removes what it wrote.
@@ -396,17 +508,23 @@ async fn finish_upload<K: KindParam>(
                     size: upload.size_bytes.unwrap_or_default() as u64,
                     sha256: upload.digest.clone().unwrap_or_default(),
                 },
-                ("open", "presigned") if state.blobs.is_s3() => match state.blobs.hash(&upload.storage_key).await {
-                    Ok(w) => w,
-                    Err(yatai_blob::BlobError::NotFound(_)) => {
-                        return Err(ApiError::bad_request(
-                            "nothing arrived at the presigned URL; upload the archive first",
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                },
+                ("open", "presigned") if state.blobs.is_s3() => {
+                    // In its own task, so that a client going away mid-copy
+                    // does not leave the upload claimed.
+                    let (task_state, caller, upload) = (state.clone(), caller.0.clone(), upload.clone());
+                    let row =
+                        tokio::spawn(async move { finish_presigned_s3(&task_state, &caller, &row, upload).await })
+                            .await
+                            .map_err(|e| ApiError::internal(format!("finishing task failed: {e}")))??;
+                    return Ok(response(&state, &row));
+                }
                 ("open", "multipart") => {
                     return Err(ApiError::bad_request("call complete_multipart_upload before finishing the upload"));
+                }
+                ("receiving", _) => {
+                    return Err(ApiError::conflict(
+                        "the archive is still being received; finish the upload after its transfer completed",
+                    ));
                 }
                 _ => {
                     return Err(ApiError::bad_request("the upload to the presigned URL did not complete"));
@@ -423,6 +541,54 @@ async fn finish_upload<K: KindParam>(
         }
         other => Err(ApiError::bad_request(format!("status must be \"success\" or \"failed\", not {other:?}"))),
     }
+}
+
+/// Finishes a single presigned PUT straight to S3. The presigned URL stays
+/// valid until it expires, so its object may still be overwritten by anyone
+/// holding it: the bytes are first copied to a fresh key no URL names, and
+/// only that copy is hashed and becomes the blob.
+async fn finish_presigned_s3(
+    state: &AppState,
+    caller: &Caller,
+    row: &VersionRow,
+    upload: UploadRow,
+) -> ApiResult<VersionRow> {
+    claim(state, &upload).await?;
+    let _busy = InProgress::claim(state, &upload.uid, || "this upload is already being finished".to_owned())?;
+    let key = BlobStore::new_blob_key();
+    let expiry = upload_expiry(state, state.config.upload_ttl);
+    let private = match state.store.create_upload(&row.uid, "presigned", &key, None, expiry).await {
+        Ok(p) => p,
+        Err(e) => {
+            release(state, &upload).await;
+            return Err(e.into());
+        }
+    };
+    let _busy_private = InProgress::claim(state, &private.uid, String::new)?;
+    if !state.store.claim_upload(&private.uid).await? {
+        release(state, &upload).await;
+        return Err(ApiError::conflict("the upload was cancelled while it was being finished"));
+    }
+    let copied = match state.blobs.copy(&upload.storage_key, &key).await {
+        Ok(()) => state.blobs.hash(&key).await,
+        Err(e) => Err(e),
+    };
+    let w = match copied {
+        Ok(w) => w,
+        Err(e) => {
+            janitor::discard_upload(state, &private).await;
+            release(state, &upload).await;
+            return Err(match e {
+                yatai_blob::BlobError::NotFound(_) => {
+                    ApiError::bad_request("nothing arrived at the presigned URL; upload the archive first")
+                }
+                e => e.into(),
+            });
+        }
+    };
+    // The client-writable object is not needed any more.
+    janitor::discard_upload(state, &upload).await;
+    finish(state, caller, row, &private, &w).await
 }
 
 async fn presign_upload_url<K: KindParam>(
@@ -527,6 +693,43 @@ async fn complete_multipart_upload<K: KindParam>(
     if body.parts.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
         return Err(ApiError::bad_request("parts must be listed once each, in ascending part_number order"));
     }
+    // One assembler per upload, and no part may still be arriving: what is
+    // assembled is exactly the parts listed. In its own task, so that a
+    // client going away does not leave the upload claimed.
+    let busy = InProgress::claim(&state, &upload.uid, || "this upload is already being assembled".to_owned())?;
+    tokio::spawn(assemble_claimed(state.clone(), upload, body, busy))
+        .await
+        .map_err(|e| ApiError::internal(format!("assembling task failed: {e}")))??;
+    Ok(response(&state, &reload(&state, &row).await?))
+}
+
+/// Claims a multipart upload, assembles its parts and records the result;
+/// gives the upload back on failure so that the client can retry.
+async fn assemble_claimed(
+    state: AppState,
+    upload: UploadRow,
+    body: CompleteMultipartRequest,
+    _busy: InProgress,
+) -> ApiResult<()> {
+    claim(&state, &upload).await?;
+    if parts_in_progress(&state, &upload.uid) {
+        release(&state, &upload).await;
+        return Err(ApiError::conflict("parts of this upload are still being received; complete it after they finish"));
+    }
+    let written = match assemble(&state, &upload, &body).await {
+        Ok(w) => w,
+        Err(e) => {
+            release(&state, &upload).await;
+            return Err(e);
+        }
+    };
+    if !state.store.mark_upload_received(&upload.uid, &written.sha256, written.size as i64).await? {
+        return Err(ApiError::conflict("the upload was cancelled while its parts were assembled"));
+    }
+    Ok(())
+}
+
+async fn assemble(state: &AppState, upload: &UploadRow, body: &CompleteMultipartRequest) -> ApiResult<Written> {
     let written = match upload.backend_upload_id.as_deref() {
         Some(backend_id) => {
             let etags = body.parts.iter().map(|p| p.etag.clone()).collect();
@@ -557,12 +760,11 @@ async fn complete_multipart_upload<K: KindParam>(
                 }
             }
             let w = state.blobs.concat(&keys, &upload.storage_key).await?;
-            janitor::delete_parts(&state, &upload.uid).await;
+            janitor::delete_parts(state, &upload.uid).await;
             w
         }
     };
-    state.store.mark_upload_received(&upload.uid, &written.sha256, written.size as i64).await?;
-    Ok(response(&state, &reload(&state, &row).await?))
+    Ok(written)
 }
 
 async fn presign_download_url<K: KindParam>(
@@ -654,15 +856,42 @@ async fn signed_put(
     state.signer.verify("PUT", &path, sig.expires, &sig.signature)?;
     let upload = open_upload(&state, &upload_uid, "presigned").await?;
     let limits = limits(&state, &headers)?;
-    let task_state = state.clone();
-    let w = tokio::spawn(async move {
-        task_state.blobs.write(&upload.storage_key, body.into_data_stream(), limits).await.map(|w| (upload, w))
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let (upload, w) = w?;
-    state.store.mark_upload_received(&upload.uid, &w.sha256, w.size as i64).await?;
+    // One writer per upload: a second PUT, concurrent or late, is refused
+    // and can never replace the bytes the first one's digest describes.
+    let busy = InProgress::claim(&state, &upload.uid, || {
+        "another PUT to this URL is in progress; wait for it to finish".to_owned()
+    })?;
+    let w = tokio::spawn(receive_presigned(state.clone(), upload, body, limits, busy))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(etag_response(&w))
+}
+
+/// Claims a presigned upload for this PUT and streams its body into place;
+/// gives the upload back if the transfer fails so that the client can retry.
+async fn receive_presigned(
+    state: AppState,
+    upload: UploadRow,
+    body: Body,
+    limits: WriteLimits,
+    _busy: InProgress,
+) -> ApiResult<Written> {
+    claim(&state, &upload).await?;
+    tracing::debug!(upload = %upload.uid, expected = ?limits.expected_len, "receiving a presigned upload");
+    match state.blobs.write(&upload.storage_key, body.into_data_stream(), limits).await {
+        Ok(w) => {
+            if state.store.mark_upload_received(&upload.uid, &w.sha256, w.size as i64).await? {
+                Ok(w)
+            } else {
+                let _ = state.blobs.delete(&upload.storage_key).await;
+                Err(ApiError::conflict("the upload was cancelled while its bytes arrived"))
+            }
+        }
+        Err(e) => {
+            release(&state, &upload).await;
+            Err(e.into())
+        }
+    }
 }
 
 async fn signed_put_part(
@@ -679,14 +908,40 @@ async fn signed_put_part(
     }
     let upload = open_upload(&state, &upload_uid, "multipart").await?;
     let limits = limits(&state, &headers)?;
+    // One writer per part; marked before the state is checked again, so that
+    // complete_multipart_upload (which claims the upload, then looks for
+    // parts in progress) and this PUT cannot both go ahead.
+    let busy = InProgress::claim(&state, &part_in_progress(&upload.uid, part), || {
+        format!("part {part} of this upload is already being received; wait for it to finish")
+    })?;
+    let upload = open_upload(&state, &upload_uid, "multipart").await?;
+    tracing::debug!(upload = %upload.uid, part, expected = ?limits.expected_len, "receiving a part");
     let key = BlobStore::part_key(&upload.uid, part as u32);
-    let task_state = state.clone();
-    let w = tokio::spawn(async move { task_state.blobs.write(&key, body.into_data_stream(), limits).await })
+    let w = tokio::spawn(receive_part(state.clone(), upload, part, key, body, limits, busy))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(etag_response(&w))
+}
+
+/// Streams one part into place and records it, unless the upload stopped
+/// being open meanwhile.
+async fn receive_part(
+    state: AppState,
+    upload: UploadRow,
+    part: i64,
+    key: String,
+    body: Body,
+    limits: WriteLimits,
+    _busy: InProgress,
+) -> ApiResult<Written> {
+    let w = state.blobs.write_part(&key, body.into_data_stream(), limits).await?;
+    if open_upload(&state, &upload.uid, "multipart").await.is_err() {
+        let _ = state.blobs.delete(&key).await;
+        return Err(ApiError::conflict("the upload was completed or cancelled while this part arrived"));
+    }
     let etag = format!("\"{}\"", &w.sha256[..32]);
     state.store.record_part(&upload.uid, part, &etag, w.size as i64).await?;
-    Ok(etag_response(&w))
+    Ok(w)
 }
 
 async fn open_upload(state: &AppState, uid: &str, mode: &str) -> ApiResult<UploadRow> {
@@ -696,10 +951,11 @@ async fn open_upload(state: &AppState, uid: &str, mode: &str) -> ApiResult<Uploa
         .await?
         .filter(|u| u.mode == mode)
         .ok_or_else(|| ApiError::not_found("this upload no longer exists; ask the server for a new URL"))?;
-    if upload.state != "open" {
-        return Err(ApiError::conflict(format!("this upload is already {}", upload.state)));
+    match upload.state.as_str() {
+        "open" => Ok(upload),
+        "receiving" => Err(ApiError::conflict("another transfer of this upload is in progress; wait for it to finish")),
+        other => Err(ApiError::conflict(format!("this upload is already {other}; ask the server for a new URL"))),
     }
-    Ok(upload)
 }
 
 fn etag_response(w: &Written) -> Response {
