@@ -205,16 +205,18 @@ impl ListParams {
 }
 
 pub fn check_labels(labels: &[Label]) -> ApiResult<()> {
-    for l in labels {
-        if l.key.is_empty() || l.key.len() > 256 {
-            return Err(ApiError::bad_request("a label key must be 1 to 256 characters"));
-        }
-        if l.value.len() > 4096 {
-            return Err(ApiError::bad_request(format!(
-                "the value of label {:?} is longer than 4096 characters",
-                l.key
-            )));
-        }
+    yatai_core::limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+        .map_err(ApiError::bad_request)
+}
+
+/// Checks the free-text fields every create and update body carries
+/// against `yatai_core::limits`.
+pub fn check_fields(description: Option<&str>, labels: Option<&[Label]>) -> ApiResult<()> {
+    if let Some(d) = description {
+        yatai_core::limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    if let Some(labels) = labels {
+        check_labels(labels)?;
     }
     Ok(())
 }

@@ -206,11 +206,9 @@ pub async fn create_deployment(
         }
     };
     dep::check_deployment_name(&name)?;
+    crate::routes::artifacts::check_fields(Some(description), config.labels.as_deref())?;
     dep::validate_config(state, &bento, config)?;
     dep::preflight(state, &bento).await?;
-    if let Some(labels) = &config.labels {
-        crate::routes::artifacts::check_labels(labels)?;
-    }
     let taken = state.store.used_endpoint_ports().await?;
     let port = runtime.allocate_port(&taken).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let cfg = config_json(config);

@@ -12,7 +12,7 @@ use yatai_core::{Tag, Timestamp, validate_new_version};
 use yatai_store::{ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow};
 
 use super::artifacts::{
-    ListParams, artifact, check_labels, check_repo_name, check_version_name, find_repository,
+    ListParams, artifact, check_fields, check_repo_name, check_version_name, find_repository,
     find_repository_uncounted, find_version, record, repository, repository_with_latest,
 };
 use super::{Auth, KindParam};
@@ -21,8 +21,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::openapi::{Api, Op};
 use crate::schemas::{
-    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, Label, RepositoryList,
-    RepositorySchema, UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
+    ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList, RepositorySchema,
+    UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
 };
 use crate::state::AppState;
 
@@ -206,7 +206,6 @@ async fn create_repository<K: KindParam>(
     if let Some(labels) = &body.labels
         && created
     {
-        check_labels(labels)?;
         state
             .store
             .update_repository(&caller.org.uid, K::KIND, &body.name, None, Some(&labels_to_json(labels)))
@@ -236,9 +235,6 @@ async fn update_repository<K: KindParam>(
 ) -> ApiResult<Json<RepositorySchema>> {
     find_repository(&state, &caller, K::KIND, &name).await?;
     check_fields(body.description.as_deref(), body.labels.as_deref())?;
-    if let Some(labels) = &body.labels {
-        check_labels(labels)?;
-    }
     let labels = body.labels.as_deref().map(labels_to_json);
     let row = state
         .store
@@ -389,19 +385,6 @@ async fn list_versions_bounded(
     Ok((items, total))
 }
 
-/// Checks the free-text fields every create and update body carries
-/// against `yatai_core::limits`.
-fn check_fields(description: Option<&str>, labels: Option<&[Label]>) -> ApiResult<()> {
-    if let Some(d) = description {
-        limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    if let Some(labels) = labels {
-        limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
-            .map_err(ApiError::bad_request)?;
-    }
-    Ok(())
-}
-
 /// Checks a manifest as the client will decode it when it reads it back.
 fn check_manifest(kind: Kind, manifest: Option<&serde_json::value::RawValue>) -> ApiResult<(String, Vec<Tag>)> {
     let raw = manifest.map(|m| m.get()).unwrap_or("null");
@@ -457,7 +440,6 @@ async fn create_version<K: KindParam>(
     check_fields(body.description.as_deref(), body.labels.as_deref())?;
     let (manifest, refs) = check_manifest(K::KIND, body.manifest.as_deref())?;
     let labels = body.labels.unwrap_or_default();
-    check_labels(&labels)?;
     let build_at = match body.build_at.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(
@@ -507,9 +489,6 @@ async fn update_version<K: KindParam>(
         Some(m) => Some(check_manifest(K::KIND, Some(m))?),
         None => None,
     };
-    if let Some(labels) = &body.labels {
-        check_labels(labels)?;
-    }
     let labels = body.labels.as_deref().map(labels_to_json);
     let patch = VersionPatch {
         description: body.description.as_deref(),
