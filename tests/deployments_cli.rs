@@ -362,27 +362,5 @@ fn bad_deployment_requests_are_refused_and_start_nothing() {
 
 /// A tar with `bento.yaml` and one member at `path`.
 fn evil_tar(path: &str) -> Vec<u8> {
-    fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..107].copy_from_slice(b"0000644");
-        h[108..115].copy_from_slice(b"0000000");
-        h[116..123].copy_from_slice(b"0000000");
-        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-        h[136..147].copy_from_slice(b"00000000000");
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| *b as u32).sum();
-        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    let mut out = Vec::new();
-    member(&mut out, "./bento.yaml", b"service: service:Evil\n");
-    member(&mut out, path, b"pwned");
-    out.resize(out.len() + 1024, 0);
-    out
+    tar_of(&[("./bento.yaml", b"service: service:Evil\n"), (path, b"pwned")])
 }

@@ -586,15 +586,7 @@ impl Store {
     /// their role.
     pub async fn accept_invitation(&self, inv: &InvitationRow, user_uid: &str, now: Timestamp) -> Result<Accepted> {
         let mut tx = self.pool().begin().await?;
-        let used = sqlx::query("DELETE FROM organization_invitations WHERE uid = $1 AND expires_at > $2")
-            .bind(&inv.uid)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if used == 0 {
-            return Err(StoreError::NotFound("This invitation was used, revoked or has expired.".into()));
-        }
+        consume_invitation(&mut tx, inv, now).await?;
         let added = sqlx::query(
             "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (org_uid, user_uid) DO NOTHING",
@@ -621,15 +613,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<UserRow> {
         let mut tx = self.pool().begin().await?;
-        let used = sqlx::query("DELETE FROM organization_invitations WHERE uid = $1 AND expires_at > $2")
-            .bind(&inv.uid)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if used == 0 {
-            return Err(StoreError::NotFound("This invitation was used, revoked or has expired.".into()));
-        }
+        consume_invitation(&mut tx, inv, now).await?;
         let uid = crate::new_uid();
         sqlx::query(
             "INSERT INTO users (uid, name, email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, 0, $5)",
@@ -901,4 +885,23 @@ impl Store {
         .fetch_all(self.pool())
         .await?)
     }
+}
+
+/// Deletes an unexpired invitation inside `tx`: whoever deletes it is the one
+/// who uses it, so two concurrent accepts cannot both succeed.
+async fn consume_invitation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    inv: &InvitationRow,
+    now: Timestamp,
+) -> Result<()> {
+    let used = sqlx::query("DELETE FROM organization_invitations WHERE uid = $1 AND expires_at > $2")
+        .bind(&inv.uid)
+        .bind(now.0)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if used == 0 {
+        return Err(StoreError::NotFound("This invitation was used, revoked or has expired.".into()));
+    }
+    Ok(())
 }
