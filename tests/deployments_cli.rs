@@ -113,6 +113,27 @@ backend_test! {
     }
 }
 
+/// The README's first deploy, as a new user runs it: `yatai serve` with no
+/// flags in an empty directory (the data directory `yatai-data` is relative),
+/// `uv` on PATH, then `bentoml deployment create`. Relative paths once
+/// reached replicas that run in another working directory, and every replica
+/// failed to start.
+#[test]
+fn the_readme_flow_with_the_default_relative_data_dir_deploys_and_predicts() {
+    let opts = ServerOptions { readme_defaults: true, ..ServerOptions::new(Backend::SqliteLocal) };
+    let (server, client) = server_with_iris(Backend::SqliteLocal, opts);
+    assert!(!server.args.iter().any(|a| a == "--data-dir"), "{:?}", server.args);
+    assert!(server.data_dir().join("yatai.db").exists(), "the default data dir is ./yatai-data");
+    let out = client.ok(&["deployment", "create", &iris_home().bento, "--name", "iris"]);
+    assert!(out.contains("is ready"), "{out}");
+    let d = get_deployment(&server, "iris");
+    assert_eq!(d["status"], "running", "{d}");
+    let r = classify(&endpoint(&d));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([0]));
+    assert!(server.data_dir().join("envs").is_dir(), "environments are built under ./yatai-data/envs");
+}
+
 #[test]
 fn a_rolling_update_drops_no_request() {
     let (server, client) = server_with_iris(Backend::SqliteLocal, ServerOptions::new(Backend::SqliteLocal));

@@ -94,11 +94,15 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Start without YATAI_INITIAL_API_TOKEN, so the server makes one up.
     pub random_token: bool,
+    /// Start as the README says a new user does: in an empty directory, with
+    /// the default (relative) data directory and environment directory, and
+    /// `uv` found on PATH.
+    pub readme_defaults: bool,
 }
 
 impl ServerOptions {
     pub fn new(backend: Backend) -> Self {
-        ServerOptions { backend, args: Vec::new(), env: Vec::new(), random_token: false }
+        ServerOptions { backend, args: Vec::new(), env: Vec::new(), random_token: false, readme_defaults: false }
     }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
@@ -125,6 +129,7 @@ pub struct Server {
     pub log: PathBuf,
     /// What the server printed on stdout before it listened.
     pub banner: Vec<String>,
+    data_dir: PathBuf,
 }
 
 pub fn yatai_bin() -> &'static str {
@@ -139,25 +144,30 @@ impl Server {
     pub fn start_with(opts: ServerOptions) -> Server {
         let scratch = Scratch::new("server");
         let token = format!("yatai_test_{}", unique("t"));
-        let data_dir = scratch.path().join("data");
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-        ];
+        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into()];
+        let data_dir = if opts.readme_defaults {
+            scratch.path().join("yatai-data")
+        } else {
+            let dir = scratch.path().join("data");
+            args.extend(["--data-dir".into(), dir.display().to_string()]);
+            dir
+        };
         let mut env = vec![
             ("YATAI_LOG".to_owned(), "info,yatai_api=debug,sqlx=warn".to_owned()),
             // Tests do not measure durability; syncing slows them down.
             ("YATAI_FSYNC".to_owned(), "false".to_owned()),
             // Deployments: build Python environments with the test venv's uv,
             // cached across tests and runs (the first build downloads from PyPI).
-            ("YATAI_UV".to_owned(), venv().join("bin/uv").display().to_string()),
-            ("YATAI_ENV_DIR".to_owned(), cache_dir().join("test-envs").display().to_string()),
             ("UV_CACHE_DIR".to_owned(), cache_dir().join("uv-cache").display().to_string()),
             ("YATAI_STOP_GRACE".to_owned(), "5s".to_owned()),
         ];
+        if opts.readme_defaults {
+            let path = std::env::var("PATH").unwrap_or_default();
+            env.push(("PATH".to_owned(), format!("{}:{path}", venv().join("bin").display())));
+        } else {
+            env.push(("YATAI_UV".to_owned(), venv().join("bin/uv").display().to_string()));
+            env.push(("YATAI_ENV_DIR".to_owned(), cache_dir().join("test-envs").display().to_string()));
+        }
         let mut bucket_dir = None;
         if opts.backend == Backend::PostgresS3 {
             let db = unique("t");
@@ -187,13 +197,13 @@ impl Server {
         args.extend(opts.args);
         env.extend(opts.env);
         let log = scratch.path().join("server.log");
-        let (child, url, banner) = spawn_server(&args, &env, &log);
+        let (child, url, banner) = spawn_server(&args, &env, scratch.path(), &log);
         let token = if opts.random_token {
             banner.iter().map(|l| l.trim()).find(|l| l.starts_with("yatai_")).expect("a printed token").to_owned()
         } else {
             token
         };
-        Server { child, url, token, scratch, backend: opts.backend, args, env, bucket_dir, log, banner }
+        Server { child, url, token, scratch, backend: opts.backend, args, env, bucket_dir, log, banner, data_dir }
     }
 
     /// Stops the server (SIGTERM, then waits) and starts it again with the
@@ -215,7 +225,7 @@ impl Server {
         let mut args = self.args.clone();
         let bind = args.iter().position(|a| a == "--bind").expect("bind") + 1;
         args[bind] = self.url.trim_start_matches("http://").to_owned();
-        let (child, url, banner) = spawn_server(&args, &self.env, &self.log);
+        let (child, url, banner) = spawn_server(&args, &self.env, self.scratch.path(), &self.log);
         self.child = child;
         self.url = url;
         self.banner = banner;
@@ -243,7 +253,7 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.scratch.path().join("data")
+        self.data_dir.clone()
     }
 
     /// Files that hold archives, wherever this server keeps them.
@@ -302,10 +312,11 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(args: &[String], env: &[(String, String)], log: &Path) -> (Child, String, Vec<String>) {
+/// Starts `yatai serve` in `cwd`, as a user starts it in a directory of theirs.
+fn spawn_server(args: &[String], env: &[(String, String)], cwd: &Path, log: &Path) -> (Child, String, Vec<String>) {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = Command::new(yatai_bin());
-    cmd.args(args).stdout(Stdio::piped()).stderr(log_file);
+    cmd.args(args).current_dir(cwd).stdout(Stdio::piped()).stderr(log_file);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -65,6 +65,9 @@ struct Replica {
     started_at: i64,
     last_probe: Instant,
     probe_failures: u32,
+    /// Why the last launch failed before a process existed (no output to
+    /// show then): the reason a crash loop reports.
+    launch_error: Option<String>,
 }
 
 struct Generation {
@@ -384,9 +387,11 @@ impl Supervisor {
                 r.since = Instant::now();
                 r.started_at = yatai_core::Timestamp::now().0;
                 r.probe_failures = 0;
+                r.launch_error = None;
             }
             Err(e) => {
                 self.say(&format!("replica {} could not start: {e}", r.id));
+                r.launch_error = Some(e.to_string());
                 r.failures_in_row += 1;
                 r.state = State::Backoff { until: Instant::now() + self.backoff(r.failures_in_row) };
             }
@@ -460,11 +465,18 @@ impl Supervisor {
                 }
                 State::Backoff { until } => {
                     if r.failures_in_row >= limit {
-                        let last = self.logs.recent(&r.id).join("\n");
-                        let reason = format!(
-                            "replica {} crashed {} times in a row; its last output:\n{last}",
-                            r.id, r.failures_in_row
-                        );
+                        let reason = match &r.launch_error {
+                            Some(e) => format!(
+                                "replica {} could not be started {} times in a row: {e}",
+                                r.id, r.failures_in_row
+                            ),
+                            None => format!(
+                                "replica {} crashed {} times in a row; its last output:\n{}",
+                                r.id,
+                                r.failures_in_row,
+                                self.logs.recent(&r.id).join("\n")
+                            ),
+                        };
                         r.state = State::Failed;
                         crash_loop = Some(reason);
                     } else if now >= until {
@@ -623,6 +635,12 @@ impl Supervisor {
         let crashed: Vec<&Replica> =
             generation.replicas.iter().filter(|r| matches!(r.state, State::Backoff { .. })).collect();
         if let Some(r) = crashed.first() {
+            if let Some(e) = &r.launch_error {
+                return (
+                    Phase::Unhealthy,
+                    format!("replica {} could not be started ({} failure(s)): {e}", r.id, r.failures_in_row),
+                );
+            }
             let last = self.logs.recent(&r.id);
             let tail = last[last.len().saturating_sub(5)..].join("\n");
             return (
@@ -722,6 +740,7 @@ fn placeholder() -> Replica {
         started_at: 0,
         last_probe: Instant::now() - Duration::from_secs(3600),
         probe_failures: 0,
+        launch_error: None,
     }
 }
 

@@ -157,7 +157,7 @@ impl Store {
         let uid = new_uid();
         let now = Timestamp::now().0;
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO deployments (uid, org_uid, cluster_uid, namespace, name, description, labels, desired, status, \
              status_updated_at, endpoint_port, creator_uid, created_at, host) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'deploying', $8, $9, $10, $8, $11)",
@@ -174,23 +174,29 @@ impl Store {
         .bind(d.creator_uid)
         .bind(d.host)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) && e.to_string().contains("host") {
-                StoreError::Conflict(format!(
-                    "another deployment, possibly of another organization, already answers at host {:?} \
-                     (`<name>-<namespace>` is unique on this server); pick another name",
-                    d.host
-                ))
-            } else if is_unique_violation(&e) {
-                StoreError::Conflict(format!(
-                    "a deployment named {:?} already exists in namespace {:?}; pick another name or update it",
-                    d.name, d.namespace
-                ))
-            } else {
-                e.into()
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                // Which constraint fired depends on the engine's order of
+                // checks; the user's own name clash is the one to report.
+                let own = self.get_deployment(d.org_uid, d.cluster_uid, d.namespace, d.name).await?;
+                return Err(StoreError::Conflict(if own.is_some() {
+                    format!(
+                        "a deployment named {:?} already exists in namespace {:?}; pick another name or update it",
+                        d.name, d.namespace
+                    )
+                } else {
+                    format!(
+                        "another deployment, possibly of another organization, already answers at host {:?} \
+                         (`<name>-<namespace>` is unique on this server); pick another name",
+                        d.host
+                    )
+                }));
             }
-        })?;
+            Err(e) => return Err(e.into()),
+        }
         insert_revision(&mut tx, &uid, d.creator_uid, None, d.targets).await?;
         tx.commit().await?;
         self.get_deployment_by_uid(&uid).await?.ok_or_else(|| StoreError::NotFound("deployment vanished".into()))

@@ -208,6 +208,42 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Makes every path-shaped setting absolute, once, at start: replicas,
+    /// environment builds and image builds run in other working directories,
+    /// where a relative path (the default `yatai-data` among them) would name
+    /// something else. A bare `--uv` name stays a name, looked up on PATH.
+    pub fn resolve_paths(&mut self) -> anyhow::Result<()> {
+        let absolute = |p: &mut PathBuf| -> anyhow::Result<()> {
+            *p = std::path::absolute(&*p).with_context(|| format!("cannot resolve the path {}", p.display()))?;
+            Ok(())
+        };
+        absolute(&mut self.db.data_dir)?;
+        for p in [
+            &mut self.runtime_dir,
+            &mut self.env_dir,
+            &mut self.image_build_cache,
+            &mut self.docker_config,
+            &mut self.url_signing_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            absolute(p)?;
+        }
+        if let Some(uv) = &mut self.uv
+            && uv.components().count() > 1
+        {
+            absolute(uv)?;
+        }
+        if let Some(dir) = &mut self.storage.storage
+            && !dir.starts_with("s3://")
+        {
+            let resolved = std::path::absolute(&*dir).with_context(|| format!("cannot resolve the path {dir}"))?;
+            *dir = resolved.display().to_string();
+        }
+        Ok(())
+    }
+
     /// The user ids for replicas, if the server can and should switch users.
     pub fn replica_ids(&self) -> anyhow::Result<Option<yatai_runtime::isolation::IdRange>> {
         if self.replica_uids.trim() == "off" {
@@ -282,7 +318,54 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{ServeArgs, parse_size};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Every path-shaped flag given relative (and the relative default data
+    /// directory) becomes absolute against the working directory; a bare
+    /// `--uv` name stays a name for PATH, and an S3 URL stays a URL.
+    #[test]
+    fn relative_paths_are_resolved_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut args = Cli::parse_from([
+            "yatai",
+            "--runtime-dir",
+            "rt",
+            "--env-dir",
+            "./envs",
+            "--image-build-cache",
+            "cache",
+            "--docker-config",
+            "docker",
+            "--url-signing-key-file",
+            "secrets/key",
+            "--uv",
+            "tools/uv",
+            "--storage",
+            "blobs",
+        ])
+        .serve;
+        args.resolve_paths().unwrap();
+        assert_eq!(args.db.data_dir, cwd.join("yatai-data"));
+        assert_eq!(args.runtime_dir.unwrap(), cwd.join("rt"));
+        assert_eq!(args.env_dir.unwrap(), cwd.join("envs"));
+        assert_eq!(args.image_build_cache.unwrap(), cwd.join("cache"));
+        assert_eq!(args.docker_config.unwrap(), cwd.join("docker"));
+        assert_eq!(args.url_signing_key_file.unwrap(), cwd.join("secrets/key"));
+        assert_eq!(args.uv.unwrap(), cwd.join("tools/uv"));
+        assert_eq!(args.storage.storage.unwrap(), cwd.join("blobs").display().to_string());
+
+        let mut args = Cli::parse_from(["yatai", "--uv", "uv", "--storage", "s3://bucket/prefix"]).serve;
+        args.resolve_paths().unwrap();
+        assert_eq!(args.uv.unwrap(), std::path::PathBuf::from("uv"));
+        assert_eq!(args.storage.storage.unwrap(), "s3://bucket/prefix");
+    }
 
     #[test]
     fn sizes() {

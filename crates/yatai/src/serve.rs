@@ -8,7 +8,8 @@ use yatai_api::{AppState, auth};
 
 use crate::config::ServeArgs;
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.resolve_paths()?;
     let store = args.db.connect().await?;
     let blobs = args.storage.open(&args.db.data_dir)?;
     let signing_key = signing_key(&store, &args.signing_key_file()).await?;

@@ -1,0 +1,61 @@
+//! Deployments: names and hosts, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{each_backend, org_with_admin};
+use yatai_store::{Kind, NewDeployment, NewTarget, NewVersion, Store, StoreError};
+
+/// Creates `name` in namespace `yatai` of the org's `local` cluster, with
+/// the host key the local runtime uses.
+async fn create(store: &Store, org_uid: &str, user_uid: &str, name: &str, port: u16) -> yatai_store::Result<()> {
+    let cluster = store.ensure_cluster(org_uid, "local", "local", "").await?;
+    let (repo, _) = store.create_repository(org_uid, Kind::Bento, "svc", "", user_uid).await?;
+    let version = NewVersion {
+        version: "v1",
+        description: "",
+        manifest: "{}",
+        labels: "[]",
+        build_at: None,
+        creator_uid: user_uid,
+        model_refs: &[],
+    };
+    let (bento, _) = store.create_version(&repo, version).await?;
+    let host = format!("{name}-yatai");
+    store
+        .create_deployment(NewDeployment {
+            org_uid,
+            cluster_uid: &cluster.uid,
+            namespace: "yatai",
+            name,
+            description: "",
+            labels: "[]",
+            creator_uid: user_uid,
+            endpoint_port: Some(port),
+            host: &host,
+            targets: &[NewTarget { name: "main", bento_uid: &bento.uid, config: "{}" }],
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_taken_name_is_reported_as_such_and_a_taken_host_as_another_organizations() {
+    each_backend(|store| async move {
+        let (a, admin_a) = org_with_admin(&store, "org-a").await;
+        let (b, admin_b) = org_with_admin(&store, "org-b").await;
+        create(&store, &a.uid, &admin_a.uid, "shared", 40001).await.expect("first");
+        match create(&store, &a.uid, &admin_a.uid, "shared", 40002).await {
+            Err(StoreError::Conflict(msg)) => assert!(msg.contains("already exists"), "{msg}"),
+            other => panic!("expected a name conflict, got {other:?}"),
+        }
+        match create(&store, &b.uid, &admin_b.uid, "shared", 40003).await {
+            Err(StoreError::Conflict(msg)) => {
+                assert!(msg.contains("host \"shared-yatai\""), "{msg}");
+                assert!(!msg.contains("org-a"), "another organization is never named: {msg}");
+            }
+            other => panic!("expected a host conflict, got {other:?}"),
+        }
+        create(&store, &b.uid, &admin_b.uid, "other", 40004).await.expect("a free host");
+    })
+    .await;
+}
