@@ -198,3 +198,40 @@ fn link_chains_in_model_archives_fail_the_rollout_and_write_nothing() {
         assert!(reason.contains("unsafe path") && reason.contains("a/a/a/a/up"), "{last:#}");
     }
 }
+
+/// A bento's requirements.txt is installed by the server (as itself, into an environment shared
+/// by every bento with the same text): one that names a local path would make uv read the
+/// server's files into the build log its owner reads, or install what a relative path held in
+/// whichever bento built the shared environment first. Such a bento fails its rollout with the
+/// line named, and nothing of the named file shows anywhere.
+#[test]
+fn requirements_naming_local_paths_fail_the_rollout_without_reading_them() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    let secret = server.data_dir().join("private-notes.txt");
+    std::fs::write(&secret, "root:TOPSECRET-HASH:19000:0:99999:7:::\n").unwrap();
+    for (version, line) in
+        [("abs", format!("-r {}", secret.display())), ("rel", "./wheels/evil-1.0-py3-none-any.whl".to_owned())]
+    {
+        let requirements = format!("bentoml==1.4.40\n{line}\n");
+        let archive = tar_of(&[
+            Entry::File(BENTO_YAML.0, BENTO_YAML.1),
+            Entry::File("env/python/requirements.txt", requirements.as_bytes()),
+        ]);
+        create_version(&http, "bento", "reqs", version, bento_manifest(&[]), &archive);
+        let name = format!("reqs-{version}");
+        let r = http.post("/api/v2/deployments", &deployment(&name, &format!("reqs:{version}")));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut last = Value::Null;
+        wait_for(&format!("deployment {name} to fail"), Duration::from_secs(60), || {
+            last = http.get(&format!("/api/v2/deployments/{name}")).json();
+            (last["status"] == "failed").then_some(())
+        });
+        let reason = last["status_message"].as_str().unwrap_or_default();
+        assert!(reason.contains("line 2 names a local path"), "{last:#}");
+    }
+    let logs = server.log_text();
+    assert!(!logs.contains("TOPSECRET"), "the named file was read into the server's log");
+    let events = http.get("/api/v1/events?count=100").text();
+    assert!(!events.contains("TOPSECRET"), "the named file was read into the events");
+}

@@ -136,6 +136,8 @@ pub enum BuildError {
     RunStepsRefused { bento: String, steps: Vec<String>, hint: String },
     #[error("--registry {0:?} must be HOST[:PORT]/REPOSITORY without a tag or digest")]
     RegistryWithTag(String),
+    #[error("bento {bento}: {reason}")]
+    Requirements { bento: String, reason: String },
 }
 
 /// A coarse class of build failure, for the server's build status and the dashboard.

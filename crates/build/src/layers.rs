@@ -106,6 +106,8 @@ fn requirements(bento: &BentoInfo, bento_dir: &Path, work: &Path) -> anyhow::Res
     let req = if bento.spec == 1 && lock.is_file() { lock } else { py.join("requirements.txt") };
     let mut text =
         std::fs::read_to_string(&req).with_context(|| format!("bento {} has no {}", bento.tag(), req.display()))?;
+    yatai_core::requirements::check_no_local_paths(&text)
+        .map_err(|reason| crate::builder::BuildError::Requirements { bento: bento.tag(), reason })?;
     let mut extra_keys = Vec::new();
     if let Ok(rd) = std::fs::read_dir(py.join("wheels")) {
         let mut wheels: Vec<PathBuf> =

@@ -4,6 +4,7 @@
 pub mod kind;
 pub mod limits;
 pub mod manifest;
+pub mod requirements;
 pub mod tag;
 pub mod time;
 

@@ -69,6 +69,7 @@ impl EnvCache {
         let started = Instant::now();
         let req_path = bento_dir.join("env/python/requirements.txt");
         let requirements = tokio::fs::read_to_string(&req_path).await.unwrap_or_default();
+        yatai_core::requirements::check_no_local_paths(&requirements).map_err(RuntimeError::Env)?;
         let key = Self::key(&requirements, python_version, self.for_others);
         let venv = self.root.join(&key);
         let ready = venv.join(".yatai-ready");
