@@ -39,7 +39,8 @@ fn seed(http: &Http) {
     }
     let v = "/api/v1/model_repositories/seed-model/models/v1";
     assert_eq!(http.patch(&format!("{v}/start_upload"), None).status, 200);
-    assert_eq!(http.put_bytes(&format!("{v}/upload"), b"bytes").status, 200);
+    let archive = tar_of(&[("model.yaml", b"name: seed-model\nversion: v1\n")]);
+    assert_eq!(http.put_bytes(&format!("{v}/upload"), &archive).status, 200);
     let r =
         http.post("/api/v1/api_tokens", &json!({"name": "seeded", "description": "", "scopes": ["read_organization"]}));
     assert_eq!(r.status, 200, "{}", r.text());

@@ -173,8 +173,9 @@ fn link_chains_in_model_archives_fail_the_rollout_and_write_nothing() {
     let http = server.http();
     let canary = plant_canary(&server);
     for (version, archive) in [("writes", chain_that_writes(MODEL_YAML)), ("links", chain_that_links(MODEL_YAML))] {
-        create_version(&http, "model", "evil-model", version, model_manifest(), &archive);
-        let model = format!("evil-model:{version}");
+        create_version(&http, "model", "evil", version, model_manifest(), &archive);
+        // model.yaml names `evil`: the server checks an archive against its tag.
+        let model = format!("evil:{version}");
         // The bento itself is clean: only the model's archive is hostile, and it is extracted
         // when the deployment rolls out.
         create_version(

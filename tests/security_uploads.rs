@@ -110,8 +110,16 @@ fn push(server: &Server, http: &Http, v: &str, bytes: &[u8]) -> Response {
                 .unwrap()
                 .to_owned();
             start(http);
-            let (status, _) = put_url(server, &url, bytes);
-            assert_eq!(status, 200, "the presigned PUT failed");
+            if let Some(path) = url.strip_prefix(&server.url) {
+                // yatai's own presigned URL refuses some bodies at the PUT already (an empty one).
+                let r = server.http().without_token().put_bytes(path, bytes);
+                if r.status != 200 {
+                    return r;
+                }
+            } else {
+                let (status, _) = put_url(server, &url, bytes);
+                assert_eq!(status, 200, "the presigned PUT failed");
+            }
             http.patch(&format!("{v}/finish_upload"), Some(&json!({"status": "success", "reason": ""})))
         }
         Some(_) => {
