@@ -15,6 +15,11 @@ impl Timestamp {
         self.0
     }
 
+    /// This instant plus `d` (saturating), e.g. `Timestamp::now().after(ttl)`.
+    pub fn after(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    }
+
     pub fn to_datetime(self) -> DateTime<Utc> {
         Utc.timestamp_micros(self.0).single().unwrap_or_default()
     }

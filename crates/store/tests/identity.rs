@@ -37,7 +37,7 @@ async fn a_token_resolves_to_its_user_org_and_role_until_deleted() {
         let (org, admin) = org_with_admin(&store, "acme").await;
         let (other, _) = org_with_admin(&store, "other").await;
         let scopes = vec!["read_organization".to_string()];
-        let expires = Timestamp(Timestamp::now().0 + 3600);
+        let expires = Timestamp::now().after(std::time::Duration::from_secs(3600));
         let row = store
             .create_token(NewToken {
                 org_uid: &org.uid,

@@ -129,7 +129,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 bail!("user {:?} is not a member of organization {:?}", user.name, org.name);
             }
             let secret = generate_token();
-            let expires_at = expires_in.map(|d| Timestamp(Timestamp::now().0 + d.as_micros() as i64));
+            let expires_at = expires_in.map(|d| Timestamp::now().after(d));
             let row = store
                 .create_token(NewToken {
                     org_uid: &org.uid,

@@ -272,7 +272,7 @@ async fn release(state: &AppState, upload: &UploadRow) {
 /// stream may run) plus a grace period (the upload TTL, at most an hour).
 fn upload_expiry(state: &AppState, ttl: Duration) -> Timestamp {
     let grace = state.config.upload_ttl.min(Duration::from_secs(3600));
-    Timestamp(Timestamp::now().0 + (ttl + grace).as_micros() as i64)
+    Timestamp::now().after(ttl + grace)
 }
 
 /// Makes verified bytes the version's content. Every upload path ends here.

@@ -66,7 +66,7 @@ pub(crate) async fn start_session(
         tracing::warn!(error = %e, "could not purge expired sessions");
     }
     let secret = new_secret();
-    let expires = Timestamp(Timestamp::now().0 + SESSION_TTL.as_micros() as i64);
+    let expires = Timestamp::now().after(SESSION_TTL);
     let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     state
         .store

@@ -146,7 +146,9 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, pos
     let expires_at = match f.get("expires_in_days") {
         "" => None,
         d => match d.parse::<i64>() {
-            Ok(n) if (1..=3650).contains(&n) => Some(Timestamp(Timestamp::now().0 + n * 86_400_000_000)),
+            Ok(n) if (1..=3650).contains(&n) => {
+                Some(Timestamp::now().after(std::time::Duration::from_secs(n as u64 * 86_400)))
+            }
             _ => {
                 errors.push((
                     "expires_in_days".into(),
