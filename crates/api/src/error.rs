@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+use yatai_app::AppError;
 use yatai_blob::BlobError;
 use yatai_core::TagError;
 use yatai_store::StoreError;
@@ -69,43 +70,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let status = match &e {
+            AppError::Invalid { .. } => return ApiError::bad_request(e.message()),
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = match status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        };
+        ApiError::new(status, code, e.message())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::Conflict(m) => ApiError::conflict(m),
-            StoreError::Invalid(m) => ApiError::bad_request(m),
-            StoreError::Db(e) => {
-                tracing::error!(error = %e, "database error");
-                ApiError::unavailable("the metadata database failed; try again, and tell the operator if it persists")
-            }
-            StoreError::Migrate(e) => ApiError::internal(e.to_string()),
-        }
+        AppError::from(e).into()
     }
 }
 
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
-        match &e {
-            BlobError::Interrupted { .. } | BlobError::LengthMismatch { .. } => ApiError::bad_request(e.to_string()),
-            BlobError::TooLarge { .. } => ApiError::too_large(e.to_string()),
-            BlobError::NotFound(_) => ApiError::not_found(
-                "the stored archive is missing from artifact storage; push this version again with --force",
-            ),
-            BlobError::Exists(_) => {
-                ApiError::conflict("this archive was already received; ask the server for a new URL to upload again")
-            }
-            BlobError::Storage(m) => {
-                tracing::error!(error = %m, "artifact storage error");
-                ApiError::unavailable("artifact storage failed; try again, and tell the operator if it persists")
-            }
-        }
+        AppError::from(e).into()
     }
 }
 
 impl From<TagError> for ApiError {
     fn from(e: TagError) -> Self {
-        ApiError::bad_request(e.to_string())
+        AppError::from(e).into()
     }
 }
 

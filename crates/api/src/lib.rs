@@ -13,16 +13,14 @@ pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod extract;
-pub mod images;
-pub mod janitor;
 pub mod openapi;
 pub mod routes;
 pub mod schemas;
 pub mod shutdown;
-pub mod signing;
-pub mod state;
+pub mod sse;
 
-pub use state::{ApiConfig, AppState, TransmissionMode};
+pub use routes::transfer::stream_archive;
+pub use yatai_app::{AppConfig, AppState, TransmissionMode};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,14 +39,25 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
 
+/// Deployments that answer on the server's own port by host name
+/// (`<label>.<domain>` with `--deployment-domain`). The local target
+/// provides them; a cluster has its own ingress instead.
+#[async_trait::async_trait]
+pub trait HostRoutes: Send + Sync {
+    /// Answers `req` for the deployment at host label `label`, or `None`
+    /// when no deployment answers there.
+    async fn route(&self, label: &str, req: Request, client: Option<std::net::SocketAddr>) -> Option<Response>;
+}
+
 /// The complete application: routes, OpenAPI document and middleware.
 pub fn app(state: AppState) -> (Router, OpenApi) {
-    app_with(state, Router::new())
+    app_with(state, Router::new(), None)
 }
 
 /// The application with more routes (the dashboard's) mounted next to the
-/// API, under the same middleware and before the JSON 404 fallback.
-pub fn app_with(state: AppState, extra: Router<AppState>) -> (Router, OpenApi) {
+/// API, under the same middleware and before the JSON 404 fallback, and
+/// with deployments answering by host name when `hosts` is given.
+pub fn app_with(state: AppState, extra: Router<AppState>, hosts: Option<Arc<dyn HostRoutes>>) -> (Router, OpenApi) {
     let authenticated = routes::authenticated(state.clone())
         .layer_all(|r| r.route_layer(from_fn_with_state(state.clone(), auth::require_token)));
     let (router, doc) = authenticated.merge(routes::public(state.clone())).finish();
@@ -63,7 +72,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> (Router, OpenApi) {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the server hit a bug handling this request").into_response()
         }))
-        .layer(from_fn_with_state(state.clone(), route_deployment_hosts))
+        .layer(from_fn_with_state((state.clone(), hosts), route_deployment_hosts))
         .layer(from_fn(request_context))
         .with_state(state);
     (router, doc)
@@ -84,12 +93,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// Host-based routing: with `--deployment-domain D`, a request for
 /// `<name>-<namespace>.D` goes to that deployment's replicas instead of the API.
 async fn route_deployment_hosts(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State((state, hosts)): axum::extract::State<(AppState, Option<Arc<dyn HostRoutes>>)>,
     req: Request,
     next: Next,
 ) -> Response {
-    use http_body_util::BodyExt;
-    let (Some(domain), Some(runtime)) = (state.config.deployment_domain.as_deref(), state.runtime.as_ref()) else {
+    let (Some(domain), Some(hosts)) = (state.config.deployment_domain.as_deref(), hosts) else {
         return next.run(req).await;
     };
     let host = req.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
@@ -98,12 +106,12 @@ async fn route_deployment_hosts(
     let Some(label) = host.strip_suffix(domain).and_then(|h| h.strip_suffix('.')).filter(|l| !l.contains('.')) else {
         return next.run(req).await;
     };
-    let Some(endpoint) = runtime.endpoint_by_host_key(label) else {
-        return ApiError::not_found(format!("no deployment answers at {host}")).into_response();
-    };
+    let (label, host) = (label.to_owned(), host.to_owned());
     let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
-    let req = req.map(|b| b.map_err(|e| Box::new(e) as yatai_runtime::proxy::BoxError).boxed_unsync());
-    endpoint.handle(req, client).await.map(axum::body::Body::new)
+    match hosts.route(&label, req, client).await {
+        Some(response) => response,
+        None => ApiError::not_found(format!("no deployment answers at {host}")).into_response(),
+    }
 }
 
 /// Adds `Connection: close` to a response sent before the request body was

@@ -25,7 +25,7 @@ use utoipa::openapi::{
 
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
+use yatai_app::AppState;
 
 /// bentoml's rule for a name or a version (`yatai_core::tag`).
 pub const TAG_PART_PATTERN: &str = "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$";

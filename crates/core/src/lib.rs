@@ -1,6 +1,9 @@
-//! Domain types of yatai-rs: names and tags, artifact kinds, manifests and
-//! timestamps. Nothing here does IO, so every rule can be unit-tested alone.
+//! Domain types of yatai-rs: names and tags, artifact kinds, manifests,
+//! timestamps, and deployments independent of where they run (with the
+//! [`deploy::DeployTarget`] seam). Nothing here does IO, so every rule can
+//! be unit-tested alone.
 
+pub mod deploy;
 pub mod kind;
 pub mod limits;
 pub mod manifest;

@@ -1,10 +1,10 @@
 //! Where deployments run.
 //!
-//! [`DeployTarget`] is what the API drives: apply a revision, terminate,
-//! forget, and report. [`LocalRuntime`] is the target for this machine:
-//! supervised `bentoml serve` processes behind a built-in reverse proxy,
-//! with each deployment reachable on a stable port of its own. Kubernetes
-//! clusters will be other implementations of the same trait.
+//! [`LocalRuntime`] is the [`DeployTarget`] for this machine: supervised
+//! `bentoml serve` processes behind a built-in reverse proxy, with each
+//! deployment reachable on a stable port of its own, and by host name on the
+//! server's port (`<name>-<namespace>.<domain>`). Kubernetes clusters are
+//! other implementations of the same trait (`yatai_core::deploy`).
 
 pub mod archive;
 pub mod isolation;
@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use yatai_blob::BlobStore;
+use yatai_core::deploy::{ClusterKind, LogSource};
 
 use crate::isolation::IdRange;
 use crate::logs::LogBook;
@@ -31,6 +32,9 @@ use crate::materialize::Materializer;
 use crate::proxy::{AccessRule, Endpoint};
 use crate::pyenv::EnvCache;
 use crate::supervisor::{Command, Supervisor};
+
+/// The most replicas one deployment may run on this machine.
+pub const MAX_REPLICAS: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -46,115 +50,10 @@ pub enum RuntimeError {
     Listen(String),
 }
 
-/// An archive in the blob store, by name and content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArtifactRef {
-    pub name: String,
-    pub version: String,
-    /// SHA-256 of the archive.
-    pub digest: String,
-    pub storage_key: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scaling {
-    pub min: u32,
-    pub max: u32,
-    /// Requests in flight per replica the autoscaler aims for.
-    pub target_inflight: f64,
-    pub scale_down_window: Duration,
-}
-
-impl Scaling {
-    /// The local runtime does not scale to zero: at least one replica runs.
-    pub fn min_effective(&self) -> u32 {
-        self.min.max(1).min(self.max.max(1))
-    }
-}
-
-/// Everything needed to run one revision of a deployment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeploymentSpec {
-    pub uid: String,
-    pub org_uid: String,
-    pub name: String,
-    pub namespace: String,
-    /// The host label routed to the deployment under a deployment domain
-    /// (unique on the server; none for a deployment without one).
-    pub host: Option<String>,
-    /// Requests must carry an API token of the deployment's organization.
-    pub access_authorization: bool,
-    pub revision_uid: String,
-    pub bento: ArtifactRef,
-    pub models: Vec<ArtifactRef>,
-    /// From the bento's manifest (`image.python_version`), e.g. `3.11`.
-    pub python_version: Option<String>,
-    pub envs: Vec<(String, String)>,
-    pub scaling: Scaling,
-    /// The stable port of the deployment's endpoint.
-    pub port: u16,
-    /// How long a replica may take to become ready.
-    pub cold_start_timeout: Duration,
-}
-
-/// Observed state, in the client's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Deploying,
-    Running,
-    Unhealthy,
-    Failed,
-    Terminating,
-    Terminated,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Deploying => "deploying",
-            Phase::Running => "running",
-            Phase::Unhealthy => "unhealthy",
-            Phase::Failed => "failed",
-            Phase::Terminating => "terminating",
-            Phase::Terminated => "terminated",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ReplicaInfo {
-    pub id: String,
-    pub revision_uid: String,
-    pub port: u16,
-    pub pid: Option<u32>,
-    /// `starting`, `ready`, `restarting` or `failed`.
-    pub state: &'static str,
-    pub restarts: u32,
-    pub inflight: usize,
-    /// Microseconds since the epoch.
-    pub started_at: i64,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeploymentSnapshot {
-    pub phase: Phase,
-    pub reason: String,
-    pub revision_uid: Option<String>,
-    pub updating_to: Option<String>,
-    pub desired_replicas: u32,
-    pub inflight: usize,
-    pub replicas: Vec<ReplicaInfo>,
-    pub port: u16,
-    pub env_cached: Option<bool>,
-}
-
-/// Receives status changes (the server writes them to the database and the
-/// event feed).
-pub trait StatusSink: Send + Sync + 'static {
-    fn status(&self, deployment_uid: &str, name: &str, phase: Phase, reason: &str);
-    /// The endpoint had to move to another port (the old one was taken).
-    fn port_changed(&self, deployment_uid: &str, port: u16);
-}
+pub use yatai_core::deploy::{
+    ArtifactRef, DeployTarget, DeploymentSnapshot, DeploymentSpec, Metrics, Phase, ReplicaInfo, Scaling, StatusSink,
+    TargetError,
+};
 
 /// Why a request to a deployment with access authorization was refused.
 #[derive(Debug, Clone)]
@@ -171,18 +70,6 @@ pub struct AccessDenied {
 pub trait AccessVerifier: Send + Sync + 'static {
     /// `token`: the bearer token of the request, if any.
     async fn verify(&self, org_uid: &str, token: Option<&str>) -> Result<(), AccessDenied>;
-}
-
-/// A place deployments run.
-#[async_trait::async_trait]
-pub trait DeployTarget: Send + Sync {
-    /// Runs `spec`'s revision: starts it, or rolls the deployment over to it.
-    async fn apply(&self, spec: DeploymentSpec) -> Result<(), RuntimeError>;
-    /// Stops every replica, keeping the deployment known.
-    async fn terminate(&self, deployment_uid: &str);
-    /// Stops everything and forgets the deployment.
-    async fn remove(&self, deployment_uid: &str);
-    fn snapshot(&self, deployment_uid: &str) -> Option<DeploymentSnapshot>;
 }
 
 #[derive(Debug, Clone)]
@@ -298,34 +185,6 @@ impl LocalRuntime {
         Ok([&c.root, &c.env_dir].into_iter().filter_map(|p| isolation::closed_ancestor(p)).collect())
     }
 
-    pub fn describe(&self) -> String {
-        format!("{} (Python environments in {})", self.shared.config.root.display(), self.shared.envs.describe())
-    }
-
-    /// Stops replicas that a previous server process left running.
-    pub async fn stop_orphans(&self) -> usize {
-        replica::stop_orphans(&self.shared.config.root.join("pids"), self.shared.config.stop_grace).await
-    }
-
-    /// A port for a new deployment's endpoint: free now, and not in `taken`.
-    pub fn allocate_port(&self, taken: &[i64]) -> Result<u16, RuntimeError> {
-        for _ in 0..100 {
-            let l = std::net::TcpListener::bind((self.shared.config.listen_host, 0))
-                .map_err(|e| RuntimeError::Listen(e.to_string()))?;
-            let port = l.local_addr().map_err(|e| RuntimeError::Listen(e.to_string()))?.port();
-            if !taken.contains(&i64::from(port)) {
-                return Ok(port);
-            }
-        }
-        Err(RuntimeError::Listen("no free port".into()))
-    }
-
-    /// Fetches and checks a bento's archive now (before anything is stored or
-    /// started), so that a bad archive is refused up front.
-    pub async fn check_bento(&self, bento: &ArtifactRef) -> Result<(), RuntimeError> {
-        self.shared.materializer.bento_files(bento).await.map(|_| ())
-    }
-
     /// The bento's own files (extracted once, read-only), e.g. for image builds.
     pub async fn bento_files(&self, bento: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
         self.shared.materializer.bento_files(bento).await
@@ -334,15 +193,6 @@ impl LocalRuntime {
     /// A model's files (extracted once, read-only).
     pub async fn model_files(&self, model: &ArtifactRef) -> Result<PathBuf, RuntimeError> {
         self.shared.materializer.model_files(model).await
-    }
-
-    /// The host label of a new deployment: `<name>-<namespace>`, as Yatai
-    /// has it. It is unique across organizations (the store refuses a
-    /// second deployment with the same label, atomically), rather than
-    /// carrying the organization: URLs keep Yatai's shape, and a name taken
-    /// by another organization is refused with a message saying so.
-    pub fn host_key(name: &str, namespace: &str) -> String {
-        format!("{name}-{namespace}")
     }
 
     /// The endpoint that answers at host label `key`.
@@ -481,10 +331,37 @@ impl LocalRuntime {
 
 #[async_trait::async_trait]
 impl DeployTarget for LocalRuntime {
-    async fn apply(&self, mut spec: DeploymentSpec) -> Result<(), RuntimeError> {
+    fn kind(&self) -> ClusterKind {
+        ClusterKind::Local
+    }
+
+    fn max_replicas(&self) -> u32 {
+        MAX_REPLICAS
+    }
+
+    async fn check(&self, bento: &ArtifactRef) -> Result<(), TargetError> {
+        self.shared.materializer.bento_files(bento).await.map(|_| ()).map_err(|e| match e {
+            RuntimeError::BadArchive(m) => TargetError::Refused(format!("refused {m}")),
+            other => TargetError::Unavailable(other.to_string()),
+        })
+    }
+
+    fn allocate_port(&self, in_use: &[i64]) -> Result<Option<u16>, TargetError> {
+        for _ in 0..100 {
+            let l = std::net::TcpListener::bind((self.shared.config.listen_host, 0))
+                .map_err(|e| TargetError::Unavailable(format!("could not listen: {e}")))?;
+            let port = l.local_addr().map_err(|e| TargetError::Unavailable(format!("could not listen: {e}")))?.port();
+            if !in_use.contains(&i64::from(port)) {
+                return Ok(Some(port));
+            }
+        }
+        Err(TargetError::Unavailable("no free port for the deployment's endpoint".into()))
+    }
+
+    async fn apply(&self, mut spec: DeploymentSpec) -> Result<(), TargetError> {
         let known = self.deployments.lock().expect("lock").contains_key(&spec.uid);
         if !known {
-            self.start(&spec).await?;
+            self.start(&spec).await.map_err(|e| TargetError::Unavailable(e.to_string()))?;
         }
         let guard = self.deployments.lock().expect("lock");
         let r = guard.get(&spec.uid).expect("just started");
@@ -515,7 +392,36 @@ impl DeployTarget for LocalRuntime {
         self.replica_ids.lock().expect("lock").remove(uid);
     }
 
-    fn snapshot(&self, uid: &str) -> Option<DeploymentSnapshot> {
+    fn status(&self, uid: &str) -> Option<DeploymentSnapshot> {
         self.deployments.lock().expect("lock").get(uid).map(|r| r.snapshot.lock().expect("lock").clone())
+    }
+
+    fn logs(&self, uid: &str) -> Option<Arc<dyn LogSource>> {
+        self.open_logs(uid).map(|b| b as Arc<dyn LogSource>)
+    }
+
+    fn metrics(&self, uid: &str) -> Option<Metrics> {
+        let (history, endpoint) = {
+            let guard = self.deployments.lock().expect("lock");
+            let r = guard.get(uid)?;
+            (r.history.clone(), r.endpoint.clone())
+        };
+        Some(Metrics {
+            samples: history.samples(),
+            inflight: endpoint.inflight(),
+            replica_requests: history.replica_requests.lock().expect("lock").clone(),
+        })
+    }
+
+    async fn recover(&self) -> usize {
+        replica::stop_orphans(&self.shared.config.root.join("pids"), self.shared.config.stop_grace).await
+    }
+
+    async fn shutdown(&self) {
+        LocalRuntime::shutdown(self).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (Python environments in {})", self.shared.config.root.display(), self.shared.envs.describe())
     }
 }

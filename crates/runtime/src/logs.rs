@@ -150,3 +150,12 @@ mod tests {
         assert!(got.ends_with("r2 stderr | hello"), "{got}");
     }
 }
+
+impl yatai_core::deploy::LogSource for LogBook {
+    fn tail(&self, lines: usize) -> Vec<String> {
+        LogBook::tail(self, lines)
+    }
+    fn follow(&self) -> broadcast::Receiver<Arc<str>> {
+        self.subscribe()
+    }
+}

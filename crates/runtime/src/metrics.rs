@@ -12,17 +12,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// One hour of samples.
 const KEEP: usize = 720;
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Sample {
-    /// Microseconds since the epoch.
-    pub at: i64,
-    pub requests_per_second: f64,
-    pub errors_per_second: f64,
-    /// Latency quantiles over the interval, in milliseconds (upper bucket bounds).
-    pub p50_ms: Option<u64>,
-    pub p99_ms: Option<u64>,
-    pub inflight: usize,
-}
+pub use yatai_core::deploy::Sample;
 
 #[derive(Default)]
 pub struct History {

@@ -5,9 +5,9 @@
 //!
 //! Every page needs a session ([`session::Session`]) and shows only the
 //! session's organization; every form carries a CSRF token
-//! ([`session::Post`]). Actions go through the same service functions as
-//! the API (`yatai_api::deployments`, `yatai_api::routes::*`), so a change
-//! made here is the change the API would make.
+//! ([`session::Post`]). Actions go through the same use cases as the API
+//! (`yatai_app`), so a change made here is the change the API would make;
+//! an invalid input comes back naming its form field.
 
 pub mod assets;
 pub mod limiter;
@@ -23,7 +23,7 @@ use axum::http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYP
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use yatai_api::AppState;
+use yatai_app::AppState;
 
 /// What the dashboard keeps in memory.
 #[derive(Default)]
@@ -32,7 +32,7 @@ pub struct Web {
 }
 
 /// The dashboard's routes, to mount next to the API
-/// (`yatai_api::app_with(state, yatai_web::router())`).
+/// (`yatai_api::app_with(state, yatai_web::router(), hosts)`).
 pub fn router() -> Router<AppState> {
     use pages::*;
     Router::new()

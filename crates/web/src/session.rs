@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use yatai_api::AppState;
-use yatai_api::auth::{Caller, Permission};
+use yatai_app::AppState;
+use yatai_app::auth::{Caller, Permission};
 use yatai_core::Timestamp;
 
 use crate::ui;

@@ -4,8 +4,9 @@
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use yatai_api::auth::Permission;
 use yatai_api::error::ApiError;
+use yatai_app::AppError;
+use yatai_app::auth::Permission;
 use yatai_core::Timestamp;
 
 use crate::session::Session;
@@ -35,9 +36,15 @@ impl From<ApiError> for WebError {
     }
 }
 
+impl From<AppError> for WebError {
+    fn from(e: AppError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
 impl From<yatai_store::StoreError> for WebError {
     fn from(e: yatai_store::StoreError) -> Self {
-        ApiError::from(e).into()
+        AppError::from(e).into()
     }
 }
 

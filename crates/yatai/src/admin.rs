@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
-use yatai_api::auth::{KNOWN_SCOPES, generate_token};
+use yatai_app::auth::{KNOWN_SCOPES, generate_token};
 use yatai_core::Timestamp;
 use yatai_store::{MemberRole, NewToken, Store};
 
@@ -252,8 +252,8 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let store = args.db.connect().await?;
     let blobs = args.storage.open(&args.db.data_dir)?;
     // The sweep signs no URL: it needs no signing key.
-    let state = yatai_api::AppState::new(store, blobs, b"unused: gc signs nothing", Default::default());
-    let report = yatai_api::janitor::sweep(&state, args.strays).await;
+    let state = yatai_app::AppState::new(store, blobs, b"unused: gc signs nothing", Default::default());
+    let report = yatai_app::janitor::sweep(&state, args.strays).await;
     println!(
         "removed {} abandoned uploads, {} unreferenced archives, {} stray objects, {} temporary files of interrupted uploads",
         report.uploads, report.blobs, report.strays, report.partials

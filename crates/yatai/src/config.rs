@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use yatai_api::{ApiConfig, TransmissionMode};
+use yatai_app::{AppConfig, TransmissionMode};
 use yatai_blob::{BlobStore, S3Config};
 use yatai_store::Store;
 
@@ -272,8 +272,8 @@ impl ServeArgs {
         Ok(c)
     }
 
-    pub fn api_config(&self) -> ApiConfig {
-        ApiConfig {
+    pub fn app_config(&self) -> AppConfig {
+        AppConfig {
             transmission: self.transmission_strategy,
             external_url: self.external_url.clone(),
             max_json_body: self.max_json_body as usize,
@@ -283,7 +283,7 @@ impl ServeArgs {
             upload_ttl: self.upload_ttl,
             deployment_domain: self.deployment_domain.clone(),
             cold_start_timeout: self.cold_start_timeout,
-            image_builds: self.image_registry.clone().map(|registry| yatai_api::images::ImageBuildSettings {
+            image_builds: self.image_registry.clone().map(|registry| yatai_app::images::ImageBuildSettings {
                 registry,
                 cache_dir: self.image_build_cache.clone().unwrap_or_else(|| self.db.data_dir.join("build-cache")),
                 plain_http: self.image_plain_http,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod local_target;
 mod serve;
 
 use clap::{Parser, Subcommand};

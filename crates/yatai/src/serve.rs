@@ -4,9 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::Rng;
-use yatai_api::{AppState, auth};
+use std::sync::Arc;
+
+use yatai_app::{AppState, Targets, auth};
+use yatai_core::deploy::DeployTarget;
 
 use crate::config::ServeArgs;
+use crate::local_target::{ApiTokenAccess, RuntimeFiles, RuntimeHosts};
 
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     args.resolve_paths()?;
@@ -18,7 +22,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let runtime_config = args.runtime_config()?;
     std::fs::create_dir_all(&runtime_config.root)
         .with_context(|| format!("cannot create the runtime directory {}", runtime_config.root.display()))?;
-    let sink = std::sync::Arc::new(yatai_api::deployments::DbStatusSink { store: store.clone() });
+    let sink = Arc::new(yatai_app::deployments::DbStatusSink { store: store.clone() });
     let runtime = yatai_runtime::LocalRuntime::new(runtime_config.clone(), blobs.clone(), sink);
     let closed = runtime.prepare_dirs().context("cannot lay out the runtime directory")?;
     close_private_dirs(&args, &runtime_config).context("cannot close the data directory to other users")?;
@@ -44,15 +48,18 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
              environment directory below it: open it to others (chmod o+x) or move --runtime-dir/--env-dir"
         );
     }
+    let targets = Targets::default().with_kind(runtime.clone());
+    let files = Arc::new(RuntimeFiles(runtime.clone()));
     let state =
-        AppState::with_runtime(store.clone(), blobs.clone(), &signing_key, args.api_config(), Some(runtime.clone()));
-    runtime.set_access_verifier(std::sync::Arc::new(yatai_api::deployments::ApiTokenAccess { state: state.clone() }));
-    let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router());
+        AppState::with_targets(store.clone(), blobs.clone(), &signing_key, args.app_config(), targets, Some(files));
+    runtime.set_access_verifier(Arc::new(ApiTokenAccess { state: state.clone() }));
+    let hosts = Arc::new(RuntimeHosts(runtime.clone()));
+    let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router(), Some(hosts));
     let app = yatai_web::html_not_found(app);
     let listener =
         tokio::net::TcpListener::bind(&args.bind).await.with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
-    let janitor = tokio::spawn(yatai_api::janitor::run(state.clone(), args.janitor_interval));
+    let janitor = tokio::spawn(yatai_app::janitor::run(state.clone(), args.janitor_interval));
 
     tracing::info!(
         metadata = %args.db.describe(),
@@ -62,10 +69,10 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     {
-        yatai_api::images::fail_interrupted(&state).await;
-        let to_restore = yatai_api::deployments::prepare_restore(&state).await;
+        yatai_app::images::fail_interrupted(&state).await;
+        let to_restore = yatai_app::deployments::prepare_restore(&state).await;
         let state = state.clone();
-        tokio::spawn(async move { yatai_api::deployments::restore_all(&state, to_restore).await });
+        tokio::spawn(async move { yatai_app::deployments::restore_all(&state, to_restore).await });
     }
     if let Some(token) = first_token {
         let endpoint = format!("http://{addr}");
@@ -156,7 +163,7 @@ fn close_private_dirs(args: &ServeArgs, runtime: &yatai_runtime::RuntimeConfig) 
         .filter_map(|p| p.strip_prefix(&data).ok().and_then(|r| r.components().next()).map(|c| data.join(c)))
         .collect();
     set(&data, if isolated && !passages.is_empty() { 0o711 } else { 0o700 })?;
-    if let Some(images) = args.api_config().image_builds {
+    if let Some(images) = args.app_config().image_builds {
         std::fs::create_dir_all(&images.cache_dir)?;
         set(&images.cache_dir, 0o700)?;
     }

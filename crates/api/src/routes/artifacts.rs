@@ -1,16 +1,20 @@
-//! Shared pieces of the registry routes: turning rows into wire objects,
-//! resolving names, parsing list queries, recording events.
+//! Shared pieces of the registry routes: turning rows into wire objects and
+//! parsing list queries. Resolving names and recording events are
+//! `yatai_app::registry`.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use yatai_core::{Kind, validate_name_part};
-use yatai_store::{ListQuery, NewEvent, RepositoryRow, VersionRow};
+use yatai_core::Kind;
+use yatai_store::{ListQuery, RepositoryRow, VersionRow};
 
-use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::lenient;
-use crate::schemas::{ArtifactSchema, CreatorSchema, Label, RepositorySchema, labels_from_json, opt_ts, ts};
-use crate::state::{AppState, TransmissionMode};
+use crate::schemas::{ArtifactSchema, CreatorSchema, RepositorySchema, labels_from_json, opt_ts, ts};
+pub use yatai_app::registry::{
+    check_fields, check_labels, check_repo_name, check_version_name, find_repository, find_repository_uncounted,
+    find_version, record,
+};
+use yatai_app::{AppState, TransmissionMode};
 
 /// What `transmission_strategy` tells the client for this version (see the
 /// protocol notes: `"proxy"` → through yatai; any other string → multipart;
@@ -96,65 +100,6 @@ pub async fn repository_with_latest(state: &AppState, repo: &RepositoryRow) -> A
     Ok(repository(repo, latest.as_ref().map(|v| artifact(state, v))))
 }
 
-pub fn check_repo_name(kind: Kind, name: &str) -> ApiResult<()> {
-    validate_name_part(kind.name_label(), name).map_err(ApiError::from)
-}
-
-pub fn check_version_name(kind: Kind, version: &str) -> ApiResult<()> {
-    validate_name_part(kind.version_label(), version).map_err(ApiError::from)
-}
-
-pub async fn find_repository(state: &AppState, caller: &Caller, kind: Kind, name: &str) -> ApiResult<RepositoryRow> {
-    check_repo_name(kind, name)?;
-    state
-        .store
-        .get_repository(&caller.org.uid, kind, name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("{kind} repository {name:?} not found")))
-}
-
-/// Like [`find_repository`] without counting its versions (`version_count`
-/// is -1), for routes that do not show the repository.
-pub async fn find_repository_uncounted(
-    state: &AppState,
-    caller: &Caller,
-    kind: Kind,
-    name: &str,
-) -> ApiResult<RepositoryRow> {
-    check_repo_name(kind, name)?;
-    state
-        .store
-        .get_repository_uncounted(&caller.org.uid, kind, name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("{kind} repository {name:?} not found")))
-}
-
-/// Finds a version; `latest` (when no version is literally named so) means
-/// the newest uploaded one.
-pub async fn find_version(
-    state: &AppState,
-    caller: &Caller,
-    kind: Kind,
-    repo: &str,
-    version: &str,
-) -> ApiResult<VersionRow> {
-    check_repo_name(kind, repo)?;
-    check_version_name(kind, version)?;
-    let org = &caller.org.uid;
-    if let Some(row) = state.store.get_version(org, kind, repo, version).await? {
-        return Ok(row);
-    }
-    if version == "latest"
-        && let Some(row) = state.store.latest_version(org, kind, repo, true).await?
-    {
-        return Ok(row);
-    }
-    if state.store.get_repository_uncounted(org, kind, repo).await?.is_none() {
-        return Err(ApiError::not_found(format!("{kind} repository {repo:?} not found")));
-    }
-    Err(ApiError::not_found(format!("{kind} {repo}:{version} not found")))
-}
-
 /// `?start=&count=&search=&q=` as the client sends them (empty = absent).
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
@@ -201,51 +146,5 @@ impl ListParams {
             search: if words.is_empty() { None } else { Some(words.join(" ")) },
             labels,
         })
-    }
-}
-
-pub fn check_labels(labels: &[Label]) -> ApiResult<()> {
-    yatai_core::limits::check_labels(labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
-        .map_err(ApiError::bad_request)
-}
-
-/// Checks the free-text fields every create and update body carries
-/// against `yatai_core::limits`.
-pub fn check_fields(description: Option<&str>, labels: Option<&[Label]>) -> ApiResult<()> {
-    if let Some(d) = description {
-        yatai_core::limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    if let Some(labels) = labels {
-        check_labels(labels)?;
-    }
-    Ok(())
-}
-
-/// Records an audit event; a failure to record is logged, not returned.
-pub async fn record(
-    state: &AppState,
-    caller: &Caller,
-    operation: &str,
-    resource_type: &str,
-    resource_name: &str,
-    info: serde_json::Value,
-) {
-    let info = info.to_string();
-    let result = state
-        .store
-        .record_event(NewEvent {
-            org_uid: &caller.org.uid,
-            actor_uid: Some(&caller.user.uid),
-            actor_name: &caller.user.name,
-            api_token_name: &caller.token_name,
-            operation,
-            resource_type,
-            resource_name,
-            status: "success",
-            info: &info,
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, operation, resource_name, "could not record an event");
     }
 }

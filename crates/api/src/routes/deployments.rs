@@ -14,20 +14,21 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
-use yatai_runtime::DeployTarget;
-use yatai_store::{DeploymentFilter, DeploymentRow, NewDeployment, NewTarget};
+use yatai_app::deployments as app;
+use yatai_core::deploy::{DEFAULT_NAMESPACE, Phase};
+
+use crate::sse::log_stream;
+use yatai_store::{DeploymentFilter, DeploymentRow};
 
 use super::Auth;
 use crate::auth::{Caller, Permission};
 use crate::deployments::{
-    self as dep, CreateDeploymentRequest, DEFAULT_NAMESPACE, DeploymentConfig, DeploymentList, DeploymentSchema,
-    RevisionSchema, UpdateDeploymentRequest,
+    self as dep, CreateDeploymentRequest, DeploymentList, DeploymentSchema, RevisionSchema, UpdateDeploymentRequest,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query, lenient};
 use crate::openapi::{Api, Op};
-use crate::schemas::labels_to_json;
-use crate::state::AppState;
+use yatai_app::AppState;
 
 pub fn routes(state: AppState) -> Api {
     let base = "/api/v2/deployments";
@@ -139,201 +140,9 @@ pub struct ClusterParam {
     pub cluster: Option<String>,
 }
 
-/// Finds a deployment by name: in the named cluster's default namespace, or
-/// anywhere in the organization when no cluster is given.
-pub async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name: &str) -> ApiResult<DeploymentRow> {
-    let not_found = || ApiError::not_found(format!("deployment {name:?} not found"));
-    if name.is_empty() || name.len() > 100 {
-        return Err(not_found());
-    }
-    match cluster.filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let cluster = dep::resolve_cluster(state, caller, Some(c)).await?;
-            let found = state.store.get_deployment(&caller.org.uid, &cluster.uid, DEFAULT_NAMESPACE, name).await?;
-            match found {
-                Some(d) => Ok(d),
-                None => state
-                    .store
-                    .find_deployments_by_name(&caller.org.uid, name)
-                    .await?
-                    .into_iter()
-                    .find(|d| d.cluster_uid == cluster.uid)
-                    .ok_or_else(not_found),
-            }
-        }
-        None => {
-            let mut all = state.store.find_deployments_by_name(&caller.org.uid, name).await?;
-            all.sort_by_key(|d| d.namespace != DEFAULT_NAMESPACE);
-            all.into_iter().next().ok_or_else(not_found)
-        }
-    }
-}
-
-fn config_json(config: &DeploymentConfig) -> String {
-    let mut c = config.clone();
-    c.envs.get_or_insert_with(Vec::new);
-    c.access_authorization.get_or_insert(false);
-    c.services.get_or_insert_with(Default::default);
-    serde_json::to_string(&c).expect("config serialises")
-}
-
-/// Creates a deployment (shared by the v1 and v2 routes).
-pub async fn create_deployment(
-    state: &AppState,
-    caller: &Caller,
-    cluster: Option<&str>,
-    namespace: &str,
-    name: Option<&str>,
-    bento_tag: &str,
-    config: &DeploymentConfig,
-    description: &str,
-) -> ApiResult<DeploymentRow> {
-    let runtime = state.runtime.clone().ok_or_else(|| ApiError::unavailable("this server runs no deployments"))?;
-    let cluster = dep::resolve_cluster(state, caller, cluster).await?;
-    if cluster.kind != "local" {
-        return Err(ApiError::bad_request(format!(
-            "cluster {:?} is not served by this server's runtime yet",
-            cluster.name
-        )));
-    }
-    dep::check_namespace(namespace)?;
-    let bento = dep::resolve_bento(state, caller, bento_tag).await?;
-    let name = match name.map(str::trim).filter(|n| !n.is_empty()) {
-        Some(n) => n.to_owned(),
-        None => {
-            let base: String = bento.repository_name.replace(['_', '.'], "-").chars().take(40).collect();
-            format!("{}-{}", base.trim_matches('-'), dep::name_suffix())
-        }
-    };
-    dep::check_deployment_name(&name)?;
-    crate::routes::artifacts::check_fields(Some(description), config.labels.as_deref())?;
-    dep::validate_config(state, &bento, config)?;
-    dep::preflight(state, &bento).await?;
-    let taken = state.store.used_endpoint_ports().await?;
-    let port = runtime.allocate_port(&taken).map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let cfg = config_json(config);
-    let labels = labels_to_json(config.labels.as_deref().unwrap_or(&[]));
-    let host = yatai_runtime::LocalRuntime::host_key(&name, namespace);
-    let d = state
-        .store
-        .create_deployment(NewDeployment {
-            org_uid: &caller.org.uid,
-            cluster_uid: &cluster.uid,
-            namespace,
-            name: &name,
-            description,
-            labels: &labels,
-            creator_uid: &caller.user.uid,
-            endpoint_port: Some(port),
-            host: &host,
-            targets: &[NewTarget { name: "main", bento_uid: &bento.uid, config: &cfg }],
-        })
-        .await?;
-    dep::record(state, caller, "created", &d, json!({"bento": bento.tag()})).await;
-    if let Err(e) = dep::apply(state, &d).await {
-        let _ = state.store.set_status(&d.uid, "failed", &e.message).await;
-        return Err(e);
-    }
-    Ok(d)
-}
-
-/// Adds a revision running `bento_tag` with `config`, and rolls out to it.
-pub async fn update_deployment(
-    state: &AppState,
-    caller: &Caller,
-    d: &DeploymentRow,
-    bento_tag: &str,
-    config: &DeploymentConfig,
-) -> ApiResult<DeploymentRow> {
-    let bento = dep::resolve_bento(state, caller, bento_tag).await?;
-    dep::validate_config(state, &bento, config)?;
-    dep::preflight(state, &bento).await?;
-    let cfg = config_json(config);
-    state
-        .store
-        .add_revision(
-            &d.uid,
-            &caller.user.uid,
-            None,
-            &[NewTarget { name: "main", bento_uid: &bento.uid, config: &cfg }],
-        )
-        .await?;
-    state.store.set_desired(&d.uid, "running").await?;
-    let _ = state.store.set_status(&d.uid, "deploying", "rolling out a new revision").await;
-    let d = reload(state, d).await?;
-    dep::record(state, caller, "updated", &d, json!({"bento": bento.tag()})).await;
-    dep::apply(state, &d).await?;
-    Ok(d)
-}
-
-pub async fn reload(state: &AppState, d: &DeploymentRow) -> ApiResult<DeploymentRow> {
-    state
-        .store
-        .get_deployment_by_uid(&d.uid)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("deployment {:?} was deleted", d.name)))
-}
-
-pub async fn terminate_deployment(state: &AppState, caller: &Caller, d: &DeploymentRow) -> ApiResult<DeploymentRow> {
-    state.store.set_desired(&d.uid, "terminated").await?;
-    let stopping = state.runtime.as_ref().and_then(|r| r.snapshot(&d.uid)).is_some_and(|s| !s.replicas.is_empty());
-    let _ = state.store.set_status(&d.uid, if stopping { "terminating" } else { "terminated" }, "").await;
-    if let Some(rt) = &state.runtime {
-        rt.terminate(&d.uid).await;
-    }
-    dep::record(state, caller, "terminated", d, Value::Null).await;
-    reload(state, d).await
-}
-
-/// Starts a terminated deployment again with its active revision.
-pub async fn restore_deployment(state: &AppState, caller: &Caller, d: &DeploymentRow) -> ApiResult<DeploymentRow> {
-    if d.desired == "running" {
-        return Err(ApiError::conflict(format!("deployment {:?} is not terminated", d.name)));
-    }
-    state.store.set_desired(&d.uid, "running").await?;
-    let _ = state.store.set_status(&d.uid, "deploying", "restoring").await;
-    let d = reload(state, d).await?;
-    dep::record(state, caller, "restored", &d, Value::Null).await;
-    dep::apply(state, &d).await?;
-    Ok(d)
-}
-
-pub async fn delete_deployment(state: &AppState, caller: &Caller, d: &DeploymentRow) -> ApiResult<()> {
-    dep::forget(state, d).await;
-    state.store.delete_deployment(&d.uid).await?;
-    dep::record(state, caller, "deleted", d, Value::Null).await;
-    Ok(())
-}
-
-pub async fn rollback_deployment(
-    state: &AppState,
-    caller: &Caller,
-    d: &DeploymentRow,
-    revision_uid: &str,
-) -> ApiResult<DeploymentRow> {
-    let (rev, targets) = state
-        .store
-        .get_revision(&d.uid, revision_uid)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("deployment {:?} has no revision {revision_uid:?}", d.name)))?;
-    if rev.status == "active" {
-        return Err(ApiError::conflict("that revision is already the active one"));
-    }
-    for t in &targets {
-        let bento = state.store.get_version_by_uid(&t.bento_uid).await?;
-        if !bento.as_ref().is_some_and(|b| b.is_uploaded()) {
-            return Err(ApiError::conflict("the bento of that revision was deleted; it cannot be restored"));
-        }
-    }
-    let copies: Vec<NewTarget> =
-        targets.iter().map(|t| NewTarget { name: &t.name, bento_uid: &t.bento_uid, config: &t.config }).collect();
-    state.store.add_revision(&d.uid, &caller.user.uid, Some(&rev.uid), &copies).await?;
-    state.store.set_desired(&d.uid, "running").await?;
-    let _ = state.store.set_status(&d.uid, "deploying", "rolling back").await;
-    let d = reload(state, d).await?;
-    dep::record(state, caller, "rolled back", &d, json!({"to_revision": rev.uid})).await;
-    dep::apply(state, &d).await?;
-    Ok(d)
+/// Finds a deployment by name (see `yatai_app::deployments::find`).
+async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name: &str) -> ApiResult<DeploymentRow> {
+    Ok(app::find(state, caller, cluster, name).await?)
 }
 
 async fn create(
@@ -343,18 +152,16 @@ async fn create(
     Query(p): Query<ClusterParam>,
     JsonBody(body): JsonBody<CreateDeploymentRequest>,
 ) -> ApiResult<Json<DeploymentSchema>> {
-    let d = create_deployment(
-        &state,
-        &caller,
-        p.cluster.as_deref(),
-        DEFAULT_NAMESPACE,
-        body.name.as_deref(),
-        &body.bento,
-        &body.config,
-        body.description.as_deref().unwrap_or(""),
-    )
-    .await?;
-    let d = reload(&state, &d).await?;
+    let request = app::DeploymentRequest {
+        cluster: p.cluster.as_deref(),
+        namespace: DEFAULT_NAMESPACE,
+        name: body.name.as_deref(),
+        bento: &body.bento,
+        config: &body.config,
+        description: body.description.as_deref().unwrap_or(""),
+    };
+    let d = app::create(&state, &caller, request).await?;
+    let d = app::reload(&state, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -379,7 +186,7 @@ async fn list(
     Query(p): Query<ListParams>,
 ) -> ApiResult<Json<DeploymentList>> {
     let cluster_uid = match p.cluster.as_deref() {
-        Some(c) => Some(dep::resolve_cluster(&state, &caller, Some(c)).await?.uid),
+        Some(c) => Some(app::resolve_cluster(&state, &caller, Some(c)).await?.uid),
         None => None,
     };
     let mut status = None;
@@ -428,7 +235,7 @@ async fn update(
     JsonBody(body): JsonBody<UpdateDeploymentRequest>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let d = update_deployment(&state, &caller, &d, &body.bento, &body.config).await?;
+    let d = app::update(&state, &caller, &d, &body.bento, &body.config).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -440,7 +247,7 @@ async fn terminate(
     Query(p): Query<ClusterParam>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let d = terminate_deployment(&state, &caller, &d).await?;
+    let d = app::terminate(&state, &caller, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -452,7 +259,7 @@ async fn restore(
     Query(p): Query<ClusterParam>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let d = restore_deployment(&state, &caller, &d).await?;
+    let d = app::restore(&state, &caller, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -476,8 +283,8 @@ async fn delete(
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
     let mut out = dep::deployment_schema(&state, &caller, &headers, &d).await?;
-    delete_deployment(&state, &caller, &d).await?;
-    out.status = "terminated".into();
+    app::delete(&state, &caller, &d).await?;
+    out.status = Phase::Terminated.as_str().into();
     out.replicas.clear();
     Ok(Json(out))
 }
@@ -524,7 +331,7 @@ async fn rollback(
     JsonBody(body): JsonBody<RollbackRequest>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let d = rollback_deployment(&state, &caller, &d, &body.revision_uid).await?;
+    let d = app::rollback(&state, &caller, &d, &body.revision_uid).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -538,37 +345,6 @@ struct LogParams {
     follow: Option<bool>,
 }
 
-pub fn log_stream(
-    book: std::sync::Arc<yatai_runtime::logs::LogBook>,
-    tail: usize,
-    follow: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    use futures_util::StreamExt;
-    let live = follow.then(|| book.subscribe());
-    let past = book.tail(tail);
-    async_stream(past, live).take_until(Box::pin(crate::shutdown::stopping()))
-}
-
-fn async_stream(
-    past: Vec<String>,
-    live: Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    use futures_util::StreamExt;
-    let past = futures_util::stream::iter(past.into_iter().map(|l| Ok(Event::default().data(l))));
-    let live = futures_util::stream::unfold(live, |rx| async move {
-        let mut rx = rx?;
-        let event = match rx.recv().await {
-            Ok(line) => Event::default().data(line.as_ref()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                Event::default().comment(format!("{n} lines skipped (the reader was too slow)"))
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(event), Some(rx)))
-    });
-    past.chain(live)
-}
-
 async fn logs(
     State(state): State<AppState>,
     caller: Auth,
@@ -576,10 +352,10 @@ async fn logs(
     Query(p): Query<LogParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let book = state
-        .runtime
-        .as_ref()
-        .and_then(|r| r.open_logs(&d.uid))
+    let book = app::target_for(&state, &d)
+        .await
+        .ok()
+        .and_then(|t| t.logs(&d.uid))
         .ok_or_else(|| ApiError::not_found(format!("deployment {:?} has no logs yet", d.name)))?;
     let tail = p.tail.unwrap_or(100).clamp(0, 10_000) as usize;
     Ok(Sse::new(log_stream(book, tail, p.follow.unwrap_or(false)))
@@ -597,7 +373,7 @@ pub struct MetricsSchema {
     pub inflight: usize,
     /// Every 5 seconds over the last hour.
     #[schema(value_type = Vec<Object>)]
-    pub samples: Vec<yatai_runtime::metrics::Sample>,
+    pub samples: Vec<yatai_core::deploy::Sample>,
     /// Request totals each replica reports on its own /metrics.
     #[schema(value_type = Object)]
     pub replica_requests_total: serde_json::Map<String, Value>,
@@ -610,21 +386,19 @@ async fn metrics(
     Query(p): Query<ClusterParam>,
 ) -> ApiResult<Json<MetricsSchema>> {
     let d = find(&state, &caller, p.cluster.as_deref(), &name).await?;
-    let history = state.runtime.as_ref().and_then(|r| r.metrics(&d.uid));
-    let samples = history.as_ref().map(|h| h.samples()).unwrap_or_default();
+    let metrics = app::target_for(&state, &d).await.ok().and_then(|t| t.metrics(&d.uid)).unwrap_or_default();
+    let samples = metrics.samples;
     let recent = &samples[samples.len().saturating_sub(12)..];
     let (req, err) = recent.iter().fold((0.0, 0.0), |(r, e), s| (r + s.requests_per_second, e + s.errors_per_second));
     let last = samples.last();
-    let replica_requests_total = history
-        .map(|h| h.replica_requests.lock().expect("lock").iter().map(|(id, n)| (id.clone(), json!(n))).collect())
-        .unwrap_or_default();
+    let replica_requests_total = metrics.replica_requests.iter().map(|(id, n)| (id.clone(), json!(n))).collect();
     Ok(Json(MetricsSchema {
         requests_per_second: last.map(|s| s.requests_per_second).unwrap_or(0.0),
         errors_per_second: last.map(|s| s.errors_per_second).unwrap_or(0.0),
         error_rate: if req > 0.0 { err / req } else { 0.0 },
         p50_ms: last.and_then(|s| s.p50_ms),
         p99_ms: last.and_then(|s| s.p99_ms),
-        inflight: state.runtime.as_ref().and_then(|r| r.endpoint(&d.uid)).map(|e| e.inflight()).unwrap_or(0),
+        inflight: metrics.inflight,
         samples,
         replica_requests_total,
     }))

@@ -14,10 +14,7 @@ use utoipa::ToSchema;
 use yatai_store::{DeploymentFilter, DeploymentRow};
 
 use super::Auth;
-use super::deployments::{
-    RevisionList, create_deployment, delete_deployment, log_stream, revision_list, rollback_deployment,
-    terminate_deployment, update_deployment,
-};
+use super::deployments::{RevisionList, revision_list};
 use crate::auth::{Caller, Permission};
 use crate::deployments::{
     self as dep, ClusterSchema, DeploymentConfig, DeploymentList, DeploymentSchema, EnvItem, RevisionSchema,
@@ -26,7 +23,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query, lenient};
 use crate::openapi::{Api, Op};
 use crate::schemas::Label;
-use crate::state::AppState;
+use crate::sse::log_stream;
+use yatai_app::AppState;
+use yatai_app::deployments as app;
 
 const D: &str = "/api/v1/clusters/{cluster}/namespaces/{namespace}/deployments/{name}";
 
@@ -134,7 +133,7 @@ pub struct ClusterList {
 }
 
 async fn list_clusters(State(state): State<AppState>, caller: Auth) -> ApiResult<Json<ClusterList>> {
-    dep::resolve_cluster(&state, &caller, None).await?;
+    app::resolve_cluster(&state, &caller, None).await?;
     let rows = state.store.list_clusters(&caller.org.uid).await?;
     let items: Vec<_> =
         rows.iter().enumerate().map(|(i, c)| dep::cluster_schema(c, &caller.org.name, i == 0)).collect();
@@ -147,7 +146,7 @@ async fn get_cluster(
     caller: Auth,
     Path(cluster): Path<String>,
 ) -> ApiResult<Json<ClusterSchema>> {
-    let c = dep::resolve_cluster(&state, &caller, Some(&cluster)).await?;
+    let c = app::resolve_cluster(&state, &caller, Some(&cluster)).await?;
     let first = state.store.list_clusters(&caller.org.uid).await?.first().is_some_and(|f| f.uid == c.uid);
     Ok(Json(dep::cluster_schema(&c, &caller.org.name, first)))
 }
@@ -201,7 +200,7 @@ async fn list_in_cluster(
     Path(cluster): Path<String>,
     Query(p): Query<Page>,
 ) -> ApiResult<Json<DeploymentList>> {
-    let c = dep::resolve_cluster(&state, &caller, Some(&cluster)).await?;
+    let c = app::resolve_cluster(&state, &caller, Some(&cluster)).await?;
     Ok(Json(list_filtered(&state, &caller, &headers, Some(c.uid), p).await?))
 }
 
@@ -293,21 +292,19 @@ async fn create(
     Path(cluster): Path<String>,
     JsonBody(body): JsonBody<V1CreateDeployment>,
 ) -> ApiResult<Json<DeploymentSchema>> {
-    dep::resolve_cluster(&state, &caller, Some(&cluster)).await?;
+    app::resolve_cluster(&state, &caller, Some(&cluster)).await?;
     let (bento, config) = from_v1(&body.targets, body.labels)?;
-    let ns = body.kube_namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(dep::DEFAULT_NAMESPACE);
-    let d = create_deployment(
-        &state,
-        &caller,
-        Some(&cluster),
-        ns,
-        Some(&body.name),
-        &bento,
-        &config,
-        body.description.as_deref().unwrap_or(""),
-    )
-    .await?;
-    let d = super::deployments::reload(&state, &d).await?;
+    let ns = body.kube_namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(yatai_core::deploy::DEFAULT_NAMESPACE);
+    let request = app::DeploymentRequest {
+        cluster: Some(&cluster),
+        namespace: ns,
+        name: Some(&body.name),
+        bento: &bento,
+        config: &config,
+        description: body.description.as_deref().unwrap_or(""),
+    };
+    let d = app::create(&state, &caller, request).await?;
+    let d = app::reload(&state, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -318,7 +315,7 @@ async fn find(
     namespace: &str,
     name: &str,
 ) -> ApiResult<DeploymentRow> {
-    let c = dep::resolve_cluster(state, caller, Some(cluster)).await?;
+    let c = app::resolve_cluster(state, caller, Some(cluster)).await?;
     state
         .store
         .get_deployment(&caller.org.uid, &c.uid, namespace, name)
@@ -345,7 +342,7 @@ async fn update(
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
     let (bento, config) = from_v1(&body.targets, body.labels)?;
-    let d = update_deployment(&state, &caller, &d, &bento, &config).await?;
+    let d = app::update(&state, &caller, &d, &bento, &config).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -357,7 +354,7 @@ async fn delete(
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
     let mut out = dep::deployment_schema(&state, &caller, &headers, &d).await?;
-    delete_deployment(&state, &caller, &d).await?;
+    app::delete(&state, &caller, &d).await?;
     out.status = "terminated".into();
     Ok(Json(out))
 }
@@ -369,7 +366,7 @@ async fn terminate(
     Path((cluster, ns, name)): Path<(String, String, String)>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
-    let d = terminate_deployment(&state, &caller, &d).await?;
+    let d = app::terminate(&state, &caller, &d).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -403,7 +400,7 @@ async fn rollback(
     Path((cluster, ns, name, revision)): Path<(String, String, String, String)>,
 ) -> ApiResult<Json<DeploymentSchema>> {
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
-    let d = rollback_deployment(&state, &caller, &d, &revision).await?;
+    let d = app::rollback(&state, &caller, &d, &revision).await?;
     Ok(Json(dep::deployment_schema(&state, &caller, &headers, &d).await?))
 }
 
@@ -422,10 +419,10 @@ async fn logs(
     Query(p): Query<LogParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>> {
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
-    let book = state
-        .runtime
-        .as_ref()
-        .and_then(|r| r.open_logs(&d.uid))
+    let book = app::target_for(&state, &d)
+        .await
+        .ok()
+        .and_then(|t| t.logs(&d.uid))
         .ok_or_else(|| ApiError::not_found(format!("deployment {:?} has no logs yet", d.name)))?;
     let tail = p.tail.unwrap_or(100).clamp(0, 10_000) as usize;
     Ok(Sse::new(log_stream(book, tail, p.follow.unwrap_or(false))).keep_alive(KeepAlive::default()))

@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Query, lenient};
 use crate::openapi::{Api, Op};
 use crate::schemas::{CreatorSchema, EventList, EventSchema, ts};
-use crate::state::AppState;
+use yatai_app::AppState;
 
 pub fn routes(state: AppState) -> Api {
     let op = |path: &str| {

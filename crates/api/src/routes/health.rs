@@ -7,7 +7,7 @@ use axum::routing::get;
 use crate::error::{ApiError, ApiResult};
 use crate::openapi::{Api, Op};
 use crate::schemas::{HealthSchema, VersionInfoSchema};
-use crate::state::AppState;
+use yatai_app::AppState;
 
 pub fn routes(state: AppState) -> Api {
     Api::new(state)

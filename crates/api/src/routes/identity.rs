@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query, lenient};
 use crate::openapi::{Api, Op};
 use crate::schemas::{CreateTokenRequest, OrganizationSchema, TokenList, TokenSchema, UserSchema};
-use crate::state::AppState;
+use yatai_app::AppState;
 
 pub fn routes(state: AppState) -> Api {
     Api::new(state)

@@ -12,9 +12,53 @@ use super::artifacts::{find_version, record};
 use crate::auth::Permission;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path};
-use crate::images::{self, ImageBuildSchema};
 use crate::openapi::{Api, Op};
-use crate::state::AppState;
+use crate::schemas::{CreatorSchema, opt_ts, ts};
+use serde_json::Value;
+use yatai_app::AppState;
+use yatai_app::images;
+use yatai_store::ImageBuildRow;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageBuildSchema {
+    pub uid: String,
+    /// `name:version` of the bento.
+    pub bento: String,
+    /// `pending`, `building`, `success` or `failed`.
+    pub status: String,
+    pub registry: String,
+    /// `HOST/REPO:yatai.<name>.<version>@sha256:…` once built.
+    pub reference: String,
+    pub digest: String,
+    pub error: String,
+    #[schema(value_type = Object)]
+    pub report: Value,
+    /// The build's log (only when one build is asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    pub creator: Option<CreatorSchema>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+pub fn schema(row: &ImageBuildRow, bento_tag: &str, with_log: bool) -> ImageBuildSchema {
+    ImageBuildSchema {
+        uid: row.uid.clone(),
+        bento: bento_tag.to_owned(),
+        status: row.status.clone(),
+        registry: row.registry.clone(),
+        reference: row.reference.clone(),
+        digest: row.digest.clone(),
+        error: row.error.clone(),
+        report: serde_json::from_str(&row.report).unwrap_or(Value::Null),
+        log: with_log.then(|| row.log.clone()),
+        creator: row.creator_name.clone().map(|name| CreatorSchema { name }),
+        created_at: ts(row.created_at),
+        started_at: opt_ts(row.started_at),
+        finished_at: opt_ts(row.finished_at),
+    }
+}
 
 pub fn routes(state: AppState) -> Api {
     let p = "/api/v1/bento_repositories/{name}/bentos/{version}/image_builds";
@@ -70,7 +114,7 @@ async fn start(
     let bento = find_version(&state, &caller, Kind::Bento, &name, &version).await?;
     let row = images::start(&state, &caller, &bento, body.force).await?;
     record(&state, &caller, "image build started", "bento", &bento.tag(), serde_json::json!({"build": row.uid})).await;
-    Ok(Json(images::schema(&row, &bento.tag(), false)))
+    Ok(Json(schema(&row, &bento.tag(), false)))
 }
 
 async fn list(
@@ -80,7 +124,7 @@ async fn list(
 ) -> ApiResult<Json<ImageBuildList>> {
     let bento = find_version(&state, &caller, Kind::Bento, &name, &version).await?;
     let rows = state.store.list_image_builds(&bento.uid).await?;
-    let items: Vec<_> = rows.iter().map(|r| images::schema(r, &bento.tag(), false)).collect();
+    let items: Vec<_> = rows.iter().map(|r| schema(r, &bento.tag(), false)).collect();
     let n = items.len() as i64;
     Ok(Json(ImageBuildList { start: 0, count: n, total: n, items }))
 }
@@ -97,5 +141,5 @@ async fn get_one(
         .ok_or_else(|| ApiError::not_found(format!("image build {uid:?} not found")))?;
     let tag =
         state.store.get_version_by_uid(&row.bento_uid).await?.map(|v| v.tag()).unwrap_or_else(|| "(deleted)".into());
-    Ok(Json(images::schema(&row, &tag, true)))
+    Ok(Json(schema(&row, &tag, true)))
 }

@@ -17,7 +17,7 @@ use yatai_core::Kind;
 
 use crate::auth::Caller;
 use crate::openapi::Api;
-use crate::state::AppState;
+use yatai_app::AppState;
 
 /// The caller of an authenticated route.
 pub type Auth = Extension<Arc<Caller>>;

@@ -24,7 +24,7 @@ use crate::schemas::{
     ArtifactList, ArtifactSchema, CreateRepositoryRequest, CreateVersionRequest, RepositoryList, RepositorySchema,
     UpdateRepositoryRequest, UpdateVersionRequest, labels_to_json,
 };
-use crate::state::AppState;
+use yatai_app::AppState;
 
 const LIST_QUERIES: [(&str, &str); 4] = [
     ("start", "offset of the first item (default 0)"),
@@ -253,7 +253,7 @@ async fn delete_repository<K: KindParam>(
     let row = find_repository(&state, &caller, K::KIND, &name).await?;
     let response = repository(&row, None);
     let digests = state.store.delete_repository(&row).await?;
-    crate::janitor::collect_blobs(&state, &digests).await;
+    yatai_app::janitor::collect_blobs(&state, &digests).await;
     record(
         &state,
         &caller,
@@ -512,7 +512,7 @@ async fn delete_version<K: KindParam>(
     }
     let response = artifact(&state, &row);
     let digest = state.store.delete_version(&row).await?;
-    crate::janitor::collect_blobs(&state, digest.as_slice()).await;
+    yatai_app::janitor::collect_blobs(&state, digest.as_slice()).await;
     record(&state, &caller, "deleted", K::KIND.as_str(), &row.tag(), Value::Null).await;
     Ok(Json(response))
 }

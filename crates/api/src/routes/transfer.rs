@@ -25,10 +25,10 @@ use super::{Auth, KindParam};
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query};
-use crate::janitor;
 use crate::openapi::{Api, Op};
 use crate::schemas::{ArtifactSchema, CompleteMultipartRequest, FinishUploadRequest, PresignPartRequest};
-use crate::state::AppState;
+use yatai_app::AppState;
+use yatai_app::janitor;
 
 /// S3's limit, which the bentoml client's 100 MiB parts never approach.
 const MAX_PART_NUMBER: i64 = 10_000;

@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::routes::artifacts::record;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::registry::record;
 use yatai_store::EventFilter;
 
 use super::auth::NoticeParam;

@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
-use yatai_api::AppState;
-use yatai_api::auth::hash_token;
+use yatai_app::AppState;
+use yatai_app::auth::hash_token;
 use yatai_core::Timestamp;
 use yatai_store::{InvitationRow, MemberRole, NewSession, OrgRow, UserRow};
 

@@ -7,11 +7,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::deployments::{self as dep, DEFAULT_NAMESPACE, DeploymentConfig, EnvItem};
-use yatai_api::routes::deployments as svc;
+use yatai_app::AppError;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::deployments::{self as svc, DeploymentConfig, EnvItem};
 use yatai_core::Kind;
+use yatai_core::deploy::{DEFAULT_NAMESPACE, check_deployment_name};
 use yatai_store::{DeploymentRow, RepoSort};
 
 use super::deployments::{find, href};
@@ -119,25 +120,15 @@ fn parse(v: &FormValues, entry: &str) -> Result<(String, DeploymentConfig), Erro
     ))
 }
 
-/// Puts an error from the service layer beside the field it is about.
-fn place(message: &str) -> &'static str {
-    let m = message.to_lowercase();
-    if m.contains("deployment name") || m.contains("already exists") {
-        "name"
-    } else if m.contains("environment variable") || m.contains("--env") {
-        "envs"
-    } else if m.contains("min_replicas") {
-        "min_replicas"
-    } else if m.contains("max_replicas") || m.contains("scaling") {
-        "max_replicas"
-    } else if m.contains("repository") && m.contains("not found") {
-        "bento_repository"
-    } else if m.contains("bento") {
-        "bento_version"
-    } else if m.contains("cluster") {
-        "cluster"
-    } else {
-        "form"
+/// The form field an error from the use case belongs beside: an invalid
+/// input names its field; a clash is about the name; a missing bento about
+/// the version picked.
+fn place(e: &AppError) -> &'static str {
+    match e {
+        AppError::Invalid { field: Some("bento"), .. } | AppError::NotFound(_) => "bento_version",
+        AppError::Invalid { field: Some(f), .. } => f,
+        AppError::Conflict(_) => "name",
+        _ => "form",
     }
 }
 
@@ -273,7 +264,7 @@ pub async fn new_page(State(state): State<AppState>, s: Session, Query(p): Query
     let v = FormValues {
         bento_repository: p.bento_repository,
         bento_version: p.bento_version,
-        cluster: dep::LOCAL_CLUSTER.into(),
+        cluster: svc::LOCAL_CLUSTER.into(),
         min_replicas: "1".into(),
         max_replicas: "1".into(),
         ..Default::default()
@@ -283,9 +274,8 @@ pub async fn new_page(State(state): State<AppState>, s: Session, Query(p): Query
 
 async fn entry_of(state: &AppState, s: &Session, v: &FormValues) -> String {
     let version = if v.bento_version.is_empty() { "latest" } else { &v.bento_version };
-    match yatai_api::routes::artifacts::find_version(state, &s.caller, Kind::Bento, &v.bento_repository, version).await
-    {
-        Ok(b) => dep::entry_service(&serde_json::from_str(&b.manifest).unwrap_or(Value::Null)),
+    match yatai_app::registry::find_version(state, &s.caller, Kind::Bento, &v.bento_repository, version).await {
+        Ok(b) => svc::entry_service(&serde_json::from_str(&b.manifest).unwrap_or(Value::Null)),
         Err(_) => "apiserver".into(),
     }
 }
@@ -298,9 +288,9 @@ pub async fn create(State(state): State<AppState>, post: Post) -> WebResult {
     // Every field's error at once: the name's beside the others'.
     let mut errors = Errors::new();
     if !v.name.is_empty()
-        && let Err(e) = dep::check_deployment_name(&v.name)
+        && let Err(e) = check_deployment_name(&v.name)
     {
-        errors.push(("name".into(), e.message));
+        errors.push(("name".into(), e));
     }
     let (tag, config) = match parse(&v, &entry) {
         Ok(x) if errors.is_empty() => x,
@@ -311,30 +301,24 @@ pub async fn create(State(state): State<AppState>, post: Post) -> WebResult {
         }
     };
     let cluster = Some(v.cluster.as_str()).filter(|c| !c.is_empty());
-    match svc::create_deployment(
-        &state,
-        &s.caller,
+    let request = svc::DeploymentRequest {
         cluster,
-        DEFAULT_NAMESPACE,
-        Some(&v.name),
-        &tag,
-        &config,
-        &v.description,
-    )
-    .await
-    {
+        namespace: DEFAULT_NAMESPACE,
+        name: Some(&v.name),
+        bento: &tag,
+        config: &config,
+        description: &v.description,
+    };
+    match svc::create(&state, &s.caller, request).await {
         Ok(d) => Ok(Redirect::to(&href(&d.name)).into_response()),
-        Err(e) if e.status.is_client_error() => {
-            let field = place(&e.message);
-            form_page(&state, s, None, &v, &vec![(field.into(), e.message)]).await
-        }
-        Err(e) => {
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => {
             // The deployment may exist (stored, then failed to start): show it.
             if let Ok(d) = svc::find(&state, &s.caller, cluster, &v.name).await {
-                return Ok(ui::back(&href(&d.name), &format!("Created, but it did not start: {}", e.message)));
+                return Ok(ui::back(&href(&d.name), &format!("Created, but it did not start: {}", e.message())));
             }
             Err(e.into())
         }
+        Err(e) => form_page(&state, s, None, &v, &vec![(place(&e).into(), e.message().to_owned())]).await,
     }
 }
 
@@ -381,13 +365,10 @@ pub async fn update(State(state): State<AppState>, Path(name): Path<String>, pos
         Ok(x) => x,
         Err(errors) => return form_page(&state, s, Some(&d), &v, &errors).await,
     };
-    match svc::update_deployment(&state, &s.caller, &d, &tag, &config).await {
+    match svc::update(&state, &s.caller, &d, &tag, &config).await {
         Ok(d) => Ok(ui::back(&href(&d.name), "Updated: rolling out a new revision.")),
-        Err(e) if e.status.is_client_error() => {
-            let field = place(&e.message);
-            form_page(&state, s, Some(&d), &v, &vec![(field.into(), e.message)]).await
-        }
-        Err(e) => Err(e.into()),
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => Err(e.into()),
+        Err(e) => form_page(&state, s, Some(&d), &v, &vec![(place(&e).into(), e.message().to_owned())]).await,
     }
 }
 
@@ -407,6 +388,14 @@ mod tests {
         let errors = parse(&v, "svc").unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["max_replicas", "envs"]);
+    }
+
+    #[test]
+    fn errors_from_the_use_case_land_beside_their_field() {
+        assert_eq!(place(&AppError::invalid_field("max_replicas", "too many")), "max_replicas");
+        assert_eq!(place(&AppError::invalid_field("bento", "not uploaded")), "bento_version");
+        assert_eq!(place(&AppError::conflict("deployment \"iris\" already exists")), "name");
+        assert_eq!(place(&AppError::invalid("something else")), "form");
     }
 
     #[test]

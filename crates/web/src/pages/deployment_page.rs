@@ -12,18 +12,19 @@ use futures_util::{Stream, StreamExt};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::deployments as dep;
-use yatai_api::routes::deployments as svc;
+use yatai_api::deployments::request_host;
+use yatai_api::sse::log_stream;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::deployments as svc;
 use yatai_core::Kind;
-use yatai_runtime::DeployTarget;
+use yatai_core::deploy::{DeployTarget, RevisionStatus};
 use yatai_store::EventFilter;
 
 use super::deployments::{find, href, short_info};
 use super::registry::version_href;
 use crate::session::Session;
-use crate::ui::{self, WebError, WebResult};
+use crate::ui::{self, WebResult};
 
 #[derive(Deserialize, Default)]
 pub struct DetailParams {
@@ -36,8 +37,8 @@ pub struct DetailParams {
     b: Option<usize>,
 }
 
-fn charts(state: &AppState, uid: &str) -> Vec<(String, Markup)> {
-    let samples = state.runtime.as_ref().and_then(|r| r.metrics(uid)).map(|h| h.samples()).unwrap_or_default();
+fn charts(target: Option<&dyn DeployTarget>, uid: &str) -> Vec<(String, Markup)> {
+    let samples = target.and_then(|t| t.metrics(uid)).map(|m| m.samples).unwrap_or_default();
     let recent = &samples[samples.len().saturating_sub(120)..];
     let rps: Vec<f64> = recent.iter().map(|s| s.requests_per_second).collect();
     let err: Vec<f64> = recent
@@ -109,8 +110,9 @@ pub async fn detail(
     Query(p): Query<DetailParams>,
 ) -> WebResult {
     let d = find(&state, &s, &name).await?;
-    let url = dep::deployment_url(&state, &headers, &d);
-    let snapshot = state.runtime.as_ref().and_then(|r| r.snapshot(&d.uid));
+    let url = svc::deployment_url(&state, request_host(&headers), &d);
+    let target = svc::target_for(&state, &d).await.ok();
+    let snapshot = target.as_ref().and_then(|t| t.status(&d.uid));
     let revisions = state.store.list_revisions(&d.uid).await?;
     let total = revisions.len();
     // (number, row, targets, bento tag)
@@ -122,7 +124,7 @@ pub async fn detail(
         };
         revs.push((total - i, r, t, bento));
     }
-    let active = revs.iter().find(|(_, r, _, _)| r.status == "active");
+    let active = revs.iter().find(|(_, r, _, _)| r.status == RevisionStatus::Active);
     let events = state
         .store
         .event_page(
@@ -135,7 +137,7 @@ pub async fn detail(
             30,
         )
         .await?;
-    let logs = state.runtime.as_ref().and_then(|r| r.open_logs(&d.uid)).map(|b| b.tail(200)).unwrap_or_default();
+    let logs = target.as_ref().and_then(|t| t.logs(&d.uid)).map(|b| b.tail(200)).unwrap_or_default();
     let can_write = s.can(Permission::WriteCluster);
     let (ca, cb) = (p.a.unwrap_or(total.saturating_sub(1).max(1)), p.b.unwrap_or(total));
     let text_of = |n: usize| {
@@ -200,7 +202,7 @@ pub async fn detail(
         }
         p.muted data-live-noreplicas hidden[snapshot.as_ref().is_some_and(|s| !s.replicas.is_empty())] { "No replica is running." }
         h2 { "Traffic" }
-        div.grid { @for (_, c) in charts(&state, &d.uid) { (c) } }
+        div.grid { @for (_, c) in charts(target.as_deref(), &d.uid) { (c) } }
         h2 { "Logs" }
         pre.logs data-testid="logs" data-logs-url=(format!("{}/logs", href(&d.name))) tabindex="0" aria-label="Replica logs" {
             code { @for l in &logs { (l) "\n" } }
@@ -275,7 +277,8 @@ pub async fn live(
                     return Some((Ok(Event::default().event("gone").data("{}")), (state, uid, last, u32::MAX)))
                         .filter(|_| n != u32::MAX);
                 };
-                let snap = state.runtime.as_ref().and_then(|r| r.snapshot(&uid));
+                let target = svc::target_for(&state, &d).await.ok();
+                let snap = target.as_ref().and_then(|t| t.status(&uid));
                 let replicas: Vec<Value> = snap
                 .map(|s| {
                     s.replicas
@@ -288,8 +291,10 @@ pub async fn live(
                 let mut msg = json!({"status": d.status, "reason": d.status_reason, "replicas": replicas});
                 let key = msg.to_string();
                 if n % 5 == 0 {
-                    let c: Map<String, Value> =
-                        charts(&state, &uid).into_iter().map(|(id, m)| (id, Value::String(m.into_string()))).collect();
+                    let c: Map<String, Value> = charts(target.as_deref(), &uid)
+                        .into_iter()
+                        .map(|(id, m)| (id, Value::String(m.into_string())))
+                        .collect();
                     msg["charts"] = Value::Object(c);
                 }
                 n = n.wrapping_add(1);
@@ -311,21 +316,21 @@ pub async fn logs(
     Path(name): Path<String>,
 ) -> WebResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let d = find(&state, &s, &name).await?;
-    let runtime = state.runtime.clone().ok_or_else(|| WebError::not_found("This server runs no deployments."))?;
+    let target = svc::target_for(&state, &d).await?;
     // A deployment that has not written a line yet gets a stream that waits
     // for its log to appear (an error here would make the browser retry
     // noisily).
     let uid = d.uid.clone();
     let book = async move {
         loop {
-            if let Some(book) = runtime.open_logs(&uid) {
+            if let Some(book) = target.logs(&uid) {
                 return book;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
     let stream = futures_util::stream::once(book)
-        .flat_map(|book| svc::log_stream(book, 200, true))
+        .flat_map(|book| log_stream(book, 200, true))
         .take_until(Box::pin(yatai_api::shutdown::stopping()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -3,30 +3,29 @@
 //! its live parts in `deployment_page`.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use maud::html;
 use serde::Deserialize;
 use serde_json::Value;
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::routes::deployments as svc;
+use yatai_app::AppError;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::deployments as svc;
 use yatai_core::Kind;
-use yatai_store::{DeploymentFilter, DeploymentRow};
+use yatai_core::deploy::Phase;
+use yatai_store::{ClusterRow, DeploymentFilter, DeploymentRow};
 
 use super::registry::version_href;
 use crate::session::{Post, Session};
 use crate::ui::{self, WebError, WebResult};
 
-const STATUSES: &[&str] = &["deploying", "running", "unhealthy", "failed", "terminating", "terminated"];
 const PAGE: i64 = 50;
 
 pub(crate) async fn find(state: &AppState, s: &Session, name: &str) -> WebResult<DeploymentRow> {
-    svc::find(state, &s.caller, None, name).await.map_err(|e| {
-        if e.status == StatusCode::NOT_FOUND {
+    svc::find(state, &s.caller, None, name).await.map_err(|e| match e {
+        AppError::NotFound(_) => {
             WebError::not_found(format!("There is no deployment {name:?} in {}.", s.caller.org.name))
-        } else {
-            e.into()
         }
+        other => other.into(),
     })
 }
 
@@ -34,8 +33,10 @@ pub(crate) fn href(name: &str) -> String {
     format!("/deployments/{}", ui::enc(name))
 }
 
-fn request_rates(state: &AppState, uid: &str, n: usize) -> Vec<f64> {
-    let samples = state.runtime.as_ref().and_then(|r| r.metrics(uid)).map(|h| h.samples()).unwrap_or_default();
+/// The last `n` request rates of `d`, from the target that runs it.
+fn request_rates(state: &AppState, clusters: &[ClusterRow], d: &DeploymentRow, n: usize) -> Vec<f64> {
+    let target = clusters.iter().find(|c| c.uid == d.cluster_uid).and_then(|c| state.targets.for_cluster(c).ok());
+    let samples = target.and_then(|t| t.metrics(&d.uid)).map(|m| m.samples).unwrap_or_default();
     samples[samples.len().saturating_sub(n)..].iter().map(|s| s.requests_per_second).collect()
 }
 
@@ -66,7 +67,7 @@ pub async fn list(State(state): State<AppState>, s: Session, Query(p): Query<Lis
     let filter = DeploymentFilter {
         cluster_uid,
         search: Some(p.q.trim().to_owned()).filter(|q| !q.is_empty()),
-        status: Some(p.status.clone()).filter(|s| STATUSES.contains(&s.as_str())),
+        status: Some(p.status.clone()).filter(|s| s.parse::<Phase>().is_ok()),
         start,
         count: PAGE,
     };
@@ -89,7 +90,7 @@ pub async fn list(State(state): State<AppState>, s: Session, Query(p): Query<Lis
                 label for="status" { "Status" }
                 select id="status" name="status" {
                     option value="" { "Any" }
-                    @for st in STATUSES { option value=(st) selected[p.status == *st] { (st) } }
+                    @for (_, st) in Phase::ALL { option value=(st) selected[p.status == *st] { (st) } }
                 }
             }
             div {
@@ -116,7 +117,7 @@ pub async fn list(State(state): State<AppState>, s: Session, Query(p): Query<Lis
                     tbody {
                         @for d in &rows {
                             @let bento = bentos.iter().find(|(u, _, _)| *u == d.uid);
-                            @let rates = request_rates(&state, &d.uid, 60);
+                            @let rates = request_rates(&state, &clusters, d, 60);
                             tr data-testid="row" data-name=(d.name) {
                                 td { a href=(href(&d.name)) { (d.name) } }
                                 td { (ui::status_badge(&d.status)) }
@@ -167,34 +168,34 @@ async fn act(state: &AppState, name: &str, post: &Post) -> WebResult<DeploymentR
     Ok(d)
 }
 
-fn outcome(d: &DeploymentRow, r: Result<DeploymentRow, yatai_api::error::ApiError>, done: &str) -> WebResult {
+fn outcome(d: &DeploymentRow, r: Result<DeploymentRow, AppError>, done: &str) -> WebResult {
     match r {
         Ok(d) => Ok(ui::back(&href(&d.name), done)),
-        Err(e) if e.status.is_client_error() => Ok(ui::back(&href(&d.name), &format!("Not done: {}", e.message))),
-        Err(e) => Err(e.into()),
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => Err(e.into()),
+        Err(e) => Ok(ui::back(&href(&d.name), &format!("Not done: {}", e.message()))),
     }
 }
 
 pub async fn terminate(State(state): State<AppState>, Path(name): Path<String>, post: Post) -> WebResult {
     let d = act(&state, &name, &post).await?;
-    let r = svc::terminate_deployment(&state, &post.session.caller, &d).await;
+    let r = svc::terminate(&state, &post.session.caller, &d).await;
     outcome(&d, r, "Terminated: its replicas are stopping.")
 }
 
 pub async fn restore(State(state): State<AppState>, Path(name): Path<String>, post: Post) -> WebResult {
     let d = act(&state, &name, &post).await?;
-    let r = svc::restore_deployment(&state, &post.session.caller, &d).await;
+    let r = svc::restore(&state, &post.session.caller, &d).await;
     outcome(&d, r, "Restored: starting its replicas.")
 }
 
 pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>, post: Post) -> WebResult {
     let d = act(&state, &name, &post).await?;
-    let r = svc::rollback_deployment(&state, &post.session.caller, &d, post.form.get("revision_uid")).await;
+    let r = svc::rollback(&state, &post.session.caller, &d, post.form.get("revision_uid")).await;
     outcome(&d, r, "Rolling back: a new revision runs the earlier configuration.")
 }
 
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, post: Post) -> WebResult {
     let d = act(&state, &name, &post).await?;
-    svc::delete_deployment(&state, &post.session.caller, &d).await?;
+    svc::delete(&state, &post.session.caller, &d).await?;
     Ok(ui::back("/deployments", &format!("Deleted deployment {}.", d.name)))
 }

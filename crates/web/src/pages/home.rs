@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use maud::html;
-use yatai_api::AppState;
+use yatai_app::AppState;
 use yatai_core::Kind;
 use yatai_store::{DeploymentFilter, EventFilter};
 

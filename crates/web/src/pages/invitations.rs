@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{Markup, html};
-use yatai_api::AppState;
+use yatai_app::AppState;
 use yatai_core::Timestamp;
 use yatai_store::{Accepted, InvitationRow, StoreError, UserRow};
 

@@ -12,9 +12,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use maud::html;
 use serde_json::json;
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::routes::artifacts::record;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::registry::record;
 use yatai_core::Timestamp;
 use yatai_store::{MemberRole, NewInvitation};
 

@@ -2,14 +2,15 @@
 //! version's manifest, and delete.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
-use yatai_api::AppState;
-use yatai_api::auth::Permission;
-use yatai_api::routes::artifacts::{find_version, record};
+use yatai_app::AppError;
+use yatai_app::AppState;
+use yatai_app::auth::Permission;
+use yatai_app::registry::{find_version, record};
 use yatai_core::Kind;
 use yatai_store::{RepoSort, RepositoryRow, VersionRow, VersionSort};
 
@@ -288,12 +289,11 @@ pub async fn bento_version(
 }
 
 async fn load_version(state: &AppState, s: &Session, kind: Kind, repo: &str, version: &str) -> WebResult<VersionRow> {
-    find_version(state, &s.caller, kind, repo, version).await.map_err(|e| {
-        if e.status == StatusCode::BAD_REQUEST || e.status == StatusCode::NOT_FOUND {
+    find_version(state, &s.caller, kind, repo, version).await.map_err(|e| match e {
+        AppError::Invalid { .. } | AppError::NotFound(_) => {
             WebError::not_found(format!("There is no {kind} {repo}:{version} in {}.", s.caller.org.name))
-        } else {
-            e.into()
         }
+        other => other.into(),
     })
 }
 
@@ -525,7 +525,7 @@ async fn delete_version(
     ui::require(s, Permission::WriteRegistry)?;
     match state.store.delete_version(&v).await {
         Ok(digest) => {
-            yatai_api::janitor::collect_blobs(&state, digest.as_slice()).await;
+            yatai_app::janitor::collect_blobs(&state, digest.as_slice()).await;
             record(&state, &s.caller, "deleted", kind.as_str(), &v.tag(), Value::Null).await;
             Ok(ui::back(&repo_href(kind, &v.repository_name), &format!("Deleted {}.", v.tag())))
         }
@@ -553,7 +553,7 @@ async fn download(
 ) -> WebResult<Response> {
     let v = load_version(&state, &s, kind, &repo, &version).await?;
     ui::require(&s, Permission::ReadRegistry)?;
-    let resp = yatai_api::routes::transfer::stream_archive(&state, &v).await?;
+    let resp = yatai_api::stream_archive(&state, &v).await?;
     record(&state, &s.caller, "pulled", kind.as_str(), &v.tag(), serde_json::json!({"mode": "dashboard"})).await;
     Ok(resp)
 }

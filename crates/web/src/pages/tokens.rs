@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use maud::html;
 use serde_json::json;
-use yatai_api::AppState;
-use yatai_api::auth::{KNOWN_SCOPES, Permission, generate_token};
-use yatai_api::routes::artifacts::record;
+use yatai_app::AppState;
+use yatai_app::auth::{KNOWN_SCOPES, Permission, generate_token};
+use yatai_app::registry::record;
 use yatai_core::Timestamp;
 use yatai_store::{NewToken, TokenRow};
 

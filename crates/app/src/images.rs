@@ -7,19 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Semaphore;
-use utoipa::ToSchema;
 use yatai_build::bento::ModelRef;
 use yatai_build::source::{BentoSource, BentoTag};
 use yatai_build::{BuildConfig, Event, Progress};
-use yatai_runtime::{ArtifactRef, LocalRuntime};
+use yatai_core::deploy::{ArtifactRef, TargetError};
 use yatai_store::{ImageBuildRow, VersionRow};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
-use crate::schemas::{CreatorSchema, opt_ts, ts};
+use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
 /// Log kept per build (the tail, when longer).
@@ -37,45 +34,12 @@ pub struct ImageBuildSettings {
     pub base: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ImageBuildSchema {
-    pub uid: String,
-    /// `name:version` of the bento.
-    pub bento: String,
-    /// `pending`, `building`, `success` or `failed`.
-    pub status: String,
-    pub registry: String,
-    /// `HOST/REPO:yatai.<name>.<version>@sha256:…` once built.
-    pub reference: String,
-    pub digest: String,
-    pub error: String,
-    #[schema(value_type = Object)]
-    pub report: Value,
-    /// The build's log (only when one build is asked for).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-    pub creator: Option<CreatorSchema>,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-}
-
-pub fn schema(row: &ImageBuildRow, bento_tag: &str, with_log: bool) -> ImageBuildSchema {
-    ImageBuildSchema {
-        uid: row.uid.clone(),
-        bento: bento_tag.to_owned(),
-        status: row.status.clone(),
-        registry: row.registry.clone(),
-        reference: row.reference.clone(),
-        digest: row.digest.clone(),
-        error: row.error.clone(),
-        report: serde_json::from_str(&row.report).unwrap_or(Value::Null),
-        log: with_log.then(|| row.log.clone()),
-        creator: row.creator_name.clone().map(|name| CreatorSchema { name }),
-        created_at: ts(row.created_at),
-        started_at: opt_ts(row.started_at),
-        finished_at: opt_ts(row.finished_at),
-    }
+/// The extracted files of registry archives (extracted once, read-only):
+/// what an image build reads. The local runtime provides them.
+#[async_trait::async_trait]
+pub trait ArtifactFiles: Send + Sync {
+    async fn bento_files(&self, bento: &ArtifactRef) -> Result<PathBuf, TargetError>;
+    async fn model_files(&self, model: &ArtifactRef) -> Result<PathBuf, TargetError>;
 }
 
 /// Builds run one at a time: each one saturates the machine's cores.
@@ -85,21 +49,24 @@ fn slots() -> &'static Semaphore {
 }
 
 /// Records a build of `bento` and starts it in the background.
-pub async fn start(state: &AppState, caller: &Caller, bento: &VersionRow, force: bool) -> ApiResult<ImageBuildRow> {
+pub async fn start(state: &AppState, caller: &Caller, bento: &VersionRow, force: bool) -> AppResult<ImageBuildRow> {
     let settings = state.config.image_builds.clone().ok_or_else(|| {
-        ApiError::bad_request("this server builds no images: start it with --image-registry HOST/REPOSITORY")
+        AppError::invalid("this server builds no images: start it with --image-registry HOST/REPOSITORY")
     })?;
-    let runtime = state.runtime.clone().ok_or_else(|| ApiError::unavailable("this server has no local runtime"))?;
+    let files =
+        state.files.clone().ok_or_else(|| AppError::unavailable("this server cannot read archives for builds"))?;
     if !bento.is_uploaded() {
-        return Err(ApiError::bad_request(format!("bento {} is not uploaded yet; push it first", bento.tag())));
+        return Err(AppError::invalid(format!("bento {} is not uploaded yet; push it first", bento.tag())));
     }
-    crate::deployments::preflight(state, bento).await?;
+    crate::deployments::check_models(state, bento).await?;
+    // Extract (and so check) the archive before anything is recorded.
+    files.bento_files(&crate::deployments::artifact_ref(state, bento).await?).await?;
     let row = state
         .store
         .create_image_build(&caller.org.uid, &bento.uid, &settings.registry, force, &caller.user.uid)
         .await?;
     let (state2, bento2, uid) = (state.clone(), bento.clone(), row.uid.clone());
-    tokio::spawn(async move { run(state2, runtime, settings, uid, bento2, force).await });
+    tokio::spawn(async move { run(state2, files, settings, uid, bento2, force).await });
     Ok(row)
 }
 
@@ -131,7 +98,7 @@ impl Progress for Log {
 
 async fn run(
     state: AppState,
-    runtime: Arc<LocalRuntime>,
+    files: Arc<dyn ArtifactFiles>,
     settings: ImageBuildSettings,
     uid: String,
     bento: VersionRow,
@@ -153,7 +120,7 @@ async fn run(
             }
         })
     };
-    let result = build(&state, runtime, &settings, &bento, force, log.clone()).await;
+    let result = build(&state, files, &settings, &bento, force, log.clone()).await;
     flusher.abort();
     let (status, reference, digest, error, report) = match result {
         Ok(outcome) => {
@@ -178,17 +145,17 @@ async fn run(
 
 async fn build(
     state: &AppState,
-    runtime: Arc<LocalRuntime>,
+    files: Arc<dyn ArtifactFiles>,
     settings: &ImageBuildSettings,
     bento: &VersionRow,
     force: bool,
     log: Arc<Log>,
 ) -> anyhow::Result<yatai_build::BuildOutcome> {
-    let bento_ref = crate::deployments::artifact_ref(state, bento).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let bento_ref = crate::deployments::artifact_ref(state, bento).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let mut models = Vec::new();
     for (name, version, found) in state.store.bento_models(bento).await? {
         if let Some(m) = found.filter(|m| m.is_uploaded()) {
-            models.push(crate::deployments::artifact_ref(state, &m).await.map_err(|e| anyhow::anyhow!(e.message))?);
+            models.push(crate::deployments::artifact_ref(state, &m).await.map_err(|e| anyhow::anyhow!(e.to_string()))?);
         } else {
             anyhow::bail!("model {name}:{version} of bento {} is not in the registry", bento.tag());
         }
@@ -201,7 +168,7 @@ async fn build(
     if let Some(uv) = settings.uv.clone().or_else(|| which("uv")) {
         config.uv = uv;
     }
-    let source = StoreSource { runtime, bento: bento_ref, models };
+    let source = StoreSource { files, bento: bento_ref, models };
     yatai_build::build(&config, &source, log.as_ref()).await
 }
 
@@ -209,10 +176,10 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
-/// Bentos and models straight from this server's stores (extracted once by
-/// the runtime's materializer), with no HTTP round trip.
+/// Bentos and models straight from this server's stores (extracted once),
+/// with no HTTP round trip.
 struct StoreSource {
-    runtime: Arc<LocalRuntime>,
+    files: Arc<dyn ArtifactFiles>,
     bento: ArtifactRef,
     models: Vec<ArtifactRef>,
 }
@@ -220,7 +187,7 @@ struct StoreSource {
 #[async_trait::async_trait]
 impl BentoSource for StoreSource {
     async fn fetch_bento(&self, _tag: &BentoTag, _work: &Path) -> anyhow::Result<PathBuf> {
-        Ok(self.runtime.bento_files(&self.bento).await?)
+        Ok(self.files.bento_files(&self.bento).await?)
     }
 
     async fn fetch_model(&self, model: &ModelRef, _bento_dir: &Path, _work: &Path) -> anyhow::Result<PathBuf> {
@@ -229,7 +196,7 @@ impl BentoSource for StoreSource {
             .iter()
             .find(|m| m.name == model.name && m.version == model.version)
             .ok_or_else(|| anyhow::anyhow!("model {} is not in the registry", model.tag()))?;
-        Ok(self.runtime.model_files(m).await?)
+        Ok(self.files.model_files(m).await?)
     }
 
     async fn model_key(&self, model: &ModelRef) -> anyhow::Result<Option<String>> {

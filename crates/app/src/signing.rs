@@ -6,7 +6,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use yatai_core::Timestamp;
 
-use crate::error::ApiError;
+use crate::error::AppError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -37,13 +37,13 @@ impl UrlSigner {
         format!("expires={expires}&signature={sig}")
     }
 
-    pub fn verify(&self, method: &str, path: &str, expires: i64, signature: &str) -> Result<(), ApiError> {
-        let bytes = hex::decode(signature).map_err(|_| ApiError::forbidden("the URL signature is malformed"))?;
+    pub fn verify(&self, method: &str, path: &str, expires: i64, signature: &str) -> Result<(), AppError> {
+        let bytes = hex::decode(signature).map_err(|_| AppError::forbidden("the URL signature is malformed"))?;
         self.mac(method, path, expires)
             .verify_slice(&bytes)
-            .map_err(|_| ApiError::forbidden("the URL signature does not match; ask the server for a new URL"))?;
+            .map_err(|_| AppError::forbidden("the URL signature does not match; ask the server for a new URL"))?;
         if expires < Timestamp::now().0 / 1_000_000 {
-            return Err(ApiError::forbidden("the URL has expired; ask the server for a new one"));
+            return Err(AppError::forbidden("the URL has expired; ask the server for a new one"));
         }
         Ok(())
     }
@@ -73,6 +73,6 @@ mod tests {
         let q = s.sign("GET", "/p", exp);
         let sig = q.split("signature=").nth(1).unwrap();
         let err = s.verify("GET", "/p", exp, sig).unwrap_err();
-        assert!(err.message.contains("expired"));
+        assert!(err.message().contains("expired"));
     }
 }

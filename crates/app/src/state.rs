@@ -1,5 +1,5 @@
-//! What every handler can reach: the stores, the authenticator, the URL
-//! signer and the configuration.
+//! What every use case can reach: the stores, the authenticator, the URL
+//! signer, the configuration and the deploy targets.
 
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -12,6 +12,7 @@ use yatai_store::Store;
 
 use crate::auth::Authenticator;
 use crate::signing::UrlSigner;
+use crate::targets::Targets;
 
 /// How clients are told to move bytes (the server decides, the client follows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,7 @@ impl FromStr for TransmissionMode {
 }
 
 #[derive(Debug, Clone)]
-pub struct ApiConfig {
+pub struct AppConfig {
     pub transmission: TransmissionMode,
     /// The URL clients reach this server at, for presigned URLs that yatai
     /// serves itself. When unset, it is taken from each request's Host.
@@ -63,9 +64,9 @@ pub struct ApiConfig {
     pub image_builds: Option<crate::images::ImageBuildSettings>,
 }
 
-impl Default for ApiConfig {
+impl Default for AppConfig {
     fn default() -> Self {
-        ApiConfig {
+        AppConfig {
             transmission: TransmissionMode::Auto,
             external_url: None,
             max_json_body: yatai_core::limits::DEFAULT_MAX_JSON_BODY,
@@ -85,30 +86,35 @@ pub struct Inner {
     pub blobs: BlobStore,
     pub auth: Authenticator,
     pub signer: UrlSigner,
-    pub config: ApiConfig,
+    pub config: AppConfig,
     /// Versions receiving a proxy upload right now, to refuse a second one.
     pub uploads_in_progress: Mutex<HashSet<String>>,
-    /// The local deploy target (absent in admin commands).
-    pub runtime: Option<Arc<yatai_runtime::LocalRuntime>>,
+    /// Where each cluster's deployments run (none in admin commands).
+    pub targets: Targets,
+    /// The extracted files of archives, for image builds (none: builds are off).
+    pub files: Option<Arc<dyn crate::images::ArtifactFiles>>,
 }
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub fn new(store: Store, blobs: BlobStore, signing_key: &[u8], config: ApiConfig) -> Self {
-        Self::with_runtime(store, blobs, signing_key, config, None)
+    /// A state with no deploy targets (admin commands, tests of the registry).
+    pub fn new(store: Store, blobs: BlobStore, signing_key: &[u8], config: AppConfig) -> Self {
+        Self::with_targets(store, blobs, signing_key, config, Targets::default(), None)
     }
 
-    pub fn with_runtime(
+    pub fn with_targets(
         store: Store,
         blobs: BlobStore,
         signing_key: &[u8],
-        config: ApiConfig,
-        runtime: Option<Arc<yatai_runtime::LocalRuntime>>,
+        config: AppConfig,
+        targets: Targets,
+        files: Option<Arc<dyn crate::images::ArtifactFiles>>,
     ) -> Self {
         AppState(Arc::new(Inner {
-            runtime,
+            targets,
+            files,
             auth: Authenticator::new(store.clone()),
             store,
             blobs,

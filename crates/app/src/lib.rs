@@ -1,0 +1,29 @@
+//! The use cases of yatai-rs, free of HTTP: what the API and the dashboard
+//! both do, implemented once.
+//!
+//! - [`registry`]: resolving repositories and versions, field checks, audit events.
+//! - [`deployments`]: create, update, terminate, restore, roll back, delete;
+//!   driven through each cluster's [`yatai_core::deploy::DeployTarget`],
+//!   chosen by [`targets::Targets`]; status written back by
+//!   [`deployments::DbStatusSink`]; restore on boot.
+//! - [`auth`]: API tokens, callers and their permissions.
+//! - [`images`]: image build jobs. [`janitor`]: expired uploads and sessions,
+//!   stray blobs.
+//!
+//! Every use case returns an [`AppError`]: the API maps it to a status, the
+//! dashboard puts [`AppError::Invalid`] beside the form field it names.
+
+pub mod auth;
+pub mod deployments;
+pub mod error;
+pub mod images;
+pub mod janitor;
+pub mod labels;
+pub mod registry;
+pub mod signing;
+pub mod state;
+pub mod targets;
+
+pub use error::{AppError, AppResult};
+pub use state::{AppConfig, AppState, TransmissionMode};
+pub use targets::Targets;

@@ -1,0 +1,350 @@
+//! Deployments, independent of where they run: what a revision runs
+//! ([`DeploymentSpec`]), what is observed ([`Phase`], [`DeploymentSnapshot`]),
+//! the states stored as text, the naming rules, and [`DeployTarget`], the
+//! seam every place deployments run implements (this machine's processes
+//! today, a Kubernetes cluster next).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An archive in the registry, by name and content: what a target fetches
+/// (from the blob store by `storage_key`, or its own copy by `digest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the archive.
+    pub digest: String,
+    pub storage_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub min: u32,
+    pub max: u32,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_inflight: f64,
+    pub scale_down_window: Duration,
+}
+
+impl Scaling {
+    /// At least one replica runs (no target scales to zero yet).
+    pub fn min_effective(&self) -> u32 {
+        self.min.max(1).min(self.max.max(1))
+    }
+}
+
+/// Requests and limits per replica, as the client sends them (Kubernetes
+/// quantities such as `500m` or `1Gi`); a target that cannot enforce them
+/// records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_request: Option<String>,
+    pub memory_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+/// Everything needed to run one revision of a deployment, anywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSpec {
+    pub uid: String,
+    pub org_uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// The host label routed to the deployment (`<name>-<namespace>`; none
+    /// for a deployment whose label another one held first).
+    pub host: Option<String>,
+    /// Requests must carry an API token of the deployment's organization.
+    pub access_authorization: bool,
+    pub revision_uid: String,
+    pub bento: ArtifactRef,
+    pub models: Vec<ArtifactRef>,
+    /// The image built from the bento, when there is one (a cluster runs it).
+    pub image: Option<String>,
+    /// From the bento's manifest (`image.python_version`), e.g. `3.11`.
+    pub python_version: Option<String>,
+    pub envs: Vec<(String, String)>,
+    pub scaling: Scaling,
+    pub resources: Resources,
+    /// The port the deployment's own endpoint had (targets that give each
+    /// deployment a port keep it stable across restarts; 0: none yet).
+    pub port: u16,
+    /// How long a replica may take to become ready.
+    pub cold_start_timeout: Duration,
+}
+
+/// Parses a state stored as text; the error names what was found.
+fn parse_state<T: Copy>(what: &str, s: &str, all: &[(T, &str)]) -> Result<T, String> {
+    all.iter().find(|(_, name)| *name == s).map(|(v, _)| *v).ok_or_else(|| format!("unknown {what} {s:?}"))
+}
+
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [($name, &'static str)] = &[$(($name::$variant, $text)),+];
+            /// The text stored in the database and shown to clients.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                parse_state($what, s, Self::ALL)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool { self.as_str() == other }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool { self.as_str() == *other }
+        }
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool { self == other.as_str() }
+        }
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool { self == other.as_str() }
+        }
+    };
+}
+
+text_enum!(
+    /// Observed state of a deployment, in the client's vocabulary (the
+    /// `status` column).
+    Phase, "deployment status" {
+        Deploying = "deploying",
+        Running = "running",
+        Unhealthy = "unhealthy",
+        Failed = "failed",
+        Terminating = "terminating",
+        Terminated = "terminated",
+    }
+);
+
+text_enum!(
+    /// What the user asked a deployment to be (the `desired` column).
+    Desired, "desired state" {
+        Running = "running",
+        Terminated = "terminated",
+    }
+);
+
+text_enum!(
+    /// A revision is the one running, or history.
+    RevisionStatus, "revision status" {
+        Active = "active",
+        Inactive = "inactive",
+    }
+);
+
+text_enum!(
+    /// Where a cluster's deployments run.
+    ClusterKind, "cluster kind" {
+        /// This machine: replicas are supervised local processes.
+        Local = "local",
+        /// A Kubernetes cluster, through the operator.
+        Kubernetes = "kubernetes",
+    }
+);
+
+impl Phase {
+    /// Whether the phase reports a problem (events record it as failed).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Phase::Failed | Phase::Unhealthy)
+    }
+}
+
+/// The namespace deployments get when the client does not say (the v2 API has none).
+pub const DEFAULT_NAMESPACE: &str = "yatai";
+
+/// Deployment names become host names (`<name>-<namespace>.<domain>`) and
+/// Kubernetes object names, so they follow DNS label rules.
+pub fn check_deployment_name(name: &str) -> Result<(), String> {
+    if is_dns_label(name, 50) {
+        return Ok(());
+    }
+    Err(format!(
+        "deployment name {:?} is not valid: use 1 to 50 lowercase letters, digits and '-', starting with a letter \
+         and not ending with '-'",
+        name.chars().take(60).collect::<String>()
+    ))
+}
+
+/// Namespaces are Kubernetes namespaces and part of host names.
+pub fn check_namespace(ns: &str) -> Result<(), String> {
+    if is_dns_label(ns, 50) {
+        return Ok(());
+    }
+    Err(format!("namespace {:?} is not a valid DNS label", ns.chars().take(60).collect::<String>()))
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The host label of a deployment: `<name>-<namespace>`, as Yatai has it.
+/// It is unique across organizations (the store refuses a second
+/// deployment with the same label, atomically), rather than carrying the
+/// organization: URLs keep Yatai's shape.
+pub fn host_label(name: &str, namespace: &str) -> String {
+    format!("{name}-{namespace}")
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub revision_uid: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `restarting` or `failed`.
+    pub state: &'static str,
+    pub restarts: u32,
+    pub inflight: usize,
+    /// Microseconds since the epoch.
+    pub started_at: i64,
+}
+
+/// What a target observes of one deployment right now.
+#[derive(Debug, Clone)]
+pub struct DeploymentSnapshot {
+    pub phase: Phase,
+    pub reason: String,
+    pub revision_uid: Option<String>,
+    pub updating_to: Option<String>,
+    pub desired_replicas: u32,
+    pub inflight: usize,
+    pub replicas: Vec<ReplicaInfo>,
+    pub port: u16,
+    pub env_cached: Option<bool>,
+}
+
+/// One point of a deployment's traffic history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    pub requests_per_second: f64,
+    pub errors_per_second: f64,
+    /// Latency quantiles over the interval, in milliseconds (upper bucket bounds).
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub inflight: usize,
+}
+
+/// A deployment's traffic: history, requests in flight now, and what each
+/// replica reports on its own `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub inflight: usize,
+    pub replica_requests: Vec<(String, f64)>,
+}
+
+/// A deployment's replica output: the last lines, and the lines to come.
+pub trait LogSource: Send + Sync {
+    fn tail(&self, lines: usize) -> Vec<String>;
+    fn follow(&self) -> tokio::sync::broadcast::Receiver<Arc<str>>;
+}
+
+/// Receives status changes from a target (the server writes them to the
+/// database and the event feed).
+pub trait StatusSink: Send + Sync + 'static {
+    fn status(&self, deployment_uid: &str, name: &str, phase: Phase, reason: &str);
+    /// The deployment's endpoint had to move to another port.
+    fn port_changed(&self, deployment_uid: &str, port: u16);
+}
+
+/// Why a target refused or could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The request cannot work here, whatever is retried (a bad archive, a
+    /// setting the target does not support).
+    #[error("{0}")]
+    Refused(String),
+    /// The target cannot do it now (a port, the cluster's API).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A place deployments run. The application keeps one per cluster kind and
+/// drives every deployment of that kind through it; nothing above it knows
+/// whether replicas are processes or pods.
+#[async_trait::async_trait]
+pub trait DeployTarget: Send + Sync {
+    fn kind(&self) -> ClusterKind;
+    /// The most replicas one deployment may ask for here.
+    fn max_replicas(&self) -> u32;
+    /// Checks, before anything is stored, that a bento can run here (its
+    /// archive fetched and found safe to extract, for instance).
+    async fn check(&self, bento: &ArtifactRef) -> Result<(), TargetError>;
+    /// A port for a new deployment's own endpoint, not in `in_use`; `None`
+    /// when the target does not give deployments ports.
+    fn allocate_port(&self, in_use: &[i64]) -> Result<Option<u16>, TargetError>;
+    /// Runs `spec`'s revision: starts it, or rolls the deployment over to it.
+    async fn apply(&self, spec: DeploymentSpec) -> Result<(), TargetError>;
+    /// Stops every replica, keeping the deployment known.
+    async fn terminate(&self, deployment_uid: &str);
+    /// Stops everything and forgets the deployment.
+    async fn remove(&self, deployment_uid: &str);
+    /// What runs now; `None` for a deployment the target does not run.
+    fn status(&self, deployment_uid: &str) -> Option<DeploymentSnapshot>;
+    /// Replica output, also of a deployment that no longer runs.
+    fn logs(&self, deployment_uid: &str) -> Option<Arc<dyn LogSource>>;
+    fn metrics(&self, deployment_uid: &str) -> Option<Metrics>;
+    /// At server start, before deployments are restored: cleans up what a
+    /// previous server left running; returns how many it stopped.
+    async fn recover(&self) -> usize {
+        0
+    }
+    /// Graceful server shutdown.
+    async fn shutdown(&self) {}
+    fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_text() {
+        for (p, s) in Phase::ALL {
+            assert_eq!(s.parse::<Phase>().unwrap(), *p);
+            assert_eq!(p.as_str(), *s);
+        }
+        assert_eq!("kubernetes".parse::<ClusterKind>().unwrap(), ClusterKind::Kubernetes);
+        assert!("Running".parse::<Phase>().unwrap_err().contains("deployment status"));
+        assert!(Desired::Running == "running");
+        assert!(String::from("active") == RevisionStatus::Active);
+    }
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        for ok in ["iris", "a1-b2", "x"] {
+            assert!(check_deployment_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Iris", "1abc", "a-", "a_b", "a.b", &"a".repeat(51)] {
+            assert!(check_deployment_name(bad).is_err(), "{bad}");
+            assert!(check_namespace(bad).is_err(), "{bad}");
+        }
+        assert_eq!(host_label("iris", "yatai"), "iris-yatai");
+    }
+}
