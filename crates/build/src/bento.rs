@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+use yatai_core::Tag;
 
 /// BentoML's distro default first command (`CONTAINER_METADATA["debian"]["default_install_command"]`
 /// in 1.4): compilers, git and gnupg for building sdists inside the image. This builder installs
@@ -109,9 +110,12 @@ impl BentoInfo {
 
         // Models: the top-level list (legacy and spec 1) plus every service's models.
         let mut models: Vec<ModelRef> = Vec::new();
+        // Model names and versions become paths (in the work directory, the bentoml store and the
+        // image) and server URLs, so they are held to the rule bentoml itself wrote them under.
         let mut add = |tag: &str, registry: Option<&str>| -> anyhow::Result<()> {
-            let (n, ver) = tag.split_once(':').with_context(|| format!("model tag {tag:?} has no version"))?;
-            let m = ModelRef { name: n.into(), version: ver.into(), registry: registry.unwrap_or("bentoml").into() };
+            let Tag { name, version } = Tag::parse(tag).with_context(|| format!("model tag {tag:?}"))?;
+            let version = version.with_context(|| format!("model tag {tag:?} has no version"))?;
+            let m = ModelRef { name, version, registry: registry.unwrap_or("bentoml").into() };
             if !models.iter().any(|x| x.name == m.name && x.version == m.version) {
                 models.push(m);
             }
@@ -296,5 +300,14 @@ image:
         assert_eq!(b.python_version.as_deref(), Some("3.10"));
         assert_eq!(b.run_steps().len(), 1);
         assert!(b.run_steps()[0].ends_with("curl"));
+    }
+
+    #[test]
+    fn model_tags_that_could_leave_their_directory_are_refused() {
+        for bad in ["../../etc:x", "m:../../x", "m", "M:v", "m:"] {
+            let yaml = SPEC2.replace("iris_clf:pfkoffhijc5ayax4", &format!("'{bad}'"));
+            let err = BentoInfo::parse(&yaml).expect_err(bad);
+            assert!(format!("{err:#}").contains(&format!("model tag {bad:?}")), "{bad}: {err:#}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::layers::{Built, Ctx, bento_layer, commands_layer, deps_layer, model_l
 use crate::progress::{BlobAction, Event, LayerKind, Progress};
 use crate::python::{self, Target, VENV};
 use crate::registry::{self, ImageRef, Mount, Registry, auth};
-use crate::source::{BentoSource, BentoTag};
+use crate::source::{BentoSource, BentoTag, InvalidBentoTag};
 
 /// Bumped whenever the layout of a layer changes, so old cache entries are not reused.
 pub(crate) const FORMAT: &str = "v1";
@@ -144,7 +144,7 @@ pub enum BuildError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
-    /// The bento cannot be built this way (RUN steps, python mismatch, no wheel, bad flags).
+    /// The bento cannot be built this way (RUN steps, python mismatch, no wheel, bad flags or tag).
     Unbuildable,
     /// The registry refused the credentials.
     RegistryAuth,
@@ -158,7 +158,7 @@ pub enum FailureKind {
 pub fn failure_kind(err: &anyhow::Error) -> FailureKind {
     use crate::registry::RegistryError as R;
     for cause in err.chain() {
-        if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() {
+        if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() || cause.is::<InvalidBentoTag>() {
             return FailureKind::Unbuildable;
         }
         if let Some(r) = cause.downcast_ref::<R>() {
@@ -511,6 +511,33 @@ async fn ensure_remote_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source that fails the test if the build gets as far as asking it for anything.
+    struct Unreached;
+
+    #[async_trait::async_trait]
+    impl BentoSource for Unreached {
+        async fn fetch_bento(&self, tag: &BentoTag, _: &Path) -> anyhow::Result<PathBuf> {
+            panic!("fetched {tag}")
+        }
+        async fn fetch_model(&self, m: &crate::bento::ModelRef, _: &Path, _: &Path) -> anyhow::Result<PathBuf> {
+            panic!("fetched {}", m.tag())
+        }
+        fn describe(&self) -> String {
+            "nothing".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upper_case_tag_is_refused_before_any_network_as_core_refuses_it() {
+        let cache = tempfile::tempdir().unwrap();
+        // Port 1 refuses connections: reaching the registry would fail with "unreachable".
+        let cfg = BuildConfig::new("Iris:ABC", "127.0.0.1:1/bentos", cache.path());
+        let err = build(&cfg, &Unreached, &|_: &Event| {}).await.unwrap_err();
+        let bad = err.downcast_ref::<InvalidBentoTag>().unwrap_or_else(|| panic!("{err:#}"));
+        assert_eq!(bad.reason, yatai_core::Tag::parse("Iris:ABC").unwrap_err());
+        assert_eq!(failure_kind(&err), FailureKind::Unbuildable);
+    }
 
     /// The server spawns builds on its runtime: the future must be `Send`.
     #[allow(dead_code)]
