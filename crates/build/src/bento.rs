@@ -219,6 +219,16 @@ impl BentoInfo {
         s
     }
 
+    /// The environment of the build's `RUN` steps and installs: envs of stage `build` or `all`,
+    /// an unset value as empty.
+    pub fn build_envs(&self) -> Vec<(String, String)> {
+        self.envs
+            .iter()
+            .filter(|e| e.stage == "build" || e.stage == "all")
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
     pub fn has_default_command(&self) -> bool {
         self.commands.iter().any(|c| is_default_command(c))
     }
@@ -283,6 +293,7 @@ image:
         assert_eq!(b.models[1].registry, "huggingface");
         assert_eq!(b.envs[1], Env { name: "SECRET".into(), value: None, stage: "runtime".into() });
         assert_eq!(b.labels, vec![("owner".to_string(), "yatai-rs-tests".to_string())]);
+        assert_eq!(b.build_envs(), vec![("IRIS_MODE".to_string(), "test".to_string())], "runtime envs stay out");
         assert!(b.has_default_command());
         assert!(b.run_steps().is_empty(), "the distro default line alone needs no RUN");
     }
