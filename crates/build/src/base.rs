@@ -119,24 +119,7 @@ pub async fn scan(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> anyhow:
     }
     let mut files: BTreeMap<String, FileFact> = BTreeMap::new();
     for layer in &base.layers {
-        let digest = layer.get("digest").and_then(Value::as_str).context("base layer without digest")?.to_string();
-        let media = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
-        let resp = reg.get_blob(&base.reference.repository, &digest).await?;
-        let stream = resp.bytes_stream().map_err(std::io::Error::other);
-        let reader = tokio_util::io::StreamReader::new(stream);
-        let mut updates = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, Option<FileFact>)>> {
-            let sync = tokio_util::io::SyncIoBridge::new(reader);
-            let r: Box<dyn Read> = if media.ends_with("zstd") {
-                Box::new(zstd::stream::read::Decoder::new(sync)?)
-            } else if media.ends_with("gzip") || media.ends_with(".tar.gzip") {
-                Box::new(flate2::read::GzDecoder::new(sync))
-            } else {
-                Box::new(sync)
-            };
-            scan_layer(r)
-        })
-        .await?
-        .with_context(|| format!("scanning base layer {digest}"))?;
+        let mut updates = read_layer(reg, base, layer, "scanning", scan_layer).await?;
         for (path, f) in updates.drain(..) {
             match f {
                 Some(f) => {
@@ -161,6 +144,35 @@ pub async fn scan(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> anyhow:
     };
     cache.put_meta(&key, &facts)?;
     Ok(facts)
+}
+
+/// Streams one base layer from its registry into `read`, decompressed by its media type, on a
+/// blocking thread; nothing is stored. `what` names the reading in errors ("scanning").
+pub(crate) async fn read_layer<T: Send + 'static>(
+    reg: &Registry,
+    base: &ResolvedBase,
+    layer: &Value,
+    what: &str,
+    read: impl FnOnce(Box<dyn Read>) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let digest = layer.get("digest").and_then(Value::as_str).context("base layer without digest")?.to_string();
+    let media = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
+    let resp = reg.get_blob(&base.reference.repository, &digest).await?;
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<T> {
+        let sync = tokio_util::io::SyncIoBridge::new(reader);
+        let r: Box<dyn Read> = if media.ends_with("zstd") {
+            Box::new(zstd::stream::read::Decoder::new(sync)?)
+        } else if media.ends_with("gzip") {
+            Box::new(flate2::read::GzDecoder::new(sync))
+        } else {
+            Box::new(sync)
+        };
+        read(r)
+    })
+    .await?
+    .with_context(|| format!("{what} base layer {digest}"))
 }
 
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+use yatai_core::Tag;
 
 /// BentoML's distro default first command (`CONTAINER_METADATA["debian"]["default_install_command"]`
 /// in 1.4): compilers, git and gnupg for building sdists inside the image. This builder installs
@@ -109,9 +110,12 @@ impl BentoInfo {
 
         // Models: the top-level list (legacy and spec 1) plus every service's models.
         let mut models: Vec<ModelRef> = Vec::new();
+        // Model names and versions become paths (in the work directory, the bentoml store and the
+        // image) and server URLs, so they are held to the rule bentoml itself wrote them under.
         let mut add = |tag: &str, registry: Option<&str>| -> anyhow::Result<()> {
-            let (n, ver) = tag.split_once(':').with_context(|| format!("model tag {tag:?} has no version"))?;
-            let m = ModelRef { name: n.into(), version: ver.into(), registry: registry.unwrap_or("bentoml").into() };
+            let Tag { name, version } = Tag::parse(tag).with_context(|| format!("model tag {tag:?}"))?;
+            let version = version.with_context(|| format!("model tag {tag:?} has no version"))?;
+            let m = ModelRef { name, version, registry: registry.unwrap_or("bentoml").into() };
             if !models.iter().any(|x| x.name == m.name && x.version == m.version) {
                 models.push(m);
             }
@@ -215,6 +219,16 @@ impl BentoInfo {
         s
     }
 
+    /// The environment of the build's `RUN` steps and installs: envs of stage `build` or `all`,
+    /// an unset value as empty.
+    pub fn build_envs(&self) -> Vec<(String, String)> {
+        self.envs
+            .iter()
+            .filter(|e| e.stage == "build" || e.stage == "all")
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
     pub fn has_default_command(&self) -> bool {
         self.commands.iter().any(|c| is_default_command(c))
     }
@@ -279,6 +293,7 @@ image:
         assert_eq!(b.models[1].registry, "huggingface");
         assert_eq!(b.envs[1], Env { name: "SECRET".into(), value: None, stage: "runtime".into() });
         assert_eq!(b.labels, vec![("owner".to_string(), "yatai-rs-tests".to_string())]);
+        assert_eq!(b.build_envs(), vec![("IRIS_MODE".to_string(), "test".to_string())], "runtime envs stay out");
         assert!(b.has_default_command());
         assert!(b.run_steps().is_empty(), "the distro default line alone needs no RUN");
     }
@@ -296,5 +311,14 @@ image:
         assert_eq!(b.python_version.as_deref(), Some("3.10"));
         assert_eq!(b.run_steps().len(), 1);
         assert!(b.run_steps()[0].ends_with("curl"));
+    }
+
+    #[test]
+    fn model_tags_that_could_leave_their_directory_are_refused() {
+        for bad in ["../../etc:x", "m:../../x", "m", "M:v", "m:"] {
+            let yaml = SPEC2.replace("iris_clf:pfkoffhijc5ayax4", &format!("'{bad}'"));
+            let err = BentoInfo::parse(&yaml).expect_err(bad);
+            assert!(format!("{err:#}").contains(&format!("model tag {bad:?}")), "{bad}: {err:#}");
+        }
     }
 }

@@ -8,15 +8,15 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::base::{self, ResolvedBase};
-use crate::bento::BentoInfo;
+use crate::base::{self, BaseFacts, ResolvedBase};
+use crate::bento::{BentoInfo, ModelRef};
 use crate::blob::{self, Cache, Compression};
 use crate::image::{self, AddedLayer, Platform};
 use crate::layers::{Built, Ctx, bento_layer, commands_layer, deps_layer, model_layer, small_layer, user_layer};
 use crate::progress::{BlobAction, Event, LayerKind, Progress};
 use crate::python::{self, Target, VENV};
 use crate::registry::{self, ImageRef, Mount, Registry, auth};
-use crate::source::{BentoSource, BentoTag};
+use crate::source::{BentoSource, BentoTag, InvalidBentoTag};
 
 /// Bumped whenever the layout of a layer changes, so old cache entries are not reused.
 pub(crate) const FORMAT: &str = "v1";
@@ -144,7 +144,7 @@ pub enum BuildError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
-    /// The bento cannot be built this way (RUN steps, python mismatch, no wheel, bad flags).
+    /// The bento cannot be built this way (RUN steps, python mismatch, no wheel, bad flags or tag).
     Unbuildable,
     /// The registry refused the credentials.
     RegistryAuth,
@@ -158,7 +158,7 @@ pub enum FailureKind {
 pub fn failure_kind(err: &anyhow::Error) -> FailureKind {
     use crate::registry::RegistryError as R;
     for cause in err.chain() {
-        if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() {
+        if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() || cause.is::<InvalidBentoTag>() {
             return FailureKind::Unbuildable;
         }
         if let Some(r) = cause.downcast_ref::<R>() {
@@ -179,265 +179,415 @@ pub async fn build(
     progress: &dyn Progress,
 ) -> anyhow::Result<BuildOutcome> {
     let started = Instant::now();
-    let target = ImageRef::parse(&cfg.registry).map_err(|e| anyhow::anyhow!("--registry: {e}"))?;
-    if target.tag.is_some() || target.digest.is_some() {
-        return Err(BuildError::RegistryWithTag(cfg.registry.clone()).into());
-    }
-    let tag = BentoTag::parse(&cfg.bento)?;
-    let platform = match &cfg.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
-    let cache = Cache::new(&cfg.cache_dir)?;
-    let ctx = Ctx { cfg, cache, progress, encoding: cfg.compression.into() };
-
     // Registry first: an unreachable registry or bad credentials fail before any work.
-    let creds = auth::lookup(cfg.docker_config.as_deref(), &target.registry)?;
-    let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
-    treg.ping().await?;
-
-    let work_root = cfg.work_dir.clone().unwrap_or_else(|| default_work_dir(&ctx.cache));
-    let work = tempfile::Builder::new()
-        .prefix("yatai-build-")
-        .tempdir_in(&work_root)
-        .with_context(|| format!("creating a work directory in {}", work_root.display()))?;
-    ctx.step(format!("fetching bento {tag} from {}", source.describe()));
-    let bento_dir = source.fetch_bento(&tag, work.path()).await?;
-    let bento = BentoInfo::load(&bento_dir)?;
+    let job = Job::connect(cfg, source, progress).await?;
+    let work = job.work_dir()?;
+    let (bento_dir, bento) = job.fetch_bento(work.path()).await?;
     let image_tag = image::yatai_tag(&bento.name, &bento.version);
-    let image_ref = target.with_tag(&image_tag);
-
-    if !cfg.force
-        && let Some(d) = treg.manifest_digest(&target.repository, &image_tag).await?
-    {
-        let reference = image_ref.with_digest(&d).to_string();
-        progress.event(&Event::Done { reference: reference.clone(), bytes_pushed: 0, already_built: true });
-        return Ok(BuildOutcome {
-            bento: bento.tag(),
-            reference,
-            image: image_ref.to_string(),
-            digest: d,
-            already_built: true,
-            bytes_pushed: 0,
-            base: String::new(),
-            base_digest: String::new(),
-            layers: Vec::new(),
-            seconds: started.elapsed().as_secs_f64(),
-        });
+    let image_ref = job.target.with_tag(&image_tag);
+    if let Some(digest) = job.existing_image(&image_tag).await? {
+        return Ok(job.done(&bento, &image_ref, None, digest, Pushed::default(), started));
     }
+    let pre_install = job.run_steps_allowed(&bento)?;
+    let base = job.resolve_base(&bento).await?;
+    let built = job.assemble_layers(&base, &bento, &bento_dir, &pre_install, work.path()).await?;
+    let docs = image_documents(&base, &bento, &job.platform, &built, &image_tag);
 
-    let post = bento.post_install_steps();
-    if !post.is_empty() {
-        let hint = "post_commands and setup_script run on top of the installed Python environment and \
-                    are not supported: remove them, or build this bento with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: post, hint: hint.into() }.into());
-    }
-    let pre = bento.pre_install_steps();
-    if !pre.is_empty() && !cfg.run_commands {
-        let hint = "Pass --run-commands to run them in a sandbox on this host (overlay + chroot, \
-                    needs root), remove them from the bento, or build it with `bentoml containerize`";
-        return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: pre, hint: hint.into() }.into());
-    }
-    if bento.has_default_command() {
-        ctx.step(
-            "not running BentoML's default `apt-get install … build-essential git` line: it installs \
-             compilers for building sdists inside the image, and this builder installs wheels on the \
-             build host instead",
-        );
-    }
+    let mut pushed = Pushed::default();
+    job.push_base_layers(&base, &mut pushed).await?;
+    job.push_built_layers(&built, &mut pushed).await?;
+    job.push_config(&docs.config, &mut pushed).await?;
+    let digest = job.push_manifest(&image_ref, &image_tag, &docs.manifest, &mut pushed).await?;
 
-    // Base image.
-    let minor_wanted = bento.python_version.as_deref().and_then(python::minor);
-    let base_name = cfg
-        .base
-        .clone()
-        .or_else(|| bento.base_image.clone())
-        .unwrap_or_else(|| format!("python:{}-slim", minor_wanted.as_deref().unwrap_or("3.11")));
-    let base_ref = ImageRef::parse(&base_name).map_err(|e| anyhow::anyhow!("base image: {e}"))?;
-    let same_registry = base_ref.api_host() == target.api_host();
-    let breg_owned;
-    let breg: &Registry = if same_registry {
-        &treg
-    } else {
-        let creds = auth::lookup(cfg.docker_config.as_deref(), &base_ref.registry)?;
-        breg_owned = Registry::new(base_ref.api_host(), false, creds)?;
-        &breg_owned
-    };
-    ctx.step(format!("resolving base image {base_ref} for {platform}"));
-    let base = base::resolve(breg, &base_ref, &platform).await?;
+    Ok(job.done(&bento, &image_ref, Some(&base), digest, pushed, started))
+}
 
-    let (python_path, minor, facts) = match &cfg.base_python {
-        Some(p) => {
-            let m = python::minor(p.rsplit('/').next().unwrap_or(p))
-                .with_context(|| format!("--base-python {p:?} must name a python3.X executable"))?;
-            (p.clone(), m, None)
+/// What the phases of one build share: the inputs, the layer context and the target registry.
+struct Job<'a> {
+    source: &'a dyn BentoSource,
+    ctx: Ctx<'a>,
+    tag: BentoTag,
+    platform: Platform,
+    /// The target repository (no tag).
+    target: ImageRef,
+    treg: Registry,
+}
+
+/// The base image, pinned to one platform, and the python in it the venv shim points at.
+struct Base {
+    reference: ImageRef,
+    /// The base's own registry; `None` when it is the target registry.
+    registry: Option<Registry>,
+    resolved: ResolvedBase,
+    python_path: String,
+    /// `3.11`
+    python_minor: String,
+    /// What a scan of its files found; `None` with `--base-python`, which skips the scan.
+    facts: Option<BaseFacts>,
+}
+
+/// The image config and manifest, as the canonical bytes that are pushed.
+struct ImageDocs {
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+}
+
+/// What the push did so far: bytes sent, and one report per layer, base first.
+#[derive(Default)]
+struct Pushed {
+    bytes: u64,
+    layers: Vec<LayerReport>,
+}
+
+impl<'a> Job<'a> {
+    /// Checks the flags, then reaches the target registry with its credentials.
+    async fn connect(
+        cfg: &'a BuildConfig,
+        source: &'a dyn BentoSource,
+        progress: &'a dyn Progress,
+    ) -> anyhow::Result<Self> {
+        let target = ImageRef::parse(&cfg.registry).map_err(|e| anyhow::anyhow!("--registry: {e}"))?;
+        if target.tag.is_some() || target.digest.is_some() {
+            return Err(BuildError::RegistryWithTag(cfg.registry.clone()).into());
         }
-        None => {
-            ctx.step(format!("reading the base image's files (once per base digest {})", &base.digest[..19]));
-            let facts = base::scan(breg, &base, &ctx.cache).await?;
-            let minor = match &minor_wanted {
-                Some(m) => m.clone(),
-                None => facts.minors().pop().unwrap_or_default(),
-            };
-            match facts.python_for(&minor) {
-                Some(p) => (p, minor, Some(facts)),
-                None => {
-                    let have = if facts.pythons.is_empty() {
-                        "no python3.X at all".to_string()
-                    } else {
-                        facts.pythons.join(", ")
-                    };
-                    return Err(BuildError::BasePython { base: base_ref.to_string(), want: minor, have }.into());
+        let tag = BentoTag::parse(&cfg.bento)?;
+        let platform = match &cfg.platform {
+            Some(p) => Platform::parse(p)?,
+            None => Platform::host(),
+        };
+        let cache = Cache::new(&cfg.cache_dir)?;
+        let ctx = Ctx { cfg, cache, progress, encoding: cfg.compression.into() };
+
+        let creds = auth::lookup(cfg.docker_config.as_deref(), &target.registry)?;
+        let treg = Registry::new(target.api_host(), cfg.plain_http, creds)?;
+        treg.ping().await?;
+        Ok(Self { source, ctx, tag, platform, target, treg })
+    }
+
+    fn work_dir(&self) -> anyhow::Result<tempfile::TempDir> {
+        let work_root = self.ctx.cfg.work_dir.clone().unwrap_or_else(|| default_work_dir(&self.ctx.cache));
+        tempfile::Builder::new()
+            .prefix("yatai-build-")
+            .tempdir_in(&work_root)
+            .with_context(|| format!("creating a work directory in {}", work_root.display()))
+    }
+
+    async fn fetch_bento(&self, work: &Path) -> anyhow::Result<(PathBuf, BentoInfo)> {
+        self.ctx.step(format!("fetching bento {} from {}", self.tag, self.source.describe()));
+        let bento_dir = self.source.fetch_bento(&self.tag, work).await?;
+        let bento = BentoInfo::load(&bento_dir)?;
+        Ok((bento_dir, bento))
+    }
+
+    /// The digest the image tag already points at, unless `--force`.
+    async fn existing_image(&self, image_tag: &str) -> anyhow::Result<Option<String>> {
+        if self.ctx.cfg.force {
+            return Ok(None);
+        }
+        Ok(self.treg.manifest_digest(&self.target.repository, image_tag).await?)
+    }
+
+    /// Refuses the `RUN` steps this build cannot do; returns the pre-install steps it will run
+    /// in the sandbox (empty unless `--run-commands`).
+    fn run_steps_allowed(&self, bento: &BentoInfo) -> anyhow::Result<Vec<String>> {
+        let post = bento.post_install_steps();
+        if !post.is_empty() {
+            let hint = "post_commands and setup_script run on top of the installed Python environment and \
+                        are not supported: remove them, or build this bento with `bentoml containerize`";
+            return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: post, hint: hint.into() }.into());
+        }
+        let pre = bento.pre_install_steps();
+        if !pre.is_empty() && !self.ctx.cfg.run_commands {
+            let hint = "Pass --run-commands to run them in a sandbox on this host (overlay + chroot, \
+                        needs root), remove them from the bento, or build it with `bentoml containerize`";
+            return Err(BuildError::RunStepsRefused { bento: bento.tag(), steps: pre, hint: hint.into() }.into());
+        }
+        if bento.has_default_command() {
+            self.ctx.step(
+                "not running BentoML's default `apt-get install … build-essential git` line: it installs \
+                 compilers for building sdists inside the image, and this builder installs wheels on the \
+                 build host instead",
+            );
+        }
+        Ok(pre)
+    }
+
+    fn base_registry<'r>(&'r self, base: &'r Base) -> &'r Registry {
+        base.registry.as_ref().unwrap_or(&self.treg)
+    }
+
+    /// Pins the base image (`--base`, else the bento's, else `python:3.X-slim`) to the target
+    /// platform and finds the python the bento was built for in it.
+    async fn resolve_base(&self, bento: &BentoInfo) -> anyhow::Result<Base> {
+        let cfg = self.ctx.cfg;
+        let minor_wanted = bento.python_version.as_deref().and_then(python::minor);
+        let base_name = cfg
+            .base
+            .clone()
+            .or_else(|| bento.base_image.clone())
+            .unwrap_or_else(|| format!("python:{}-slim", minor_wanted.as_deref().unwrap_or("3.11")));
+        let reference = ImageRef::parse(&base_name).map_err(|e| anyhow::anyhow!("base image: {e}"))?;
+        let registry = if reference.api_host() == self.target.api_host() {
+            None
+        } else {
+            let creds = auth::lookup(cfg.docker_config.as_deref(), &reference.registry)?;
+            Some(Registry::new(reference.api_host(), false, creds)?)
+        };
+        let breg = registry.as_ref().unwrap_or(&self.treg);
+        self.ctx.step(format!("resolving base image {reference} for {}", self.platform));
+        let resolved = base::resolve(breg, &reference, &self.platform).await?;
+        let (python_path, python_minor, facts) =
+            self.base_python(breg, &reference, &resolved, minor_wanted.as_deref()).await?;
+        Ok(Base { reference, registry, resolved, python_path, python_minor, facts })
+    }
+
+    /// The interpreter in the base: `--base-python`, else the one of the bento's minor (or the
+    /// newest) that a scan of the base's files finds.
+    async fn base_python(
+        &self,
+        breg: &Registry,
+        reference: &ImageRef,
+        resolved: &ResolvedBase,
+        minor_wanted: Option<&str>,
+    ) -> anyhow::Result<(String, String, Option<BaseFacts>)> {
+        let (python_path, minor, facts) = match &self.ctx.cfg.base_python {
+            Some(p) => {
+                let m = python::minor(p.rsplit('/').next().unwrap_or(p))
+                    .with_context(|| format!("--base-python {p:?} must name a python3.X executable"))?;
+                (p.clone(), m, None)
+            }
+            None => {
+                self.ctx
+                    .step(format!("reading the base image's files (once per base digest {})", &resolved.digest[..19]));
+                let facts = base::scan(breg, resolved, &self.ctx.cache).await?;
+                let minor = match minor_wanted {
+                    Some(m) => m.to_string(),
+                    None => facts.minors().pop().unwrap_or_default(),
+                };
+                match facts.python_for(&minor) {
+                    Some(p) => (p, minor, Some(facts)),
+                    None => {
+                        let have = if facts.pythons.is_empty() {
+                            "no python3.X at all".to_string()
+                        } else {
+                            facts.pythons.join(", ")
+                        };
+                        return Err(BuildError::BasePython { base: reference.to_string(), want: minor, have }.into());
+                    }
                 }
             }
+        };
+        if let Some(m) = minor_wanted
+            && m != minor
+        {
+            return Err(
+                BuildError::BasePython { base: reference.to_string(), want: m.into(), have: python_path }.into()
+            );
         }
-    };
-    if let Some(m) = &minor_wanted
-        && *m != minor
-    {
-        return Err(BuildError::BasePython { base: base_ref.to_string(), want: m.clone(), have: python_path }.into());
+        Ok((python_path, minor, facts))
     }
 
-    // Layers, from the most to the least shared.
-    let mut built: Vec<Built> = Vec::new();
-    if !pre.is_empty() {
-        built.push(commands_layer(&ctx, breg, &base, &bento, &pre, &platform).await?);
+    /// Our layers, from the most to the least shared, each built or taken from the cache.
+    async fn assemble_layers(
+        &self,
+        base: &Base,
+        bento: &BentoInfo,
+        bento_dir: &Path,
+        pre_install: &[String],
+        work: &Path,
+    ) -> anyhow::Result<Vec<Built>> {
+        let ctx = &self.ctx;
+        let mut built: Vec<Built> = Vec::new();
+        if !pre_install.is_empty() {
+            let breg = self.base_registry(base);
+            built.push(commands_layer(ctx, breg, &base.resolved, bento, pre_install, &self.platform).await?);
+        }
+        built.push(user_layer(ctx, base.facts.as_ref())?);
+        let target_py = Target { uv_platform: self.platform.uv_platform()?, python: base.python_minor.clone() };
+        built.push(deps_layer(ctx, bento, bento_dir, &target_py, work).await?);
+        built.push(small_layer(
+            ctx,
+            LayerKind::Shim,
+            VENV,
+            python::shim_tree(&base.python_path, &base.python_minor),
+            format!("yatai-rs: venv {VENV} on {}", base.python_path),
+        )?);
+        for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
+            built.push(self.model_layer(m, bento_dir, work).await?);
+        }
+        built.push(bento_layer(ctx, bento, bento_dir)?);
+        for b in &built {
+            ctx.progress.event(&Event::Layer {
+                kind: b.kind,
+                name: b.name.clone(),
+                digest: b.blob.digest.clone(),
+                size: b.blob.size,
+                cached: b.cached,
+            });
+        }
+        Ok(built)
     }
-    built.push(user_layer(&ctx, facts.as_ref())?);
-    let target_py = Target { uv_platform: platform.uv_platform()?, python: minor.clone() };
-    built.push(deps_layer(&ctx, &bento, &bento_dir, &target_py, work.path()).await?);
-    built.push(small_layer(
-        &ctx,
-        LayerKind::Shim,
-        VENV,
-        python::shim_tree(&python_path, &minor),
-        format!("yatai-rs: venv {VENV} on {python_path}"),
-    )?);
-    for m in bento.models.iter().filter(|m| m.registry != "huggingface") {
-        // A model already turned into a layer is not downloaded again.
-        let source_key = source.model_key(m).await?.map(|k| format!("model-source:{FORMAT}:{k}:{:?}", ctx.encoding));
+
+    /// A model's layer; one already turned into a layer is not downloaded again.
+    async fn model_layer(&self, m: &ModelRef, bento_dir: &Path, work: &Path) -> anyhow::Result<Built> {
+        let ctx = &self.ctx;
+        let source_key =
+            self.source.model_key(m).await?.map(|k| format!("model-source:{FORMAT}:{k}:{:?}", ctx.encoding));
         if let Some(blob) = source_key.as_deref().and_then(|k| ctx.cache.layer(k)) {
             ctx.step(format!("model {} unchanged on the server: layer from cache, not downloaded", m.tag()));
             let created_by = format!("yatai-rs: model {}", m.tag());
-            built.push(Built { kind: LayerKind::Model, name: m.tag(), blob, cached: true, created_by });
-            continue;
+            return Ok(Built { kind: LayerKind::Model, name: m.tag(), blob, cached: true, created_by });
         }
         ctx.step(format!("fetching model {}", m.tag()));
-        let dir = source.fetch_model(m, &bento_dir, work.path()).await?;
-        let layer = model_layer(&ctx, &m.name, &m.version, &dir).await?;
+        let dir = self.source.fetch_model(m, bento_dir, work).await?;
+        let layer = model_layer(ctx, &m.name, &m.version, &dir).await?;
         if let Some(k) = &source_key {
             ctx.cache.put_layer(k, &layer.blob)?;
         }
-        built.push(layer);
-    }
-    built.push(bento_layer(&ctx, &bento, &bento_dir)?);
-    for b in &built {
-        progress.event(&Event::Layer {
-            kind: b.kind,
-            name: b.name.clone(),
-            digest: b.blob.digest.clone(),
-            size: b.blob.size,
-            cached: b.cached,
-        });
+        Ok(layer)
     }
 
+    /// The outcome, announced; `base` is `None` when the tag existed and nothing was built.
+    fn done(
+        &self,
+        bento: &BentoInfo,
+        image_ref: &ImageRef,
+        base: Option<&Base>,
+        digest: String,
+        pushed: Pushed,
+        started: Instant,
+    ) -> BuildOutcome {
+        let reference = image_ref.with_digest(&digest).to_string();
+        let already_built = base.is_none();
+        let bytes_pushed = pushed.bytes;
+        self.ctx.progress.event(&Event::Done { reference: reference.clone(), bytes_pushed, already_built });
+        BuildOutcome {
+            bento: bento.tag(),
+            reference,
+            image: image_ref.to_string(),
+            digest,
+            already_built,
+            bytes_pushed,
+            base: base.map(|b| b.reference.to_string()).unwrap_or_default(),
+            base_digest: base.map(|b| b.resolved.digest.clone()).unwrap_or_default(),
+            layers: pushed.layers,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn push_scopes(&self) -> Vec<String> {
+        vec![registry::push(&self.target.repository)]
+    }
+
+    /// The base's layers, by reference: present, mounted or copied, never rebuilt.
+    async fn push_base_layers(&self, base: &Base, pushed: &mut Pushed) -> anyhow::Result<()> {
+        let breg = self.base_registry(base);
+        let same_registry = base.registry.is_none();
+        for (i, l) in base.resolved.layers.iter().enumerate() {
+            let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
+            let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
+            let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
+            let action = if media.contains("foreign") || media.contains("nondistributable") {
+                BlobAction::Present
+            } else {
+                ensure_remote_blob(&self.treg, &self.target, breg, &base.resolved, same_registry, digest, size).await?
+            };
+            if action == BlobAction::Copied {
+                pushed.bytes += size;
+            }
+            self.ctx.progress.event(&Event::Blob { digest: digest.into(), size, action });
+            let diff_id = base
+                .resolved
+                .config
+                .pointer(&format!("/rootfs/diff_ids/{i}"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            pushed.layers.push(LayerReport {
+                kind: LayerKind::Base,
+                name: base.reference.to_string(),
+                diff_id,
+                digest: digest.into(),
+                size,
+                media_type: image::oci_layer_media_type(media),
+                cached: true,
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    /// Our layers, from the cache's blob files.
+    async fn push_built_layers(&self, built: &[Built], pushed: &mut Pushed) -> anyhow::Result<()> {
+        let scopes = self.push_scopes();
+        for b in built {
+            let path = self.ctx.cache.blob_path(&b.blob.digest);
+            let action =
+                ensure_local_blob(&self.treg, &self.target.repository, &b.blob.digest, b.blob.size, &path, &scopes)
+                    .await?;
+            if action == BlobAction::Uploaded {
+                pushed.bytes += b.blob.size;
+            }
+            self.ctx.progress.event(&Event::Blob { digest: b.blob.digest.clone(), size: b.blob.size, action });
+            pushed.layers.push(LayerReport {
+                kind: b.kind,
+                name: b.name.clone(),
+                diff_id: b.blob.diff_id.clone(),
+                digest: b.blob.digest.clone(),
+                size: b.blob.size,
+                media_type: b.blob.media_type.clone(),
+                cached: b.cached,
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    async fn push_config(&self, config: &[u8], pushed: &mut Pushed) -> anyhow::Result<()> {
+        let digest = blob::sha256_digest(config);
+        let path = self.ctx.cache.blob_path(&digest);
+        std::fs::write(&path, config)?;
+        let size = config.len() as u64;
+        let scopes = self.push_scopes();
+        let action = ensure_local_blob(&self.treg, &self.target.repository, &digest, size, &path, &scopes).await?;
+        if action == BlobAction::Uploaded {
+            pushed.bytes += size;
+        }
+        Ok(())
+    }
+
+    /// The commit: the manifest PUT makes the tag point at the image; returns its digest.
+    async fn push_manifest(
+        &self,
+        image_ref: &ImageRef,
+        image_tag: &str,
+        manifest: &[u8],
+        pushed: &mut Pushed,
+    ) -> anyhow::Result<String> {
+        self.ctx.progress.event(&Event::PushingManifest { reference: image_ref.to_string() });
+        let digest =
+            self.treg.put_manifest(&self.target.repository, image_tag, manifest, registry::MEDIA_OCI_MANIFEST).await?;
+        pushed.bytes += manifest.len() as u64;
+        Ok(digest)
+    }
+}
+
+/// The config (the base's, with BentoML's Dockerfile applied) and the manifest (the base's
+/// layers by digest, then ours). No IO: equal inputs give equal bytes.
+fn image_documents(base: &Base, bento: &BentoInfo, platform: &Platform, built: &[Built], image_tag: &str) -> ImageDocs {
     let added: Vec<AddedLayer> =
         built.iter().map(|b| AddedLayer { blob: b.blob.clone(), created_by: b.created_by.clone() }).collect();
     let config = image::config(&image::ConfigInput {
-        base_config: &base.config,
-        bento: &bento,
-        platform: &platform,
+        base_config: &base.resolved.config,
+        bento,
+        platform,
         layers: &added,
-        passwd_entry: facts.as_ref().is_some_and(|f| f.passwd.is_some()),
-        image_tag: &image_tag,
+        passwd_entry: base.facts.as_ref().is_some_and(|f| f.passwd.is_some()),
+        image_tag,
     });
-    let config_bytes = image::canonical(&config);
-    let manifest = image::manifest(&config_bytes, &base.layers, &added, &base_ref, &base.digest);
-    let manifest_bytes = image::canonical(&manifest);
-
-    // Push: base blobs, ours, the config; then the manifest.
-    let mut bytes_pushed = 0u64;
-    let mut reports = Vec::new();
-    let push_scopes = vec![registry::push(&target.repository)];
-    for (i, l) in base.layers.iter().enumerate() {
-        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
-        let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
-        let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
-        let action = if media.contains("foreign") || media.contains("nondistributable") {
-            BlobAction::Present
-        } else {
-            ensure_remote_blob(&treg, &target, breg, &base, same_registry, digest, size).await?
-        };
-        if action == BlobAction::Copied {
-            bytes_pushed += size;
-        }
-        progress.event(&Event::Blob { digest: digest.into(), size, action });
-        let diff_id =
-            base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").to_string();
-        reports.push(LayerReport {
-            kind: LayerKind::Base,
-            name: base_ref.to_string(),
-            diff_id,
-            digest: digest.into(),
-            size,
-            media_type: image::oci_layer_media_type(media),
-            cached: true,
-            action,
-        });
-    }
-    for b in &built {
-        let path = ctx.cache.blob_path(&b.blob.digest);
-        let action =
-            ensure_local_blob(&treg, &target.repository, &b.blob.digest, b.blob.size, &path, &push_scopes).await?;
-        if action == BlobAction::Uploaded {
-            bytes_pushed += b.blob.size;
-        }
-        progress.event(&Event::Blob { digest: b.blob.digest.clone(), size: b.blob.size, action });
-        reports.push(LayerReport {
-            kind: b.kind,
-            name: b.name.clone(),
-            diff_id: b.blob.diff_id.clone(),
-            digest: b.blob.digest.clone(),
-            size: b.blob.size,
-            media_type: b.blob.media_type.clone(),
-            cached: b.cached,
-            action,
-        });
-    }
-    let config_digest = blob::sha256_digest(&config_bytes);
-    let config_path = ctx.cache.blob_path(&config_digest);
-    std::fs::write(&config_path, &config_bytes)?;
-    let action = ensure_local_blob(
-        &treg,
-        &target.repository,
-        &config_digest,
-        config_bytes.len() as u64,
-        &config_path,
-        &push_scopes,
-    )
-    .await?;
-    if action == BlobAction::Uploaded {
-        bytes_pushed += config_bytes.len() as u64;
-    }
-
-    progress.event(&Event::PushingManifest { reference: image_ref.to_string() });
-    let digest =
-        treg.put_manifest(&target.repository, &image_tag, &manifest_bytes, registry::MEDIA_OCI_MANIFEST).await?;
-    bytes_pushed += manifest_bytes.len() as u64;
-    let reference = image_ref.with_digest(&digest).to_string();
-    progress.event(&Event::Done { reference: reference.clone(), bytes_pushed, already_built: false });
-    Ok(BuildOutcome {
-        bento: bento.tag(),
-        reference,
-        image: image_ref.to_string(),
-        digest,
-        already_built: false,
-        bytes_pushed,
-        base: base_ref.to_string(),
-        base_digest: base.digest.clone(),
-        layers: reports,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    let config = image::canonical(&config);
+    let manifest = image::manifest(&config, &base.resolved.layers, &added, &base.reference, &base.resolved.digest);
+    ImageDocs { manifest: image::canonical(&manifest), config }
 }
 
 fn default_work_dir(cache: &Cache) -> PathBuf {
@@ -511,6 +661,112 @@ async fn ensure_remote_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source that fails the test if the build gets as far as asking it for anything.
+    struct Unreached;
+
+    #[async_trait::async_trait]
+    impl BentoSource for Unreached {
+        async fn fetch_bento(&self, tag: &BentoTag, _: &Path) -> anyhow::Result<PathBuf> {
+            panic!("fetched {tag}")
+        }
+        async fn fetch_model(&self, m: &crate::bento::ModelRef, _: &Path, _: &Path) -> anyhow::Result<PathBuf> {
+            panic!("fetched {}", m.tag())
+        }
+        fn describe(&self) -> String {
+            "nothing".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upper_case_tag_is_refused_before_any_network_as_core_refuses_it() {
+        let cache = tempfile::tempdir().unwrap();
+        // Port 1 refuses connections: reaching the registry would fail with "unreachable".
+        let cfg = BuildConfig::new("Iris:ABC", "127.0.0.1:1/bentos", cache.path());
+        let err = build(&cfg, &Unreached, &|_: &Event| {}).await.unwrap_err();
+        let bad = err.downcast_ref::<InvalidBentoTag>().unwrap_or_else(|| panic!("{err:#}"));
+        assert_eq!(bad.reason, yatai_core::Tag::parse("Iris:ABC").unwrap_err());
+        assert_eq!(failure_kind(&err), FailureKind::Unbuildable);
+    }
+
+    fn base(facts: Option<BaseFacts>) -> Base {
+        let reference = ImageRef::parse("registry.example/python:3.11-slim").unwrap();
+        let resolved = ResolvedBase {
+            reference: reference.clone(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            config: serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "config": {"Env": ["PATH=/usr/local/bin:/usr/bin"], "Cmd": ["python3"]},
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:base-diff"]},
+                "history": [{"created_by": "debootstrap"}],
+            }),
+            layers: vec![serde_json::json!({
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "digest": "sha256:base-blob",
+                "size": 1000,
+            })],
+        };
+        let (python_path, python_minor) = ("/usr/local/bin/python3.11".to_string(), "3.11".to_string());
+        Base { reference, registry: None, resolved, python_path, python_minor, facts }
+    }
+
+    fn layer(kind: LayerKind, n: u8) -> Built {
+        let blob = crate::blob::LayerBlob {
+            diff_id: format!("sha256:diff{n}"),
+            digest: format!("sha256:blob{n}"),
+            size: 10 + n as u64,
+            media_type: crate::blob::MEDIA_LAYER_ZSTD.into(),
+        };
+        Built { kind, name: format!("layer {n}"), blob, cached: false, created_by: format!("yatai-rs: step {n}") }
+    }
+
+    #[test]
+    fn image_documents_put_the_base_first_then_our_layers_in_build_order() {
+        let bento = BentoInfo::parse("name: iris\nversion: v1\ncreation_time: '2026-01-01T00:00:00+00:00'\n").unwrap();
+        let platform = Platform::parse("linux/amd64").unwrap();
+        let built = [layer(LayerKind::User, 1), layer(LayerKind::Deps, 2), layer(LayerKind::Bento, 3)];
+        let docs = image_documents(&base(None), &bento, &platform, &built, "yatai.iris.v1");
+
+        let manifest: Value = serde_json::from_slice(&docs.manifest).unwrap();
+        let config: Value = serde_json::from_slice(&docs.config).unwrap();
+        assert_eq!(image::canonical(&manifest), docs.manifest, "pushed as canonical JSON");
+        assert_eq!(manifest["config"]["digest"], blob::sha256_digest(&docs.config));
+        assert_eq!(manifest["config"]["size"], docs.config.len());
+        let digests: Vec<&str> =
+            manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+        assert_eq!(digests, ["sha256:base-blob", "sha256:blob1", "sha256:blob2", "sha256:blob3"]);
+        assert_eq!(manifest["layers"][0]["mediaType"], crate::blob::MEDIA_LAYER_GZIP, "docker type made OCI");
+        assert_eq!(manifest["layers"][3]["size"], 13);
+        assert_eq!(
+            manifest["annotations"]["org.opencontainers.image.base.digest"],
+            format!("sha256:{}", "a".repeat(64))
+        );
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:base-diff", "sha256:diff1", "sha256:diff2", "sha256:diff3"])
+        );
+        let history: Vec<&str> =
+            config["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap()).collect();
+        assert_eq!(history, ["debootstrap", "yatai-rs: step 1", "yatai-rs: step 2", "yatai-rs: step 3"]);
+
+        // Same inputs, same bytes: a rebuild pushes nothing new.
+        let again = image_documents(&base(None), &bento, &platform, &built, "yatai.iris.v1");
+        assert_eq!((again.config, again.manifest), (docs.config, docs.manifest));
+    }
+
+    #[test]
+    fn image_documents_name_the_user_only_when_the_base_has_no_passwd_to_extend() {
+        let bento = BentoInfo::parse("name: iris\nversion: v1\ncreation_time: '2026-01-01T00:00:00+00:00'\n").unwrap();
+        let platform = Platform::parse("linux/amd64").unwrap();
+        let env = |facts: Option<BaseFacts>| -> Vec<String> {
+            let docs = image_documents(&base(facts), &bento, &platform, &[], "yatai.iris.v1");
+            let config: Value = serde_json::from_slice(&docs.config).unwrap();
+            config["config"]["Env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect()
+        };
+        assert!(env(None).contains(&"USER=bentoml".to_string()), "--base-python: no scan, no passwd entry");
+        let scanned = BaseFacts { passwd: Some("root:x:0:0::/root:/bin/sh\n".into()), ..Default::default() };
+        assert!(!env(Some(scanned)).iter().any(|e| e.starts_with("USER=")));
+    }
 
     /// The server spawns builds on its runtime: the future must be `Send`.
     #[allow(dead_code)]

@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::blob::Compression;
 use crate::builder::{BuildConfig, build};
 use crate::progress::{Event, Progress};
-use crate::source::{BentoSource, LocalSource, YataiSource};
+use crate::source::{BentoSource, BentoTag, InvalidBentoTag, LocalSource, YataiSource};
 
 /// Build a bento's OCI image and push it to a registry (no Docker daemon needed).
 ///
@@ -16,6 +16,7 @@ use crate::source::{BentoSource, LocalSource, YataiSource};
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
     /// Bento tag: NAME, NAME:latest or NAME:VERSION.
+    #[arg(value_parser = valid_bento_tag)]
     pub tag: String,
     /// Target repository, HOST[:PORT]/REPOSITORY (e.g. registry.example.com/bentos).
     #[arg(long, env = "YATAI_BUILD_REGISTRY")]
@@ -115,6 +116,11 @@ impl BuildArgs {
     }
 }
 
+/// Refuses a bad tag while the arguments are read, with the same message [`build`] would give.
+fn valid_bento_tag(s: &str) -> Result<String, InvalidBentoTag> {
+    BentoTag::parse(s).map(|_| s.to_string())
+}
+
 pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -149,4 +155,37 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     }
     println!("{}", outcome.reference);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BuildArgs,
+    }
+
+    fn parse(tag: &str) -> Result<BuildArgs, clap::Error> {
+        Cli::try_parse_from(["yatai-build", tag, "--registry", "127.0.0.1:1/bentos"]).map(|c| c.args)
+    }
+
+    #[test]
+    fn an_upper_case_tag_is_refused_while_reading_the_arguments_as_core_refuses_it() {
+        let err = parse("Iris:ABC").expect_err("Iris:ABC was accepted");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let msg = err.to_string();
+        let core = yatai_core::Tag::parse("Iris:ABC").unwrap_err().to_string();
+        assert!(msg.contains(&format!("bento tag \"Iris:ABC\": {core}")), "{msg}");
+    }
+
+    #[test]
+    fn a_valid_tag_is_kept_as_written() {
+        for tag in ["iris", "iris:latest", "iris_clf:pndy6nhijceeoax4"] {
+            assert_eq!(parse(tag).unwrap().tag, tag);
+        }
+    }
 }

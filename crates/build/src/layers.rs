@@ -48,12 +48,7 @@ pub(crate) async fn commands_layer(
     if platform.architecture != Platform::host().architecture {
         bail!("image commands {steps:?} can only run for this host's platform ({}), not {platform}", Platform::host());
     }
-    let envs: Vec<(String, String)> = bento
-        .envs
-        .iter()
-        .filter(|e| e.stage == "build" || e.stage == "all")
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-        .collect();
+    let envs = bento.build_envs();
     let key = format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}", base.digest, ctx.encoding);
     let name = format!("{} command(s)", steps.len());
     let created_by = format!("yatai-rs: RUN {}", steps.join(" && "));
@@ -147,12 +142,7 @@ pub(crate) async fn deps_layer(
     };
     let uv_version = uv.version().await?;
     let (req_file, cwd, req_keys) = requirements(bento, bento_dir, work)?;
-    let build_envs: Vec<(String, String)> = bento
-        .envs
-        .iter()
-        .filter(|e| e.stage == "build" || e.stage == "all")
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-        .collect();
+    let build_envs = bento.build_envs();
     let envs_key = blob::sha256_digest(format!("{build_envs:?}").as_bytes());
     let bento_root = bento_dir.display().to_string();
 

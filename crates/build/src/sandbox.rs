@@ -17,8 +17,6 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
-use futures_util::TryStreamExt;
-use serde_json::Value;
 
 use crate::base::ResolvedBase;
 use crate::blob::{self, Cache, Encoding, LayerBlob};
@@ -37,24 +35,8 @@ pub async fn base_rootfs(reg: &Registry, base: &ResolvedBase, cache: &Cache) -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("root"))?;
     for layer in &base.layers {
-        let digest = layer.get("digest").and_then(Value::as_str).context("base layer without digest")?.to_string();
-        let media = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
-        let resp = reg.get_blob(&base.reference.repository, &digest).await?;
-        let reader = tokio_util::io::StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
         let root = dir.join("root");
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let sync = tokio_util::io::SyncIoBridge::new(reader);
-            let r: Box<dyn Read> = if media.ends_with("zstd") {
-                Box::new(zstd::stream::read::Decoder::new(sync)?)
-            } else if media.ends_with("gzip") {
-                Box::new(flate2::read::GzDecoder::new(sync))
-            } else {
-                Box::new(sync)
-            };
-            apply_layer(r, &root)
-        })
-        .await?
-        .with_context(|| format!("unpacking base layer {digest}"))?;
+        crate::base::read_layer(reg, base, layer, "unpacking", move |r| apply_layer(r, &root)).await?;
     }
     std::fs::write(dir.join(".complete"), b"")?;
     Ok(dir.join("root"))

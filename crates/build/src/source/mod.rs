@@ -10,47 +10,43 @@ use std::path::{Path, PathBuf};
 pub use http::YataiSource;
 pub use local::LocalSource;
 
+use yatai_core::{Tag, TagError};
+
 use crate::bento::ModelRef;
 
 /// A bento tag as the user writes it: `name`, `name:latest` or `name:version`.
+///
+/// The parts follow [`yatai_core::Tag`], the rule the server applies, so the builder accepts and
+/// refuses exactly the tags the server does. Upper case is refused rather than lower-cased: the
+/// bentoml client lower-cases before it stores or pushes anything, so an upper-case tag names
+/// no stored bento, and quietly building a different spelling would hide the typo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BentoTag {
     pub name: String,
-    /// `None` means the newest version.
+    /// `None` means the newest version (no version given, or `latest`).
     pub version: Option<String>,
 }
 
+/// A bento tag that breaks bentoml's naming rules; says which part and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bento tag {tag:?}: {reason}")]
+pub struct InvalidBentoTag {
+    pub tag: String,
+    pub reason: TagError,
+}
+
 impl BentoTag {
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        let (name, version) = match s.split_once(':') {
-            Some((n, v)) => (n, Some(v)),
-            None => (s, None),
-        };
-        let ok = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 63
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-                && p.as_bytes()[0].is_ascii_alphanumeric()
-                && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric()
-        };
-        let name = name.to_ascii_lowercase();
-        if !ok(&name) {
-            anyhow::bail!(
-                "invalid bento tag {s:?}: the name must match [a-z0-9]([-._a-z0-9]*[a-z0-9])? (≤ 63 characters)"
-            );
-        }
-        let version = match version.map(str::to_ascii_lowercase) {
-            Some(v) if v == "latest" => None,
-            Some(v) if !ok(&v) => anyhow::bail!("invalid bento tag {s:?}: bad version"),
-            v => v,
-        };
+    pub fn parse(s: &str) -> Result<Self, InvalidBentoTag> {
+        let Tag { name, version } =
+            Tag::parse(s).map_err(|reason| InvalidBentoTag { tag: s.chars().take(80).collect(), reason })?;
+        let version = version.filter(|v| v != yatai_core::tag::LATEST);
         Ok(Self { name, version })
     }
 }
 
 impl std::fmt::Display for BentoTag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.name, self.version.as_deref().unwrap_or("latest"))
+        write!(f, "{}:{}", self.name, self.version.as_deref().unwrap_or(yatai_core::tag::LATEST))
     }
 }
 
@@ -81,10 +77,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bento_tags() {
+    fn newest_version_is_spelled_with_or_without_latest() {
         assert_eq!(BentoTag::parse("iris:latest").unwrap(), BentoTag { name: "iris".into(), version: None });
-        assert_eq!(BentoTag::parse("Iris:AbC").unwrap().version.as_deref(), Some("abc"));
-        assert!(BentoTag::parse("-x:y").is_err());
-        assert!(BentoTag::parse("x:").is_err());
+        assert_eq!(BentoTag::parse("iris").unwrap(), BentoTag { name: "iris".into(), version: None });
+        assert_eq!(BentoTag::parse("iris:v1").unwrap().version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn accepts_and_refuses_exactly_what_the_server_does() {
+        let tags = [
+            "iris",
+            "iris:latest",
+            "iris_clf:pndy6nhijceeoax4",
+            "a.b-c_d:0",
+            "Iris:abc",
+            "iris:ABC",
+            "IRIS",
+            "-x:y",
+            "x-:y",
+            "x:",
+            ":v",
+            "",
+            "x:y:z",
+            "a/b:c",
+            "../x",
+            "é:v",
+            "iris:LATEST",
+            "x:.y",
+        ];
+        let long = format!("{}:v", "n".repeat(64));
+        for s in tags.iter().copied().chain([long.as_str()]) {
+            match (BentoTag::parse(s), Tag::parse(s)) {
+                (Ok(_), Ok(_)) => {}
+                (Err(ours), Err(core)) => {
+                    let msg = ours.to_string();
+                    assert!(msg.contains(&core.to_string()), "{s:?}: {msg} does not say what core says ({core})");
+                }
+                (ours, core) => panic!("{s:?}: the builder says {ours:?}, the server {core:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn upper_case_is_refused_not_lower_cased() {
+        let err = BentoTag::parse("Iris:ABC").unwrap_err();
+        assert_eq!(err.reason, TagError::Invalid { what: "name", value: "Iris".into() });
+        let msg = err.to_string();
+        assert!(msg.starts_with("bento tag \"Iris:ABC\": name \"Iris\""), "{msg}");
+        assert!(msg.contains("lowercase"), "{msg}");
+        let err = BentoTag::parse("iris:ABC").unwrap_err();
+        assert_eq!(err.reason, TagError::Invalid { what: "version", value: "ABC".into() });
+    }
+
+    #[test]
+    fn valid_tags_round_trip() {
+        for s in ["iris:v1", "iris_clf:pndy6nhijceeoax4", "a.b-c_d:0", "iris:latest"] {
+            let t = BentoTag::parse(s).unwrap();
+            assert_eq!(t.to_string(), s);
+            assert_eq!(BentoTag::parse(&t.to_string()).unwrap(), t);
+        }
+        // No version shows as `latest`, which parses back to the same tag.
+        let t = BentoTag::parse("iris").unwrap();
+        assert_eq!(t.to_string(), "iris:latest");
+        assert_eq!(BentoTag::parse(&t.to_string()).unwrap(), t);
     }
 }
