@@ -820,7 +820,7 @@ backend_test! {
         let r = b.get(&format!("/bentos/{repo}/{version}/download"));
         assert_eq!(r.status, 200);
         assert!(r.body.len() > 1000, "the archive");
-        let model = b.page(&models[models.find("/models/iris_clf/").unwrap()..].split('"').next().unwrap().to_owned());
+        let model = b.page(models[models.find("/models/iris_clf/").unwrap()..].split('"').next().unwrap());
         assert!(model.contains(r#"data-page="model-version""#) && model.contains(repo), "a model links its bentos");
         assert!(model.contains(r#"data-testid="delete-blocked""#), "a model a bento uses cannot be deleted");
 
@@ -904,7 +904,7 @@ backend_test! {
             assert_eq!(r.status, 404, "bob POST {path}: {}", r.text());
         }
         assert_eq!(server.http().get("/api/v1/auth/current").status, 200, "the admin's token still works");
-        assert_eq!(server.http().get("/api/v2/deployments/iris").json()["status"] != "terminated", true);
+        assert!(server.http().get("/api/v2/deployments/iris").json()["status"] != "terminated");
 
         // Live parts: status and replicas, and the log, as server-sent events.
         let live = b.read_stream("/deployments/iris/live", "event: state", Duration::from_secs(20));

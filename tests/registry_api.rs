@@ -355,7 +355,7 @@ fn every_api_route_except_health_requires_a_token() {
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let concrete = path.replace('{', "").replace('}', "");
+            let concrete = path.replace(['{', '}'], "");
             let r = anon.request(&method.to_uppercase(), &concrete, None);
             if op.get("security").is_some() {
                 assert_eq!(r.status, 401, "{method} {path} answered {} without a token", r.status);
@@ -673,7 +673,8 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
     // body is certainly unread when the answer goes out). Over the body limit
     // the server may have read all of a small body: then it must keep the
     // connection usable instead.
-    let cases: [(&str, &str, &str, &str, &[u8], u16, bool); 4] = [
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [u8], u16, bool);
+    let cases: [Case; 4] = [
         (
             "PUT",
             "/api/v1/model_repositories/kept/models/Bad_Version/upload",

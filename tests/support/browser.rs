@@ -195,7 +195,7 @@ impl Browser {
         ]);
         // Extra flags from $CHROMIUM_FLAGS (space-separated); their
         // --disable-features joins ours (Chromium keeps only one).
-        let mut disabled = vec![
+        let mut disabled = [
             "Translate",
             "OptimizationHints",
             "MediaRouter",

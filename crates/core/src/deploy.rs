@@ -333,7 +333,7 @@ mod tests {
         assert_eq!("kubernetes".parse::<ClusterKind>().unwrap(), ClusterKind::Kubernetes);
         assert!("Running".parse::<Phase>().unwrap_err().contains("deployment status"));
         assert!(Desired::Running == "running");
-        assert!(String::from("active") == RevisionStatus::Active);
+        assert!(RevisionStatus::Active == "active");
     }
 
     #[test]

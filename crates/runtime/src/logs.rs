@@ -119,6 +119,15 @@ impl LogBook {
     }
 }
 
+impl yatai_core::deploy::LogSource for LogBook {
+    fn tail(&self, lines: usize) -> Vec<String> {
+        LogBook::tail(self, lines)
+    }
+    fn follow(&self) -> broadcast::Receiver<Arc<str>> {
+        self.subscribe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,14 +157,5 @@ mod tests {
         book.append("r2", "stderr", "hello");
         let got = rx.recv().await.unwrap();
         assert!(got.ends_with("r2 stderr | hello"), "{got}");
-    }
-}
-
-impl yatai_core::deploy::LogSource for LogBook {
-    fn tail(&self, lines: usize) -> Vec<String> {
-        LogBook::tail(self, lines)
-    }
-    fn follow(&self) -> broadcast::Receiver<Arc<str>> {
-        self.subscribe()
     }
 }
