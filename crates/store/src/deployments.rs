@@ -466,3 +466,84 @@ async fn insert_revision(
     }
     Ok(uid)
 }
+
+/// A deployment whose active revision runs a bento, as version and
+/// repository pages list them.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeploymentUse {
+    pub deployment_uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub status: String,
+    pub cluster_name: String,
+    pub repository: String,
+    pub version: String,
+}
+
+impl Store {
+    /// Deployments whose active revision runs a version of this repository
+    /// (or, with `version_uid`, that one version).
+    pub async fn deployment_uses(&self, repository_uid: &str, version_uid: Option<&str>) -> Result<Vec<DeploymentUse>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT d.uid AS deployment_uid, d.namespace, d.name, d.status, c.name AS cluster_name, \
+             r.name AS repository, v.version FROM deployment_targets t \
+             JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = 'active' \
+             JOIN deployments d ON d.uid = t.deployment_uid JOIN clusters c ON c.uid = d.cluster_uid \
+             JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
+             WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.uid = $2) ORDER BY d.name",
+        )
+        .bind(repository_uid)
+        .bind(version_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn deployment_status_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY status ORDER BY status",
+        )
+        .bind(org_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The bento each of these deployments' active revision runs (`main`
+    /// target first): `(deployment uid, repository, version)`.
+    pub async fn active_bentos(&self, deployment_uids: &[&str]) -> Result<Vec<(String, String, String)>> {
+        if deployment_uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=deployment_uids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT t.deployment_uid, r.name, v.version FROM deployment_targets t \
+             JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = 'active' \
+             JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
+             WHERE t.deployment_uid IN ({}) ORDER BY t.name = 'main' DESC",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query_as(built(sql));
+        for uid in deployment_uids {
+            q = q.bind(*uid);
+        }
+        Ok(q.fetch_all(self.pool()).await?)
+    }
+
+    pub async fn cluster_deployment_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as("SELECT cluster_uid, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY cluster_uid")
+            .bind(org_uid)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    pub async fn update_cluster_description(&self, org_uid: &str, name: &str, description: &str) -> Result<bool> {
+        Ok(sqlx::query("UPDATE clusters SET description = $1, updated_at = $2 WHERE org_uid = $3 AND name = $4")
+            .bind(description)
+            .bind(Timestamp::now().0)
+            .bind(org_uid)
+            .bind(name)
+            .execute(self.pool())
+            .await?
+            .rows_affected()
+            > 0)
+    }
+}

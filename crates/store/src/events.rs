@@ -100,3 +100,39 @@ impl Store {
         Ok((rows, total))
     }
 }
+
+impl Store {
+    /// A page of an organization's feed, newest first, older than a cursor
+    /// (`seq`), without counting the whole feed. Returns one row more than
+    /// asked when there is an older page.
+    pub async fn event_page(&self, org_uid: &str, f: &crate::EventFilter, count: i64) -> Result<Vec<crate::EventRow>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, resource_type, \
+             resource_name, status, info FROM events WHERE org_uid = $1 AND ($2 IS NULL OR operation = $2) \
+             AND ($3 IS NULL OR resource_type = $3) AND ($4 IS NULL OR resource_name = $4) \
+             AND ($5 IS NULL OR actor_name = $5) AND ($6 IS NULL OR seq < $6) ORDER BY seq DESC LIMIT $7",
+        )
+        .bind(org_uid)
+        .bind(&f.operation)
+        .bind(&f.resource_type)
+        .bind(&f.resource_name)
+        .bind(&f.actor_name)
+        .bind(f.before_seq)
+        .bind(count + 1)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Operation names seen in an organization's feed, for the filter menu.
+    pub async fn event_operations(&self, org_uid: &str) -> Result<Vec<String>> {
+        // Bounded: a feed with millions of rows still answers from the
+        // newest ten thousand.
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT operation FROM (SELECT operation FROM events WHERE org_uid = $1 ORDER BY seq DESC LIMIT 10000) e \
+             ORDER BY operation",
+        )
+        .bind(org_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
