@@ -75,8 +75,13 @@ pub struct NewToken<'a> {
     pub expires_at: Option<Timestamp>,
 }
 
+const ORG_SELECT: &str = "SELECT uid, name, description, created_at, updated_at FROM organizations";
+
 pub(crate) const USER_COLUMNS: &str =
     "u.uid, u.name, u.email, u.first_name, u.last_name, u.password_hash, u.is_admin, u.created_at, u.updated_at";
+
+/// Users with a password: first-run setup is done once there is one.
+const SETUP_DONE: &str = "SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL";
 
 const TOKEN_COLUMNS: &str = "t.uid, t.org_uid, t.user_uid, u.name AS user_name, t.name, t.description, \
      t.token_hint, t.scopes, t.expires_at, t.last_used_at, t.created_at";
@@ -108,16 +113,14 @@ impl Store {
     }
 
     pub async fn get_org_by_name(&self, name: &str) -> Result<Option<OrgRow>> {
-        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations WHERE name = $1")
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} WHERE name = $1")))
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
     }
 
     pub async fn list_orgs(&self) -> Result<Vec<OrgRow>> {
-        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations ORDER BY name")
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} ORDER BY name"))).fetch_all(self.pool()).await?)
     }
 
     pub async fn create_user(
@@ -160,13 +163,10 @@ impl Store {
     }
 
     pub async fn get_user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
-        Ok(sqlx::query_as(
-            "SELECT uid, name, email, first_name, last_name, password_hash, is_admin, created_at, updated_at \
-             FROM users WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await?)
+        Ok(sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = $1")))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     pub async fn has_admin(&self) -> Result<bool> {
@@ -455,9 +455,7 @@ impl Store {
 
     /// Whether first-run setup is still to be done: no user has a password.
     pub async fn setup_pending(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL")
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = sqlx::query_scalar(SETUP_DONE).fetch_one(self.pool()).await?;
         Ok(n == 0)
     }
 
@@ -474,9 +472,7 @@ impl Store {
     /// its email and password. Fails if another request completed it first.
     pub async fn complete_setup(&self, user_uid: &str, name: &str, email: &str, password_hash: &str) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL")
-            .fetch_one(&mut *tx)
-            .await?;
+        let done: i64 = sqlx::query_scalar(SETUP_DONE).fetch_one(&mut *tx).await?;
         if done > 0 {
             return Err(StoreError::Conflict("setup was already completed".into()));
         }
@@ -501,10 +497,7 @@ impl Store {
     }
 
     pub async fn get_org(&self, uid: &str) -> Result<Option<OrgRow>> {
-        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations WHERE uid = $1")
-            .bind(uid)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} WHERE uid = $1"))).bind(uid).fetch_optional(self.pool()).await?)
     }
 
     pub async fn update_org_description(&self, uid: &str, description: &str) -> Result<()> {

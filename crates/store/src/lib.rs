@@ -171,6 +171,11 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     }
 }
 
+/// `$1, $2, …, $n`, for an `IN (…)` list of `n` bound values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }

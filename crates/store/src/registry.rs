@@ -8,7 +8,7 @@
 use sqlx::FromRow;
 use yatai_core::Tag;
 
-use crate::{Kind, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid};
+use crate::{Kind, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, placeholders};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct RepositoryRow {
@@ -107,17 +107,30 @@ pub struct ListQuery {
     pub labels: Vec<(String, Option<String>)>,
 }
 
-pub(crate) const REPO_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
-     cu.name AS creator_name, r.created_at, r.updated_at, \
-     (SELECT COUNT(*) FROM versions vc WHERE vc.repository_uid = r.uid) AS version_count \
-     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+/// A select of [`RepositoryRow`]s whose `version_count` is `$count`: the
+/// selects differ only in how much counting versions may cost.
+macro_rules! repo_select {
+    ($count:literal) => {
+        concat!(
+            "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
+             cu.name AS creator_name, r.created_at, r.updated_at, ",
+            $count,
+            " AS version_count FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid"
+        )
+    };
+}
+
+const REPO_SELECT: &str = repo_select!("(SELECT COUNT(*) FROM versions vc WHERE vc.repository_uid = r.uid)");
 
 /// [`REPO_SELECT`] without the version count, which scans the repository's
 /// versions (8 ms with 100,000 of them in SQLite) and is needed only by
 /// responses that show it.
-const REPO_SELECT_UNCOUNTED: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
-     cu.name AS creator_name, r.created_at, r.updated_at, -1 AS version_count \
-     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+const REPO_SELECT_UNCOUNTED: &str = repo_select!("-1");
+
+/// The repositories of one organization and kind whose name contains the
+/// (escaped) pattern `$3`, if one is given: the API's list and the
+/// dashboard's page filter alike.
+const REPO_LIST_FILTER: &str = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
 
 pub(crate) const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, r.name AS repository_name, r.org_uid, r.kind, \
      v.version, v.description, v.manifest, v.labels, v.build_at, v.upload_status, v.upload_finished_reason, \
@@ -130,10 +143,9 @@ pub(crate) const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, 
 /// Repositories with their version counts capped at [`COUNT_CAP`] + 1: an
 /// exact count reads every version (8 ms for 100,000 in SQLite), and a list
 /// of 25 large repositories would pay that 25 times.
-const REPO_PAGE_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
-     cu.name AS creator_name, r.created_at, r.updated_at, \
-     (SELECT COUNT(*) FROM (SELECT 1 FROM versions vc WHERE vc.repository_uid = r.uid LIMIT 1001) capped) AS version_count \
-     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+const REPO_PAGE_SELECT: &str = repo_select!(
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM versions vc WHERE vc.repository_uid = r.uid LIMIT 1001) capped)"
+);
 
 /// Repository lists count versions up to this many ("1000+").
 pub const COUNT_CAP: i64 = 1000;
@@ -203,8 +215,7 @@ impl Store {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=uids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("{REPO_SELECT} WHERE r.uid IN ({})", placeholders.join(", "));
+        let sql = format!("{REPO_SELECT} WHERE r.uid IN ({})", placeholders(uids.len()));
         let mut q = sqlx::query_as(built(sql));
         for uid in uids {
             q = q.bind(*uid);
@@ -251,7 +262,7 @@ impl Store {
         q: &ListQuery,
     ) -> Result<(Vec<RepositoryRow>, i64)> {
         let search = q.search.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
-        let filter = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
+        let filter = REPO_LIST_FILTER;
         let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
             .bind(org_uid)
             .bind(kind.as_str())
@@ -633,7 +644,7 @@ impl Store {
         count: i64,
     ) -> Result<RepositoryPage> {
         let search = search.map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
-        let filter = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
+        let filter = REPO_LIST_FILTER;
         let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
             .bind(org_uid)
             .bind(kind.as_str())
