@@ -413,7 +413,7 @@ impl Store {
 
     /// Names (`namespace/name`) of deployments whose active revision runs
     /// this bento version.
-    pub async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
+    pub(crate) async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
         let rows: Vec<(String, String)> = sqlx::query_as(built(format!(
             "SELECT d.namespace, d.name FROM {ACTIVE_TARGETS} \
              JOIN deployments d ON d.uid = t.deployment_uid WHERE t.bento_uid = $1 ORDER BY d.name"
@@ -534,17 +534,5 @@ impl Store {
             .bind(org_uid)
             .fetch_all(self.pool())
             .await?)
-    }
-
-    pub async fn update_cluster_description(&self, org_uid: &str, name: &str, description: &str) -> Result<bool> {
-        Ok(sqlx::query("UPDATE clusters SET description = $1, updated_at = $2 WHERE org_uid = $3 AND name = $4")
-            .bind(description)
-            .bind(Timestamp::now().0)
-            .bind(org_uid)
-            .bind(name)
-            .execute(self.pool())
-            .await?
-            .rows_affected()
-            > 0)
     }
 }

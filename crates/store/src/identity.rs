@@ -6,7 +6,7 @@
 
 use sqlx::FromRow;
 
-use crate::{MemberRole, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, opt_ts};
+use crate::{MemberRole, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct OrgRow {
@@ -167,11 +167,6 @@ impl Store {
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
-    }
-
-    pub async fn has_admin(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1").fetch_one(self.pool()).await?;
-        Ok(n > 0)
     }
 
     pub async fn create_token(&self, t: NewToken<'_>) -> Result<TokenRow> {
@@ -393,15 +388,6 @@ impl Store {
         let org = self.get_org_by_name(org_name).await?.expect("just created");
         let user = self.get_user_by_name(user_name).await?.expect("just created");
         Ok(Some((org, user)))
-    }
-}
-
-impl OrgRow {
-    pub fn created(&self) -> Timestamp {
-        Timestamp(self.created_at)
-    }
-    pub fn updated(&self) -> Option<Timestamp> {
-        opt_ts(self.updated_at)
     }
 }
 

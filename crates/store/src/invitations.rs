@@ -20,7 +20,7 @@ pub struct InvitationRow {
 }
 
 impl InvitationRow {
-    pub fn role(&self) -> MemberRole {
+    pub(crate) fn role(&self) -> MemberRole {
         MemberRole::parse(&self.role).unwrap_or(MemberRole::Guest)
     }
 }

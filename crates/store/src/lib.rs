@@ -3,7 +3,7 @@
 //!
 //! One set of queries serves SQLite (the embedded default) and PostgreSQL
 //! through sqlx's `Any` driver. Both accept `$N` placeholders; where their SQL
-//! differs, [`Dialect`] picks the variant. Each backend has its own migration
+//! differs, `Dialect` picks the variant. Each backend has its own migration
 //! directory because their DDL differs in small ways (auto-increment keys).
 
 mod deployments;
@@ -27,7 +27,6 @@ pub use invitations::{Accepted, InvitationRow, NewInvitation};
 pub use members::{MemberRole, MemberRow};
 pub use registry::{
     COUNT_CAP, ListQuery, NewVersion, RepoSort, RepositoryPage, RepositoryRow, VersionPatch, VersionRow, VersionSort,
-    VersionWithRepo,
 };
 pub use sessions::{NewSession, SessionIdentity};
 pub use uploads::{FinalizeOutcome, UploadRow};
@@ -57,7 +56,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -135,7 +134,7 @@ impl Store {
         Ok(Store { pool, dialect })
     }
 
-    pub fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
 
@@ -174,10 +173,6 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// `$1, $2, …, $n`, for an `IN (…)` list of `n` bound values.
 pub(crate) fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
-pub(crate) fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
 }
 
 /// Marks SQL text assembled at run time. Every such string in this crate is

@@ -69,13 +69,6 @@ impl VersionRow {
     }
 }
 
-/// A version together with its repository, for responses that embed both.
-#[derive(Debug, Clone)]
-pub struct VersionWithRepo {
-    pub version: VersionRow,
-    pub repository: RepositoryRow,
-}
-
 pub struct NewVersion<'a> {
     pub version: &'a str,
     pub description: &'a str,
@@ -748,19 +741,6 @@ impl Store {
             }
         };
         Ok(rows)
-    }
-
-    /// The newest versions of an organization of one kind, across
-    /// repositories (no total: counting every version is what we avoid).
-    pub async fn latest_versions(&self, org_uid: &str, kind: Kind, limit: i64) -> Result<Vec<crate::VersionRow>> {
-        Ok(sqlx::query_as(built(format!(
-            "{VERSION_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 ORDER BY v.seq DESC LIMIT $3"
-        )))
-        .bind(org_uid)
-        .bind(kind.as_str())
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
     }
 
     pub async fn repository_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {

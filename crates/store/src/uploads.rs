@@ -389,13 +389,6 @@ impl Store {
         tx.commit().await?;
         Ok(Some(key))
     }
-
-    /// Number of blobs and their total size, for metrics and tests.
-    pub async fn blob_stats(&self) -> Result<(i64, i64)> {
-        Ok(sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs")
-            .fetch_one(self.pool())
-            .await?)
-    }
 }
 
 impl Store {
