@@ -7,7 +7,7 @@
 
 use sqlx::FromRow;
 
-use crate::{Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid};
+use crate::{Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, placeholders};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ClusterRow {
@@ -115,6 +115,11 @@ const DEPLOYMENT_SELECT: &str = "SELECT d.uid, d.org_uid, d.cluster_uid, c.name 
 const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, r.rollback_of, r.creator_uid, \
      u.name AS creator_name, r.created_at, r.updated_at \
      FROM deployment_revisions r LEFT JOIN users u ON u.uid = r.creator_uid";
+
+/// The targets of deployments' active revisions (`t`, revision `rv`): what
+/// is running, as opposed to what was.
+const ACTIVE_TARGETS: &str = "deployment_targets t \
+     JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = 'active'";
 
 const TARGET_COLUMNS: &str = "uid, revision_uid, deployment_uid, name, bento_uid, config, creator_uid, created_at";
 
@@ -408,12 +413,11 @@ impl Store {
 
     /// Names (`namespace/name`) of deployments whose active revision runs
     /// this bento version.
-    pub async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT d.namespace, d.name FROM deployment_targets t \
-             JOIN deployment_revisions r ON r.uid = t.revision_uid AND r.status = 'active' \
-             JOIN deployments d ON d.uid = t.deployment_uid WHERE t.bento_uid = $1 ORDER BY d.name",
-        )
+    pub(crate) async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(built(format!(
+            "SELECT d.namespace, d.name FROM {ACTIVE_TARGETS} \
+             JOIN deployments d ON d.uid = t.deployment_uid WHERE t.bento_uid = $1 ORDER BY d.name"
+        )))
         .bind(bento_uid)
         .fetch_all(self.pool())
         .await?;
@@ -465,4 +469,70 @@ async fn insert_revision(
         .await?;
     }
     Ok(uid)
+}
+
+/// A deployment whose active revision runs a bento, as version and
+/// repository pages list them.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeploymentUse {
+    pub deployment_uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub status: String,
+    pub cluster_name: String,
+    pub repository: String,
+    pub version: String,
+}
+
+impl Store {
+    /// Deployments whose active revision runs a version of this repository
+    /// (or, with `version_uid`, that one version).
+    pub async fn deployment_uses(&self, repository_uid: &str, version_uid: Option<&str>) -> Result<Vec<DeploymentUse>> {
+        Ok(sqlx::query_as(built(format!(
+            "SELECT DISTINCT d.uid AS deployment_uid, d.namespace, d.name, d.status, c.name AS cluster_name, \
+             r.name AS repository, v.version FROM {ACTIVE_TARGETS} \
+             JOIN deployments d ON d.uid = t.deployment_uid JOIN clusters c ON c.uid = d.cluster_uid \
+             JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
+             WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.uid = $2) ORDER BY d.name"
+        )))
+        .bind(repository_uid)
+        .bind(version_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn deployment_status_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY status ORDER BY status",
+        )
+        .bind(org_uid)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The bento each of these deployments' active revision runs (`main`
+    /// target first): `(deployment uid, repository, version)`.
+    pub async fn active_bentos(&self, deployment_uids: &[&str]) -> Result<Vec<(String, String, String)>> {
+        if deployment_uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT t.deployment_uid, r.name, v.version FROM {ACTIVE_TARGETS} \
+             JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
+             WHERE t.deployment_uid IN ({}) ORDER BY t.name = 'main' DESC",
+            placeholders(deployment_uids.len())
+        );
+        let mut q = sqlx::query_as(built(sql));
+        for uid in deployment_uids {
+            q = q.bind(*uid);
+        }
+        Ok(q.fetch_all(self.pool()).await?)
+    }
+
+    pub async fn cluster_deployment_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as("SELECT cluster_uid, COUNT(*) FROM deployments WHERE org_uid = $1 GROUP BY cluster_uid")
+            .bind(org_uid)
+            .fetch_all(self.pool())
+            .await?)
+    }
 }

@@ -1,6 +1,7 @@
 //! The audit feed: who (user and token) did what to which resource, when.
 
-use sqlx::FromRow;
+use sqlx::any::AnyArguments;
+use sqlx::{Arguments, FromRow};
 
 use crate::{Result, Store, Timestamp, built, new_uid};
 
@@ -47,6 +48,39 @@ pub struct EventFilter {
     pub count: i64,
 }
 
+const EVENT_SELECT: &str = "SELECT seq, uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, \
+     resource_type, resource_name, status, info FROM events";
+
+/// The `WHERE` clause of an organization's events that pass `f`, and the
+/// values of its placeholders in order (a caller's own placeholders follow
+/// from `args.len() + 1`): the counted list and the feed page select the
+/// same events. Only the conditions `f` sets are written: an unused
+/// `($n IS NULL OR resource_type = $n)` keeps SQLite from using the
+/// `(org_uid, resource_type, resource_name, seq)` index a deployment's feed
+/// needs.
+fn event_filter(org_uid: &str, f: &EventFilter) -> Result<(String, AnyArguments)> {
+    let mut args = AnyArguments::default();
+    args.add(org_uid).map_err(sqlx::Error::Encode)?;
+    let mut sql = String::from("WHERE org_uid = $1");
+    let equal = [
+        ("operation", &f.operation),
+        ("resource_type", &f.resource_type),
+        ("resource_name", &f.resource_name),
+        ("actor_name", &f.actor_name),
+    ];
+    for (column, value) in equal {
+        if let Some(value) = value {
+            args.add(value.as_str()).map_err(sqlx::Error::Encode)?;
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        }
+    }
+    if let Some(seq) = f.before_seq {
+        args.add(seq).map_err(sqlx::Error::Encode)?;
+        sql.push_str(&format!(" AND seq < ${}", args.len()));
+    }
+    Ok((sql, args))
+}
+
 impl Store {
     pub async fn record_event(&self, e: NewEvent<'_>) -> Result<()> {
         sqlx::query(
@@ -71,32 +105,45 @@ impl Store {
 
     /// Events of an organization, newest first, with the total that matches.
     pub async fn list_events(&self, org_uid: &str, f: &EventFilter) -> Result<(Vec<EventRow>, i64)> {
-        let filter = "WHERE org_uid = $1 AND ($2 IS NULL OR operation = $2) AND ($3 IS NULL OR resource_type = $3) \
-                      AND ($4 IS NULL OR resource_name = $4) AND ($5 IS NULL OR actor_name = $5) \
-                      AND ($6 IS NULL OR seq < $6)";
-        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM events {filter}")))
-            .bind(org_uid)
-            .bind(&f.operation)
-            .bind(&f.resource_type)
-            .bind(&f.resource_name)
-            .bind(&f.actor_name)
-            .bind(f.before_seq)
+        let (filter, args) = event_filter(org_uid, f)?;
+        let total: i64 = sqlx::query_scalar_with(built(format!("SELECT COUNT(*) FROM events {filter}")), args)
             .fetch_one(self.pool())
             .await?;
-        let rows = sqlx::query_as(built(format!(
-            "SELECT seq, uid, org_uid, created_at, actor_uid, actor_name, api_token_name, operation, resource_type, \
-             resource_name, status, info FROM events {filter} ORDER BY seq DESC LIMIT $7 OFFSET $8"
-        )))
-        .bind(org_uid)
-        .bind(&f.operation)
-        .bind(&f.resource_type)
-        .bind(&f.resource_name)
-        .bind(&f.actor_name)
-        .bind(f.before_seq)
+        let (filter, args) = event_filter(org_uid, f)?;
+        let n = args.len() + 1;
+        let rows = sqlx::query_as_with(
+            built(format!("{EVENT_SELECT} {filter} ORDER BY seq DESC LIMIT ${n} OFFSET ${}", n + 1)),
+            args,
+        )
         .bind(f.count)
         .bind(f.start)
         .fetch_all(self.pool())
         .await?;
         Ok((rows, total))
+    }
+
+    /// A page of an organization's feed, newest first, older than a cursor
+    /// (`seq`), without counting the whole feed. Returns one row more than
+    /// asked when there is an older page.
+    pub async fn event_page(&self, org_uid: &str, f: &EventFilter, count: i64) -> Result<Vec<EventRow>> {
+        let (filter, args) = event_filter(org_uid, f)?;
+        let n = args.len() + 1;
+        Ok(sqlx::query_as_with(built(format!("{EVENT_SELECT} {filter} ORDER BY seq DESC LIMIT ${n}")), args)
+            .bind(count + 1)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Operation names seen in an organization's feed, for the filter menu.
+    pub async fn event_operations(&self, org_uid: &str) -> Result<Vec<String>> {
+        // Bounded: a feed with millions of rows still answers from the
+        // newest ten thousand.
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT operation FROM (SELECT operation FROM events WHERE org_uid = $1 ORDER BY seq DESC LIMIT 10000) e \
+             ORDER BY operation",
+        )
+        .bind(org_uid)
+        .fetch_all(self.pool())
+        .await?)
     }
 }

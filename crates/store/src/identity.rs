@@ -4,37 +4,9 @@
 //! bits, so a fast hash is the right tool: there is nothing to brute-force),
 //! plus a short hint so a person can tell tokens apart in a list.
 
-use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::{Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, opt_ts};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberRole {
-    Guest,
-    Developer,
-    Admin,
-}
-
-impl MemberRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Guest => "guest",
-            MemberRole::Developer => "developer",
-            MemberRole::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "guest" => Some(MemberRole::Guest),
-            "developer" => Some(MemberRole::Developer),
-            "admin" => Some(MemberRole::Admin),
-            _ => None,
-        }
-    }
-}
+use crate::{MemberRole, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct OrgRow {
@@ -103,6 +75,14 @@ pub struct NewToken<'a> {
     pub expires_at: Option<Timestamp>,
 }
 
+const ORG_SELECT: &str = "SELECT uid, name, description, created_at, updated_at FROM organizations";
+
+pub(crate) const USER_COLUMNS: &str =
+    "u.uid, u.name, u.email, u.first_name, u.last_name, u.password_hash, u.is_admin, u.created_at, u.updated_at";
+
+/// Users with a password: first-run setup is done once there is one.
+const SETUP_DONE: &str = "SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL";
+
 const TOKEN_COLUMNS: &str = "t.uid, t.org_uid, t.user_uid, u.name AS user_name, t.name, t.description, \
      t.token_hint, t.scopes, t.expires_at, t.last_used_at, t.created_at";
 
@@ -133,16 +113,14 @@ impl Store {
     }
 
     pub async fn get_org_by_name(&self, name: &str) -> Result<Option<OrgRow>> {
-        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations WHERE name = $1")
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} WHERE name = $1")))
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
     }
 
     pub async fn list_orgs(&self) -> Result<Vec<OrgRow>> {
-        Ok(sqlx::query_as("SELECT uid, name, description, created_at, updated_at FROM organizations ORDER BY name")
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} ORDER BY name"))).fetch_all(self.pool()).await?)
     }
 
     pub async fn create_user(
@@ -185,43 +163,10 @@ impl Store {
     }
 
     pub async fn get_user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
-        Ok(sqlx::query_as(
-            "SELECT uid, name, email, first_name, last_name, password_hash, is_admin, created_at, updated_at \
-             FROM users WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    pub async fn has_admin(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1").fetch_one(self.pool()).await?;
-        Ok(n > 0)
-    }
-
-    /// Adds `user` to `org` with `role`, or changes the role if already a member.
-    pub async fn set_member(&self, org_uid: &str, user_uid: &str, role: MemberRole) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (org_uid, user_uid) DO UPDATE SET role = excluded.role",
-        )
-        .bind(org_uid)
-        .bind(user_uid)
-        .bind(role.as_str())
-        .bind(Timestamp::now().0)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    pub async fn member_role(&self, org_uid: &str, user_uid: &str) -> Result<Option<MemberRole>> {
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM organization_members WHERE org_uid = $1 AND user_uid = $2")
-                .bind(org_uid)
-                .bind(user_uid)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(role.as_deref().and_then(MemberRole::parse))
+        Ok(sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = $1")))
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     pub async fn create_token(&self, t: NewToken<'_>) -> Result<TokenRow> {
@@ -446,11 +391,108 @@ impl Store {
     }
 }
 
-impl OrgRow {
-    pub fn created(&self) -> Timestamp {
-        Timestamp(self.created_at)
+impl Store {
+    pub async fn get_user(&self, uid: &str) -> Result<Option<UserRow>> {
+        Ok(sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.uid = $1")))
+            .bind(uid)
+            .fetch_optional(self.pool())
+            .await?)
     }
-    pub fn updated(&self) -> Option<Timestamp> {
-        opt_ts(self.updated_at)
+
+    /// Users a sign-in name could mean: the user of that name, else the users
+    /// with that email address (compared without case).
+    pub async fn find_login_candidates(&self, name_or_email: &str) -> Result<Vec<UserRow>> {
+        let by_name: Vec<UserRow> =
+            sqlx::query_as(built(format!("SELECT {USER_COLUMNS} FROM users u WHERE u.name = $1")))
+                .bind(name_or_email)
+                .fetch_all(self.pool())
+                .await?;
+        if !by_name.is_empty() || !name_or_email.contains('@') {
+            return Ok(by_name);
+        }
+        Ok(sqlx::query_as(built(format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE LOWER(u.email) = LOWER($1) ORDER BY u.created_at LIMIT 2"
+        )))
+        .bind(name_or_email)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn email_taken(&self, email: &str, except_user: Option<&str>) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE LOWER(email) = LOWER($1) AND ($2 IS NULL OR uid <> $2)",
+        )
+        .bind(email)
+        .bind(except_user)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn set_password(&self, user_uid: &str, password_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE uid = $3")
+            .bind(password_hash)
+            .bind(Timestamp::now().0)
+            .bind(user_uid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether first-run setup is still to be done: no user has a password.
+    pub async fn setup_pending(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(SETUP_DONE).fetch_one(self.pool()).await?;
+        Ok(n == 0)
+    }
+
+    /// The administrator first-run setup signs in: the oldest admin user.
+    pub async fn setup_admin(&self) -> Result<Option<UserRow>> {
+        Ok(sqlx::query_as(built(format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.is_admin = 1 ORDER BY u.created_at LIMIT 1"
+        )))
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Completes first-run setup in one transaction: names the admin, sets
+    /// its email and password. Fails if another request completed it first.
+    pub async fn complete_setup(&self, user_uid: &str, name: &str, email: &str, password_hash: &str) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        let done: i64 = sqlx::query_scalar(SETUP_DONE).fetch_one(&mut *tx).await?;
+        if done > 0 {
+            return Err(StoreError::Conflict("setup was already completed".into()));
+        }
+        sqlx::query("UPDATE users SET name = $1, email = $2, password_hash = $3, updated_at = $4 WHERE uid = $5")
+            .bind(name)
+            .bind(email)
+            .bind(password_hash)
+            .bind(Timestamp::now().0)
+            .bind(user_uid)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if crate::is_unique_violation(&e) {
+                    StoreError::Conflict(format!("a user named {name:?} already exists"))
+                } else {
+                    e.into()
+                }
+            })?;
+        sqlx::query("DELETE FROM settings WHERE key = 'setup_token_hash'").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_org(&self, uid: &str) -> Result<Option<OrgRow>> {
+        Ok(sqlx::query_as(built(format!("{ORG_SELECT} WHERE uid = $1"))).bind(uid).fetch_optional(self.pool()).await?)
+    }
+
+    pub async fn update_org_description(&self, uid: &str, description: &str) -> Result<()> {
+        sqlx::query("UPDATE organizations SET description = $1, updated_at = $2 WHERE uid = $3")
+            .bind(description)
+            .bind(Timestamp::now().0)
+            .bind(uid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }

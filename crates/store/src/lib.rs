@@ -3,26 +3,32 @@
 //!
 //! One set of queries serves SQLite (the embedded default) and PostgreSQL
 //! through sqlx's `Any` driver. Both accept `$N` placeholders; where their SQL
-//! differs, [`Dialect`] picks the variant. Each backend has its own migration
+//! differs, `Dialect` picks the variant. Each backend has its own migration
 //! directory because their DDL differs in small ways (auto-increment keys).
 
-mod dashboard;
 mod deployments;
 mod events;
 mod identity;
 mod image_builds;
+mod invitations;
+mod members;
 mod registry;
+mod sessions;
+mod settings;
 mod uploads;
 
-pub use dashboard::{Accepted, InvitationRow, NewInvitation};
-pub use dashboard::{
-    COUNT_CAP, DeploymentUse, MemberRow, NewSession, RepoSort, RepositoryPage, SessionIdentity, VersionSort,
+pub use deployments::{
+    ClusterRow, DeploymentFilter, DeploymentRow, DeploymentUse, NewDeployment, NewTarget, RevisionRow, TargetRow,
 };
-pub use deployments::{ClusterRow, DeploymentFilter, DeploymentRow, NewDeployment, NewTarget, RevisionRow, TargetRow};
 pub use events::{EventFilter, EventRow, NewEvent};
-pub use identity::{MemberRole, NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};
+pub use identity::{NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};
 pub use image_builds::ImageBuildRow;
-pub use registry::{ListQuery, NewVersion, RepositoryRow, VersionPatch, VersionRow, VersionWithRepo};
+pub use invitations::{Accepted, InvitationRow, NewInvitation};
+pub use members::{MemberRole, MemberRow};
+pub use registry::{
+    COUNT_CAP, ListQuery, NewVersion, RepoSort, RepositoryPage, RepositoryRow, VersionPatch, VersionRow, VersionSort,
+};
+pub use sessions::{NewSession, SessionIdentity};
 pub use uploads::{FinalizeOutcome, UploadRow};
 
 use std::str::FromStr;
@@ -50,7 +56,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -128,7 +134,7 @@ impl Store {
         Ok(Store { pool, dialect })
     }
 
-    pub fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
 
@@ -144,21 +150,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    pub async fn get_setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
-    }
-
-    /// Stores `value` under `key` unless the key is already set, and returns
-    /// whatever value the key holds afterwards. Safe under concurrent callers.
-    pub async fn get_or_init_setting(&self, key: &str, value: &str) -> Result<String> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        self.get_setting(key).await?.ok_or_else(|| StoreError::NotFound(format!("setting {key} vanished")))
     }
 }
 
@@ -179,8 +170,9 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     }
 }
 
-pub(crate) fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
+/// `$1, $2, …, $n`, for an `IN (…)` list of `n` bound values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Marks SQL text assembled at run time. Every such string in this crate is

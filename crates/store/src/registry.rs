@@ -8,7 +8,7 @@
 use sqlx::FromRow;
 use yatai_core::Tag;
 
-use crate::{Kind, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid};
+use crate::{Kind, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, placeholders};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct RepositoryRow {
@@ -69,13 +69,6 @@ impl VersionRow {
     }
 }
 
-/// A version together with its repository, for responses that embed both.
-#[derive(Debug, Clone)]
-pub struct VersionWithRepo {
-    pub version: VersionRow,
-    pub repository: RepositoryRow,
-}
-
 pub struct NewVersion<'a> {
     pub version: &'a str,
     pub description: &'a str,
@@ -107,17 +100,30 @@ pub struct ListQuery {
     pub labels: Vec<(String, Option<String>)>,
 }
 
-pub(crate) const REPO_SELECT: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
-     cu.name AS creator_name, r.created_at, r.updated_at, \
-     (SELECT COUNT(*) FROM versions vc WHERE vc.repository_uid = r.uid) AS version_count \
-     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+/// A select of [`RepositoryRow`]s whose `version_count` is `$count`: the
+/// selects differ only in how much counting versions may cost.
+macro_rules! repo_select {
+    ($count:literal) => {
+        concat!(
+            "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
+             cu.name AS creator_name, r.created_at, r.updated_at, ",
+            $count,
+            " AS version_count FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid"
+        )
+    };
+}
+
+const REPO_SELECT: &str = repo_select!("(SELECT COUNT(*) FROM versions vc WHERE vc.repository_uid = r.uid)");
 
 /// [`REPO_SELECT`] without the version count, which scans the repository's
 /// versions (8 ms with 100,000 of them in SQLite) and is needed only by
 /// responses that show it.
-const REPO_SELECT_UNCOUNTED: &str = "SELECT r.uid, r.org_uid, r.kind, r.name, r.description, r.labels, r.creator_uid, \
-     cu.name AS creator_name, r.created_at, r.updated_at, -1 AS version_count \
-     FROM repositories r LEFT JOIN users cu ON cu.uid = r.creator_uid";
+const REPO_SELECT_UNCOUNTED: &str = repo_select!("-1");
+
+/// The repositories of one organization and kind whose name contains the
+/// (escaped) pattern `$3`, if one is given: the API's list and the
+/// dashboard's page filter alike.
+const REPO_LIST_FILTER: &str = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
 
 pub(crate) const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, r.name AS repository_name, r.org_uid, r.kind, \
      v.version, v.description, v.manifest, v.labels, v.build_at, v.upload_status, v.upload_finished_reason, \
@@ -126,6 +132,16 @@ pub(crate) const VERSION_SELECT: &str = "SELECT v.seq, v.uid, v.repository_uid, 
      v.created_at, v.updated_at \
      FROM versions v JOIN repositories r ON r.uid = v.repository_uid \
      LEFT JOIN blobs b ON b.digest = v.blob_digest LEFT JOIN users cu ON cu.uid = v.creator_uid";
+
+/// Repositories with their version counts capped at [`COUNT_CAP`] + 1: an
+/// exact count reads every version (8 ms for 100,000 in SQLite), and a list
+/// of 25 large repositories would pay that 25 times.
+const REPO_PAGE_SELECT: &str = repo_select!(
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM versions vc WHERE vc.repository_uid = r.uid LIMIT 1001) capped)"
+);
+
+/// Repository lists count versions up to this many ("1000+").
+pub const COUNT_CAP: i64 = 1000;
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
 pub(crate) fn like_escape(s: &str) -> String {
@@ -192,8 +208,7 @@ impl Store {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=uids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("{REPO_SELECT} WHERE r.uid IN ({})", placeholders.join(", "));
+        let sql = format!("{REPO_SELECT} WHERE r.uid IN ({})", placeholders(uids.len()));
         let mut q = sqlx::query_as(built(sql));
         for uid in uids {
             q = q.bind(*uid);
@@ -240,7 +255,7 @@ impl Store {
         q: &ListQuery,
     ) -> Result<(Vec<RepositoryRow>, i64)> {
         let search = q.search.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
-        let filter = "WHERE r.org_uid = $1 AND r.kind = $2 AND ($3 IS NULL OR r.name LIKE $3 ESCAPE '\\')";
+        let filter = REPO_LIST_FILTER;
         let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
             .bind(org_uid)
             .bind(kind.as_str())
@@ -542,4 +557,196 @@ async fn insert_model_refs(
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict(e.to_string()) } else { e.into() })?;
     }
     Ok(())
+}
+
+/// How a repository list is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepoSort {
+    /// Most recently pushed to first.
+    #[default]
+    Updated,
+    Newest,
+    Oldest,
+    Name,
+}
+
+impl RepoSort {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "updated" => Some(RepoSort::Updated),
+            "newest" => Some(RepoSort::Newest),
+            "oldest" => Some(RepoSort::Oldest),
+            "name" => Some(RepoSort::Name),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoSort::Updated => "updated",
+            RepoSort::Newest => "newest",
+            RepoSort::Oldest => "oldest",
+            RepoSort::Name => "name",
+        }
+    }
+}
+
+/// How a repository's versions are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VersionSort {
+    #[default]
+    Newest,
+    Oldest,
+    Version,
+}
+
+impl VersionSort {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "newest" => Some(VersionSort::Newest),
+            "oldest" => Some(VersionSort::Oldest),
+            "version" => Some(VersionSort::Version),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionSort::Newest => "newest",
+            VersionSort::Oldest => "oldest",
+            VersionSort::Version => "version",
+        }
+    }
+}
+
+/// One page of a repository list, each with its newest version.
+pub struct RepositoryPage {
+    pub items: Vec<(RepositoryRow, Option<crate::VersionRow>)>,
+    pub total: i64,
+}
+
+impl Store {
+    /// A page of an organization's repositories with the newest version of
+    /// each. Every ordering is served by an index; version counts and newest
+    /// versions are looked up per row of the page only.
+    pub async fn repository_page(
+        &self,
+        org_uid: &str,
+        kind: Kind,
+        search: Option<&str>,
+        sort: RepoSort,
+        start: i64,
+        count: i64,
+    ) -> Result<RepositoryPage> {
+        let search = search.map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
+        let filter = REPO_LIST_FILTER;
+        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
+            .bind(org_uid)
+            .bind(kind.as_str())
+            .bind(&search)
+            .fetch_one(self.pool())
+            .await?;
+        let order = match sort {
+            RepoSort::Updated => {
+                "COALESCE((SELECT MAX(lv.seq) FROM versions lv WHERE lv.repository_uid = r.uid), 0) DESC, r.uid"
+            }
+            RepoSort::Newest => "r.created_at DESC, r.uid",
+            RepoSort::Oldest => "r.created_at ASC, r.uid",
+            RepoSort::Name => "r.name ASC",
+        };
+        let rows: Vec<RepositoryRow> =
+            sqlx::query_as(built(format!("{REPO_PAGE_SELECT} {filter} ORDER BY {order} LIMIT $4 OFFSET $5")))
+                .bind(org_uid)
+                .bind(kind.as_str())
+                .bind(&search)
+                .bind(count)
+                .bind(start)
+                .fetch_all(self.pool())
+                .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let latest: Option<crate::VersionRow> = sqlx::query_as(built(format!(
+                "{VERSION_SELECT} WHERE v.repository_uid = $1 ORDER BY v.seq DESC LIMIT 1"
+            )))
+            .bind(&r.uid)
+            .fetch_optional(self.pool())
+            .await?;
+            items.push((r, latest));
+        }
+        Ok(RepositoryPage { items, total })
+    }
+
+    /// A page of one repository's versions, newest or oldest first, after a
+    /// cursor (the `seq` of the last row of the previous page), optionally
+    /// only those whose version starts with `prefix` (in version order, one
+    /// page: a search is refined, not paged). Keyset paging on the
+    /// (repository, seq) index: page 5,000 of 100,000 versions costs what
+    /// page 1 costs, and nothing counts every version; the prefix is a range
+    /// on the (repository, version) index. Returns one row more than asked
+    /// when there is a next page.
+    pub async fn version_page(
+        &self,
+        repository_uid: &str,
+        prefix: Option<&str>,
+        sort: VersionSort,
+        after_seq: Option<i64>,
+        count: i64,
+    ) -> Result<Vec<crate::VersionRow>> {
+        let prefix = prefix.map(str::trim).filter(|s| !s.is_empty());
+        // The SQL holds only the conditions in use: `($n IS NULL OR …)`
+        // would keep SQLite from planning an index range.
+        let rows = match prefix {
+            // A search is answered in version order, which the range walks in
+            // index order and stops at the page (a prefix of 11 versions among
+            // 100,000 would otherwise scan them all in `seq` order).
+            Some(p) => {
+                let like = format!("{}%", like_escape(p));
+                let range = match self.dialect() {
+                    // Every string that starts with the prefix sorts between
+                    // it and the prefix followed by the highest character.
+                    crate::Dialect::Sqlite => "AND v.version >= $3 AND v.version < $4",
+                    // Collations other than C may order some prefixes apart:
+                    // LIKE alone is right there.
+                    crate::Dialect::Postgres => "AND CAST($3 AS TEXT) IS NOT NULL AND CAST($4 AS TEXT) IS NOT NULL",
+                };
+                let sql = format!(
+                    "{VERSION_SELECT} WHERE v.repository_uid = $1 AND v.version LIKE $2 ESCAPE '\\' {range} \
+                     ORDER BY v.version ASC LIMIT $5"
+                );
+                sqlx::query_as(built(sql))
+                    .bind(repository_uid)
+                    .bind(like)
+                    .bind(p)
+                    .bind(format!("{p}\u{10FFFF}"))
+                    .bind(count + 1)
+                    .fetch_all(self.pool())
+                    .await?
+            }
+            None => {
+                let (cmp, order) = match sort {
+                    VersionSort::Oldest => (">", "ASC"),
+                    _ => ("<", "DESC"),
+                };
+                let after = if after_seq.is_some() {
+                    format!("AND v.seq {cmp} $3")
+                } else {
+                    "AND CAST($3 AS BIGINT) IS NULL".into()
+                };
+                let sql =
+                    format!("{VERSION_SELECT} WHERE v.repository_uid = $1 {after} ORDER BY v.seq {order} LIMIT $2");
+                sqlx::query_as(built(sql))
+                    .bind(repository_uid)
+                    .bind(count + 1)
+                    .bind(after_seq)
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    pub async fn repository_counts(&self, org_uid: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as("SELECT kind, COUNT(*) FROM repositories WHERE org_uid = $1 GROUP BY kind")
+            .bind(org_uid)
+            .fetch_all(self.pool())
+            .await?)
+    }
 }

@@ -47,6 +47,9 @@ pub enum FinalizeOutcome {
 const UPLOAD_COLUMNS: &str = "uid, version_uid, mode, state, storage_key, backend_upload_id, digest, size_bytes, \
      created_at, expires_at";
 
+/// Marks an upload's object for deletion by the janitor.
+const DISCARD_UPLOAD: &str = "UPDATE uploads SET state = 'discard' WHERE uid = $1";
+
 impl Store {
     /// Begins a transaction that will write. On SQLite it takes the write
     /// lock up front: a deferred transaction that reads and then writes can
@@ -207,7 +210,7 @@ impl Store {
     /// Marks an upload's object for deletion (the janitor or the caller
     /// deletes it, then the row).
     pub async fn discard_upload(&self, uid: &str) -> Result<()> {
-        sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1").bind(uid).execute(self.pool()).await?;
+        sqlx::query(DISCARD_UPLOAD).bind(uid).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -272,19 +275,13 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((status, old_digest, replace_requested_at)) = current else {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-                .bind(&upload.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
             tx.commit().await?;
             return Err(StoreError::NotFound("the version was deleted while its upload was in progress".into()));
         };
         let already_uploaded = status == "success" && old_digest.is_some();
         if already_uploaded && old_digest.as_deref() == Some(digest) {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-                .bind(&upload.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
             sqlx::query("UPDATE versions SET replace_requested_at = NULL, upload_id = NULL WHERE uid = $1")
                 .bind(version_uid)
                 .execute(&mut *tx)
@@ -293,10 +290,7 @@ impl Store {
             return Ok(FinalizeOutcome::Unchanged);
         }
         if already_uploaded && replace_requested_at.is_none() {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-                .bind(&upload.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
             tx.commit().await?;
             return Err(StoreError::Conflict(
                 "this version was already uploaded with different content; push with --force to replace it".into(),
@@ -316,10 +310,7 @@ impl Store {
         .await?;
         let deduplicated = stored_key != upload.storage_key;
         if deduplicated {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1")
-                .bind(&upload.uid)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
         } else {
             sqlx::query("DELETE FROM uploads WHERE uid = $1").bind(&upload.uid).execute(&mut *tx).await?;
         }
@@ -343,7 +334,7 @@ impl Store {
         let now = Timestamp::now().0;
         let mut tx = self.begin_write().await?;
         if let Some(uid) = upload_uid {
-            sqlx::query("UPDATE uploads SET state = 'discard' WHERE uid = $1").bind(uid).execute(&mut *tx).await?;
+            sqlx::query(DISCARD_UPLOAD).bind(uid).execute(&mut *tx).await?;
         }
         sqlx::query(
             "UPDATE versions SET upload_status = CASE WHEN upload_status = 'success' THEN upload_status ELSE 'failed' END, \
@@ -397,13 +388,6 @@ impl Store {
         sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(digest).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(key))
-    }
-
-    /// Number of blobs and their total size, for metrics and tests.
-    pub async fn blob_stats(&self) -> Result<(i64, i64)> {
-        Ok(sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs")
-            .fetch_one(self.pool())
-            .await?)
     }
 }
 

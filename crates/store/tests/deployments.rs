@@ -59,3 +59,51 @@ async fn a_taken_name_is_reported_as_such_and_a_taken_host_as_another_organizati
     })
     .await;
 }
+
+#[tokio::test]
+async fn only_the_active_revision_counts_as_running_a_bento() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        create(&store, &org.uid, &admin.uid, "web", 40011).await.expect("deployment");
+        let repo = store.get_repository(&org.uid, Kind::Bento, "svc").await.unwrap().unwrap();
+        let v1 = store.get_version(&org.uid, Kind::Bento, "svc", "v1").await.unwrap().unwrap();
+        let version = |v| NewVersion {
+            version: v,
+            description: "",
+            manifest: "{}",
+            labels: "[]",
+            build_at: None,
+            creator_uid: &admin.uid,
+            model_refs: &[],
+        };
+        let (v2, _) = store.create_version(&repo, version("v2")).await.unwrap();
+        let dep = store.find_deployments_by_name(&org.uid, "web").await.unwrap().remove(0);
+
+        let uses = store.deployment_uses(&repo.uid, None).await.unwrap();
+        assert_eq!(
+            uses.iter().map(|u| (u.name.as_str(), u.version.as_str(), u.cluster_name.as_str())).collect::<Vec<_>>(),
+            vec![("web", "v1", "local")]
+        );
+        assert!(store.deployment_uses(&repo.uid, Some(&v2.uid)).await.unwrap().is_empty());
+        assert_eq!(
+            store.active_bentos(&[dep.uid.as_str()]).await.unwrap(),
+            vec![(dep.uid.clone(), "svc".to_string(), "v1".to_string())]
+        );
+        match store.delete_version(&v1).await {
+            Err(StoreError::Conflict(msg)) => assert!(msg.contains("yatai/web"), "{msg}"),
+            other => panic!("a running bento must not be deleted, got {other:?}"),
+        }
+
+        // A new revision moves the deployment to v2: v1 is free again.
+        store
+            .add_revision(&dep.uid, &admin.uid, None, &[NewTarget { name: "main", bento_uid: &v2.uid, config: "{}" }])
+            .await
+            .unwrap();
+        assert_eq!(store.active_bentos(&[dep.uid.as_str()]).await.unwrap()[0].2, "v2");
+        assert!(store.deployment_uses(&repo.uid, Some(&v1.uid)).await.unwrap().is_empty());
+        assert_eq!(store.deployment_uses(&repo.uid, Some(&v2.uid)).await.unwrap().len(), 1);
+        store.delete_version(&v1).await.expect("no longer running");
+        assert!(matches!(store.delete_version(&v2).await, Err(StoreError::Conflict(_))));
+    })
+    .await;
+}

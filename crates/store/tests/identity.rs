@@ -3,7 +3,7 @@
 mod common;
 
 use common::{each_backend, org_with_admin};
-use yatai_store::{MemberRole, NewToken, StoreError, Timestamp};
+use yatai_store::{MemberRole, NewSession, NewToken, StoreError, Timestamp};
 
 #[tokio::test]
 async fn names_of_organizations_users_and_tokens_are_unique() {
@@ -85,20 +85,108 @@ async fn set_member_changes_the_role_of_an_existing_member() {
 }
 
 #[tokio::test]
-async fn settings_initialise_once_under_concurrent_callers() {
+async fn removing_a_member_takes_their_tokens_and_sessions_in_that_org_only() {
     each_backend(|store| async move {
-        let tasks: Vec<_> = (0..8)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move { store.get_or_init_setting("k", &format!("value-{i}")).await.unwrap() })
-            })
-            .collect();
-        let mut seen = Vec::new();
-        for t in tasks {
-            seen.push(t.await.unwrap());
+        let (acme, admin) = org_with_admin(&store, "acme").await;
+        let (beta, _) = org_with_admin(&store, "beta").await;
+        let dev = store.create_user("dev", "dev@acme.example", Some("pw-hash"), false).await.unwrap();
+        store.set_member(&acme.uid, &dev.uid, MemberRole::Developer).await.unwrap();
+        store.set_member(&beta.uid, &dev.uid, MemberRole::Guest).await.unwrap();
+        let scopes = vec!["api".to_string()];
+        for (org_uid, hash) in [(&acme.uid, "dev-acme"), (&beta.uid, "dev-beta")] {
+            store
+                .create_token(NewToken {
+                    org_uid,
+                    user_uid: &dev.uid,
+                    name: "t",
+                    description: "",
+                    token_hash: hash,
+                    token_hint: "",
+                    scopes: &scopes,
+                    expires_at: None,
+                })
+                .await
+                .unwrap();
         }
-        seen.dedup();
-        assert_eq!(seen.len(), 1, "every caller sees the one stored value: {seen:?}");
+        let exp = Timestamp(Timestamp::now().0 + 3_600_000_000);
+        for (id_hash, org_uid) in [("s-acme", &acme.uid), ("s-beta", &beta.uid)] {
+            store
+                .create_session(NewSession {
+                    id_hash,
+                    user_uid: &dev.uid,
+                    org_uid,
+                    expires_at: exp,
+                    user_agent: "",
+                    client_addr: "",
+                })
+                .await
+                .unwrap();
+        }
+
+        let members = store.list_members(&acme.uid).await.unwrap();
+        let row = members.iter().find(|m| m.uid == dev.uid).expect("listed");
+        assert_eq!((row.role(), row.token_count, row.has_password), (MemberRole::Developer, 1, 1));
+        let orgs: Vec<(String, MemberRole)> =
+            store.user_orgs(&dev.uid).await.unwrap().into_iter().map(|(o, r)| (o.name, r)).collect();
+        assert_eq!(orgs, vec![("acme".to_string(), MemberRole::Developer), ("beta".to_string(), MemberRole::Guest)]);
+
+        assert!(store.remove_member(&acme.uid, &dev.uid).await.unwrap());
+        assert!(!store.remove_member(&acme.uid, &dev.uid).await.unwrap(), "already gone");
+        assert_eq!(store.member_role(&acme.uid, &dev.uid).await.unwrap(), None);
+        assert!(store.find_token_identity("dev-acme").await.unwrap().is_none());
+        assert!(store.list_tokens(&acme.uid, Some(&dev.uid), None).await.unwrap().is_empty(), "token row deleted");
+        let now = Timestamp::now();
+        assert!(store.find_session("s-acme", now).await.unwrap().is_none());
+        // Their membership, token and session elsewhere are untouched.
+        assert!(store.find_token_identity("dev-beta").await.unwrap().is_some());
+        assert!(store.find_session("s-beta", now).await.unwrap().is_some());
+        assert_eq!(store.list_members(&acme.uid).await.unwrap().len(), 1);
+        assert_eq!(store.list_members(&acme.uid).await.unwrap()[0].uid, admin.uid);
+    })
+    .await;
+}
+
+/// The store does not refuse removing an organization's last admin: the
+/// dashboard refuses it by asking `count_org_admins` first, so that count
+/// must follow every role change and removal.
+#[tokio::test]
+async fn the_admin_count_follows_role_changes_and_removals() {
+    each_backend(|store| async move {
+        let (acme, admin) = org_with_admin(&store, "acme").await;
+        let (beta, _) = org_with_admin(&store, "beta").await;
+        let second = store.create_user("second", "", None, false).await.unwrap();
+        assert_eq!(store.count_org_admins(&acme.uid).await.unwrap(), 1);
+        store.set_member(&acme.uid, &second.uid, MemberRole::Developer).await.unwrap();
+        assert_eq!(store.count_org_admins(&acme.uid).await.unwrap(), 1, "developers are not admins");
+        store.set_member(&acme.uid, &second.uid, MemberRole::Admin).await.unwrap();
+        store.set_member(&beta.uid, &second.uid, MemberRole::Admin).await.unwrap();
+        assert_eq!(store.count_org_admins(&acme.uid).await.unwrap(), 2);
+        assert!(store.remove_member(&acme.uid, &admin.uid).await.unwrap());
+        assert_eq!(store.count_org_admins(&acme.uid).await.unwrap(), 1);
+        assert_eq!(store.count_org_admins(&beta.uid).await.unwrap(), 2, "per organization");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn first_run_setup_completes_once() {
+    each_backend(|store| async move {
+        let (_, admin) = org_with_admin(&store, "acme").await;
+        assert!(store.setup_pending().await.unwrap());
+        store.complete_setup(&admin.uid, "root", "root@acme.example", "pw").await.unwrap();
+        assert!(!store.setup_pending().await.unwrap());
+        let user = store.get_user(&admin.uid).await.unwrap().unwrap();
+        assert_eq!((user.name.as_str(), user.password_hash.as_deref()), ("root", Some("pw")));
+        assert!(matches!(
+            store.complete_setup(&admin.uid, "again", "x@y.z", "pw2").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get_user(&admin.uid).await.unwrap().unwrap().name, "root");
+        let found: Vec<String> =
+            store.find_login_candidates("ROOT@acme.example").await.unwrap().into_iter().map(|u| u.uid).collect();
+        assert_eq!(found, vec![admin.uid.clone()], "email sign-in ignores case");
+        assert!(store.email_taken("Root@Acme.Example", None).await.unwrap());
+        assert!(!store.email_taken("root@acme.example", Some(&admin.uid)).await.unwrap());
     })
     .await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{each_backend, org_with_admin};
 use yatai_core::Tag;
-use yatai_store::{Kind, ListQuery, NewVersion, RepositoryRow, Store, StoreError};
+use yatai_store::{Kind, ListQuery, NewVersion, RepoSort, RepositoryRow, Store, StoreError, VersionSort};
 
 fn new_version<'a>(version: &'a str, creator: &'a str, refs: &'a [Tag]) -> NewVersion<'a> {
     NewVersion {
@@ -138,6 +138,69 @@ async fn another_organizations_repositories_and_references_are_invisible() {
         assert!(store.model_referrers(&a.uid, "shared", "v1").await.unwrap().is_empty());
         let v = store.get_version(&a.uid, Kind::Model, "shared", "v1").await.unwrap().unwrap();
         store.delete_version(&v).await.expect("another org's bento does not pin A's model");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_version_page_cursor_walks_every_version_once_and_a_prefix_finds_in_version_order() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        let r = repo(&store, &org.uid, Kind::Bento, "svc", &admin.uid).await;
+        for i in 0..12 {
+            store.create_version(&r, new_version(&format!("v{i:02}"), &admin.uid, &[])).await.unwrap();
+        }
+        for sort in [VersionSort::Newest, VersionSort::Oldest] {
+            let mut walked = Vec::new();
+            let mut after = None;
+            loop {
+                let mut page = store.version_page(&r.uid, None, sort, after, 5).await.unwrap();
+                let more = page.len() > 5;
+                page.truncate(5);
+                after = page.last().map(|v| v.seq);
+                walked.extend(page.into_iter().map(|v| v.version));
+                if !more {
+                    break;
+                }
+            }
+            let mut want: Vec<String> = (0..12).map(|i| format!("v{i:02}")).collect();
+            if sort == VersionSort::Newest {
+                want.reverse();
+            }
+            assert_eq!(walked, want, "{sort:?}");
+        }
+        let found = store.version_page(&r.uid, Some("v1"), VersionSort::Newest, None, 10).await.unwrap();
+        assert_eq!(found.iter().map(|v| v.version.as_str()).collect::<Vec<_>>(), ["v10", "v11"]);
+        assert!(store.version_page(&r.uid, Some("v_"), VersionSort::Newest, None, 10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_repository_page_searches_sorts_counts_and_shows_the_newest_version() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        let (other, _) = org_with_admin(&store, "other").await;
+        let b = repo(&store, &org.uid, Kind::Model, "beta", &admin.uid).await;
+        let a = repo(&store, &org.uid, Kind::Model, "alpha", &admin.uid).await;
+        repo(&store, &org.uid, Kind::Bento, "alpha-svc", &admin.uid).await;
+        repo(&store, &other.uid, Kind::Model, "alpha", &admin.uid).await;
+        store.create_version(&a, new_version("1", &admin.uid, &[])).await.unwrap();
+        store.create_version(&b, new_version("1", &admin.uid, &[])).await.unwrap();
+        store.create_version(&b, new_version("2", &admin.uid, &[])).await.unwrap();
+
+        let names = |p: &yatai_store::RepositoryPage| p.items.iter().map(|(r, _)| r.name.clone()).collect::<Vec<_>>();
+        let page = store.repository_page(&org.uid, Kind::Model, None, RepoSort::Name, 0, 10).await.unwrap();
+        assert_eq!((names(&page), page.total), (vec!["alpha".to_string(), "beta".to_string()], 2));
+        let (beta, newest) = &page.items[1];
+        assert_eq!((beta.version_count, newest.as_ref().map(|v| v.version.as_str())), (2, Some("2")));
+        // Most recently pushed to first: beta got the last version.
+        let page = store.repository_page(&org.uid, Kind::Model, None, RepoSort::Updated, 0, 10).await.unwrap();
+        assert_eq!(names(&page), ["beta", "alpha"]);
+        let page = store.repository_page(&org.uid, Kind::Model, Some(" alp "), RepoSort::Name, 0, 10).await.unwrap();
+        assert_eq!((names(&page), page.total), (vec!["alpha".to_string()], 1));
+        let page = store.repository_page(&org.uid, Kind::Model, None, RepoSort::Name, 1, 1).await.unwrap();
+        assert_eq!((names(&page), page.total), (vec!["beta".to_string()], 2), "offset paging keeps the total");
     })
     .await;
 }
