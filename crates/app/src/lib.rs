@@ -23,6 +23,7 @@ pub mod registry;
 pub mod signing;
 pub mod state;
 pub mod targets;
+pub mod tokens;
 
 pub use error::{AppError, AppResult};
 pub use state::{AppConfig, AppState, TransmissionMode};

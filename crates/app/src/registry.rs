@@ -115,3 +115,12 @@ pub async fn record(
         tracing::warn!(error = %e, operation, resource_name, "could not record an event");
     }
 }
+
+/// Deletes a version (refused while a deployment runs it), frees its
+/// archive when no other version shares it, and records the deletion.
+pub async fn delete_version(state: &AppState, caller: &Caller, v: &VersionRow) -> AppResult<()> {
+    let digest = state.store.delete_version(v).await?;
+    crate::janitor::collect_blobs(state, digest.as_slice()).await;
+    record(state, caller, "deleted", v.kind.as_str(), &v.tag(), serde_json::Value::Null).await;
+    Ok(())
+}

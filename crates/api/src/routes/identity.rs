@@ -4,19 +4,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
-use serde_json::json;
 use yatai_core::Timestamp;
-use yatai_core::limits;
-use yatai_store::NewToken;
 
 use super::Auth;
-use super::artifacts::record;
-use crate::auth::{KNOWN_SCOPES, Permission, generate_token};
+use crate::auth::{KNOWN_SCOPES, Permission};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json as JsonBody, Path, Query, lenient};
 use crate::openapi::{Api, Op};
 use crate::schemas::{CreateTokenRequest, OrganizationSchema, TokenList, TokenSchema, UserSchema};
 use yatai_app::AppState;
+use yatai_app::tokens;
 
 pub fn routes(state: AppState) -> Api {
     Api::new(state)
@@ -127,60 +124,24 @@ async fn create_token(
     caller: Auth,
     JsonBody(body): JsonBody<CreateTokenRequest>,
 ) -> ApiResult<Json<TokenSchema>> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > limits::MAX_TOKEN_NAME {
-        return Err(ApiError::bad_request(format!("a token name must be 1 to {} characters", limits::MAX_TOKEN_NAME)));
-    }
-    if let Some(d) = &body.description {
-        limits::check_description("description", d).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
     if body.scopes.as_ref().is_some_and(|s| s.len() > KNOWN_SCOPES.len()) {
         return Err(ApiError::bad_request(format!("at most {} scopes can be given", KNOWN_SCOPES.len())));
     }
-    let scopes = body.scopes.unwrap_or_else(|| vec!["api".to_owned()]);
-    let scopes = if scopes.is_empty() { vec!["api".to_owned()] } else { scopes };
-    if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown scope {bad:?}; known scopes: {}", KNOWN_SCOPES.join(", "))));
-    }
     let expires_at = match body.expired_at.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => {
-            let t = Timestamp::parse_client(s)
-                .ok_or_else(|| ApiError::bad_request(format!("expired_at {s:?} is not a timestamp")))?;
-            if t <= Timestamp::now() {
-                return Err(ApiError::bad_request("expired_at is in the past"));
-            }
-            Some(t)
-        }
+        Some(s) => Some(
+            Timestamp::parse_client(s)
+                .ok_or_else(|| ApiError::bad_request(format!("expired_at {s:?} is not a timestamp")))?,
+        ),
     };
-    let secret = generate_token();
-    let row = state
-        .store
-        .create_token(NewToken {
-            org_uid: &caller.org.uid,
-            user_uid: &caller.user.uid,
-            name,
-            description: body.description.as_deref().unwrap_or(""),
-            token_hash: &secret.hash,
-            token_hint: &secret.hint,
-            scopes: &scopes,
-            expires_at,
-        })
-        .await?;
-    record(&state, &caller, "created", "api_token", name, json!({"scopes": scopes})).await;
-    Ok(Json(schema_for(&caller, &row, Some(secret.secret))))
-}
-
-async fn find_token(state: &AppState, caller: &crate::auth::Caller, uid: &str) -> ApiResult<yatai_store::TokenRow> {
-    let row = state
-        .store
-        .get_token(&caller.org.uid, uid)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("API token {uid:?} not found")))?;
-    if row.user_uid != caller.user.uid && !caller.allows(Permission::Admin) {
-        return Err(ApiError::not_found(format!("API token {uid:?} not found")));
-    }
-    Ok(row)
+    let request = tokens::TokenRequest {
+        name: &body.name,
+        description: body.description.as_deref().unwrap_or(""),
+        scopes: body.scopes.unwrap_or_default(),
+        expires_at,
+    };
+    let (row, secret) = tokens::create(&state, &caller, request).await?;
+    Ok(Json(schema_for(&caller, &row, Some(secret))))
 }
 
 async fn get_token(
@@ -188,7 +149,7 @@ async fn get_token(
     caller: Auth,
     Path(uid): Path<String>,
 ) -> ApiResult<Json<TokenSchema>> {
-    let row = find_token(&state, &caller, &uid).await?;
+    let row = tokens::find(&state, &caller, &uid).await?;
     Ok(Json(schema_for(&caller, &row, None)))
 }
 
@@ -197,9 +158,7 @@ async fn delete_token(
     caller: Auth,
     Path(uid): Path<String>,
 ) -> ApiResult<Json<TokenSchema>> {
-    let row = find_token(&state, &caller, &uid).await?;
-    state.store.delete_token(&caller.org.uid, &uid).await?;
-    state.auth.invalidate();
-    record(&state, &caller, "revoked", "api_token", &row.name, json!({"owner": row.user_name})).await;
+    let row = tokens::find(&state, &caller, &uid).await?;
+    tokens::revoke(&state, &caller, &row).await?;
     Ok(Json(schema_for(&caller, &row, None)))
 }

@@ -511,9 +511,7 @@ async fn delete_version<K: KindParam>(
         return Err(ApiError::bad_request("name the exact version to delete, not `latest`"));
     }
     let response = artifact(&state, &row);
-    let digest = state.store.delete_version(&row).await?;
-    yatai_app::janitor::collect_blobs(&state, digest.as_slice()).await;
-    record(&state, &caller, "deleted", K::KIND.as_str(), &row.tag(), Value::Null).await;
+    yatai_app::registry::delete_version(&state, &caller, &row).await?;
     Ok(Json(response))
 }
 

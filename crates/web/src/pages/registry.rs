@@ -523,13 +523,9 @@ async fn delete_version(
     let s = &post.session;
     let v = load_version(&state, s, kind, &repo, &version).await?;
     ui::require(s, Permission::WriteRegistry)?;
-    match state.store.delete_version(&v).await {
-        Ok(digest) => {
-            yatai_app::janitor::collect_blobs(&state, digest.as_slice()).await;
-            record(&state, &s.caller, "deleted", kind.as_str(), &v.tag(), Value::Null).await;
-            Ok(ui::back(&repo_href(kind, &v.repository_name), &format!("Deleted {}.", v.tag())))
-        }
-        Err(yatai_store::StoreError::Conflict(m)) => {
+    match yatai_app::registry::delete_version(&state, &s.caller, &v).await {
+        Ok(()) => Ok(ui::back(&repo_href(kind, &v.repository_name), &format!("Deleted {}.", v.tag()))),
+        Err(AppError::Conflict(m)) => {
             Ok(ui::back(&version_href(kind, &v.repository_name, &v.version), &format!("Not deleted: {m}")))
         }
         Err(e) => Err(e.into()),

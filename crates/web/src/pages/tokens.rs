@@ -4,12 +4,13 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use maud::html;
-use serde_json::json;
+use std::time::Duration;
 use yatai_app::AppState;
-use yatai_app::auth::{KNOWN_SCOPES, Permission, generate_token};
-use yatai_app::registry::record;
+
+use yatai_app::auth::Permission;
+use yatai_app::{AppError, tokens};
 use yatai_core::Timestamp;
-use yatai_store::{NewToken, TokenRow};
+use yatai_store::TokenRow;
 
 use super::auth::NoticeParam;
 use super::registry::endpoint;
@@ -132,23 +133,10 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, pos
     let (s, f) = (&post.session, &post.form);
     ui::require(s, Permission::ManageOwnTokens)?;
     let mut errors = Errors::new();
-    let name = f.get("name");
-    if name.is_empty() || name.len() > 128 {
-        errors.push(("name".into(), "Give the token a name of 1 to 128 characters.".into()));
-    }
-    let mut scopes: Vec<String> = f.all("scopes").iter().map(|s| s.to_string()).collect();
-    if scopes.is_empty() {
-        scopes.push("api".into());
-    }
-    if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
-        errors.push(("scopes".into(), format!("Unknown scope {bad:?}.")));
-    }
     let expires_at = match f.get("expires_in_days") {
         "" => None,
-        d => match d.parse::<i64>() {
-            Ok(n) if (1..=3650).contains(&n) => {
-                Some(Timestamp::now().after(std::time::Duration::from_secs(n as u64 * 86_400)))
-            }
+        d => match d.parse::<u64>() {
+            Ok(n) if (1..=3650).contains(&n) => Some(Timestamp::now().after(Duration::from_secs(n * 86_400))),
             _ => {
                 errors.push((
                     "expires_in_days".into(),
@@ -159,27 +147,19 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, pos
         },
     };
     if errors.is_empty() {
-        let secret = generate_token();
-        let created = state
-            .store
-            .create_token(NewToken {
-                org_uid: s.org_uid(),
-                user_uid: &s.caller.user.uid,
-                name,
-                description: "created in the dashboard",
-                token_hash: &secret.hash,
-                token_hint: &secret.hint,
-                scopes: &scopes,
-                expires_at,
-            })
-            .await;
-        match created {
-            Ok(_) => {
-                record(&state, &s.caller, "created", "api_token", name, json!({"scopes": scopes})).await;
-                let shown = NewTokenShown { secret: secret.secret, name: name.to_owned() };
+        let name = f.get("name");
+        let request = tokens::TokenRequest {
+            name,
+            description: "created in the dashboard",
+            scopes: f.all("scopes").iter().map(|s| s.to_string()).collect(),
+            expires_at,
+        };
+        match tokens::create(&state, &s.caller, request).await {
+            Ok((_, secret)) => {
+                let shown = NewTokenShown { secret, name: name.trim().to_owned() };
                 return tokens_page(&state, s, &headers, None, Some(shown), &Vec::new(), None).await;
             }
-            Err(yatai_store::StoreError::Conflict(m)) => errors.push(("name".into(), m)),
+            Err(AppError::Invalid { field, message }) => errors.push((field.unwrap_or("name").into(), message)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -195,8 +175,6 @@ async fn own_token(state: &AppState, s: &Session, uid: &str) -> WebResult<TokenR
 pub async fn revoke_token(State(state): State<AppState>, Path(uid): Path<String>, post: Post) -> WebResult {
     let s = &post.session;
     let t = own_token(&state, s, &uid).await?;
-    state.store.delete_token(s.org_uid(), &t.uid).await?;
-    state.auth.invalidate();
-    record(&state, &s.caller, "revoked", "api_token", &t.name, json!({"owner": t.user_name})).await;
+    tokens::revoke(&state, &s.caller, &t).await?;
     Ok(ui::back("/settings/tokens", &format!("Revoked token {}.", t.name)))
 }
