@@ -247,12 +247,6 @@ impl Api {
         self.schemas.extend(op.schemas);
     }
 
-    /// Adds routes that are not part of the documented API (Swagger UI).
-    pub fn merge_undocumented(mut self, other: Router<AppState>) -> Self {
-        self.router = self.router.merge(other);
-        self
-    }
-
     /// Wraps the routes registered so far in `layer` (e.g. authentication).
     pub fn layer_all<F>(mut self, f: F) -> Self
     where

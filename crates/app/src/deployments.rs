@@ -695,7 +695,7 @@ pub async fn record(state: &AppState, caller: &Caller, operation: &str, d: &Depl
 }
 
 /// A random suffix for server-chosen names.
-pub fn name_suffix() -> String {
+fn name_suffix() -> String {
     let n = Timestamp::now().0 as u64 ^ (std::process::id() as u64).rotate_left(32);
     format!("{:06x}", n & 0xff_ffff)
 }

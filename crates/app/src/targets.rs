@@ -46,10 +46,6 @@ impl Targets {
         all
     }
 
-    pub fn of_kind(&self, kind: ClusterKind) -> Option<&Arc<dyn DeployTarget>> {
-        self.by_kind.get(&kind)
-    }
-
     /// The target that runs `cluster`'s deployments.
     pub fn for_cluster(&self, cluster: &ClusterRow) -> AppResult<&Arc<dyn DeployTarget>> {
         if let Some(t) = self.by_cluster.get(&cluster.uid) {

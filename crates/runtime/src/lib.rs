@@ -228,20 +228,12 @@ impl LocalRuntime {
         Ok(Some(id))
     }
 
-    pub fn endpoint(&self, uid: &str) -> Option<Arc<Endpoint>> {
-        self.deployments.lock().expect("lock").get(uid).map(|r| r.endpoint.clone())
-    }
-
-    pub fn metrics(&self, uid: &str) -> Option<Arc<metrics::History>> {
-        self.deployments.lock().expect("lock").get(uid).map(|r| r.history.clone())
-    }
-
-    pub fn logs(&self, uid: &str) -> Option<Arc<LogBook>> {
+    fn logs(&self, uid: &str) -> Option<Arc<LogBook>> {
         self.deployments.lock().expect("lock").get(uid).map(|r| r.logs.clone())
     }
 
     /// Opens the log of a deployment that is not running (for reading).
-    pub fn open_logs(&self, uid: &str) -> Option<Arc<LogBook>> {
+    fn open_logs(&self, uid: &str) -> Option<Arc<LogBook>> {
         self.logs(uid).or_else(|| {
             let dir = self.shared.config.root.join("deployments").join(uid).join("logs");
             dir.exists()
