@@ -24,12 +24,7 @@ pub struct TokenRequest<'a> {
 /// Creates a token for the caller; returns it and its secret (shown once).
 pub async fn create(state: &AppState, caller: &Caller, req: TokenRequest<'_>) -> AppResult<(TokenRow, String)> {
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > limits::MAX_TOKEN_NAME {
-        return Err(AppError::invalid_field(
-            "name",
-            format!("a token name must be 1 to {} characters", limits::MAX_TOKEN_NAME),
-        ));
-    }
+    check_name(name)?;
     limits::check_description("description", req.description)
         .map_err(|e| AppError::invalid_field("description", e.to_string()))?;
     if req.scopes.len() > KNOWN_SCOPES.len() {
@@ -66,6 +61,19 @@ pub async fn create(state: &AppState, caller: &Caller, req: TokenRequest<'_>) ->
         })?;
     record(state, caller, "created", "api_token", name, json!({"scopes": scopes})).await;
     Ok((row, secret.secret))
+}
+
+/// A token's name: 1 to `MAX_TOKEN_NAME` characters (a form checks it
+/// beside its other fields before asking to create).
+pub fn check_name(name: &str) -> AppResult<()> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > limits::MAX_TOKEN_NAME {
+        return Err(AppError::invalid_field(
+            "name",
+            format!("a token name must be 1 to {} characters", limits::MAX_TOKEN_NAME),
+        ));
+    }
+    Ok(())
 }
 
 /// A token of the organization the caller may see: their own, or any with

@@ -133,6 +133,10 @@ pub async fn create_token(State(state): State<AppState>, headers: HeaderMap, pos
     let (s, f) = (&post.session, &post.form);
     ui::require(s, Permission::ManageOwnTokens)?;
     let mut errors = Errors::new();
+    // Every field's error at once: the name's beside the expiry's.
+    if let Err(e) = tokens::check_name(f.get("name")) {
+        errors.push(("name".into(), e.message().to_owned()));
+    }
     let expires_at = match f.get("expires_in_days") {
         "" => None,
         d => match d.parse::<u64>() {
