@@ -5,7 +5,7 @@
 
 mod support;
 
-#[path = "../crates/build/tests/common/mod.rs"]
+#[path = "../crates/image-builder/tests/common/mod.rs"]
 mod build_common;
 
 use std::time::Duration;
