@@ -30,7 +30,7 @@ use yatai_store::{MemberRole, NewToken, Store};
 enum Call {
     /// The digest of the bento checked.
     Check(String),
-    Apply(DeploymentSpec),
+    Apply(Box<DeploymentSpec>),
     Terminate(String),
     Remove(String),
 }
@@ -67,7 +67,7 @@ impl Fake {
         self.calls()
             .into_iter()
             .filter_map(|c| match c {
-                Call::Apply(s) => Some(s),
+                Call::Apply(s) => Some(*s),
                 _ => None,
             })
             .collect()
@@ -94,7 +94,7 @@ impl DeployTarget for Fake {
         Ok(None)
     }
     async fn apply(&self, spec: DeploymentSpec) -> Result<(), TargetError> {
-        self.record(Call::Apply(spec.clone()));
+        self.record(Call::Apply(Box::new(spec.clone())));
         self.sink.status(&spec.uid, &spec.name, Phase::Running, "");
         self.running.lock().unwrap().insert(spec.uid.clone(), Some(spec));
         Ok(())
