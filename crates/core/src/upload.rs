@@ -105,7 +105,8 @@ mod tests {
         assert_eq!(UploadMode::NAMES, ["proxy", "presigned", "multipart"]);
         assert_eq!(UploadState::NAMES, ["open", "receiving", "received", "discard"]);
         assert!("Open".parse::<UploadState>().unwrap_err().contains("upload state"));
-        assert!(String::from("success") == UploadStatus::Success);
+        let column = "success".to_owned(); // as a row's field holds it
+        assert!(column == UploadStatus::Success);
         assert!("discard" == UploadState::Discard);
     }
 
