@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use yatai_core::Timestamp;
+use yatai_core::{Scope, Timestamp};
 use yatai_store::{MemberRole, OrgRow, Store, UserRow};
 
 use crate::error::AppError;
@@ -76,12 +76,12 @@ impl Permission {
     }
 
     /// Scopes, besides `api`, that grant this permission.
-    fn granting_scopes(self) -> &'static [&'static str] {
+    fn granting_scopes(self) -> &'static [Scope] {
         match self {
-            Permission::ReadRegistry => &["read_organization", "write_organization"],
-            Permission::WriteRegistry => &["write_organization"],
-            Permission::ReadCluster => &["read_cluster", "write_cluster"],
-            Permission::WriteCluster => &["write_cluster"],
+            Permission::ReadRegistry => &[Scope::ReadOrganization, Scope::WriteOrganization],
+            Permission::WriteRegistry => &[Scope::WriteOrganization],
+            Permission::ReadCluster => &[Scope::ReadCluster, Scope::WriteCluster],
+            Permission::WriteCluster => &[Scope::WriteCluster],
             Permission::ManageOwnTokens | Permission::Admin => &[],
         }
     }
@@ -98,7 +98,8 @@ impl Permission {
     }
 }
 
-pub const KNOWN_SCOPES: &[&str] = &["api", "read_organization", "write_organization", "read_cluster", "write_cluster"];
+/// The text of every [`Scope`], as clients send it.
+pub const KNOWN_SCOPES: &[&str] = Scope::NAMES;
 
 /// The identity a request acts as.
 #[derive(Debug)]
@@ -123,19 +124,19 @@ impl Caller {
             role,
             token_uid: String::new(),
             token_name: String::new(),
-            scopes: vec!["api".to_owned()],
+            scopes: vec![Scope::Api.as_str().to_owned()],
             expires_at: None,
             last_touch: AtomicI64::new(0),
         }
     }
 
     pub fn full_scope(&self) -> bool {
-        self.scopes.iter().any(|s| s == "api")
+        self.scopes.iter().any(|s| *s == Scope::Api)
     }
 
     pub fn allows(&self, p: Permission) -> bool {
         let role_ok = self.role >= p.min_role() || self.user.is_admin != 0;
-        let scope_ok = self.full_scope() || self.scopes.iter().any(|s| p.granting_scopes().contains(&s.as_str()));
+        let scope_ok = self.full_scope() || self.scopes.iter().any(|s| p.granting_scopes().iter().any(|g| *s == *g));
         role_ok && scope_ok
     }
 

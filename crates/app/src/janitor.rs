@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use yatai_core::Timestamp;
+use yatai_core::{Timestamp, UploadState};
 use yatai_store::UploadRow;
 
 use crate::state::AppState;
@@ -93,7 +93,7 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
                 if busy {
                     continue;
                 }
-                if u.state != "discard" {
+                if u.state != UploadState::Discard {
                     // Abandoned: the version's upload failed.
                     if let Err(e) =
                         state.store.fail_upload(&u.version_uid, Some(&u.uid), "the upload was abandoned").await

@@ -3,7 +3,7 @@
 //! both come here, so the same rules hold for both.
 
 use serde_json::json;
-use yatai_core::{Timestamp, limits};
+use yatai_core::{Scope, Timestamp, limits};
 use yatai_store::{NewToken, TokenRow};
 
 use crate::auth::{Caller, KNOWN_SCOPES, Permission, generate_token};
@@ -30,7 +30,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: TokenRequest<'_>) ->
     if req.scopes.len() > KNOWN_SCOPES.len() {
         return Err(AppError::invalid_field("scopes", format!("at most {} scopes can be given", KNOWN_SCOPES.len())));
     }
-    let scopes = if req.scopes.is_empty() { vec!["api".to_owned()] } else { req.scopes };
+    let scopes = if req.scopes.is_empty() { vec![Scope::Api.as_str().to_owned()] } else { req.scopes };
     if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
         return Err(AppError::invalid_field(
             "scopes",

@@ -4,10 +4,10 @@
 //! seam every place deployments run implements (this machine's processes
 //! today, a Kubernetes cluster next).
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::text_enum::text_enum;
 
 /// An archive in the registry, by name and content: what a target fetches
 /// (from the blob store by `storage_key`, or its own copy by `digest`).
@@ -74,53 +74,6 @@ pub struct DeploymentSpec {
     pub port: u16,
     /// How long a replica may take to become ready.
     pub cold_start_timeout: Duration,
-}
-
-/// Parses a state stored as text; the error names what was found.
-fn parse_state<T: Copy>(what: &str, s: &str, all: &[(T, &str)]) -> Result<T, String> {
-    all.iter().find(|(_, name)| *name == s).map(|(v, _)| *v).ok_or_else(|| format!("unknown {what} {s:?}"))
-}
-
-macro_rules! text_enum {
-    ($(#[$m:meta])* $name:ident, $what:literal { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [($name, &'static str)] = &[$(($name::$variant, $text)),+];
-            /// The text stored in the database and shown to clients.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                parse_state($what, s, Self::ALL)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool { self.as_str() == other }
-        }
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool { self.as_str() == *other }
-        }
-        impl PartialEq<$name> for String {
-            fn eq(&self, other: &$name) -> bool { self == other.as_str() }
-        }
-        impl PartialEq<$name> for str {
-            fn eq(&self, other: &$name) -> bool { self == other.as_str() }
-        }
-    };
 }
 
 text_enum!(

@@ -6,6 +6,7 @@
 //! the user wants (`desired`) and what is observed (`status`).
 
 use sqlx::FromRow;
+use yatai_core::deploy::{Desired, Phase, RevisionStatus};
 
 use crate::{Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, placeholders};
 
@@ -118,8 +119,12 @@ const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, 
 
 /// The targets of deployments' active revisions (`t`, revision `rv`): what
 /// is running, as opposed to what was.
-const ACTIVE_TARGETS: &str = "deployment_targets t \
-     JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = 'active'";
+fn active_targets() -> String {
+    format!(
+        "deployment_targets t JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = '{}'",
+        RevisionStatus::Active
+    )
+}
 
 const TARGET_COLUMNS: &str = "uid, revision_uid, deployment_uid, name, bento_uid, config, creator_uid, created_at";
 
@@ -165,7 +170,7 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO deployments (uid, org_uid, cluster_uid, namespace, name, description, labels, desired, status, \
              status_updated_at, endpoint_port, creator_uid, created_at, host) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', 'deploying', $8, $9, $10, $8, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $12, $13, $8, $9, $10, $8, $11)",
         )
         .bind(&uid)
         .bind(d.org_uid)
@@ -178,6 +183,8 @@ impl Store {
         .bind(d.endpoint_port.map(i64::from))
         .bind(d.creator_uid)
         .bind(d.host)
+        .bind(Desired::Running.as_str())
+        .bind(Phase::Deploying.as_str())
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -298,9 +305,10 @@ impl Store {
 
     pub async fn active_revision(&self, deployment_uid: &str) -> Result<Option<(RevisionRow, Vec<TargetRow>)>> {
         let rev: Option<RevisionRow> = sqlx::query_as(built(format!(
-            "{REVISION_SELECT} WHERE r.deployment_uid = $1 AND r.status = 'active' ORDER BY r.seq DESC LIMIT 1"
+            "{REVISION_SELECT} WHERE r.deployment_uid = $1 AND r.status = $2 ORDER BY r.seq DESC LIMIT 1"
         )))
         .bind(deployment_uid)
+        .bind(RevisionStatus::Active.as_str())
         .fetch_optional(self.pool())
         .await?;
         match rev {
@@ -415,8 +423,9 @@ impl Store {
     /// this bento version.
     pub(crate) async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
         let rows: Vec<(String, String)> = sqlx::query_as(built(format!(
-            "SELECT d.namespace, d.name FROM {ACTIVE_TARGETS} \
-             JOIN deployments d ON d.uid = t.deployment_uid WHERE t.bento_uid = $1 ORDER BY d.name"
+            "SELECT d.namespace, d.name FROM {active_targets} \
+             JOIN deployments d ON d.uid = t.deployment_uid WHERE t.bento_uid = $1 ORDER BY d.name",
+            active_targets = active_targets()
         )))
         .bind(bento_uid)
         .fetch_all(self.pool())
@@ -435,21 +444,26 @@ async fn insert_revision(
     targets: &[NewTarget<'_>],
 ) -> Result<String> {
     let now = Timestamp::now().0;
-    sqlx::query("UPDATE deployment_revisions SET status = 'inactive', updated_at = $1 WHERE deployment_uid = $2 AND status = 'active'")
-        .bind(now)
-        .bind(deployment_uid)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE deployment_revisions SET status = $3, updated_at = $1 WHERE deployment_uid = $2 AND status = $4",
+    )
+    .bind(now)
+    .bind(deployment_uid)
+    .bind(RevisionStatus::Inactive.as_str())
+    .bind(RevisionStatus::Active.as_str())
+    .execute(&mut **tx)
+    .await?;
     let uid = new_uid();
     sqlx::query(
         "INSERT INTO deployment_revisions (uid, deployment_uid, status, rollback_of, creator_uid, created_at) \
-         VALUES ($1, $2, 'active', $3, $4, $5)",
+         VALUES ($1, $2, $6, $3, $4, $5)",
     )
     .bind(&uid)
     .bind(deployment_uid)
     .bind(rollback_of)
     .bind(creator_uid)
     .bind(now)
+    .bind(RevisionStatus::Active.as_str())
     .execute(&mut **tx)
     .await?;
     for t in targets {
@@ -490,10 +504,11 @@ impl Store {
     pub async fn deployment_uses(&self, repository_uid: &str, version_uid: Option<&str>) -> Result<Vec<DeploymentUse>> {
         Ok(sqlx::query_as(built(format!(
             "SELECT DISTINCT d.uid AS deployment_uid, d.namespace, d.name, d.status, c.name AS cluster_name, \
-             r.name AS repository, v.version FROM {ACTIVE_TARGETS} \
+             r.name AS repository, v.version FROM {active_targets} \
              JOIN deployments d ON d.uid = t.deployment_uid JOIN clusters c ON c.uid = d.cluster_uid \
              JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
-             WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.uid = $2) ORDER BY d.name"
+             WHERE v.repository_uid = $1 AND ($2 IS NULL OR v.uid = $2) ORDER BY d.name",
+            active_targets = active_targets()
         )))
         .bind(repository_uid)
         .bind(version_uid)
@@ -517,10 +532,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT t.deployment_uid, r.name, v.version FROM {ACTIVE_TARGETS} \
+            "SELECT t.deployment_uid, r.name, v.version FROM {active_targets} \
              JOIN versions v ON v.uid = t.bento_uid JOIN repositories r ON r.uid = v.repository_uid \
              WHERE t.deployment_uid IN ({}) ORDER BY t.name = 'main' DESC",
-            placeholders(deployment_uids.len())
+            placeholders(deployment_uids.len()),
+            active_targets = active_targets()
         );
         let mut q = sqlx::query_as(built(sql));
         for uid in deployment_uids {

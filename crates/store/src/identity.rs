@@ -267,13 +267,13 @@ impl Store {
     ) -> Result<Vec<TokenRow>> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN users u ON u.uid = t.user_uid \
-             WHERE t.org_uid = $1 AND ($2 IS NULL OR t.user_uid = $2) AND ($3 IS NULL OR t.name LIKE $3) \
+             WHERE t.org_uid = $1 AND ($2 IS NULL OR t.user_uid = $2) AND ($3 IS NULL OR t.name LIKE $3 ESCAPE '\\') \
              ORDER BY t.created_at DESC"
         );
         Ok(sqlx::query_as(built(sql))
             .bind(org_uid)
             .bind(user_uid)
-            .bind(search.map(|s| format!("%{s}%")))
+            .bind(search.map(|s| format!("%{}%", crate::registry::like_escape(s))))
             .fetch_all(self.pool())
             .await?)
     }
@@ -363,14 +363,13 @@ impl Store {
                     e.into()
                 }
             })?;
-        sqlx::query(
-            "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, 'admin', $3)",
-        )
-        .bind(&org_uid)
-        .bind(&user_uid)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, $4, $3)")
+            .bind(&org_uid)
+            .bind(&user_uid)
+            .bind(now)
+            .bind(crate::MemberRole::Admin.as_str())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO api_tokens (uid, org_uid, user_uid, name, description, token_hash, token_hint, scopes, created_at) \
              VALUES ($1, $2, $3, $4, 'created when the server first started', $5, $6, '[\"api\"]', $7)",

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::{OrgRow, Result, Store, Timestamp};
+use crate::{OrgRow, Result, Store, StoreError, Timestamp, built};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,8 +52,13 @@ impl MemberRow {
 }
 
 impl Store {
-    /// Adds `user` to `org` with `role`, or changes the role if already a member.
+    /// Adds `user` to `org` with `role`, or changes the role if already a
+    /// member. Demoting the last admin is refused (see [`Store::keep_an_admin`]).
     pub async fn set_member(&self, org_uid: &str, user_uid: &str, role: MemberRole) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        if role != MemberRole::Admin {
+            self.keep_an_admin(&mut tx, org_uid, user_uid).await?;
+        }
         sqlx::query(
             "INSERT INTO organization_members (org_uid, user_uid, role, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (org_uid, user_uid) DO UPDATE SET role = excluded.role",
@@ -62,8 +67,33 @@ impl Store {
         .bind(user_uid)
         .bind(role.as_str())
         .bind(Timestamp::now().0)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Refuses, inside the caller's transaction, to take `user_uid` out of
+    /// the organization's admins when they are the last one. The
+    /// organization's row is locked first (SQLite's write transaction holds
+    /// the whole database), so two admins demoting or removing each other at
+    /// once are serialized and the second one counts what the first left.
+    async fn keep_an_admin(&self, tx: &mut sqlx::AnyConnection, org_uid: &str, user_uid: &str) -> Result<()> {
+        sqlx::query(built(format!("SELECT uid FROM organizations WHERE uid = $1{}", self.for_update())))
+            .bind(org_uid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let admins: Vec<String> =
+            sqlx::query_scalar("SELECT user_uid FROM organization_members WHERE org_uid = $1 AND role = $2")
+                .bind(org_uid)
+                .bind(MemberRole::Admin.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if admins.len() <= 1 && admins.iter().any(|a| a == user_uid) {
+            return Err(StoreError::Conflict(
+                "an organization needs at least one admin: make someone else admin first".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -108,8 +138,10 @@ impl Store {
     }
 
     /// Removes a member and the API tokens they held in the organization.
+    /// Removing the last admin is refused.
     pub async fn remove_member(&self, org_uid: &str, user_uid: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
+        self.keep_an_admin(&mut tx, org_uid, user_uid).await?;
         sqlx::query("DELETE FROM api_tokens WHERE org_uid = $1 AND user_uid = $2")
             .bind(org_uid)
             .bind(user_uid)
@@ -131,8 +163,9 @@ impl Store {
     }
 
     pub async fn count_org_admins(&self, org_uid: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM organization_members WHERE org_uid = $1 AND role = 'admin'")
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM organization_members WHERE org_uid = $1 AND role = $2")
             .bind(org_uid)
+            .bind(MemberRole::Admin.as_str())
             .fetch_one(self.pool())
             .await?)
     }

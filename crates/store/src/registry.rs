@@ -6,7 +6,7 @@
 //! deleted.
 
 use sqlx::FromRow;
-use yatai_core::Tag;
+use yatai_core::{Tag, UploadStatus};
 
 use crate::{Kind, Result, Store, StoreError, Timestamp, built, is_unique_violation, new_uid, placeholders};
 
@@ -65,7 +65,7 @@ impl VersionRow {
     }
 
     pub fn is_uploaded(&self) -> bool {
-        self.upload_status == "success" && self.blob_digest.is_some()
+        self.upload_status == UploadStatus::Success && self.blob_digest.is_some()
     }
 }
 
@@ -330,13 +330,14 @@ impl Store {
     ) -> Result<Option<VersionRow>> {
         let sql = format!(
             "{VERSION_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 AND r.name = $3 \
-             AND ($4 = 0 OR v.upload_status = 'success') ORDER BY v.seq DESC LIMIT 1"
+             AND ($4 = 0 OR v.upload_status = $5) ORDER BY v.seq DESC LIMIT 1"
         );
         Ok(sqlx::query_as(built(sql))
             .bind(org_uid)
             .bind(kind.as_str())
             .bind(repo)
             .bind(uploaded_only as i64)
+            .bind(UploadStatus::Success.as_str())
             .fetch_optional(self.pool())
             .await?)
     }

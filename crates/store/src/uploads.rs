@@ -8,17 +8,20 @@
 
 use sqlx::FromRow;
 
+use yatai_core::{UploadMode, UploadState, UploadStatus};
+
 use crate::{Dialect, Result, Store, StoreError, Timestamp, VersionRow, built, new_uid};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UploadRow {
     pub uid: String,
     pub version_uid: String,
-    /// `proxy`, `presigned` or `multipart`.
+    /// An [`UploadMode`].
     pub mode: String,
-    /// `open` while bytes may arrive, `receiving` while the one writer that
-    /// claimed it streams bytes (or assembles parts), `received` once they are
-    /// verified, `discard` when the object is to be deleted.
+    /// An [`UploadState`]: `open` while bytes may arrive, `receiving` while
+    /// the one writer that claimed it streams bytes (or assembles parts),
+    /// `received` once they are verified, `discard` when the object is to be
+    /// deleted.
     pub state: String,
     pub storage_key: String,
     pub backend_upload_id: Option<String>,
@@ -47,8 +50,14 @@ pub enum FinalizeOutcome {
 const UPLOAD_COLUMNS: &str = "uid, version_uid, mode, state, storage_key, backend_upload_id, digest, size_bytes, \
      created_at, expires_at";
 
-/// Marks an upload's object for deletion by the janitor.
-const DISCARD_UPLOAD: &str = "UPDATE uploads SET state = 'discard' WHERE uid = $1";
+/// Marks an upload's object for deletion by the janitor (binds: the upload's
+/// uid, then [`UploadState::Discard`], see [`discard`]).
+const DISCARD_UPLOAD: &str = "UPDATE uploads SET state = $2 WHERE uid = $1";
+
+/// The query that marks upload `uid` for deletion.
+fn discard(uid: &str) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(DISCARD_UPLOAD).bind(uid).bind(UploadState::Discard.as_str())
+}
 
 impl Store {
     /// Begins a transaction that will write. On SQLite it takes the write
@@ -61,7 +70,7 @@ impl Store {
         })
     }
 
-    fn for_update(&self) -> &'static str {
+    pub(crate) fn for_update(&self) -> &'static str {
         match self.dialect() {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR UPDATE",
@@ -76,13 +85,15 @@ impl Store {
         let now = Timestamp::now().0;
         sqlx::query(
             "UPDATE versions SET upload_started_at = $1, updated_at = $1, \
-             replace_requested_at = CASE WHEN upload_status = 'success' THEN $1 ELSE replace_requested_at END, \
-             upload_status = CASE WHEN upload_status = 'success' THEN upload_status ELSE 'uploading' END, \
-             upload_finished_reason = CASE WHEN upload_status = 'success' THEN upload_finished_reason ELSE '' END \
+             replace_requested_at = CASE WHEN upload_status = $3 THEN $1 ELSE replace_requested_at END, \
+             upload_status = CASE WHEN upload_status = $3 THEN upload_status ELSE $4 END, \
+             upload_finished_reason = CASE WHEN upload_status = $3 THEN upload_finished_reason ELSE '' END \
              WHERE uid = $2",
         )
         .bind(now)
         .bind(&version.uid)
+        .bind(UploadStatus::Success.as_str())
+        .bind(UploadStatus::Uploading.as_str())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -92,7 +103,7 @@ impl Store {
     pub async fn create_upload(
         &self,
         version_uid: &str,
-        mode: &str,
+        mode: UploadMode,
         storage_key: &str,
         backend_upload_id: Option<&str>,
         expires_at: Timestamp,
@@ -100,8 +111,8 @@ impl Store {
         let row = UploadRow {
             uid: new_uid(),
             version_uid: version_uid.to_owned(),
-            mode: mode.to_owned(),
-            state: "open".to_owned(),
+            mode: mode.as_str().to_owned(),
+            state: UploadState::Open.as_str().to_owned(),
             storage_key: storage_key.to_owned(),
             backend_upload_id: backend_upload_id.map(str::to_owned),
             digest: None,
@@ -122,7 +133,7 @@ impl Store {
         .bind(row.expires_at)
         .execute(self.pool())
         .await?;
-        if mode == "multipart" {
+        if mode == UploadMode::Multipart {
             sqlx::query("UPDATE versions SET upload_id = $1 WHERE uid = $2")
                 .bind(&row.uid)
                 .bind(version_uid)
@@ -141,23 +152,29 @@ impl Store {
 
     /// The newest upload of a version that is still open or received, of one
     /// of the given modes.
-    pub async fn current_upload(&self, version_uid: &str, modes: &[&str]) -> Result<Option<UploadRow>> {
+    pub async fn current_upload(&self, version_uid: &str, modes: &[UploadMode]) -> Result<Option<UploadRow>> {
+        let [a, b, c] = UploadState::LIVE else { unreachable!("three live states") };
         let rows: Vec<UploadRow> = sqlx::query_as(built(format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE version_uid = $1 AND state IN ('open', 'receiving', 'received') \
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE version_uid = $1 AND state IN ($2, $3, $4) \
              ORDER BY created_at DESC"
         )))
         .bind(version_uid)
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(c.as_str())
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.into_iter().find(|u| modes.contains(&u.mode.as_str())))
+        Ok(rows.into_iter().find(|u| modes.iter().any(|m| u.mode == *m)))
     }
 
     /// Claims an open upload for one writer: `open` → `receiving`. False when
     /// it is not open (another writer holds it, or it is finished or gone),
     /// so of concurrent writers exactly one proceeds.
     pub async fn claim_upload(&self, uid: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE uploads SET state = 'receiving' WHERE uid = $1 AND state = 'open'")
+        let done = sqlx::query("UPDATE uploads SET state = $2 WHERE uid = $1 AND state = $3")
             .bind(uid)
+            .bind(UploadState::Receiving.as_str())
+            .bind(UploadState::Open.as_str())
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() == 1)
@@ -166,8 +183,10 @@ impl Store {
     /// Gives a claimed upload back after its writer failed, so the client can
     /// try again: `receiving` → `open`.
     pub async fn release_upload(&self, uid: &str) -> Result<()> {
-        sqlx::query("UPDATE uploads SET state = 'open' WHERE uid = $1 AND state = 'receiving'")
+        sqlx::query("UPDATE uploads SET state = $2 WHERE uid = $1 AND state = $3")
             .bind(uid)
+            .bind(UploadState::Open.as_str())
+            .bind(UploadState::Receiving.as_str())
             .execute(self.pool())
             .await?;
         Ok(())
@@ -181,12 +200,14 @@ impl Store {
     /// multipart upload fails, and the object was never deleted).
     pub async fn mark_upload_received(&self, uid: &str, digest: &str, size: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE uploads SET state = 'received', digest = $1, size_bytes = $2, backend_upload_id = NULL \
-             WHERE uid = $3 AND state = 'receiving'",
+            "UPDATE uploads SET state = $4, digest = $1, size_bytes = $2, backend_upload_id = NULL \
+             WHERE uid = $3 AND state = $5",
         )
         .bind(digest)
         .bind(size)
         .bind(uid)
+        .bind(UploadState::Received.as_str())
+        .bind(UploadState::Receiving.as_str())
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
@@ -210,7 +231,7 @@ impl Store {
     /// Marks an upload's object for deletion (the janitor or the caller
     /// deletes it, then the row).
     pub async fn discard_upload(&self, uid: &str) -> Result<()> {
-        sqlx::query(DISCARD_UPLOAD).bind(uid).execute(self.pool()).await?;
+        discard(uid).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -223,9 +244,10 @@ impl Store {
     /// their expiry (a client that went away, or a server that crashed).
     pub async fn stale_uploads(&self, now: Timestamp) -> Result<Vec<UploadRow>> {
         Ok(sqlx::query_as(built(format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = 'discard' OR expires_at < $1 ORDER BY created_at"
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE state = $2 OR expires_at < $1 ORDER BY created_at"
         )))
         .bind(now.0)
+        .bind(UploadState::Discard.as_str())
         .fetch_all(self.pool())
         .await?)
     }
@@ -264,7 +286,7 @@ impl Store {
                 .bind(&upload.uid)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if upload_state.is_none_or(|s| s == "discard") {
+        if upload_state.is_none_or(|s| s == UploadState::Discard) {
             return Ok(FinalizeOutcome::AlreadyFinished);
         }
         let current: Option<(String, Option<String>, Option<i64>)> = sqlx::query_as(built(format!(
@@ -275,13 +297,13 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((status, old_digest, replace_requested_at)) = current else {
-            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
+            discard(&upload.uid).execute(&mut *tx).await?;
             tx.commit().await?;
             return Err(StoreError::NotFound("the version was deleted while its upload was in progress".into()));
         };
-        let already_uploaded = status == "success" && old_digest.is_some();
+        let already_uploaded = status == UploadStatus::Success && old_digest.is_some();
         if already_uploaded && old_digest.as_deref() == Some(digest) {
-            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
+            discard(&upload.uid).execute(&mut *tx).await?;
             sqlx::query("UPDATE versions SET replace_requested_at = NULL, upload_id = NULL WHERE uid = $1")
                 .bind(version_uid)
                 .execute(&mut *tx)
@@ -290,7 +312,7 @@ impl Store {
             return Ok(FinalizeOutcome::Unchanged);
         }
         if already_uploaded && replace_requested_at.is_none() {
-            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
+            discard(&upload.uid).execute(&mut *tx).await?;
             tx.commit().await?;
             return Err(StoreError::Conflict(
                 "this version was already uploaded with different content; push with --force to replace it".into(),
@@ -310,17 +332,18 @@ impl Store {
         .await?;
         let deduplicated = stored_key != upload.storage_key;
         if deduplicated {
-            sqlx::query(DISCARD_UPLOAD).bind(&upload.uid).execute(&mut *tx).await?;
+            discard(&upload.uid).execute(&mut *tx).await?;
         } else {
             sqlx::query("DELETE FROM uploads WHERE uid = $1").bind(&upload.uid).execute(&mut *tx).await?;
         }
         sqlx::query(
-            "UPDATE versions SET upload_status = 'success', upload_finished_reason = '', blob_digest = $1, \
+            "UPDATE versions SET upload_status = $4, upload_finished_reason = '', blob_digest = $1, \
              upload_finished_at = $2, updated_at = $2, replace_requested_at = NULL, upload_id = NULL WHERE uid = $3",
         )
         .bind(digest)
         .bind(now)
         .bind(version_uid)
+        .bind(UploadStatus::Success.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -334,17 +357,19 @@ impl Store {
         let now = Timestamp::now().0;
         let mut tx = self.begin_write().await?;
         if let Some(uid) = upload_uid {
-            sqlx::query(DISCARD_UPLOAD).bind(uid).execute(&mut *tx).await?;
+            discard(uid).execute(&mut *tx).await?;
         }
         sqlx::query(
-            "UPDATE versions SET upload_status = CASE WHEN upload_status = 'success' THEN upload_status ELSE 'failed' END, \
-             upload_finished_reason = CASE WHEN upload_status = 'success' THEN upload_finished_reason ELSE $1 END, \
-             upload_finished_at = CASE WHEN upload_status = 'success' THEN upload_finished_at ELSE $2 END, \
+            "UPDATE versions SET upload_status = CASE WHEN upload_status = $4 THEN upload_status ELSE $5 END, \
+             upload_finished_reason = CASE WHEN upload_status = $4 THEN upload_finished_reason ELSE $1 END, \
+             upload_finished_at = CASE WHEN upload_status = $4 THEN upload_finished_at ELSE $2 END, \
              replace_requested_at = NULL, upload_id = NULL, updated_at = $2 WHERE uid = $3",
         )
         .bind(reason)
         .bind(now)
         .bind(version_uid)
+        .bind(UploadStatus::Success.as_str())
+        .bind(UploadStatus::Failed.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

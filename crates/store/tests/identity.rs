@@ -146,9 +146,8 @@ async fn removing_a_member_takes_their_tokens_and_sessions_in_that_org_only() {
     .await;
 }
 
-/// The store does not refuse removing an organization's last admin: the
-/// dashboard refuses it by asking `count_org_admins` first, so that count
-/// must follow every role change and removal.
+/// The dashboard asks `count_org_admins` first for a friendly message, so
+/// that count must follow every role change and removal.
 #[tokio::test]
 async fn the_admin_count_follows_role_changes_and_removals() {
     each_backend(|store| async move {
@@ -187,6 +186,97 @@ async fn first_run_setup_completes_once() {
         assert_eq!(found, vec![admin.uid.clone()], "email sign-in ignores case");
         assert!(store.email_taken("Root@Acme.Example", None).await.unwrap());
         assert!(!store.email_taken("root@acme.example", Some(&admin.uid)).await.unwrap());
+    })
+    .await;
+}
+
+/// The store itself refuses to demote or remove the last admin, so two
+/// admins doing it to each other at once cannot leave the organization with
+/// none: exactly one of them succeeds.
+#[tokio::test]
+async fn concurrent_demotions_or_removals_of_the_last_two_admins_leave_one() {
+    each_backend(|store| async move {
+        for (round, remove) in [(0, false), (1, true), (2, false), (3, true)] {
+            let (org, first) = org_with_admin(&store, &format!("race{round}")).await;
+            let second = store.create_user(&format!("second{round}"), "", None, false).await.unwrap();
+            store.set_member(&org.uid, &second.uid, MemberRole::Admin).await.unwrap();
+            let step = |user: String| {
+                let (store, org) = (store.clone(), org.uid.clone());
+                tokio::spawn(async move {
+                    if remove {
+                        store.remove_member(&org, &user).await.map(|_| ())
+                    } else {
+                        store.set_member(&org, &user, MemberRole::Developer).await
+                    }
+                })
+            };
+            let (a, b) = (step(first.uid.clone()), step(second.uid.clone()));
+            let results = [a.await.unwrap(), b.await.unwrap()];
+            let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+            assert_eq!(refused.len(), 1, "remove={remove}: {results:?}");
+            assert!(matches!(refused[0], StoreError::Conflict(m) if m.contains("at least one admin")), "{refused:?}");
+            assert_eq!(store.count_org_admins(&org.uid).await.unwrap(), 1, "remove={remove}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_last_admin_can_be_neither_demoted_nor_removed_but_another_can() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        for attempt in [
+            store.set_member(&org.uid, &admin.uid, MemberRole::Guest).await,
+            store.remove_member(&org.uid, &admin.uid).await.map(|_| ()),
+        ] {
+            assert!(matches!(attempt, Err(StoreError::Conflict(_))), "{attempt:?}");
+        }
+        assert_eq!(store.member_role(&org.uid, &admin.uid).await.unwrap(), Some(MemberRole::Admin));
+        // Re-granting admin to the last admin is no demotion.
+        store.set_member(&org.uid, &admin.uid, MemberRole::Admin).await.unwrap();
+        let dev = store.create_user("dev", "", None, false).await.unwrap();
+        store.set_member(&org.uid, &dev.uid, MemberRole::Developer).await.unwrap();
+        store.set_member(&org.uid, &dev.uid, MemberRole::Guest).await.unwrap();
+        assert!(store.remove_member(&org.uid, &dev.uid).await.unwrap());
+    })
+    .await;
+}
+
+/// `%` and `_` in a token search match themselves, as in the other searches.
+#[tokio::test]
+async fn token_search_treats_like_wildcards_literally() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        let scopes = vec!["api".to_string()];
+        for name in ["ci_deploy", "cixdeploy", "100%", "1000"] {
+            store
+                .create_token(NewToken {
+                    org_uid: &org.uid,
+                    user_uid: &admin.uid,
+                    name,
+                    description: "",
+                    token_hash: &format!("hash-{name}"),
+                    token_hint: "yatai_x…",
+                    scopes: &scopes,
+                    expires_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        let names = |search: &'static str| {
+            let store = store.clone();
+            let org = org.uid.clone();
+            async move {
+                let mut v: Vec<String> =
+                    store.list_tokens(&org, None, Some(search)).await.unwrap().into_iter().map(|t| t.name).collect();
+                v.sort();
+                v
+            }
+        };
+        assert_eq!(names("ci_").await, ["ci_deploy"]);
+        assert_eq!(names("0%").await, ["100%"]);
+        assert_eq!(names("%").await, ["100%"]);
+        assert_eq!(names("deploy").await, ["ci_deploy", "cixdeploy"]);
     })
     .await;
 }

@@ -355,7 +355,7 @@ async fn delete(
     let d = find(&state, &caller, &cluster, &ns, &name).await?;
     let mut out = dep::deployment_schema(&state, &caller, &headers, &d).await?;
     app::delete(&state, &caller, &d).await?;
-    out.status = "terminated".into();
+    out.status = yatai_core::deploy::Phase::Terminated.as_str().into();
     Ok(Json(out))
 }
 

@@ -17,7 +17,7 @@ use axum::routing::{get, patch, put};
 use serde::Deserialize;
 use serde_json::json;
 use yatai_blob::{BlobStore, WriteLimits, Written};
-use yatai_core::{Kind, Timestamp};
+use yatai_core::{Kind, Timestamp, UploadMode, UploadState, UploadStatus};
 use yatai_store::{FinalizeOutcome, StoreError, UploadRow, VersionRow};
 
 use super::artifacts::{artifact, find_version, record, strategy_for};
@@ -255,9 +255,10 @@ async fn claim(state: &AppState, upload: &UploadRow) -> ApiResult<()> {
         return Ok(());
     }
     let now = state.store.get_upload(&upload.uid).await?.map(|u| u.state).unwrap_or_else(|| "gone".into());
-    Err(ApiError::conflict(match now.as_str() {
-        "receiving" => "another transfer of this upload is in progress; wait for it to finish".to_owned(),
-        other => format!("this upload is already {other}; ask the server for a new URL to upload again"),
+    Err(ApiError::conflict(if now == UploadState::Receiving {
+        "another transfer of this upload is in progress; wait for it to finish".to_owned()
+    } else {
+        format!("this upload is already {now}; ask the server for a new URL to upload again")
     }))
 }
 
@@ -368,7 +369,7 @@ async fn check_archive(state: &AppState, row: &VersionRow, upload: &UploadRow) -
 /// If the object is missing or altered, the blob is repaired to point at
 /// the new upload's (just verified) bytes and the altered object is deleted.
 async fn verify_dedup_target(state: &AppState, row: &VersionRow, upload: &UploadRow, w: &Written) -> ApiResult<()> {
-    if row.upload_status == "success" && row.blob_digest.as_deref() == Some(w.sha256.as_str()) {
+    if row.upload_status == UploadStatus::Success && row.blob_digest.as_deref() == Some(w.sha256.as_str()) {
         return Ok(()); // the version already holds these bytes: nothing is newly trusted
     }
     let Some((key, _)) = state.store.blob_key(&w.sha256).await? else { return Ok(()) };
@@ -467,12 +468,14 @@ async fn receive_proxy_upload(
     body: Body,
     limits: WriteLimits,
 ) -> ApiResult<VersionRow> {
-    if !row.is_uploaded() && row.upload_status != "uploading" {
+    if !row.is_uploaded() && row.upload_status != UploadStatus::Uploading {
         state.store.mark_upload_started(&row).await?;
     }
     let key = BlobStore::new_blob_key();
-    let upload =
-        state.store.create_upload(&row.uid, "proxy", &key, None, upload_expiry(state, state.config.upload_ttl)).await?;
+    let upload = state
+        .store
+        .create_upload(&row.uid, UploadMode::Proxy, &key, None, upload_expiry(state, state.config.upload_ttl))
+        .await?;
     match state.blobs.write(&key, body.into_data_stream(), limits).await {
         Ok(w) => finish(state, caller, &row, &upload, &w).await,
         Err(e) => {
@@ -490,10 +493,13 @@ async fn finish_upload<K: KindParam>(
     JsonBody(body): JsonBody<FinishUploadRequest>,
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
-    let current = state.store.current_upload(&row.uid, &["presigned", "multipart", "proxy"]).await?;
-    match body.status.as_str() {
-        "success" => {
-            let Some(upload) = current.filter(|u| u.mode != "proxy") else {
+    let current = state
+        .store
+        .current_upload(&row.uid, &[UploadMode::Presigned, UploadMode::Multipart, UploadMode::Proxy])
+        .await?;
+    match body.status.parse::<UploadStatus>() {
+        Ok(UploadStatus::Success) => {
+            let Some(upload) = current.filter(|u| u.mode != UploadMode::Proxy) else {
                 if row.is_uploaded() {
                     return Ok(response(&state, &row)); // a proxy upload already finished it
                 }
@@ -503,12 +509,12 @@ async fn finish_upload<K: KindParam>(
                     row.tag()
                 )));
             };
-            let written = match (upload.state.as_str(), upload.mode.as_str()) {
-                ("received", _) => Written {
+            let written = match (upload.state.parse::<UploadState>(), upload.mode.parse::<UploadMode>()) {
+                (Ok(UploadState::Received), _) => Written {
                     size: upload.size_bytes.unwrap_or_default() as u64,
                     sha256: upload.digest.clone().unwrap_or_default(),
                 },
-                ("open", "presigned") if state.blobs.is_s3() => {
+                (Ok(UploadState::Open), Ok(UploadMode::Presigned)) if state.blobs.is_s3() => {
                     // In its own task, so that a client going away mid-copy
                     // does not leave the upload claimed.
                     let (task_state, caller, upload) = (state.clone(), caller.0.clone(), upload.clone());
@@ -518,10 +524,10 @@ async fn finish_upload<K: KindParam>(
                             .map_err(|e| ApiError::internal(format!("finishing task failed: {e}")))??;
                     return Ok(response(&state, &row));
                 }
-                ("open", "multipart") => {
+                (Ok(UploadState::Open), Ok(UploadMode::Multipart)) => {
                     return Err(ApiError::bad_request("call complete_multipart_upload before finishing the upload"));
                 }
-                ("receiving", _) => {
+                (Ok(UploadState::Receiving), _) => {
                     return Err(ApiError::conflict(
                         "the archive is still being received; finish the upload after its transfer completed",
                     ));
@@ -533,13 +539,18 @@ async fn finish_upload<K: KindParam>(
             let row = finish(&state, &caller, &row, &upload, &written).await?;
             Ok(response(&state, &row))
         }
-        "failed" => {
+        Ok(UploadStatus::Failed) => {
             let reason = body.reason.unwrap_or_default();
             let reason = if reason.is_empty() { "the client reported a failed upload".to_owned() } else { reason };
             abandon(&state, &caller, &row, current.as_ref(), &reason).await;
             Ok(response(&state, &reload(&state, &row).await?))
         }
-        other => Err(ApiError::bad_request(format!("status must be \"success\" or \"failed\", not {other:?}"))),
+        _ => Err(ApiError::bad_request(format!(
+            "status must be \"{}\" or \"{}\", not {:?}",
+            UploadStatus::Success,
+            UploadStatus::Failed,
+            body.status
+        ))),
     }
 }
 
@@ -557,7 +568,7 @@ async fn finish_presigned_s3(
     let _busy = InProgress::claim(state, &upload.uid, || "this upload is already being finished".to_owned())?;
     let key = BlobStore::new_blob_key();
     let expiry = upload_expiry(state, state.config.upload_ttl);
-    let private = match state.store.create_upload(&row.uid, "presigned", &key, None, expiry).await {
+    let private = match state.store.create_upload(&row.uid, UploadMode::Presigned, &key, None, expiry).await {
         Ok(p) => p,
         Err(e) => {
             release(state, &upload).await;
@@ -600,7 +611,8 @@ async fn presign_upload_url<K: KindParam>(
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
     let ttl = state.config.presign_ttl;
     let key = BlobStore::new_blob_key();
-    let upload = state.store.create_upload(&row.uid, "presigned", &key, None, upload_expiry(&state, ttl)).await?;
+    let upload =
+        state.store.create_upload(&row.uid, UploadMode::Presigned, &key, None, upload_expiry(&state, ttl)).await?;
     let url = match state.blobs.presign_put(&key, ttl).await? {
         Some(url) => url.to_string(),
         None => {
@@ -621,7 +633,7 @@ async fn start_multipart_upload<K: KindParam>(
     let key = BlobStore::new_blob_key();
     let backend_id = state.blobs.create_multipart(&key).await?;
     let expiry = upload_expiry(&state, state.config.upload_ttl);
-    state.store.create_upload(&row.uid, "multipart", &key, backend_id.as_deref(), expiry).await?;
+    state.store.create_upload(&row.uid, UploadMode::Multipart, &key, backend_id.as_deref(), expiry).await?;
     Ok(response(&state, &reload(&state, &row).await?))
 }
 
@@ -631,11 +643,11 @@ async fn multipart_upload(state: &AppState, row: &VersionRow, upload_id: &str) -
         .store
         .get_upload(upload_id)
         .await?
-        .filter(|u| u.version_uid == row.uid && u.mode == "multipart")
+        .filter(|u| u.version_uid == row.uid && u.mode == UploadMode::Multipart)
         .ok_or_else(|| {
             ApiError::not_found(format!("no multipart upload {upload_id:?} for {} {}", row.kind, row.tag()))
         })?;
-    if upload.state != "open" {
+    if upload.state != UploadState::Open {
         return Err(ApiError::conflict(format!("multipart upload {upload_id:?} is already {}", upload.state)));
     }
     Ok(upload)
@@ -783,7 +795,15 @@ async fn presign_download_url<K: KindParam>(
         }
     };
     if strategy_for(&state, &row) != Some("proxy") {
-        record(&state, &caller, "pulled", row.kind().as_str(), &row.tag(), json!({"mode": "presigned"})).await;
+        record(
+            &state,
+            &caller,
+            "pulled",
+            row.kind().as_str(),
+            &row.tag(),
+            json!({"mode": UploadMode::Presigned.as_str()}),
+        )
+        .await;
     }
     let mut a = artifact(&state, &row);
     a.presigned_download_url = url;
@@ -792,14 +812,15 @@ async fn presign_download_url<K: KindParam>(
 
 /// The storage key of a version's archive, or a 404 saying why there is none.
 async fn uploaded_archive(state: &AppState, row: &VersionRow) -> ApiResult<String> {
-    let digest = row.blob_digest.as_deref().filter(|_| row.upload_status == "success").ok_or_else(|| {
-        ApiError::not_found(format!(
-            "{} {} has no uploaded archive (upload status: {}); push it first",
-            row.kind,
-            row.tag(),
-            row.upload_status
-        ))
-    })?;
+    let digest =
+        row.blob_digest.as_deref().filter(|_| row.upload_status == UploadStatus::Success).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "{} {} has no uploaded archive (upload status: {}); push it first",
+                row.kind,
+                row.tag(),
+                row.upload_status
+            ))
+        })?;
     let (key, _) = state
         .store
         .blob_key(digest)
@@ -835,7 +856,8 @@ async fn download<K: KindParam>(
 ) -> ApiResult<Response> {
     let row = find_version(&state, &caller, K::KIND, &name, &version).await?;
     let resp = stream_archive(&state, &row).await?;
-    record(&state, &caller, "pulled", row.kind().as_str(), &row.tag(), json!({"mode": "proxy"})).await;
+    record(&state, &caller, "pulled", row.kind().as_str(), &row.tag(), json!({"mode": UploadMode::Proxy.as_str()}))
+        .await;
     Ok(resp)
 }
 
@@ -854,7 +876,7 @@ async fn signed_put(
 ) -> ApiResult<Response> {
     let path = format!("/transfer/uploads/{upload_uid}");
     state.signer.verify("PUT", &path, sig.expires, &sig.signature)?;
-    let upload = open_upload(&state, &upload_uid, "presigned").await?;
+    let upload = open_upload(&state, &upload_uid, UploadMode::Presigned).await?;
     let limits = limits(&state, &headers)?;
     // One writer per upload: a second PUT, concurrent or late, is refused
     // and can never replace the bytes the first one's digest describes.
@@ -906,7 +928,7 @@ async fn signed_put_part(
     if !(1..=MAX_PART_NUMBER).contains(&part) {
         return Err(ApiError::bad_request(format!("part number must be between 1 and {MAX_PART_NUMBER}")));
     }
-    let upload = open_upload(&state, &upload_uid, "multipart").await?;
+    let upload = open_upload(&state, &upload_uid, UploadMode::Multipart).await?;
     let limits = limits(&state, &headers)?;
     // One writer per part; marked before the state is checked again, so that
     // complete_multipart_upload (which claims the upload, then looks for
@@ -914,7 +936,7 @@ async fn signed_put_part(
     let busy = InProgress::claim(&state, &part_in_progress(&upload.uid, part), || {
         format!("part {part} of this upload is already being received; wait for it to finish")
     })?;
-    let upload = open_upload(&state, &upload_uid, "multipart").await?;
+    let upload = open_upload(&state, &upload_uid, UploadMode::Multipart).await?;
     tracing::debug!(upload = %upload.uid, part, expected = ?limits.expected_len, "receiving a part");
     let key = BlobStore::part_key(&upload.uid, part as u32);
     let w = tokio::spawn(receive_part(state.clone(), upload, part, key, body, limits, busy))
@@ -935,7 +957,7 @@ async fn receive_part(
     _busy: InProgress,
 ) -> ApiResult<Written> {
     let w = state.blobs.write_part(&key, body.into_data_stream(), limits).await?;
-    if open_upload(&state, &upload.uid, "multipart").await.is_err() {
+    if open_upload(&state, &upload.uid, UploadMode::Multipart).await.is_err() {
         let _ = state.blobs.delete(&key).await;
         return Err(ApiError::conflict("the upload was completed or cancelled while this part arrived"));
     }
@@ -944,17 +966,19 @@ async fn receive_part(
     Ok(w)
 }
 
-async fn open_upload(state: &AppState, uid: &str, mode: &str) -> ApiResult<UploadRow> {
+async fn open_upload(state: &AppState, uid: &str, mode: UploadMode) -> ApiResult<UploadRow> {
     let upload = state
         .store
         .get_upload(uid)
         .await?
         .filter(|u| u.mode == mode)
         .ok_or_else(|| ApiError::not_found("this upload no longer exists; ask the server for a new URL"))?;
-    match upload.state.as_str() {
-        "open" => Ok(upload),
-        "receiving" => Err(ApiError::conflict("another transfer of this upload is in progress; wait for it to finish")),
-        other => Err(ApiError::conflict(format!("this upload is already {other}; ask the server for a new URL"))),
+    match upload.state.parse::<UploadState>() {
+        Ok(UploadState::Open) => Ok(upload),
+        Ok(UploadState::Receiving) => {
+            Err(ApiError::conflict("another transfer of this upload is in progress; wait for it to finish"))
+        }
+        _ => Err(ApiError::conflict(format!("this upload is already {}; ask the server for a new URL", upload.state))),
     }
 }
 

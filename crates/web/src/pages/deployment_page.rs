@@ -18,7 +18,7 @@ use yatai_app::AppState;
 use yatai_app::auth::Permission;
 use yatai_app::deployments as svc;
 use yatai_core::Kind;
-use yatai_core::deploy::{DeployTarget, RevisionStatus};
+use yatai_core::deploy::{DeployTarget, Desired, RevisionStatus};
 use yatai_store::EventFilter;
 
 use super::deployments::{find, href, short_info};
@@ -146,7 +146,7 @@ pub async fn detail(
             revision_text(&bento, t.first().map(|t| t.config.as_str()).unwrap_or("null"))
         })
     };
-    let terminated = d.desired == "terminated";
+    let terminated = d.desired == Desired::Terminated;
     let body = html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/deployments" { "Deployments" } " /" }
         div data-live=(format!("{}/live", href(&d.name))) {
@@ -216,12 +216,12 @@ pub async fn detail(
                     @for (n, r, _, b) in &revs {
                         tr data-testid="revision" data-revision=(n) data-status=(r.status) {
                             td { "r" (n) @if let Some(of) = &r.rollback_of { @if let Some((k, ..)) = revs.iter().find(|(_, x, ..)| &x.uid == of) { span.muted { " (rollback to r" (k) ")" } } } }
-                            td { span.badge class=(if r.status == "active" { "s-running" } else { "" }) { (r.status) } }
+                            td { span.badge class=(if r.status == RevisionStatus::Active { "s-running" } else { "" }) { (r.status) } }
                             td { @if let Some((rn, v)) = b { a href=(version_href(Kind::Bento, rn, v)) { (rn) ":" (v) } } @else { span.muted { "deleted" } } }
                             td.hide-narrow { (r.creator_name.as_deref().unwrap_or("—")) }
                             td { (ui::time(r.created_at)) }
                             td.row-actions {
-                                @if can_write && r.status != "active" && b.is_some() {
+                                @if can_write && r.status != RevisionStatus::Active && b.is_some() {
                                     form method="post" action=(format!("{}/rollback", href(&d.name))) data-form="rollback" {
                                         (ui::csrf(&s))
                                         input type="hidden" name="revision_uid" value=(r.uid);

@@ -16,7 +16,7 @@ use yatai_app::AppState;
 use yatai_app::auth::Permission;
 use yatai_app::registry::record;
 use yatai_core::Timestamp;
-use yatai_store::{MemberRole, NewInvitation};
+use yatai_store::{MemberRole, NewInvitation, StoreError};
 
 use super::auth::{NoticeParam, valid_email, valid_user_name};
 use super::registry::endpoint;
@@ -239,7 +239,14 @@ pub async fn change_role(State(state): State<AppState>, Path(uid): Path<String>,
             &format!("{} is the last admin of the organization: make someone else admin first.", m.name),
         ));
     }
-    state.store.set_member(s.org_uid(), &m.uid, role).await?;
+    // The check above gives the usual message; the store itself refuses a
+    // demotion that raced another admin's.
+    match state.store.set_member(s.org_uid(), &m.uid, role).await {
+        Err(StoreError::Conflict(msg)) => {
+            return Ok(ui::back("/settings/members", &format!("{} is still {}: {msg}.", m.name, m.role().as_str())));
+        }
+        other => other?,
+    }
     state.auth.invalidate();
     record(&state, &s.caller, "changed role", "member", &m.name, json!({"role": role.as_str()})).await;
     Ok(ui::back("/settings/members", &format!("{} is now {}.", m.name, role.as_str())))
@@ -255,7 +262,12 @@ pub async fn remove_member(State(state): State<AppState>, Path(uid): Path<String
             &format!("{} is the last admin of the organization and cannot be removed.", m.name),
         ));
     }
-    state.store.remove_member(s.org_uid(), &m.uid).await?;
+    match state.store.remove_member(s.org_uid(), &m.uid).await {
+        Err(StoreError::Conflict(msg)) => {
+            return Ok(ui::back("/settings/members", &format!("{} was not removed: {msg}.", m.name)));
+        }
+        other => other?,
+    };
     state.auth.invalidate();
     record(&state, &s.caller, "removed", "member", &m.name, json!({})).await;
     Ok(ui::back("/settings/members", &format!("Removed {} and their tokens.", m.name)))

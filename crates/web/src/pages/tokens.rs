@@ -9,7 +9,7 @@ use yatai_app::AppState;
 
 use yatai_app::auth::Permission;
 use yatai_app::{AppError, tokens};
-use yatai_core::Timestamp;
+use yatai_core::{Scope, Timestamp};
 use yatai_store::TokenRow;
 
 use super::auth::NoticeParam;
@@ -19,12 +19,12 @@ use crate::ui::{self, WebError, WebResult, field_error};
 
 type Errors = Vec<(String, String)>;
 
-const SCOPE_TEXT: &[(&str, &str)] = &[
-    ("api", "Everything your role allows (what the bentoml CLI needs)"),
-    ("read_organization", "Read models and bentos"),
-    ("write_organization", "Push and delete models and bentos"),
-    ("read_cluster", "Read deployments"),
-    ("write_cluster", "Create and change deployments"),
+const SCOPE_TEXT: &[(Scope, &str)] = &[
+    (Scope::Api, "Everything your role allows (what the bentoml CLI needs)"),
+    (Scope::ReadOrganization, "Read models and bentos"),
+    (Scope::WriteOrganization, "Push and delete models and bentos"),
+    (Scope::ReadCluster, "Read deployments"),
+    (Scope::WriteCluster, "Create and change deployments"),
 ];
 
 struct NewTokenShown {
@@ -46,7 +46,7 @@ async fn tokens_page(
     let tokens = state.store.list_tokens(s.org_uid(), user, None).await?;
     let now = Timestamp::now();
     let endpoint = endpoint(state, headers);
-    let checked: Vec<&str> = form.map(|f| f.all("scopes")).unwrap_or_else(|| vec!["api"]);
+    let checked: Vec<&str> = form.map(|f| f.all("scopes")).unwrap_or_else(|| vec![Scope::Api.as_str()]);
     let body = html! {
         h1 { "API tokens" }
         p { "Tokens let the bentoml CLI and scripts act as you. Only a token's hash is stored: its value is shown once, when it is created." }
@@ -70,7 +70,7 @@ async fn tokens_page(
                 legend { "Scopes" }
                 @for (scope, text) in SCOPE_TEXT {
                     label for=(format!("scope-{scope}")) {
-                        input id=(format!("scope-{scope}")) type="checkbox" name="scopes" value=(scope) checked[checked.contains(scope)];
+                        input id=(format!("scope-{scope}")) type="checkbox" name="scopes" value=(scope) checked[checked.contains(&scope.as_str())];
                         span { code { (scope) } " — " (text) }
                     }
                 }
