@@ -99,7 +99,7 @@ impl YataiSource {
                 l.items.into_iter().next().with_context(|| format!("{what}: the repository has no versions"))?
             }
         };
-        if a.upload_status != "success" {
+        if a.upload_status != yatai_core::upload::UploadStatus::Success {
             bail!("{kind} {name}:{} is not fully uploaded (upload_status {:?})", a.version, a.upload_status);
         }
         Ok(a)
