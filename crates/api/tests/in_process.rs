@@ -8,86 +8,12 @@
 //! review. After an intended change, regenerate it with
 //! `UPDATE_SNAPSHOTS=1 cargo test -p yatai-api --test in_process` and read the diff.
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use tower::ServiceExt;
-use yatai_api::{AppState, auth};
-use yatai_blob::BlobStore;
-use yatai_store::{MemberRole, NewToken, Store};
+mod common;
 
-struct Api {
-    router: Router,
-    store: Store,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn new() -> Api {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            Store::connect(&format!("sqlite://{}", dir.path().join("yatai.db").display())).await.expect("store");
-        let blobs = BlobStore::local(dir.path().join("artifacts"), false).expect("blobs");
-        let state = AppState::new(store.clone(), blobs, b"in-process test key", Default::default());
-        let (router, _) = yatai_api::app(state);
-        Api { router, store, _dir: dir }
-    }
-
-    /// A member of a new organization, and an API token of theirs with `scopes`.
-    async fn member(&self, org: &str, role: MemberRole, scopes: &[&str]) -> String {
-        let org = match self.store.get_org_by_name(org).await.expect("find org") {
-            Some(o) => o,
-            None => self.store.create_org(org, "").await.expect("org"),
-        };
-        let user = self
-            .store
-            .create_user(
-                &format!("{}-{}", org.name, yatai_store::new_uid()),
-                &format!("{}@{}.example", yatai_store::new_uid(), org.name),
-                None,
-                false,
-            )
-            .await
-            .expect("user");
-        self.store.set_member(&org.uid, &user.uid, role).await.expect("member");
-        let secret = auth::generate_token();
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        self.store
-            .create_token(NewToken {
-                org_uid: &org.uid,
-                user_uid: &user.uid,
-                name: "test",
-                description: "",
-                token_hash: &auth::hash_token(&secret.secret),
-                token_hint: "yatai_…",
-                scopes: &scopes,
-                expires_at: None,
-            })
-            .await
-            .expect("token");
-        secret.secret
-    }
-
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(auth::TOKEN_HEADER, t);
-        }
-        let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .expect("request");
-        let res = self.router.clone().oneshot(req).await.expect("infallible");
-        let status = res.status();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
-    }
-}
+use axum::http::StatusCode;
+use common::Api;
+use serde_json::json;
+use yatai_store::MemberRole;
 
 #[tokio::test]
 async fn the_openapi_document_matches_the_reviewed_snapshot() {

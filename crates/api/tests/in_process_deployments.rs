@@ -8,22 +8,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use common::{Api, SIGNING_KEY, open_store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tower::ServiceExt;
-use yatai_api::{AppState, auth};
+use yatai_api::AppState;
 use yatai_app::Targets;
 use yatai_app::deployments::DbStatusSink;
-use yatai_blob::BlobStore;
 use yatai_core::deploy::{
     ArtifactRef, ClusterKind, DeployTarget, DeploymentSnapshot, DeploymentSpec, LogSource, Metrics, Phase, ReplicaInfo,
     StatusSink, TargetError,
 };
-use yatai_store::{MemberRole, NewToken, Store};
+use yatai_store::{MemberRole, Store};
 
 /// What the application asked a target to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,94 +144,20 @@ impl DeployTarget for Fake {
     }
 }
 
-struct Api {
-    router: Router,
-    store: Store,
-    _dir: tempfile::TempDir,
-}
-
-/// A fresh SQLite store, before the server is built on it (a cluster's
-/// target is registered by the cluster's uid).
-async fn open_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("yatai.db").display())).await.expect("store");
-    (dir, store)
-}
-
 impl Api {
-    /// The API on `store`, running deployments through `targets` (none: a
-    /// server that runs no deployments).
-    fn new(dir: tempfile::TempDir, store: Store, targets: Option<Targets>) -> Api {
-        let blobs = BlobStore::local(dir.path().join("artifacts"), false).expect("blobs");
-        let (key, config) = (b"in-process test key", Default::default());
-        let state = match targets {
-            Some(t) => AppState::with_targets(store.clone(), blobs, key, config, t, None),
-            None => AppState::new(store.clone(), blobs, key, config),
-        };
-        let (router, _) = yatai_api::app(state);
-        Api { router, store, _dir: dir }
+    /// The API on `store`, running deployments through `targets`.
+    fn with_targets(dir: tempfile::TempDir, store: Store, targets: Targets) -> Api {
+        Api::with_state(dir, store, |store, blobs| {
+            AppState::with_targets(store, blobs, SIGNING_KEY, Default::default(), targets, None)
+        })
     }
 
     /// The API with one fake target for local deployments.
     async fn local(max_replicas: u32) -> (Api, Arc<Fake>) {
         let (dir, store) = open_store().await;
         let fake = Fake::new(ClusterKind::Local, max_replicas, &store);
-        let api = Api::new(dir, store, Some(Targets::default().with_kind(fake.clone())));
+        let api = Api::with_targets(dir, store, Targets::default().with_kind(fake.clone()));
         (api, fake)
-    }
-
-    /// An admin of `org` (created if new), and an API token of theirs.
-    async fn member(&self, org: &str) -> String {
-        let org = match self.store.get_org_by_name(org).await.expect("find org") {
-            Some(o) => o,
-            None => self.store.create_org(org, "").await.expect("org"),
-        };
-        let user = self
-            .store
-            .create_user(
-                &format!("{}-{}", org.name, yatai_store::new_uid()),
-                &format!("{}@{}.example", yatai_store::new_uid(), org.name),
-                None,
-                false,
-            )
-            .await
-            .expect("user");
-        self.store.set_member(&org.uid, &user.uid, MemberRole::Admin).await.expect("member");
-        let secret = auth::generate_token();
-        self.store
-            .create_token(NewToken {
-                org_uid: &org.uid,
-                user_uid: &user.uid,
-                name: "test",
-                description: "",
-                token_hash: &auth::hash_token(&secret.secret),
-                token_hint: "yatai_…",
-                scopes: &["api".to_owned()],
-                expires_at: None,
-            })
-            .await
-            .expect("token");
-        secret.secret
-    }
-
-    async fn send(&self, req: axum::http::request::Builder, token: &str, body: Body) -> (StatusCode, Value) {
-        let req = req.header(auth::TOKEN_HEADER, token).body(body).expect("request");
-        let res = self.router.clone().oneshot(req).await.expect("infallible");
-        let status = res.status();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
-    }
-
-    async fn call(&self, method: &str, uri: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let req = Request::builder().method(method).uri(uri);
-        match body {
-            Some(b) => {
-                self.send(req.header("content-type", "application/json"), token, Body::from(b.to_string())).await
-            }
-            None => self.send(req, token, Body::empty()).await,
-        }
     }
 
     /// Pushes bento `name:version` the way `bentoml push` does in proxy mode
@@ -241,7 +166,7 @@ impl Api {
     async fn push_bento(&self, token: &str, name: &str, version: &str) -> String {
         let repo = format!("/api/v1/bento_repositories/{name}");
         let (status, body) = self
-            .call(
+            .call_as(
                 "POST",
                 "/api/v1/bento_repositories",
                 token,
@@ -255,7 +180,7 @@ impl Api {
             "image": {"python_version": "3.11"}, "spec": 2,
         });
         let (status, body) = self
-            .call(
+            .call_as(
                 "POST",
                 &format!("{repo}/bentos"),
                 token,
@@ -263,14 +188,14 @@ impl Api {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "create version: {body}");
-        let (status, body) = self.call("PATCH", &format!("{repo}/bentos/{version}/start_upload"), token, None).await;
+        let (status, body) = self.call_as("PATCH", &format!("{repo}/bentos/{version}/start_upload"), token, None).await;
         assert_eq!(status, StatusCode::OK, "start_upload: {body}");
         let archive = bento_archive(name, version);
         let put = Request::builder()
             .method("PUT")
             .uri(format!("{repo}/bentos/{version}/upload"))
             .header("content-length", archive.len());
-        let (status, body) = self.send(put, token, Body::from(archive.clone())).await;
+        let (status, body) = self.send(put, Some(token), Body::from(archive.clone())).await;
         assert_eq!(status, StatusCode::OK, "upload: {body}");
         assert_eq!(body["upload_status"], "success", "{body}");
         hex::encode(Sha256::digest(&archive))
@@ -281,7 +206,7 @@ impl Api {
     async fn deployment_when(&self, token: &str, uri: &str, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let (code, body) = self.call("GET", uri, token, None).await;
+            let (code, body) = self.call_as("GET", uri, token, None).await;
             assert_eq!(code, StatusCode::OK, "{body}");
             if body["status"] == status {
                 return body;
@@ -328,11 +253,11 @@ fn owned(envs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_new_deployment_is_applied_once_with_the_spec_the_user_asked_for() {
     let (api, fake) = Api::local(4).await;
-    let token = api.member("acme").await;
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
     let digest = api.push_bento(&token, "iris", "v1").await;
 
     let (status, created) =
-        api.call("POST", "/api/v2/deployments", &token, Some(iris(2, 3, &[("GREETING", "hello")]))).await;
+        api.call_as("POST", "/api/v2/deployments", &token, Some(iris(2, 3, &[("GREETING", "hello")]))).await;
     assert_eq!(status, StatusCode::OK, "{created}");
 
     let uid = created["uid"].as_str().expect("uid");
@@ -361,53 +286,54 @@ async fn a_new_deployment_is_applied_once_with_the_spec_the_user_asked_for() {
 #[tokio::test]
 async fn more_replicas_than_the_target_allows_is_refused_before_anything_is_stored_or_started() {
     let (api, fake) = Api::local(4).await;
-    let token = api.member("acme").await;
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
     api.push_bento(&token, "iris", "v1").await;
 
-    let (status, body) = api.call("POST", "/api/v2/deployments", &token, Some(iris(1, 5, &[]))).await;
+    let (status, body) = api.call_as("POST", "/api/v2/deployments", &token, Some(iris(1, 5, &[]))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("max_replicas") && message.contains('4'), "names the setting and the limit: {body}");
     assert!(fake.calls().is_empty(), "the target was not asked anything: {:#?}", fake.calls());
-    let (status, body) = api.call("GET", "/api/v2/deployments/iris", &token, None).await;
+    let (status, body) = api.call_as("GET", "/api/v2/deployments/iris", &token, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (_, list) = api.call("GET", "/api/v2/deployments", &token, None).await;
+    let (_, list) = api.call_as("GET", "/api/v2/deployments", &token, None).await;
     assert_eq!(list["total"], 0, "{list}");
 }
 
 #[tokio::test]
 async fn each_change_to_a_deployment_reaches_its_target() {
     let (api, fake) = Api::local(4).await;
-    let token = api.member("acme").await;
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
     api.push_bento(&token, "iris", "v1").await;
     let one = "/api/v2/deployments/iris";
     let (status, body) =
-        api.call("POST", "/api/v2/deployments", &token, Some(iris(1, 3, &[("GREETING", "hello")]))).await;
+        api.call_as("POST", "/api/v2/deployments", &token, Some(iris(1, 3, &[("GREETING", "hello")]))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let uid = body["uid"].as_str().unwrap().to_owned();
     let first = fake.applied().pop().expect("applied on create");
     api.deployment_when(&token, one, "running").await;
 
-    let (status, body) = api.call("POST", &format!("{one}/terminate"), &token, None).await;
+    let (status, body) = api.call_as("POST", &format!("{one}/terminate"), &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(fake.calls().last(), Some(&Call::Terminate(uid.clone())));
     let shown = api.deployment_when(&token, one, "terminated").await;
     assert_eq!(shown["replicas"], json!([]), "{shown}");
 
-    let (status, body) = api.call("POST", &format!("{one}/restore"), &token, None).await;
+    let (status, body) = api.call_as("POST", &format!("{one}/restore"), &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(fake.applied(), [first.clone(), first.clone()], "restored with the same revision and spec");
 
     let (status, body) =
-        api.call("PUT", one, &token, Some(iris(1, 3, &[("GREETING", "bonjour"), ("LANG", "fr")]))).await;
+        api.call_as("PUT", one, &token, Some(iris(1, 3, &[("GREETING", "bonjour"), ("LANG", "fr")]))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let updated = fake.applied().pop().unwrap();
     assert_ne!(updated.revision_uid, first.revision_uid, "an update is a new revision");
     assert_eq!(updated.envs, owned(&[("GREETING", "bonjour"), ("LANG", "fr")]));
     assert_eq!(updated.uid, uid);
 
-    let (status, body) =
-        api.call("POST", &format!("{one}/rollback"), &token, Some(json!({"revision_uid": first.revision_uid}))).await;
+    let (status, body) = api
+        .call_as("POST", &format!("{one}/rollback"), &token, Some(json!({"revision_uid": first.revision_uid})))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let rolled_back = fake.applied().pop().unwrap();
     assert!(![&first.revision_uid, &updated.revision_uid].contains(&&rolled_back.revision_uid), "a new revision");
@@ -418,10 +344,10 @@ async fn each_change_to_a_deployment_reaches_its_target() {
     );
     assert_eq!(fake.applied().len(), 4, "create, restore, update, rollback");
 
-    let (status, body) = api.call("DELETE", one, &token, None).await;
+    let (status, body) = api.call_as("DELETE", one, &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(fake.calls().last(), Some(&Call::Remove(uid)));
-    let (status, body) = api.call("GET", one, &token, None).await;
+    let (status, body) = api.call_as("GET", one, &token, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
@@ -433,12 +359,12 @@ async fn a_kubernetes_cluster_is_driven_by_its_own_target_only() {
     let local = Fake::new(ClusterKind::Local, 4, &store);
     let kube = Fake::new(ClusterKind::Kubernetes, 10, &store);
     let targets = Targets::default().with_kind(local.clone()).with_cluster(&prod.uid, kube.clone());
-    let api = Api::new(dir, store, Some(targets));
-    let token = api.member("acme").await;
+    let api = Api::with_targets(dir, store, targets);
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
     api.push_bento(&token, "iris", "v1").await;
 
     // More replicas than this machine allows: the cluster's own limit applies.
-    let (status, body) = api.call("POST", "/api/v2/deployments?cluster=prod", &token, Some(iris(1, 8, &[]))).await;
+    let (status, body) = api.call_as("POST", "/api/v2/deployments?cluster=prod", &token, Some(iris(1, 8, &[]))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["cluster"]["name"], "prod", "{body}");
     let uid = body["uid"].as_str().unwrap().to_owned();
@@ -453,14 +379,14 @@ async fn a_kubernetes_cluster_is_driven_by_its_own_target_only() {
     // A deployment with no cluster runs on this machine, not on the cluster.
     let mut dev = iris(1, 1, &[]);
     dev["name"] = json!("iris-dev");
-    let (status, body) = api.call("POST", "/api/v2/deployments", &token, Some(dev)).await;
+    let (status, body) = api.call_as("POST", "/api/v2/deployments", &token, Some(dev)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(local.applied().len(), 1);
     assert_eq!(kube.applied().len(), 1, "the cluster got nothing new");
 
-    let (status, body) = api.call("POST", "/api/v2/deployments/iris/terminate?cluster=prod", &token, None).await;
+    let (status, body) = api.call_as("POST", "/api/v2/deployments/iris/terminate?cluster=prod", &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = api.call("DELETE", "/api/v2/deployments/iris?cluster=prod", &token, None).await;
+    let (status, body) = api.call_as("DELETE", "/api/v2/deployments/iris?cluster=prod", &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(kube.calls()[2..], [Call::Terminate(uid.clone()), Call::Remove(uid)]);
     assert!(local.calls().iter().all(|c| !matches!(c, Call::Terminate(_) | Call::Remove(_))), "{:#?}", local.calls());
@@ -468,14 +394,13 @@ async fn a_kubernetes_cluster_is_driven_by_its_own_target_only() {
 
 #[tokio::test]
 async fn a_server_with_no_targets_says_it_runs_no_deployments() {
-    let (dir, store) = open_store().await;
-    let api = Api::new(dir, store, None);
-    let token = api.member("acme").await;
+    let api = Api::new().await;
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
     api.push_bento(&token, "iris", "v1").await;
 
-    let (status, body) = api.call("POST", "/api/v2/deployments", &token, Some(iris(1, 1, &[]))).await;
+    let (status, body) = api.call_as("POST", "/api/v2/deployments", &token, Some(iris(1, 1, &[]))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["message"].as_str().unwrap_or_default().contains("runs no deployments"), "{body}");
-    let (status, body) = api.call("GET", "/api/v2/deployments/iris", &token, None).await;
+    let (status, body) = api.call_as("GET", "/api/v2/deployments/iris", &token, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }

@@ -186,6 +186,16 @@ fn version_filter(q: &ListQuery, one_repo: bool, binds: &mut Vec<String>) -> Str
 }
 
 impl Store {
+    /// How many repositories of `kind` match [`REPO_LIST_FILTER`] with `search`.
+    async fn count_repositories(&self, org_uid: &str, kind: Kind, search: &Option<String>) -> Result<i64> {
+        Ok(sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {REPO_LIST_FILTER}")))
+            .bind(org_uid)
+            .bind(kind.as_str())
+            .bind(search)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
     pub async fn get_repository(&self, org_uid: &str, kind: Kind, name: &str) -> Result<Option<RepositoryRow>> {
         let sql = format!("{REPO_SELECT} WHERE r.org_uid = $1 AND r.kind = $2 AND r.name = $3");
         Ok(sqlx::query_as(built(sql)).bind(org_uid).bind(kind.as_str()).bind(name).fetch_optional(self.pool()).await?)
@@ -256,12 +266,7 @@ impl Store {
     ) -> Result<(Vec<RepositoryRow>, i64)> {
         let search = q.search.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
         let filter = REPO_LIST_FILTER;
-        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
-            .bind(org_uid)
-            .bind(kind.as_str())
-            .bind(&search)
-            .fetch_one(self.pool())
-            .await?;
+        let total = self.count_repositories(org_uid, kind, &search).await?;
         let sql = format!("{REPO_SELECT} {filter} ORDER BY r.created_at DESC, r.uid LIMIT $4 OFFSET $5");
         let rows = sqlx::query_as(built(sql))
             .bind(org_uid)
@@ -639,12 +644,7 @@ impl Store {
     ) -> Result<RepositoryPage> {
         let search = search.map(str::trim).filter(|s| !s.is_empty()).map(|s| format!("%{}%", like_escape(s)));
         let filter = REPO_LIST_FILTER;
-        let total: i64 = sqlx::query_scalar(built(format!("SELECT COUNT(*) FROM repositories r {filter}")))
-            .bind(org_uid)
-            .bind(kind.as_str())
-            .bind(&search)
-            .fetch_one(self.pool())
-            .await?;
+        let total = self.count_repositories(org_uid, kind, &search).await?;
         let order = match sort {
             RepoSort::Updated => {
                 "COALESCE((SELECT MAX(lv.seq) FROM versions lv WHERE lv.repository_uid = r.uid), 0) DESC, r.uid"
