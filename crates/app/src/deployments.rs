@@ -105,6 +105,12 @@ pub async fn observed(state: &AppState, d: &DeploymentRow) -> Option<yatai_core:
     target_for(state, d).await.ok()?.status(&d.uid)
 }
 
+/// The configuration of service `entry`: its own entry, or the only one given.
+fn service_config<'a>(config: &'a DeploymentConfig, entry: &str) -> Option<&'a Value> {
+    let services = config.services.as_ref()?;
+    services.get(entry).or_else(|| if services.len() == 1 { services.values().next() } else { None })
+}
+
 /// The parts of a service's configuration a target uses.
 struct ServiceSettings {
     scaling: Scaling,
@@ -118,12 +124,7 @@ fn service_settings(
     default_cold_start: Duration,
     max_replicas: u32,
 ) -> AppResult<ServiceSettings> {
-    let services = config.services.clone().unwrap_or_default();
-    let svc = services
-        .get(entry)
-        .or_else(|| if services.len() == 1 { services.values().next() } else { None })
-        .cloned()
-        .unwrap_or(Value::Null);
+    let svc = service_config(config, entry).cloned().unwrap_or(Value::Null);
     let scaling = svc.get("scaling").cloned().unwrap_or(Value::Null);
     let int = |v: &Value, key: &'static str| -> AppResult<Option<i64>> {
         match v.get(key) {
@@ -201,8 +202,7 @@ fn service_settings(
 /// Requests and limits of the entry service (`resources: {requests: {cpu,
 /// memory}, limits: {…}}`), as the client sends them.
 fn resources(config: &DeploymentConfig, entry: &str) -> Resources {
-    let services = config.services.clone().unwrap_or_default();
-    let svc = services.get(entry).or_else(|| if services.len() == 1 { services.values().next() } else { None });
+    let svc = service_config(config, entry);
     let get = |kind: &str, what: &str| {
         svc.and_then(|s| s.pointer(&format!("/resources/{kind}/{what}"))).and_then(Value::as_str).map(str::to_owned)
     };

@@ -33,6 +33,16 @@ use crate::proxy::{AccessRule, Endpoint};
 use crate::pyenv::EnvCache;
 use crate::supervisor::{Command, Supervisor};
 
+/// A refused archive is the caller's to fix; anything else may pass.
+impl From<RuntimeError> for TargetError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::BadArchive(m) => TargetError::Refused(format!("refused {m}")),
+            other => TargetError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// The most replicas one deployment may run on this machine.
 pub const MAX_REPLICAS: u32 = 64;
 
@@ -332,10 +342,7 @@ impl DeployTarget for LocalRuntime {
     }
 
     async fn check(&self, bento: &ArtifactRef) -> Result<(), TargetError> {
-        self.shared.materializer.bento_files(bento).await.map(|_| ()).map_err(|e| match e {
-            RuntimeError::BadArchive(m) => TargetError::Refused(format!("refused {m}")),
-            other => TargetError::Unavailable(other.to_string()),
-        })
+        self.shared.materializer.bento_files(bento).await.map(|_| ()).map_err(TargetError::from)
     }
 
     fn allocate_port(&self, in_use: &[i64]) -> Result<Option<u16>, TargetError> {

@@ -16,7 +16,7 @@ use yatai_app::AppState;
 use yatai_app::auth::Permission;
 use yatai_app::images::ArtifactFiles;
 use yatai_core::deploy::{ArtifactRef, TargetError};
-use yatai_runtime::{AccessDenied, AccessVerifier, LocalRuntime, RuntimeError};
+use yatai_runtime::{AccessDenied, AccessVerifier, LocalRuntime};
 
 /// Checks the tokens of requests to deployments with access authorization:
 /// an API token of the deployment's organization that may read its
@@ -49,20 +49,13 @@ impl AccessVerifier for ApiTokenAccess {
 /// Archives as the runtime extracts them (once, safely), for image builds.
 pub struct RuntimeFiles(pub Arc<LocalRuntime>);
 
-fn target_error(e: RuntimeError) -> TargetError {
-    match e {
-        RuntimeError::BadArchive(m) => TargetError::Refused(format!("refused {m}")),
-        other => TargetError::Unavailable(other.to_string()),
-    }
-}
-
 #[async_trait::async_trait]
 impl ArtifactFiles for RuntimeFiles {
     async fn bento_files(&self, bento: &ArtifactRef) -> Result<PathBuf, TargetError> {
-        self.0.bento_files(bento).await.map_err(target_error)
+        self.0.bento_files(bento).await.map_err(TargetError::from)
     }
     async fn model_files(&self, model: &ArtifactRef) -> Result<PathBuf, TargetError> {
-        self.0.model_files(model).await.map_err(target_error)
+        self.0.model_files(model).await.map_err(TargetError::from)
     }
 }
 
