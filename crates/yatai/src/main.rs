@@ -37,6 +37,22 @@ enum Command {
     Gc(admin::GcArgs),
     /// Bring the database schema up to date and exit.
     Migrate(config::DbArgs),
+    /// Print the CustomResourceDefinitions (BentoDeployment, BentoRequest, Bento) as YAML,
+    /// for `kubectl apply -f -`.
+    Crds(CrdsArgs),
+    /// Run the Kubernetes controllers and the conversion webhook.
+    Operator(Box<yatai_operator::OperatorArgs>),
+}
+
+#[derive(clap::Args)]
+struct CrdsArgs {
+    /// Point the conversion webhook at this URL instead of the operator's Service (the
+    /// operator rewrites it when it starts anyway).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The operator's namespace, where its Service `yatai-operator` is.
+    #[arg(long, default_value = "yatai-system")]
+    operator_namespace: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +73,18 @@ fn main() -> anyhow::Result<()> {
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,
             Command::Gc(args) => admin::gc(args).await,
+            Command::Crds(args) => {
+                use yatai_kube_api::crds::{self, WebhookEndpoint};
+                let webhook = match args.webhook_url {
+                    Some(url) => WebhookEndpoint::Url(url),
+                    None => {
+                        WebhookEndpoint::Service { namespace: args.operator_namespace, name: "yatai-operator".into() }
+                    }
+                };
+                print!("{}", crds::to_yaml(&crds::all(&webhook)));
+                Ok(())
+            }
+            Command::Operator(args) => yatai_operator::run(*args).await,
             Command::Migrate(db) => {
                 let store = db.connect().await?;
                 println!("database schema is up to date ({})", db.describe());

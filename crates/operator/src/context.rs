@@ -1,0 +1,85 @@
+//! What every controller shares: the client, the settings, the event recorder.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::bail;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// Which namespaces the controllers watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespaces {
+    All,
+    Some(Vec<String>),
+}
+
+impl Namespaces {
+    /// `all` (or `*`), or a comma-separated list of namespace names.
+    pub fn parse(s: &str) -> anyhow::Result<Namespaces> {
+        let s = s.trim();
+        if s == "all" || s == "*" || s.is_empty() {
+            return Ok(Namespaces::All);
+        }
+        let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+        for n in &names {
+            if n.len() > 63 || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                bail!("--namespaces: {n:?} is not a namespace name (lower-case letters, digits and '-')");
+            }
+        }
+        Ok(Namespaces::Some(names))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub namespaces: Namespaces,
+    pub domain_suffix: Option<String>,
+    pub yatai_endpoint: Option<String>,
+    pub yatai_api_token: Option<String>,
+    pub image_registry: Option<String>,
+    pub image_registry_insecure: bool,
+    pub build_concurrency: usize,
+    pub operator_namespace: String,
+    pub webhook_listen: SocketAddr,
+    pub webhook_url: Option<String>,
+    pub leader_election: bool,
+    pub identity: String,
+}
+
+impl Settings {
+    /// Settings for tests: everything off or at its default.
+    pub fn for_tests(namespaces: Namespaces, operator_namespace: &str) -> Settings {
+        Settings {
+            namespaces,
+            domain_suffix: None,
+            yatai_endpoint: None,
+            yatai_api_token: None,
+            image_registry: None,
+            image_registry_insecure: false,
+            build_concurrency: 1,
+            operator_namespace: operator_namespace.to_string(),
+            webhook_listen: "127.0.0.1:0".parse().expect("an address"),
+            webhook_url: None,
+            leader_election: false,
+            identity: format!("test-{}", std::process::id()),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: Arc<Settings>,
+    pub recorder: Recorder,
+}
+
+/// The field manager of every server-side apply: one owner for every field the operator sets.
+pub const FIELD_MANAGER: &str = "yatai-operator";
+
+impl Context {
+    pub fn new(client: kube::Client, settings: Settings) -> Context {
+        let reporter = Reporter { controller: "yatai-operator".into(), instance: Some(settings.identity.clone()) };
+        Context { recorder: Recorder::new(client.clone(), reporter), client, settings: Arc::new(settings) }
+    }
+}

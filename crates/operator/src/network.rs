@@ -1,0 +1,1 @@
+//! The `network` ConfigMap and the ingress domain suffix.
