@@ -52,6 +52,10 @@ pub struct OperatorArgs {
     /// Leader election through a Lease; turn off only when one replica runs.
     #[arg(long, env = "YATAI_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// Where `/metrics` (Prometheus text), `/healthz` and `/readyz` are served; `off` to serve
+    /// nothing.
+    #[arg(long, env = "YATAI_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: String,
     /// This replica's name in the Lease and in Events (default: the host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::bail;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::metrics::Metrics;
+
 /// Which namespaces the controllers watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Namespaces {
@@ -72,6 +74,7 @@ pub struct Context {
     pub client: kube::Client,
     pub settings: Arc<Settings>,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The field manager of every server-side apply: one owner for every field the operator sets.
@@ -80,6 +83,11 @@ pub const FIELD_MANAGER: &str = "yatai-operator";
 impl Context {
     pub fn new(client: kube::Client, settings: Settings) -> Context {
         let reporter = Reporter { controller: "yatai-operator".into(), instance: Some(settings.identity.clone()) };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, settings: Arc::new(settings) }
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings: Arc::new(settings),
+            metrics: Arc::default(),
+        }
     }
 }

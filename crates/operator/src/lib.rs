@@ -13,7 +13,10 @@ pub mod args;
 pub mod bento_deployment;
 pub mod bento_request;
 pub mod context;
+pub mod crds;
+pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod network;
 pub mod webhook;
 
@@ -28,26 +31,46 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let client = args.client().await?;
     let settings = args.settings()?;
     let ctx = Context::new(client.clone(), settings);
+    let health = http::Health::default();
+    if args.metrics_listen != "off" {
+        let listen = args.metrics_listen.parse().context("--metrics-listen: expected HOST:PORT or off")?;
+        let bound = http::serve(listen, ctx.metrics.clone(), health.clone()).await?;
+        tracing::info!("metrics and health on http://{bound}");
+    }
 
-    let webhook = tokio::spawn(webhook::run(ctx.clone()));
+    let mut webhook = tokio::spawn(webhook::run(ctx.clone()));
+    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
     let lease = tokio::select! {
         lease = leader::acquire(&ctx) => lease.context("leader election")?,
+        ended = &mut webhook => return webhook_ended(ended),
         _ = &mut shutdown => { webhook.abort(); return Ok(()); }
     };
     tracing::info!(identity = %lease.identity(), "leading; starting the controllers");
+    health.leading.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let controllers = futures::future::join(bento_deployment::run(ctx.clone()), bento_request::run(ctx.clone()));
-    tokio::select! {
-        _ = controllers => tracing::warn!("the controllers stopped"),
-        lost = lease.lost() => tracing::error!("lost the lease: {lost}; stopping so another replica leads"),
-        _ = &mut shutdown => tracing::info!("shutting down"),
-    }
+    let outcome = tokio::select! {
+        _ = controllers => Err(anyhow::anyhow!("the controllers stopped")),
+        // Exiting lets the pod restart as a stand-by; a replica that lost the lease must not
+        // keep reconciling beside the new leader.
+        lost = lease.lost() => Err(anyhow::anyhow!("lost the leader lease: {lost}")),
+        ended = &mut webhook => webhook_ended(ended),
+        _ = &mut shutdown => { tracing::info!("shutting down"); Ok(()) }
+    };
     webhook.abort();
     lease.release().await;
-    Ok(())
+    outcome
+}
+
+fn webhook_ended(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match ended {
+        Ok(Ok(())) => Err(anyhow::anyhow!("the conversion webhook stopped")),
+        Ok(Err(e)) => Err(e.context("the conversion webhook")),
+        Err(e) => Err(anyhow::anyhow!("the conversion webhook panicked: {e}")),
+    }
 }
 
 async fn shutdown_signal() {

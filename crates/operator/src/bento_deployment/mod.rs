@@ -1,8 +1,332 @@
-//! BentoDeployment → Deployment, Service, HPA, Ingress; status from the Deployment.
+//! BentoDeployment → Deployment, Service, HPA and Ingress for the bento's entry service, and a
+//! status that says whether it serves.
+//!
+//! [`children`] builds the objects (pure), [`status`] reads serving from the Deployment and its
+//! pods (pure); [`reconcile`] applies the one and writes the other. Every child is applied
+//! with server-side apply by one field manager and owned by the BentoDeployment, so deleting it
+//! garbage-collects them; `replicas` is never set, so the HPA owns it.
 
-use crate::context::Context;
+pub mod children;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use yatai_kube_api::condition::{self, FALSE, TRUE};
+use yatai_kube_api::names::labels;
+use yatai_kube_api::resources::conditions as br_conditions;
+use yatai_kube_api::serving::conditions::{AVAILABLE, BENTO_FOUND, BENTO_REQUEST_FOUND};
+use yatai_kube_api::serving::v2alpha1::{BentoDeployment, BentoDeploymentStatus};
+use yatai_kube_api::{Bento, BentoRequest};
+
+use crate::context::{Context, FIELD_MANAGER, Namespaces};
+use crate::metrics::ControllerMetrics;
+use crate::network::{self, Network};
+
+/// How often a deployment that is not serving yet is looked at again, besides the watches
+/// (pod problems such as an image pull back-off do not change the Deployment).
+const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
+/// How often a serving deployment is checked, as a safety net for missed events.
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Network(String),
+}
+
+/// What each reconcile shares.
+pub struct State {
+    pub ctx: Context,
+    pub suffix: network::Suffix,
+    failures: Mutex<HashMap<String, u32>>,
+    metrics: Arc<ControllerMetrics>,
+}
 
 /// Reconciles BentoDeployments in the watched namespaces until the process stops.
-pub async fn run(_ctx: Context) {
-    futures::future::pending::<()>().await
+pub async fn run(ctx: Context) {
+    let suffix = network::resolve_suffix(ctx.clone());
+    let metrics = ctx.metrics.controller("bentodeployment");
+    let state = Arc::new(State { ctx: ctx.clone(), suffix: suffix.clone(), failures: Mutex::default(), metrics });
+    let scopes: Vec<Option<String>> = match &ctx.settings.namespaces {
+        Namespaces::All => vec![None],
+        Namespaces::Some(list) => list.iter().cloned().map(Some).collect(),
+    };
+    futures::future::join_all(scopes.into_iter().map(|ns| controller(state.clone(), ns))).await;
+}
+
+fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn controller(state: Arc<State>, ns: Option<String>) {
+    let client = state.ctx.client.clone();
+    let ns = ns.as_deref();
+    let owned = watcher::Config::default().labels(labels::BENTO_DEPLOYMENT);
+    let controller = Controller::new(api::<BentoDeployment>(&client, ns), watcher::Config::default());
+    let store = controller.store();
+    let by_bento = move |namespace: Option<String>, name: String| {
+        store
+            .state()
+            .into_iter()
+            .filter(|bd| bd.namespace() == namespace && bd.spec.bento == name)
+            .map(|bd| ObjectRef::from_obj(&*bd))
+            .collect::<Vec<_>>()
+    };
+    let by_bento2 = by_bento.clone();
+    // A new suffix (discovered once) gives every deployment its Ingress.
+    let suffix_changes = futures::stream::unfold(state.suffix.clone(), |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
+    controller
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
+        .owns(api::<Ingress>(&client, ns), owned)
+        .watches(api::<Bento>(&client, ns), watcher::Config::default(), move |b| by_bento(b.namespace(), b.name_any()))
+        .watches(api::<BentoRequest>(&client, ns), watcher::Config::default(), move |b| {
+            by_bento2(b.namespace(), b.name_any())
+        })
+        .reconcile_all_on(suffix_changes)
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("bentodeployment controller: {e}");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(bd: Arc<BentoDeployment>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&bd, &state).await;
+    state.metrics.observe(started.elapsed(), result.is_err());
+    if result.is_ok() {
+        state.failures.lock().expect("not poisoned").remove(&key(&bd));
+    }
+    result
+}
+
+fn key(bd: &BentoDeployment) -> String {
+    format!("{}/{}", bd.namespace().unwrap_or_default(), bd.name_any())
+}
+
+/// Exponential backoff per object (1 s, 2 s, 4 s … 5 min), never a hot loop.
+fn error_policy(bd: Arc<BentoDeployment>, error: &Error, state: Arc<State>) -> Action {
+    let mut failures = state.failures.lock().expect("not poisoned");
+    let n = failures.entry(key(&bd)).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(bentodeployment = %key(&bd), attempt = *n, retry_in = ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, Error> {
+    let ctx = &state.ctx;
+    let ns = bd.namespace().unwrap_or_default();
+    let name = bd.name_any();
+    let generation = bd.metadata.generation;
+    let mut status = bd.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    let bentos: Api<Bento> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let Some(bento) = bentos.get_opt(&bd.spec.bento).await? else {
+        return waiting_for_bento(bd, state, status).await;
+    };
+    condition::set(&mut status.conditions, BENTO_FOUND, TRUE, "BentoFound", "", generation);
+    condition::remove(&mut status.conditions, BENTO_REQUEST_FOUND);
+
+    let network = Network::read(ctx).await.map_err(Error::Network)?;
+    let suffix = state.suffix.borrow().clone();
+    let children = match children::build(bd, &bento, &network, suffix.as_deref()) {
+        Ok(c) => c,
+        Err(invalid) => {
+            let changed = condition::set(&mut status.conditions, AVAILABLE, FALSE, "InvalidSpec", &invalid.0, generation);
+            write_status(bd, state, status, changed.then(|| ("InvalidSpec", invalid.0.clone()))).await?;
+            // Nothing to retry until the BentoDeployment or its Bento changes.
+            return Ok(Action::await_change());
+        }
+    };
+
+    let applied = apply_all(ctx, &ns, &name, bd, &children).await;
+    let deployment = match applied {
+        Ok(d) => d,
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 || e.code == 400 => {
+            // Kubernetes refused the objects (an impossible quantity, a bad label): a spec
+            // problem, said in the condition; retried slowly in case the cause is elsewhere.
+            let message = format!("Kubernetes refused the deployment's objects: {}", e.message);
+            let changed = condition::set(&mut status.conditions, AVAILABLE, FALSE, "InvalidSpec", &message, generation);
+            write_status(bd, state, status, changed.then(|| ("InvalidSpec", message.clone()))).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+        Err(e) => return Err(e),
+    };
+
+    let pods = if children.min_replicas > 0 {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let selector = format!("{}={name}", labels::SELECTOR);
+        pods.list(&ListParams::default().labels(&selector)).await?.items
+    } else {
+        Vec::new()
+    };
+    let serving = status::serving(&deployment, children.min_replicas, &pods);
+    let mut message = serving.message.clone();
+    if bd.spec.ingress.enabled && suffix.is_none() {
+        message.push_str("; the Ingress waits for the domain suffix (see the operator's log)");
+    }
+    let (cstatus, reason) = if serving.available { (TRUE, "Ready") } else { (FALSE, serving.reason.as_str()) };
+    let changed = condition::set(&mut status.conditions, AVAILABLE, cstatus, reason, &message, generation);
+    status.replicas = Some(serving.replicas);
+    status.updated_replicas = Some(serving.updated);
+    status.ready_replicas = Some(serving.ready);
+    status.available_replicas = Some(serving.available_replicas);
+    status.printer_ready = format!("{}/{}", serving.ready, children.min_replicas);
+    status.pod_selector = [(labels::SELECTOR.to_string(), name.clone())].into();
+    status.url = children.url.clone().unwrap_or_else(|| format!("http://{name}.{ns}.svc.cluster.local:3000"));
+    let event = changed.then(|| (reason, message.clone()));
+    write_status(bd, state, status, event).await?;
+    Ok(Action::requeue(if serving.available { RESYNC } else { NOT_READY_RECHECK }))
+}
+
+/// No Bento yet: say whether a BentoRequest will produce it, or why it will not.
+async fn waiting_for_bento(bd: &BentoDeployment, state: &State, mut status: BentoDeploymentStatus) -> Result<Action, Error> {
+    let ns = bd.namespace().unwrap_or_default();
+    let generation = bd.metadata.generation;
+    let requests: Api<BentoRequest> = Api::namespaced(state.ctx.client.clone(), &ns);
+    let request = requests.get_opt(&bd.spec.bento).await?;
+    let bento = &bd.spec.bento;
+    condition::set(&mut status.conditions, BENTO_FOUND, FALSE, "BentoNotFound", &format!("no Bento {bento} in {ns}"), generation);
+    let (reason, message) = match &request {
+        None => {
+            condition::set(
+                &mut status.conditions,
+                BENTO_REQUEST_FOUND,
+                FALSE,
+                "BentoRequestNotFound",
+                &format!("no BentoRequest {bento} in {ns}"),
+                generation,
+            );
+            (
+                "BentoNotFound",
+                format!(
+                    "neither a Bento nor a BentoRequest named {bento} exists in namespace {ns}: create one, or fix \
+                     spec.bento"
+                ),
+            )
+        }
+        Some(request) => {
+            condition::set(&mut status.conditions, BENTO_REQUEST_FOUND, TRUE, "BentoRequestFound", "", generation);
+            let conditions = request.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            let failed = [br_conditions::IMAGE_BUILDING, br_conditions::IMAGE_EXISTS, br_conditions::BENTO_AVAILABLE]
+                .iter()
+                .filter_map(|t| condition::find(conditions, t))
+                .find(|c| c.status == FALSE && c.reason.contains("Fail"));
+            match failed {
+                Some(c) => ("BentoRequestFailed", format!("BentoRequest {bento}: {}: {}", c.reason, c.message)),
+                None => ("WaitingForBento", format!("waiting for BentoRequest {bento} to produce the Bento")),
+            }
+        }
+    };
+    let changed = condition::set(&mut status.conditions, AVAILABLE, FALSE, reason, &message, generation);
+    write_status(bd, state, status, changed.then(|| (reason, message.clone()))).await?;
+    // The Bento and BentoRequest watches bring it back when either appears or changes.
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn apply_all(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    bd: &BentoDeployment,
+    children: &children::Children,
+) -> Result<Deployment, Error> {
+    let deployment = apply(ctx, ns, name, &children.deployment).await?;
+    apply(ctx, ns, name, &children.service).await?;
+    apply(ctx, ns, name, &children.hpa).await?;
+    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+    match &children.ingress {
+        Some(ingress) => {
+            apply(ctx, ns, name, ingress).await?;
+        }
+        None if !bd.spec.ingress.enabled => {
+            // Disabled: remove the one we made, never someone else's.
+            if let Some(existing) = ingresses.get_opt(name).await? {
+                let ours = existing.owner_references().iter().any(|o| Some(&o.uid) == bd.uid().as_ref());
+                if ours {
+                    ingresses.delete(name, &DeleteParams::default()).await?;
+                }
+            }
+        }
+        None => {}
+    }
+    Ok(deployment)
+}
+
+async fn apply<K>(ctx: &Context, ns: &str, name: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    Ok(api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await?)
+}
+
+/// Writes the status when it changed, and publishes an Event when a condition moved.
+async fn write_status(
+    bd: &BentoDeployment,
+    state: &State,
+    status: BentoDeploymentStatus,
+    event: Option<(&str, String)>,
+) -> Result<(), Error> {
+    if bd.status.as_ref() != Some(&status) {
+        let api: Api<BentoDeployment> = Api::namespaced(state.ctx.client.clone(), &bd.namespace().unwrap_or_default());
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&bd.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    if let Some((reason, message)) = event {
+        let available = condition::is_true(&status.conditions, AVAILABLE);
+        let ev = Event {
+            type_: if available || reason == "Deploying" || reason == "WaitingForBento" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: reason.to_string(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = state.ctx.recorder.publish(&ev, &bd.object_ref(&())).await {
+            tracing::warn!("publishing an Event for {}: {e}", key(bd));
+        }
+    }
+    Ok(())
 }

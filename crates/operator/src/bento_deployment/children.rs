@@ -1,0 +1,516 @@
+//! What one BentoDeployment becomes, as pure functions of the BentoDeployment, its Bento and
+//! the network settings: the entry service's Deployment, Service, HorizontalPodAutoscaler and
+//! (when enabled) Ingress, named, labelled and probed as Yatai does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use yatai_kube_api::names::{self, annotations, labels};
+use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, ResourceItem};
+use yatai_kube_api::Bento;
+
+use crate::network::{Network, TlsMode};
+
+/// The port BentoML serves on, named `http` in the pod and the Service.
+pub const DEFAULT_PORT: i32 = 3000;
+/// The user of images built by `yatai build` and by BentoML's Dockerfile.
+pub const BENTO_UID: i64 = 1034;
+
+/// Everything applied for one BentoDeployment.
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub deployment: Deployment,
+    pub service: Service,
+    pub hpa: HorizontalPodAutoscaler,
+    /// `None` when `spec.ingress.enabled` is false (an existing Ingress is then deleted), or
+    /// while the domain suffix is not known yet.
+    pub ingress: Option<Ingress>,
+    /// The minimum number of ready replicas for `Available`.
+    pub min_replicas: i32,
+    /// `http://<host>` of the Ingress, when there is one.
+    pub url: Option<String>,
+}
+
+/// A BentoDeployment or Bento that cannot become objects: the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// The Ingress host: `<name>-<namespace>.<suffix>`.
+pub fn ingress_host(name: &str, namespace: &str, suffix: &str) -> String {
+    format!("{name}-{namespace}.{suffix}")
+}
+
+/// Checks what Kubernetes would refuse later, with a message a person can act on.
+pub fn check(bd: &BentoDeployment, bento: &Bento) -> Result<(), Invalid> {
+    let name = bd.name_any();
+    let ns = bd.namespace().unwrap_or_default();
+    // The Service and the `yatai.ai/selector` label value both take the name; both are
+    // limited to 63 characters, and so is the host's first label.
+    if name.len() > names::MAX_NAME {
+        return Err(Invalid(format!(
+            "the name {name:?} is {} characters long; a BentoDeployment's name becomes a Service name, at most {} \
+             characters: choose a shorter name",
+            name.len(),
+            names::MAX_NAME
+        )));
+    }
+    if bd.spec.ingress.enabled && name.len() + 1 + ns.len() > names::MAX_NAME {
+        return Err(Invalid(format!(
+            "the ingress host's first label {name}-{ns} is longer than {} characters: choose a shorter name or \
+             namespace, or disable the ingress",
+            names::MAX_NAME
+        )));
+    }
+    if bento.spec.image.trim().is_empty() {
+        return Err(Invalid(format!("Bento {} has no image", bento.name_any())));
+    }
+    if names::split_tag(&bento.spec.tag).is_none() {
+        return Err(Invalid(format!(
+            "Bento {} has the tag {:?}, which is not repository:version",
+            bento.name_any(),
+            bento.spec.tag
+        )));
+    }
+    if let Some(a) = &bd.spec.autoscaling {
+        if a.min_replicas < 0 || a.max_replicas < 1 || a.min_replicas > a.max_replicas {
+            return Err(Invalid(format!(
+                "autoscaling: minReplicas {} and maxReplicas {} must satisfy 0 <= min <= max and max >= 1",
+                a.min_replicas, a.max_replicas
+            )));
+        }
+    }
+    if let Some(strategy) = bd.spec.annotations.get(annotations::DEPLOYMENT_STRATEGY) {
+        strategy_for(strategy)?;
+    }
+    port(bd)?;
+    Ok(())
+}
+
+/// Builds every child. `suffix` is the ingress domain suffix, when known.
+pub fn build(bd: &BentoDeployment, bento: &Bento, network: &Network, suffix: Option<&str>) -> Result<Children, Invalid> {
+    check(bd, bento)?;
+    let name = bd.name_any();
+    let ns = bd.namespace().unwrap_or_default();
+    let owner = bd.controller_owner_ref(&()).expect("a BentoDeployment read from the API server has a uid");
+    let (repository, version) = names::split_tag(&bento.spec.tag).expect("checked");
+    let port = port(bd)?;
+
+    let mut common = BTreeMap::from([
+        (labels::BENTO_DEPLOYMENT.to_string(), name.clone()),
+        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
+        (labels::BENTO_VERSION.to_string(), version.to_string()),
+        (labels::COMPONENT_TYPE.to_string(), labels::COMPONENT_API_SERVER.to_string()),
+        (labels::CREATOR.to_string(), labels::CREATOR_VALUE.to_string()),
+    ]);
+    common.extend(bd.spec.labels.clone());
+    let common_annotations = BTreeMap::from([
+        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
+        (labels::BENTO_VERSION.to_string(), version.to_string()),
+    ]);
+    let meta = |labels: BTreeMap<String, String>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(ns.clone()),
+        labels: Some(labels),
+        annotations: Some(common_annotations.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let selector = BTreeMap::from([(labels::SELECTOR.to_string(), name.clone())]);
+
+    let (min_replicas, max_replicas) = replicas(bd.spec.autoscaling.as_ref());
+    let deployment = Deployment {
+        metadata: meta(common.clone()),
+        spec: DeploymentSpec {
+            // Left unset: the HPA owns the replica count.
+            replicas: None,
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            strategy: Some(strategy_for(
+                bd.spec.annotations.get(annotations::DEPLOYMENT_STRATEGY).map(String::as_str).unwrap_or("RollingUpdate"),
+            )?),
+            template: pod_template(bd, bento, &common, &selector, port)?,
+            ..Default::default()
+        },
+        status: None,
+    };
+
+    let service = Service {
+        metadata: meta(common.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: DEFAULT_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+
+    let hpa = HorizontalPodAutoscaler {
+        metadata: meta(common.clone()),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: name.clone(),
+            },
+            min_replicas: Some(min_replicas.max(1)),
+            max_replicas,
+            metrics: Some(metrics(bd.spec.autoscaling.as_ref())),
+            behavior: bd.spec.autoscaling.as_ref().and_then(|a| a.behavior.clone()),
+        },
+        status: None,
+    };
+
+    let (ingress, url) = match (bd.spec.ingress.enabled, suffix) {
+        (true, Some(suffix)) => {
+            let host = ingress_host(&name, &ns, suffix);
+            let mut ingress_labels = common.clone();
+            ingress_labels.extend(bd.spec.ingress.labels.clone());
+            let mut ingress_annotations = common_annotations.clone();
+            // Later entries win: the operator's, the cluster's (ConfigMap), the deployment's.
+            ingress_annotations.insert("nginx.ingress.kubernetes.io/ssl-redirect".into(), "false".into());
+            ingress_annotations.extend(network.ingress_annotations.clone());
+            ingress_annotations.extend(bd.spec.ingress.annotations.clone());
+            let tls_secret = bd
+                .spec
+                .ingress
+                .tls
+                .as_ref()
+                .map(|t| t.secret_name.clone())
+                .filter(|s| !s.is_empty())
+                .or_else(|| match network.tls_mode {
+                    TlsMode::None => None,
+                    TlsMode::Auto => Some(name.clone()),
+                    TlsMode::Static => network.static_tls_secret.clone(),
+                });
+            let scheme = if tls_secret.is_some() { "https" } else { "http" };
+            let ingress = Ingress {
+                metadata: ObjectMeta {
+                    labels: Some(ingress_labels),
+                    annotations: Some(ingress_annotations),
+                    ..meta(BTreeMap::new())
+                },
+                spec: Some(IngressSpec {
+                    ingress_class_name: network.ingress_class.clone(),
+                    tls: tls_secret.map(|secret| {
+                        vec![IngressTLS { hosts: Some(vec![host.clone()]), secret_name: Some(secret) }]
+                    }),
+                    rules: Some(vec![IngressRule {
+                        host: Some(host.clone()),
+                        http: Some(HTTPIngressRuleValue {
+                            paths: vec![HTTPIngressPath {
+                                path: Some(network.ingress_path.clone()),
+                                path_type: network.ingress_path_type.clone(),
+                                backend: IngressBackend {
+                                    service: Some(IngressServiceBackend {
+                                        name: name.clone(),
+                                        port: Some(ServiceBackendPort { name: Some("http".into()), number: None }),
+                                    }),
+                                    resource: None,
+                                },
+                            }],
+                        }),
+                    }]),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            (Some(ingress), Some(format!("{scheme}://{host}")))
+        }
+        _ => (None, None),
+    };
+
+    Ok(Children { deployment, service, hpa, ingress, min_replicas, url })
+}
+
+/// `(min, max)`: Yatai's default is one replica when `autoscaling` is absent.
+pub fn replicas(autoscaling: Option<&Autoscaling>) -> (i32, i32) {
+    autoscaling.map(|a| (a.min_replicas, a.max_replicas.max(a.min_replicas).max(1))).unwrap_or((1, 1))
+}
+
+fn metrics(autoscaling: Option<&Autoscaling>) -> Vec<MetricSpec> {
+    match autoscaling.map(|a| &a.metrics) {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => vec![MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget { type_: "Utilization".into(), average_utilization: Some(80), ..Default::default() },
+            }),
+            ..Default::default()
+        }],
+    }
+}
+
+fn strategy_for(name: &str) -> Result<DeploymentStrategy, Invalid> {
+    let rolling = |surge: IntOrString, unavailable: IntOrString| DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment { max_surge: Some(surge), max_unavailable: Some(unavailable) }),
+    };
+    let pct = |s: &str| IntOrString::String(s.into());
+    Ok(match name {
+        "RollingUpdate" | "" => rolling(pct("25%"), pct("25%")),
+        "Recreate" => DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None },
+        "RampedSlowRollout" => rolling(IntOrString::Int(1), IntOrString::Int(0)),
+        "BestEffortControlledRollout" => rolling(IntOrString::Int(0), pct("20%")),
+        other => {
+            return Err(Invalid(format!(
+                "annotation {}: {other:?} is not RollingUpdate, Recreate, RampedSlowRollout or \
+                 BestEffortControlledRollout",
+                annotations::DEPLOYMENT_STRATEGY
+            )));
+        }
+    })
+}
+
+/// The container port: `PORT` from the user's envs, else 3000.
+fn port(bd: &BentoDeployment) -> Result<i32, Invalid> {
+    match bd.spec.envs.iter().find(|e| e.name == "PORT").and_then(|e| e.value.as_deref()) {
+        None => Ok(DEFAULT_PORT),
+        Some(v) => v
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| (1..=65535).contains(p))
+            .ok_or_else(|| Invalid(format!("env PORT={v:?} is not a port number (1-65535)"))),
+    }
+}
+
+fn pod_template(
+    bd: &BentoDeployment,
+    bento: &Bento,
+    common: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    port: i32,
+) -> Result<PodTemplateSpec, Invalid> {
+    let mut pod_labels = common.clone();
+    pod_labels.extend(selector.clone());
+    pod_labels.insert(labels::TARGET_TYPE.into(), labels::TARGET_PRODUCTION.into());
+    let mut pod_annotations = BTreeMap::new();
+    if let Some(extra) = &bd.spec.extra_pod_metadata {
+        pod_labels.extend(extra.labels.clone());
+        pod_annotations.extend(extra.annotations.clone());
+    }
+
+    // Injected first, so that the user's values replace them.
+    let mut env = vec![
+        env_var("PORT", &port.to_string()),
+        env_var("YATAI_T_DEPLOYMENT_UID", &bd.uid().unwrap_or_default()),
+        env_var("YATAI_BENTO_DEPLOYMENT_NAME", &bd.name_any()),
+        env_var("YATAI_BENTO_DEPLOYMENT_NAMESPACE", &bd.namespace().unwrap_or_default()),
+    ];
+    for user in &bd.spec.envs {
+        match env.iter_mut().find(|e| e.name == user.name) {
+            Some(e) => *e = user.clone(),
+            None => env.push(user.clone()),
+        }
+    }
+
+    let resources = resources(bd.spec.resources.as_ref().and_then(|r| r.requests.as_ref()), bd.spec.resources.as_ref().and_then(|r| r.limits.as_ref()))?;
+    let shm_size = resources
+        .limits
+        .as_ref()
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| half_quantity(&q.0))
+        .unwrap_or_else(|| "64Mi".into());
+
+    let manifest = bento.spec.manifest.as_ref();
+    let livez = manifest.map(|m| m.livez_endpoint.clone()).filter(|s| !s.is_empty()).unwrap_or("/livez".into());
+    let readyz = manifest.map(|m| m.readyz_endpoint.clone()).filter(|s| !s.is_empty()).unwrap_or("/readyz".into());
+    let http_get = |path: &str| {
+        Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("http".into()), ..Default::default() })
+    };
+
+    let main = Container {
+        name: "main".into(),
+        image: Some(bento.spec.image.clone()),
+        // The image's own entrypoint serves the bento.
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        resources: Some(resources),
+        // A model may take minutes to load: the startup probe allows 10 minutes before the
+        // liveness probe may restart the container.
+        startup_probe: Some(Probe {
+            http_get: http_get(&livez),
+            period_seconds: Some(5),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(120),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: http_get(&livez),
+            period_seconds: Some(10),
+            timeout_seconds: Some(20),
+            failure_threshold: Some(6),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: http_get(&readyz),
+            period_seconds: Some(5),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(12),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount { name: "shm".into(), mount_path: "/dev/shm".into(), ..Default::default() }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            run_as_non_root: Some(true),
+            run_as_user: Some(BENTO_UID),
+            run_as_group: Some(BENTO_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let mut containers = vec![main];
+    let mut spec = PodSpec {
+        image_pull_secrets: Some(bento.spec.image_pull_secrets.clone()).filter(|s| !s.is_empty()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            fs_group: Some(BENTO_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![Volume {
+            name: "shm".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity(shm_size)),
+                mode: None,
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    if let Some(extra) = &bd.spec.extra_pod_spec {
+        spec.scheduler_name = Some(extra.scheduler_name.clone()).filter(|s| !s.is_empty());
+        spec.node_selector = Some(extra.node_selector.clone()).filter(|s| !s.is_empty());
+        spec.affinity = extra.affinity.clone();
+        spec.tolerations = Some(extra.tolerations.clone()).filter(|s| !s.is_empty());
+        spec.topology_spread_constraints = Some(extra.topology_spread_constraints.clone()).filter(|s| !s.is_empty());
+        spec.service_account_name = Some(extra.service_account_name.clone()).filter(|s| !s.is_empty());
+        containers.extend(extra.containers.clone());
+    }
+    spec.containers = containers;
+
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(pod_annotations).filter(|a| !a.is_empty()),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+    })
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+/// Yatai's defaults (requests 300m / 500Mi, limits 500m / 1Gi) overlaid with the spec's;
+/// `gpu` becomes the limit `nvidia.com/gpu`, `custom` entries are added as they are.
+fn resources(requests: Option<&ResourceItem>, limits: Option<&ResourceItem>) -> Result<ResourceRequirements, Invalid> {
+    let mut req = BTreeMap::from([("cpu".to_string(), "300m".to_string()), ("memory".to_string(), "500Mi".to_string())]);
+    let mut lim = BTreeMap::from([("cpu".to_string(), "500m".to_string()), ("memory".to_string(), "1Gi".to_string())]);
+    let overlay = |into: &mut BTreeMap<String, String>, item: Option<&ResourceItem>, gpu_allowed: bool| {
+        let Some(item) = item else { return };
+        if !item.cpu.is_empty() {
+            into.insert("cpu".into(), item.cpu.clone());
+        }
+        if !item.memory.is_empty() {
+            into.insert("memory".into(), item.memory.clone());
+        }
+        if gpu_allowed && !item.gpu.is_empty() {
+            into.insert("nvidia.com/gpu".into(), item.gpu.clone());
+        }
+        into.extend(item.custom.clone());
+    };
+    overlay(&mut req, requests, false);
+    overlay(&mut lim, limits, true);
+    // A request above the default limit raises the limit with it, so that asking for 2 CPUs
+    // alone is not refused by Kubernetes (request > limit).
+    for key in ["cpu", "memory"] {
+        let explicit_limit = limits.is_some_and(|l| if key == "cpu" { !l.cpu.is_empty() } else { !l.memory.is_empty() });
+        if !explicit_limit {
+            if let (Some(r), Some(l)) = (req.get(key).and_then(|q| parse_quantity(q)), lim.get(key).and_then(|q| parse_quantity(q))) {
+                if r > l {
+                    lim.insert(key.into(), req[key].clone());
+                }
+            }
+        }
+    }
+    for (what, map) in [("requests", &req), ("limits", &lim)] {
+        for (k, v) in map {
+            if parse_quantity(v).is_none() {
+                return Err(Invalid(format!(
+                    "resources.{what}.{k}: {v:?} is not a quantity (e.g. 500m, 2, 1Gi, 512Mi)"
+                )));
+            }
+        }
+    }
+    let q = |m: BTreeMap<String, String>| Some(m.into_iter().map(|(k, v)| (k, Quantity(v))).collect());
+    Ok(ResourceRequirements { requests: q(req), limits: q(lim), ..Default::default() })
+}
+
+/// A Kubernetes quantity as a number (base units), for comparisons and halving.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    (n >= 0.0).then_some(n * mult)
+}
+
+/// Half of a memory quantity, in Mi (the `/dev/shm` size).
+fn half_quantity(q: &str) -> Option<String> {
+    let bytes = parse_quantity(q)?;
+    let mi = (bytes / 2.0 / (1024.0 * 1024.0)).floor() as u64;
+    (mi > 0).then(|| format!("{mi}Mi"))
+}
+
+/// The owner reference every child carries.
+pub fn owner_of(bd: &BentoDeployment) -> Option<OwnerReference> {
+    bd.controller_owner_ref(&())
+}
