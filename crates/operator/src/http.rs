@@ -48,5 +48,9 @@ async fn render(State((metrics, health)): State<(Arc<Metrics>, Health)>) -> Stri
 }
 
 async fn ready(State((_, health)): State<(Arc<Metrics>, Health)>) -> (StatusCode, &'static str) {
-    if health.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
 }

@@ -15,8 +15,8 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
     ServiceBackendPort,
 };
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use tokio::sync::watch;
 
 use crate::context::{Context, FIELD_MANAGER};
@@ -82,10 +82,7 @@ impl Network {
         match api.get_opt(CONFIG_MAP).await {
             Ok(Some(cm)) => Network::from_config_map(&cm.data.unwrap_or_default()),
             Ok(None) => Ok(Network::from_config_map(&BTreeMap::new()).expect("defaults parse")),
-            Err(e) => Err(format!(
-                "reading ConfigMap {}/{CONFIG_MAP}: {e}",
-                ctx.settings.operator_namespace
-            )),
+            Err(e) => Err(format!("reading ConfigMap {}/{CONFIG_MAP}: {e}", ctx.settings.operator_namespace)),
         }
     }
 }
@@ -148,13 +145,16 @@ async fn discover_once(ctx: &Context, ingresses: &Api<Ingress>) -> Result<Option
         return Ok(Some(suffix));
     }
     let probe = ingresses.get_opt(PROBE_INGRESS).await.map_err(|e| format!("reading the probe Ingress: {e}"))?;
-    let address = probe
-        .as_ref()
-        .and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first().cloned());
+    let address =
+        probe.as_ref().and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first().cloned());
     let Some(address) = address else {
         if probe.is_none() {
             ingresses
-                .patch(PROBE_INGRESS, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(probe_ingress(&network)))
+                .patch(
+                    PROBE_INGRESS,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(probe_ingress(&network)),
+                )
                 .await
                 .map_err(|e| format!("creating the probe Ingress: {e}"))?;
         }

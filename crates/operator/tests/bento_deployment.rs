@@ -18,7 +18,7 @@ use yatai_kube_api::crds::WebhookEndpoint;
 use yatai_kube_api::resources::BentoSpec;
 use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress as IngressSpec};
 use yatai_kube_api::{Bento, names};
-use yatai_kube_testbed::{Testbed, TestNamespace, poll_until};
+use yatai_kube_testbed::{TestNamespace, Testbed, poll_until};
 use yatai_operator::{Context, Namespaces, Settings, bento_deployment};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -110,7 +110,10 @@ async fn a_bento_deployment_becomes_children_that_serve() -> anyhow::Result<()> 
     // The Deployment, field by field.
     let d = ns.api::<Deployment>().get("iris").await?;
     let owner = &d.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("BentoDeployment", uid.as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("BentoDeployment", uid.as_str(), Some(true))
+    );
     let labels = d.labels();
     for (k, v) in [
         ("yatai.ai/bento-deployment", "iris"),
@@ -146,7 +149,11 @@ async fn a_bento_deployment_becomes_children_that_serve() -> anyhow::Result<()> 
     assert_eq!(path(&main.liveness_probe), "/livez");
     assert_eq!(path(&main.readiness_probe), "/readyz");
     assert_eq!(path(&main.startup_probe), "/livez");
-    assert!(main.startup_probe.as_ref().unwrap().failure_threshold.unwrap() * main.startup_probe.as_ref().unwrap().period_seconds.unwrap() >= 300);
+    assert!(
+        main.startup_probe.as_ref().unwrap().failure_threshold.unwrap()
+            * main.startup_probe.as_ref().unwrap().period_seconds.unwrap()
+            >= 300
+    );
     let res = main.resources.as_ref().unwrap();
     assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "300m");
     assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "1Gi");
@@ -209,14 +216,21 @@ async fn updates_scale_ingress_switch_repair_and_delete() -> anyhow::Result<()> 
     bds.patch("iris", &PatchParams::default(), &Patch::Merge(json!({"spec": {"bento": "iris--v2"}}))).await?;
     let bd = available(&bds, "iris").await?;
     let d = deployments.get("iris").await?;
-    assert_eq!(d.spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("registry.test/bentos:yatai.iris.v2"));
+    assert_eq!(
+        d.spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        Some("registry.test/bentos:yatai.iris.v2")
+    );
     assert_eq!(d.labels()["yatai.ai/bento-version"], "v2");
     assert!(bd.status.unwrap().updated_replicas.unwrap() >= 2);
 
     // Scaling up: the HPA's minimum moves, the HPA scales the Deployment, and Available waits
     // for three ready replicas.
-    bds.patch("iris", &PatchParams::default(), &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 3, "maxReplicas": 5}}})))
-        .await?;
+    bds.patch(
+        "iris",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 3, "maxReplicas": 5}}})),
+    )
+    .await?;
     poll_until(WAIT, "three ready replicas", || async {
         let bd = bds.get("iris").await?;
         let s = bd.status.unwrap_or_default();
@@ -233,7 +247,10 @@ async fn updates_scale_ingress_switch_repair_and_delete() -> anyhow::Result<()> 
     // A deleted child comes back.
     ns.api::<Service>().delete("iris", &DeleteParams::default()).await?;
     poll_until(WAIT, "the Service recreated", || async {
-        ns.api::<Service>().get_opt("iris").await.map(|s| s.filter(|s| s.metadata.deletion_timestamp.is_none()).map(|_| ()))
+        ns.api::<Service>()
+            .get_opt("iris")
+            .await
+            .map(|s| s.filter(|s| s.metadata.deletion_timestamp.is_none()).map(|_| ()))
     })
     .await?;
 
@@ -325,8 +342,12 @@ async fn bad_input_ends_in_conditions_and_events_without_a_hot_loop() -> anyhow:
     ensure!(during <= 8, "{during} reconciles in 3 s for four stuck deployments");
 
     // Fixing the input recovers without a restart.
-    bds.patch("greedy", &PatchParams::default(), &Patch::Merge(json!({"spec": {"resources": {"requests": {"cpu": "100m"}}}})))
-        .await?;
+    bds.patch(
+        "greedy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"resources": {"requests": {"cpu": "100m"}}}})),
+    )
+    .await?;
     available(&bds, "greedy").await.context("fixed resources become available")?;
     ns.delete().await
 }

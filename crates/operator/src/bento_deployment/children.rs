@@ -22,9 +22,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use yatai_kube_api::Bento;
 use yatai_kube_api::names::{self, annotations, labels};
 use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, ResourceItem};
-use yatai_kube_api::Bento;
 
 use crate::network::{Network, TlsMode};
 
@@ -105,7 +105,12 @@ pub fn check(bd: &BentoDeployment, bento: &Bento) -> Result<(), Invalid> {
 }
 
 /// Builds every child. `suffix` is the ingress domain suffix, when known.
-pub fn build(bd: &BentoDeployment, bento: &Bento, network: &Network, suffix: Option<&str>) -> Result<Children, Invalid> {
+pub fn build(
+    bd: &BentoDeployment,
+    bento: &Bento,
+    network: &Network,
+    suffix: Option<&str>,
+) -> Result<Children, Invalid> {
     check(bd, bento)?;
     let name = bd.name_any();
     let ns = bd.namespace().unwrap_or_default();
@@ -143,7 +148,11 @@ pub fn build(bd: &BentoDeployment, bento: &Bento, network: &Network, suffix: Opt
             replicas: None,
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             strategy: Some(strategy_for(
-                bd.spec.annotations.get(annotations::DEPLOYMENT_STRATEGY).map(String::as_str).unwrap_or("RollingUpdate"),
+                bd.spec
+                    .annotations
+                    .get(annotations::DEPLOYMENT_STRATEGY)
+                    .map(String::as_str)
+                    .unwrap_or("RollingUpdate"),
             )?),
             template: pod_template(bd, bento, &common, &selector, port)?,
             ..Default::default()
@@ -193,17 +202,13 @@ pub fn build(bd: &BentoDeployment, bento: &Bento, network: &Network, suffix: Opt
             ingress_annotations.insert("nginx.ingress.kubernetes.io/ssl-redirect".into(), "false".into());
             ingress_annotations.extend(network.ingress_annotations.clone());
             ingress_annotations.extend(bd.spec.ingress.annotations.clone());
-            let tls_secret = bd
-                .spec
-                .ingress
-                .tls
-                .as_ref()
-                .map(|t| t.secret_name.clone())
-                .filter(|s| !s.is_empty())
-                .or_else(|| match network.tls_mode {
-                    TlsMode::None => None,
-                    TlsMode::Auto => Some(name.clone()),
-                    TlsMode::Static => network.static_tls_secret.clone(),
+            let tls_secret =
+                bd.spec.ingress.tls.as_ref().map(|t| t.secret_name.clone()).filter(|s| !s.is_empty()).or_else(|| {
+                    match network.tls_mode {
+                        TlsMode::None => None,
+                        TlsMode::Auto => Some(name.clone()),
+                        TlsMode::Static => network.static_tls_secret.clone(),
+                    }
                 });
             let scheme = if tls_secret.is_some() { "https" } else { "http" };
             let ingress = Ingress {
@@ -214,9 +219,8 @@ pub fn build(bd: &BentoDeployment, bento: &Bento, network: &Network, suffix: Opt
                 },
                 spec: Some(IngressSpec {
                     ingress_class_name: network.ingress_class.clone(),
-                    tls: tls_secret.map(|secret| {
-                        vec![IngressTLS { hosts: Some(vec![host.clone()]), secret_name: Some(secret) }]
-                    }),
+                    tls: tls_secret
+                        .map(|secret| vec![IngressTLS { hosts: Some(vec![host.clone()]), secret_name: Some(secret) }]),
                     rules: Some(vec![IngressRule {
                         host: Some(host.clone()),
                         http: Some(HTTPIngressRuleValue {
@@ -257,7 +261,11 @@ fn metrics(autoscaling: Option<&Autoscaling>) -> Vec<MetricSpec> {
             type_: "Resource".into(),
             resource: Some(ResourceMetricSource {
                 name: "cpu".into(),
-                target: MetricTarget { type_: "Utilization".into(), average_utilization: Some(80), ..Default::default() },
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(80),
+                    ..Default::default()
+                },
             }),
             ..Default::default()
         }],
@@ -328,7 +336,10 @@ fn pod_template(
         }
     }
 
-    let resources = resources(bd.spec.resources.as_ref().and_then(|r| r.requests.as_ref()), bd.spec.resources.as_ref().and_then(|r| r.limits.as_ref()))?;
+    let resources = resources(
+        bd.spec.resources.as_ref().and_then(|r| r.requests.as_ref()),
+        bd.spec.resources.as_ref().and_then(|r| r.limits.as_ref()),
+    )?;
     let shm_size = resources
         .limits
         .as_ref()
@@ -378,7 +389,11 @@ fn pod_template(
             failure_threshold: Some(12),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount { name: "shm".into(), mount_path: "/dev/shm".into(), ..Default::default() }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "shm".into(),
+            mount_path: "/dev/shm".into(),
+            ..Default::default()
+        }]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
@@ -439,7 +454,8 @@ fn env_var(name: &str, value: &str) -> EnvVar {
 /// Yatai's defaults (requests 300m / 500Mi, limits 500m / 1Gi) overlaid with the spec's;
 /// `gpu` becomes the limit `nvidia.com/gpu`, `custom` entries are added as they are.
 fn resources(requests: Option<&ResourceItem>, limits: Option<&ResourceItem>) -> Result<ResourceRequirements, Invalid> {
-    let mut req = BTreeMap::from([("cpu".to_string(), "300m".to_string()), ("memory".to_string(), "500Mi".to_string())]);
+    let mut req =
+        BTreeMap::from([("cpu".to_string(), "300m".to_string()), ("memory".to_string(), "500Mi".to_string())]);
     let mut lim = BTreeMap::from([("cpu".to_string(), "500m".to_string()), ("memory".to_string(), "1Gi".to_string())]);
     let overlay = |into: &mut BTreeMap<String, String>, item: Option<&ResourceItem>, gpu_allowed: bool| {
         let Some(item) = item else { return };
@@ -459,9 +475,12 @@ fn resources(requests: Option<&ResourceItem>, limits: Option<&ResourceItem>) -> 
     // A request above the default limit raises the limit with it, so that asking for 2 CPUs
     // alone is not refused by Kubernetes (request > limit).
     for key in ["cpu", "memory"] {
-        let explicit_limit = limits.is_some_and(|l| if key == "cpu" { !l.cpu.is_empty() } else { !l.memory.is_empty() });
+        let explicit_limit =
+            limits.is_some_and(|l| if key == "cpu" { !l.cpu.is_empty() } else { !l.memory.is_empty() });
         if !explicit_limit {
-            if let (Some(r), Some(l)) = (req.get(key).and_then(|q| parse_quantity(q)), lim.get(key).and_then(|q| parse_quantity(q))) {
+            if let (Some(r), Some(l)) =
+                (req.get(key).and_then(|q| parse_quantity(q)), lim.get(key).and_then(|q| parse_quantity(q)))
+            {
                 if r > l {
                     lim.insert(key.into(), req[key].clone());
                 }

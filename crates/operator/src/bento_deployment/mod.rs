@@ -97,9 +97,11 @@ async fn controller(state: Arc<State>, ns: Option<String>) {
     };
     let by_bento2 = by_bento.clone();
     // A new suffix (discovered once) gives every deployment its Ingress.
-    let suffix_changes = futures::stream::unfold(state.suffix.clone(), |mut rx| async move {
-        rx.changed().await.ok().map(|()| ((), rx))
-    });
+    let suffix_changes =
+        futures::stream::unfold(
+            state.suffix.clone(),
+            |mut rx| async move { rx.changed().await.ok().map(|()| ((), rx)) },
+        );
     controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
@@ -163,7 +165,8 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
     let children = match children::build(bd, &bento, &network, suffix.as_deref()) {
         Ok(c) => c,
         Err(invalid) => {
-            let changed = condition::set(&mut status.conditions, AVAILABLE, FALSE, "InvalidSpec", &invalid.0, generation);
+            let changed =
+                condition::set(&mut status.conditions, AVAILABLE, FALSE, "InvalidSpec", &invalid.0, generation);
             write_status(bd, state, status, changed.then(|| ("InvalidSpec", invalid.0.clone()))).await?;
             // Nothing to retry until the BentoDeployment or its Bento changes.
             return Ok(Action::await_change());
@@ -211,13 +214,24 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
 }
 
 /// No Bento yet: say whether a BentoRequest will produce it, or why it will not.
-async fn waiting_for_bento(bd: &BentoDeployment, state: &State, mut status: BentoDeploymentStatus) -> Result<Action, Error> {
+async fn waiting_for_bento(
+    bd: &BentoDeployment,
+    state: &State,
+    mut status: BentoDeploymentStatus,
+) -> Result<Action, Error> {
     let ns = bd.namespace().unwrap_or_default();
     let generation = bd.metadata.generation;
     let requests: Api<BentoRequest> = Api::namespaced(state.ctx.client.clone(), &ns);
     let request = requests.get_opt(&bd.spec.bento).await?;
     let bento = &bd.spec.bento;
-    condition::set(&mut status.conditions, BENTO_FOUND, FALSE, "BentoNotFound", &format!("no Bento {bento} in {ns}"), generation);
+    condition::set(
+        &mut status.conditions,
+        BENTO_FOUND,
+        FALSE,
+        "BentoNotFound",
+        &format!("no Bento {bento} in {ns}"),
+        generation,
+    );
     let (reason, message) = match &request {
         None => {
             condition::set(

@@ -51,7 +51,12 @@ pub fn serving(deployment: &Deployment, min_replicas: i32, pods: &[Pod]) -> Serv
     if let Some((reason, message)) = pod_problem(pods) {
         return Serving { reason, message, ..base };
     }
-    if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False")) {
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False"))
+    {
         return Serving {
             reason: c.reason.clone().unwrap_or_else(|| "ProgressDeadlineExceeded".into()),
             message: c.message.clone().unwrap_or_default(),
