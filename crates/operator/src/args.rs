@@ -7,7 +7,11 @@ use anyhow::Context as _;
 use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use crate::context::{Namespaces, Settings};
+use crate::metrics::Metrics;
 
 #[derive(Args, Debug, Clone)]
 pub struct OperatorArgs {
@@ -62,7 +66,8 @@ pub struct OperatorArgs {
 }
 
 impl OperatorArgs {
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+    /// The client, counting its requests into `metrics`.
+    pub async fn client(&self, metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
         let config = match &self.kubeconfig {
             Some(path) => {
                 let kubeconfig = Kubeconfig::read_from(path)
@@ -73,7 +78,14 @@ impl OperatorArgs {
             }
             None => kube::Config::infer().await.context("no --kubeconfig, and no in-cluster or default config")?,
         };
-        kube::Client::try_from(config).context("building the Kubernetes client")
+        let counting = tower::util::MapRequestLayer::new(move |request| {
+            metrics.api_requests.fetch_add(1, Ordering::Relaxed);
+            request
+        });
+        Ok(kube::client::ClientBuilder::try_from(config)
+            .context("building the Kubernetes client")?
+            .with_layer(&counting)
+            .build())
     }
 
     pub fn settings(&self) -> anyhow::Result<Settings> {

@@ -82,12 +82,17 @@ pub const FIELD_MANAGER: &str = "yatai-operator";
 
 impl Context {
     pub fn new(client: kube::Client, settings: Settings) -> Context {
+        Context::with_metrics(client, settings, Arc::default())
+    }
+
+    /// With the metrics the client counts its requests into.
+    pub fn with_metrics(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) -> Context {
         let reporter = Reporter { controller: "yatai-operator".into(), instance: Some(settings.identity.clone()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings: Arc::new(settings),
-            metrics: Arc::default(),
+            metrics,
         }
     }
 }

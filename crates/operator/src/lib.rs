@@ -28,9 +28,10 @@ use anyhow::Context as _;
 /// Runs the operator until SIGINT/SIGTERM: the webhook at once (conversion must work on every
 /// replica), the controllers once this replica holds the lease.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    let client = args.client().await?;
     let settings = args.settings()?;
-    let ctx = Context::new(client.clone(), settings);
+    let metrics = std::sync::Arc::new(metrics::Metrics::default());
+    let client = args.client(metrics.clone()).await?;
+    let ctx = Context::with_metrics(client, settings, metrics);
     let health = http::Health::default();
     if args.metrics_listen != "off" {
         let listen = args.metrics_listen.parse().context("--metrics-listen: expected HOST:PORT or off")?;

@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Metrics {
     controllers: Mutex<Vec<(String, Arc<ControllerMetrics>)>>,
+    /// Requests sent to the API server (counted in the client's service stack).
+    pub api_requests: AtomicU64,
 }
 
 #[derive(Default)]
@@ -62,6 +64,12 @@ impl Metrics {
         family("yatai_operator_reconcile_seconds_total", "Time spent reconciling.", "counter", &|m| {
             format!("{:.6}", m.micros.load(Ordering::Relaxed) as f64 / 1e6)
         });
+        let _ = writeln!(
+            out,
+            "# HELP yatai_operator_api_requests_total Requests sent to the Kubernetes API server.\n\
+             # TYPE yatai_operator_api_requests_total counter\nyatai_operator_api_requests_total {}",
+            self.api_requests.load(Ordering::Relaxed)
+        );
         out
     }
 }
