@@ -9,6 +9,9 @@
 pub mod children;
 pub mod status;
 
+#[cfg(test)]
+mod mock_tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,14 +190,14 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
         Err(e) => return Err(e),
     };
 
-    let pods = if children.min_replicas > 0 {
+    // The pods are read only when the Deployment does not serve, to say why.
+    let mut serving = status::serving(&deployment, children.min_replicas, &[]);
+    if !serving.available && children.min_replicas > 0 {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let selector = format!("{}={name}", labels::SELECTOR);
-        pods.list(&ListParams::default().labels(&selector)).await?.items
-    } else {
-        Vec::new()
-    };
-    let serving = status::serving(&deployment, children.min_replicas, &pods);
+        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        serving = status::serving(&deployment, children.min_replicas, &pods);
+    }
     let mut message = serving.message.clone();
     if bd.spec.ingress.enabled && suffix.is_none() {
         message.push_str("; the Ingress waits for the domain suffix (see the operator's log)");
