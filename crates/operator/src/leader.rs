@@ -182,7 +182,7 @@ async fn renew(
         let mut lease = current.lock().await;
         match renew_once(&api, &identity, &lease).await {
             Ok(Renewal::Renewed(renewed)) => {
-                *lease = renewed;
+                *lease = *renewed;
                 last_renewed = Instant::now();
             }
             Ok(Renewal::Lost(reason)) => {
@@ -206,7 +206,7 @@ async fn renew(
 }
 
 enum Renewal {
-    Renewed(KubeLease),
+    Renewed(Box<KubeLease>),
     Lost(String),
 }
 
@@ -214,7 +214,7 @@ async fn renew_once(api: &Api<KubeLease>, identity: &str, lease: &KubeLease) -> 
     let mut next = lease.clone();
     next.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
     match api.replace(LEASE_NAME, &PostParams::default(), &next).await {
-        Ok(renewed) => return Ok(Renewal::Renewed(renewed)),
+        Ok(renewed) => return Ok(Renewal::Renewed(Box::new(renewed))),
         Err(e) if is_not_found(&e) => return Ok(Renewal::Lost(format!("the Lease {LEASE_NAME} was deleted"))),
         Err(e) if !is_conflict(&e) => return Err(e),
         Err(_) => {}
@@ -230,7 +230,7 @@ async fn renew_once(api: &Api<KubeLease>, identity: &str, lease: &KubeLease) -> 
         return Ok(Renewal::Lost(format!("the Lease {LEASE_NAME} is now held by {holder}")));
     }
     fresh.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
-    api.replace(LEASE_NAME, &PostParams::default(), &fresh).await.map(Renewal::Renewed)
+    api.replace(LEASE_NAME, &PostParams::default(), &fresh).await.map(|l| Renewal::Renewed(Box::new(l)))
 }
 
 impl Lease {

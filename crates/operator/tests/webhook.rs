@@ -196,8 +196,52 @@ async fn v1alpha3_and_v2alpha1_convert_through_the_webhook() -> anyhow::Result<(
     assert_eq!(secrets.get(SECRET_NAME).await?.data, before, "the certificate was reused, not reissued");
     let again = old.get("iris").await?;
     assert_eq!(again.data["spec"]["bento_tag"], "iris_classifier:4jwnpq2ia6g3baav");
+
+    // Hostile callers, over TLS verified with the CA from the Secret, as the API server does.
+    let ca_pem = String::from_utf8(before.unwrap_or_default()["ca.crt"].0.clone())?;
+    let addr: SocketAddr = url2.trim_start_matches("https://").trim_end_matches("/convert").parse()?;
+    let garbage = raw_https(addr, &ca_pem, "POST", "/convert", b"{not json").await?;
+    ensure!(garbage.starts_with("HTTP/1.1 200"), "{garbage}");
+    ensure!(garbage.contains("\"Failure\"") && garbage.contains("not a ConversionReview"), "{garbage}");
+    let get = raw_https(addr, &ca_pem, "GET", "/convert", b"").await?;
+    ensure!(get.starts_with("HTTP/1.1 405"), "{get}");
+    let elsewhere = raw_https(addr, &ca_pem, "POST", "/admin", b"{}").await?;
+    ensure!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
+    // Still serving after all that.
+    assert_eq!(old.get("iris").await?.data["spec"]["bento_tag"], "iris_classifier:4jwnpq2ia6g3baav");
     running2.abort();
     Ok(())
+}
+
+/// One HTTP/1.1 request over TLS to 127.0.0.1, trusting only `ca_pem`; the whole response.
+async fn raw_https(addr: SocketAddr, ca_pem: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1")?, tcp)
+        .await
+        .context("TLS handshake with the webhook, verified against the Secret's CA")?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(body).await?;
+    let mut response = Vec::new();
+    // The server closes after answering (Connection: close); a peer that skips TLS
+    // close_notify shows up as an error after the data, which is fine here.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 #[tokio::test]
