@@ -258,3 +258,40 @@ async fn a_port_in_use_is_an_error_not_a_hang() -> anyhow::Result<()> {
     ensure!(message.contains("cannot listen"), "{message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_secret_is_reused_renewed_for_new_names_and_repaired() -> anyhow::Result<()> {
+    use yatai_operator::webhook::cert::{self, Bundle};
+    let testbed = Testbed::shared().await?;
+    let ns = testbed.namespace("webhook-cert").await?;
+    let secrets: Api<Secret> = ns.api();
+    let here = cert::names_for(ns.name(), "yatai-operator", Some("https://127.0.0.1:9443"))?;
+
+    let first = cert::ensure(ns.client(), ns.name(), &here).await?;
+    first.check(&here, std::time::SystemTime::now() + cert::RENEW_BEFORE).map_err(anyhow::Error::msg)?;
+    let stored = secrets.get(SECRET_NAME).await?;
+    assert_eq!(stored.type_.as_deref(), Some("kubernetes.io/tls"));
+    let keys: Vec<&str> = stored.data.as_ref().context("data")?.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ca.crt", "ca.key", "tls.crt", "tls.key"]);
+
+    // A restart with the same names: the same bundle, and nothing written.
+    let version = stored.metadata.resource_version.clone();
+    assert_eq!(cert::ensure(ns.client(), ns.name(), &here).await?, first);
+    assert_eq!(secrets.get(SECRET_NAME).await?.metadata.resource_version, version);
+
+    // The operator moved: a new serving certificate, signed by the same CA (the caBundle stays).
+    let moved = cert::names_for(ns.name(), "yatai-operator", Some("https://10.9.8.7:9443"))?;
+    let renewed = cert::ensure(ns.client(), ns.name(), &moved).await?;
+    assert_eq!(renewed.ca_pem, first.ca_pem);
+    assert_ne!(renewed.cert_pem, first.cert_pem);
+    renewed.check(&moved, std::time::SystemTime::now()).map_err(anyhow::Error::msg)?;
+    assert_eq!(cert::ensure(ns.client(), ns.name(), &moved).await?, renewed, "what was written is what is read");
+
+    // Someone wrote garbage into it: replaced by a working bundle rather than served broken.
+    let mut broken = secrets.get(SECRET_NAME).await?;
+    broken.data.as_mut().context("data")?.insert("tls.crt".into(), k8s_openapi::ByteString(b"not a cert".to_vec()));
+    secrets.replace(SECRET_NAME, &PostParams::default(), &broken).await?;
+    let repaired: Bundle = cert::ensure(ns.client(), ns.name(), &moved).await?;
+    repaired.check(&moved, std::time::SystemTime::now()).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
