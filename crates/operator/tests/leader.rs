@@ -50,8 +50,8 @@ async fn two_replicas_one_leader_and_release_hands_over() -> anyhow::Result<()> 
     };
     let leader_identity = first.identity().to_string();
     assert_eq!(holder(&api).await?.as_deref(), Some(leader_identity.as_str()));
-    // The other one keeps waiting while the leader renews (three renew intervals of its own
-    // clock would be 15 s; a few seconds show it is not simply racing in).
+    // The other keeps waiting while the leader renews: 6 s spans a renewal (every 5 s) and
+    // several of the candidate's looks (every 2 s), though not a whole lease duration (15 s).
     let still_waiting = tokio::time::timeout(Duration::from_secs(6), &mut second).await.is_err();
     ensure!(still_waiting, "the second replica became leader while {leader_identity} held the Lease");
     assert_eq!(holder(&api).await?.as_deref(), Some(leader_identity.as_str()), "the leader kept the Lease");
