@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
+use yatai_kube_api::Bento;
 use yatai_kube_api::condition;
 use yatai_kube_api::resources::BentoSpec;
-use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress, ResourceItem, Resources};
-use yatai_kube_api::Bento;
+use yatai_kube_api::serving::v2alpha1::{
+    Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress, ResourceItem, Resources,
+};
 use yatai_kube_testbed::Testbed;
 
 const BENTOS: usize = 10;
@@ -35,10 +37,16 @@ fn deployment(i: usize) -> BentoDeployment {
 fn counts(list: &[BentoDeployment]) -> (usize, usize) {
     let reconciled = list
         .iter()
-        .filter(|b| b.status.as_ref().is_some_and(|s| s.observed_generation == b.metadata.generation && !s.conditions.is_empty()))
+        .filter(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == b.metadata.generation && !s.conditions.is_empty())
+        })
         .count();
-    let available =
-        list.iter().filter(|b| b.status.as_ref().is_some_and(|s| condition::is_true(&s.conditions, "Available"))).count();
+    let available = list
+        .iter()
+        .filter(|b| b.status.as_ref().is_some_and(|s| condition::is_true(&s.conditions, "Available")))
+        .count();
     (reconciled, available)
 }
 
@@ -50,7 +58,12 @@ struct Proc {
 impl Proc {
     fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0)
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<f64>().ok())
+            .unwrap_or(0.0)
             / 1024.0
     }
     fn cpu_seconds(&self) -> f64 {
@@ -74,10 +87,7 @@ fn metric(port: u16, name: &str) -> f64 {
     let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("creating {BENTOS} Bentos and {n} BentoDeployments in {name} …");
     let bentos: Api<Bento> = ns.api();
     for i in 0..BENTOS {
-        let spec = BentoSpec { tag: format!("b{i}:v1"), image: format!("r.test/b:yatai.b{i}.v1"), ..Default::default() };
+        let spec =
+            BentoSpec { tag: format!("b{i}:v1"), image: format!("r.test/b:yatai.b{i}.v1"), ..Default::default() };
         bentos.create(&PostParams::default(), &Bento::new(&format!("bento-{i}"), spec)).await?;
     }
     let bds: Api<BentoDeployment> = ns.api();
@@ -138,7 +149,12 @@ async fn main() -> anyhow::Result<()> {
         let list = bds.list(&ListParams::default()).await?.items;
         let (reconciled, available) = counts(&list);
         if converged.is_none() && reconciled == n {
-            converged = Some((start.elapsed(), op.cpu_seconds(), metric(metrics_port, "yatai_operator_api_requests_total"), metric(metrics_port, "yatai_operator_reconciles_total")));
+            converged = Some((
+                start.elapsed(),
+                op.cpu_seconds(),
+                metric(metrics_port, "yatai_operator_api_requests_total"),
+                metric(metrics_port, "yatai_operator_reconciles_total"),
+            ));
             eprintln!("all {n} reconciled after {:.1} s", start.elapsed().as_secs_f64());
         }
         if available == n {
@@ -187,7 +203,10 @@ async fn main() -> anyhow::Result<()> {
     println!("| measure | result |");
     println!("|---|---|");
     println!("| BentoDeployments | {n} (kwok nodes: {}) |", std::env::var("K8S_TESTBED_NODES").unwrap_or_default());
-    println!("| cold start → all {n} reconciled (children applied, status written) | {:.1} s |", converge_time.as_secs_f64());
+    println!(
+        "| cold start → all {n} reconciled (children applied, status written) | {:.1} s |",
+        converge_time.as_secs_f64()
+    );
     match all_available {
         Some(t) => println!("| cold start → all {n} Available (pods Ready on kwok) | {:.1} s |", t.as_secs_f64()),
         None => println!("| cold start → all {n} Available | not within {deadline:?} |"),
@@ -196,9 +215,15 @@ async fn main() -> anyhow::Result<()> {
     println!("| one new BentoDeployment while {n} exist → Available (median of 5) | {} |", ms(serving[2]));
     println!("| operator peak RSS while converging | {peak_rss:.0} MiB |");
     println!("| operator RSS idle | {idle_rss:.0} MiB |");
-    println!("| operator CPU while converging | {converge_cpu:.1} CPU-s ({:.0} % of one core) |", converge_cpu / converge_time.as_secs_f64() * 100.0);
+    println!(
+        "| operator CPU while converging | {converge_cpu:.1} CPU-s ({:.0} % of one core) |",
+        converge_cpu / converge_time.as_secs_f64() * 100.0
+    );
     println!("| operator CPU idle | {idle_cpu:.1} % of one core |");
-    println!("| API requests per reconcile (until converged) | {:.1} ({requests:.0} requests / {reconciles:.0} reconciles) |", requests / reconciles.max(1.0));
+    println!(
+        "| API requests per reconcile (until converged) | {:.1} ({requests:.0} requests / {reconciles:.0} reconciles) |",
+        requests / reconciles.max(1.0)
+    );
     drop(op);
     ns.delete().await?;
     Ok(())

@@ -88,11 +88,6 @@ impl Context {
     /// With the metrics the client counts its requests into.
     pub fn with_metrics(client: kube::Client, settings: Settings, metrics: Arc<Metrics>) -> Context {
         let reporter = Reporter { controller: "yatai-operator".into(), instance: Some(settings.identity.clone()) };
-        Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            settings: Arc::new(settings),
-            metrics,
-        }
+        Context { recorder: Recorder::new(client.clone(), reporter), client, settings: Arc::new(settings), metrics }
     }
 }

@@ -49,7 +49,10 @@ fn ok(body: Value) -> Response<Body> {
 }
 
 /// Serves the requests one by one: each gets `respond`'s answer; returns what was asked.
-async fn serve(mut handle: Handle, mut respond: impl FnMut(&str, &str, &Value) -> Response<Body>) -> Vec<(String, String, Value)> {
+async fn serve(
+    mut handle: Handle,
+    mut respond: impl FnMut(&str, &str, &Value) -> Response<Body>,
+) -> Vec<(String, String, Value)> {
     let mut seen = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
         let method = request.method().to_string();
@@ -67,8 +70,12 @@ async fn a_missing_bento_is_looked_up_twice_and_reported_once() {
     let (state, handle) = state();
     let server = tokio::spawn(serve(handle, |method, uri, body| match (method, uri) {
         ("GET", _) => not_found(),
-        ("PATCH", _) => ok(json!({"apiVersion": "serving.yatai.ai/v2alpha1", "kind": "BentoDeployment", "metadata": {"name": "iris"}, "spec": {"bento": "x"}, "status": body["status"]})),
-        _ => ok(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null, "reportingController": "", "reportingInstance": "", "action": "", "reason": ""})),
+        ("PATCH", _) => ok(
+            json!({"apiVersion": "serving.yatai.ai/v2alpha1", "kind": "BentoDeployment", "metadata": {"name": "iris"}, "spec": {"bento": "x"}, "status": body["status"]}),
+        ),
+        _ => ok(
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null, "reportingController": "", "reportingInstance": "", "action": "", "reason": ""}),
+        ),
     }));
     let action = reconcile(Arc::new(bento_deployment()), state.clone()).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::requeue(super::RESYNC));
@@ -110,9 +117,13 @@ async fn a_serving_deployment_costs_one_read_per_input_and_one_apply_per_child()
                 d["status"] = json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1});
                 ok(d)
             }
-            ("PATCH", p) if p.ends_with("/status") => ok(json!({"apiVersion": "serving.yatai.ai/v2alpha1", "kind": "BentoDeployment", "metadata": {"name": "iris"}, "spec": {"bento": "x"}})),
+            ("PATCH", p) if p.ends_with("/status") => ok(
+                json!({"apiVersion": "serving.yatai.ai/v2alpha1", "kind": "BentoDeployment", "metadata": {"name": "iris"}, "spec": {"bento": "x"}}),
+            ),
             ("PATCH", _) => ok(body.clone()),
-            _ => ok(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null, "reportingController": "", "reportingInstance": "", "action": "", "reason": ""})),
+            _ => ok(
+                json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"}, "eventTime": null, "reportingController": "", "reportingInstance": "", "action": "", "reason": ""}),
+            ),
         }
     }));
     reconcile(Arc::new(bento_deployment()), state.clone()).await.unwrap();
