@@ -101,7 +101,10 @@ async fn the_operator_recovers_from_an_apiserver_restart() -> anyhow::Result<()>
         ..Default::default()
     };
     bds.create(&PostParams::default(), &BentoDeployment::new("iris", spec)).await?;
-    available_with(&bds, "iris", 1).await?;
+    if let Err(e) = available_with(&bds, "iris", 1).await {
+        let d: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
+        bail!("{e:#}\nstatus: {:?}\ndeployment: {:?}", bds.get("iris").await?.status, d.get_opt("iris").await?.map(|d| d.status));
+    }
 
     tokio::task::spawn_blocking(move || restart_apiserver(&state)).await??;
 
