@@ -295,7 +295,9 @@ async fn reconcile(req: Arc<BentoRequest>, state: Arc<State>) -> Result<Action, 
     }
 
     loop {
-        let running = matches!(state.builds.lock().unwrap().get(&key), Some(BuildSlot::Running));
+        // A build that finished since the harvest above counts as running: its trigger is on
+        // the way, and starting another would build the same image twice.
+        let running = state.builds.lock().unwrap().contains_key(&key);
         match plan::decide(&rec.status, &image, running) {
             Step::Invalid { reason, message } => return rec.refuse(c::IMAGE_EXISTS_CHECKED, reason, &message).await,
             Step::Check => {
@@ -318,6 +320,13 @@ async fn reconcile(req: Arc<BentoRequest>, state: Arc<State>) -> Result<Action, 
                 plan::record_check(&mut rec.status, &image, exists, forced);
             }
             Step::Build => {
+                // The watch cache can lag behind this controller's own status writes (a build's
+                // trigger may run a reconcile on the copy from before its result was recorded):
+                // confirm with a fresh read before starting an expensive build.
+                let fresh = rec.api.get_status(&key.1).await?;
+                if fresh.metadata.resource_version != req.metadata.resource_version {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
                 let origin = match Origin::of(&req.spec.download_url, &settings) {
                     Ok(o) => o,
                     Err(message) => return rec.refuse(c::IMAGE_BUILDING, reasons::INVALID_SPEC, &message).await,
