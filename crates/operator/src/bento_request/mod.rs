@@ -299,7 +299,6 @@ async fn reconcile(req: Arc<BentoRequest>, state: Arc<State>) -> Result<Action, 
         // the way, and starting another would build the same image twice.
         let running = state.builds.lock().unwrap().contains_key(&key);
         match plan::decide(&rec.status, &image, running) {
-            Step::Invalid { reason, message } => return rec.refuse(c::IMAGE_EXISTS_CHECKED, reason, &message).await,
             Step::Check => {
                 let forced = plan::force_build(&req);
                 let exists = if forced {

@@ -27,9 +27,6 @@ pub mod reasons {
 /// What the reconcile does now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// The request cannot work as written (no registry, malformed tag): say so, wait for a
-    /// change of the spec or of the operator's flags.
-    Invalid { reason: &'static str, message: String },
     /// Ask the registry whether the image exists (or record that a build is forced).
     Check,
     /// Build and push the image.
