@@ -63,6 +63,24 @@ pub struct OperatorArgs {
     /// This replica's name in the Lease and in Events (default: the host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Registry credentials for pushing; also written into each BentoRequest namespace as the
+    /// `kubernetes.io/dockerconfigjson` Secret `yatai-regcred`, the Bentos' imagePullSecret.
+    #[arg(long, env = "YATAI_IMAGE_REGISTRY_USERNAME")]
+    pub image_registry_username: Option<String>,
+    #[arg(long, env = "YATAI_IMAGE_REGISTRY_PASSWORD", hide_env_values = true, hide = true)]
+    pub image_registry_password: Option<String>,
+    /// The image builder's cache (layers, base scans, uv's cache).
+    #[arg(long, env = "YATAI_BUILD_CACHE", default_value = "/var/cache/yatai-operator/build")]
+    pub build_cache_dir: PathBuf,
+    /// Base image of every build (default: the bento's own, e.g. python:3.11-slim).
+    #[arg(long, env = "YATAI_BUILD_BASE")]
+    pub build_base: Option<String>,
+    /// The `uv` executable the builder installs Python dependencies with.
+    #[arg(long, env = "YATAI_BUILD_UV", default_value = "uv")]
+    pub build_uv: PathBuf,
+    /// uv's download cache (default: inside --build-cache-dir).
+    #[arg(long, env = "YATAI_BUILD_UV_CACHE")]
+    pub build_uv_cache: Option<PathBuf>,
 }
 
 impl OperatorArgs {
@@ -107,6 +125,12 @@ impl OperatorArgs {
             webhook_url: self.webhook_url.clone().filter(|s| !s.is_empty()),
             leader_election: self.leader_election,
             identity,
+            image_registry_username: self.image_registry_username.clone().filter(|s| !s.is_empty()),
+            image_registry_password: self.image_registry_password.clone().filter(|s| !s.is_empty()),
+            build_cache_dir: self.build_cache_dir.clone(),
+            build_base: self.build_base.clone().filter(|s| !s.is_empty()),
+            build_uv: self.build_uv.clone(),
+            build_uv_cache: self.build_uv_cache.clone(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! What every controller shares: the client, the settings, the event recorder.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -46,6 +47,12 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     pub leader_election: bool,
     pub identity: String,
+    pub image_registry_username: Option<String>,
+    pub image_registry_password: Option<String>,
+    pub build_cache_dir: PathBuf,
+    pub build_base: Option<String>,
+    pub build_uv: PathBuf,
+    pub build_uv_cache: Option<PathBuf>,
 }
 
 impl Settings {
@@ -64,6 +71,12 @@ impl Settings {
             webhook_url: None,
             leader_election: false,
             identity: format!("test-{}", std::process::id()),
+            image_registry_username: None,
+            image_registry_password: None,
+            build_cache_dir: std::env::temp_dir().join("yatai-operator-test-build"),
+            build_base: None,
+            build_uv: PathBuf::from("uv"),
+            build_uv_cache: None,
         }
     }
 }
