@@ -24,7 +24,9 @@ pub(crate) struct Started {
 }
 
 impl Started {
-    pub(crate) fn start() -> anyhow::Result<Started> {
+    /// `real_node`: add the real node, its registry, kube-proxy, Traefik and metrics-server
+    /// (`K8S_TESTBED_REAL_NODE=1`).
+    pub(crate) fn start(real_node: bool) -> anyhow::Result<Started> {
         let script = match std::env::var_os(SCRIPT_ENV) {
             Some(s) if !s.is_empty() => PathBuf::from(s),
             _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/k8s-testbed")),
@@ -37,6 +39,7 @@ impl Started {
             .arg(&script)
             .arg("run")
             .env("K8S_TESTBED_PORT_BASE", base.to_string())
+            .env("K8S_TESTBED_REAL_NODE", if real_node { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -87,7 +90,8 @@ fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
     tail.iter().cloned().collect::<Vec<_>>().join("\n")
 }
 
-/// A base port whose six ports are free now, below Linux's ephemeral range (32768 and up) so
+/// A base port whose six ports are free now (a real node's own ports are fixed, 19400-19407,
+/// below this range), below Linux's ephemeral range (32768 and up) so
 /// that no outgoing connection can take one of them between this check and the bind.
 /// Derived from the pid so that concurrent test processes start from different places; the
 /// script re-checks and fails clearly on a race.
