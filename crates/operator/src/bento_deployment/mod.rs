@@ -115,6 +115,7 @@ async fn controller(state: Arc<State>, ns: Option<String>) {
             by_bento2(b.namespace(), b.name_any())
         })
         .reconcile_all_on(suffix_changes)
+        .trigger_backoff(crate::context::WatchBackoff::default())
         .run(reconcile, error_policy, state)
         .for_each(|result| async move {
             if let Err(e) = result {

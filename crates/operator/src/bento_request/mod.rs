@@ -61,6 +61,7 @@ async fn controller(state: Arc<State>, requests: Api<BentoRequest>, bentos: Api<
     Controller::new(requests, watcher::Config::default())
         .owns(bentos, watcher::Config::default())
         .reconcile_on(rx)
+        .trigger_backoff(crate::context::WatchBackoff::default())
         .run(reconcile, error_policy, state)
         .for_each(|r| {
             if let Err(e) = r {
