@@ -89,13 +89,13 @@ pub fn check(bd: &BentoDeployment, bento: &Bento) -> Result<(), Invalid> {
             bento.spec.tag
         )));
     }
-    if let Some(a) = &bd.spec.autoscaling {
-        if a.min_replicas < 0 || a.max_replicas < 1 || a.min_replicas > a.max_replicas {
-            return Err(Invalid(format!(
-                "autoscaling: minReplicas {} and maxReplicas {} must satisfy 0 <= min <= max and max >= 1",
-                a.min_replicas, a.max_replicas
-            )));
-        }
+    if let Some(a) = &bd.spec.autoscaling
+        && (a.min_replicas < 0 || a.max_replicas < 1 || a.min_replicas > a.max_replicas)
+    {
+        return Err(Invalid(format!(
+            "autoscaling: minReplicas {} and maxReplicas {} must satisfy 0 <= min <= max and max >= 1",
+            a.min_replicas, a.max_replicas
+        )));
     }
     if let Some(strategy) = bd.spec.annotations.get(annotations::DEPLOYMENT_STRATEGY) {
         strategy_for(strategy)?;
@@ -477,14 +477,13 @@ fn resources(requests: Option<&ResourceItem>, limits: Option<&ResourceItem>) -> 
     for key in ["cpu", "memory"] {
         let explicit_limit =
             limits.is_some_and(|l| if key == "cpu" { !l.cpu.is_empty() } else { !l.memory.is_empty() });
-        if !explicit_limit {
-            if let (Some(r), Some(l)) =
-                (req.get(key).and_then(|q| parse_quantity(q)), lim.get(key).and_then(|q| parse_quantity(q)))
-            {
-                if r > l {
-                    lim.insert(key.into(), req[key].clone());
-                }
-            }
+        let (request, limit) =
+            (req.get(key).and_then(|q| parse_quantity(q)), lim.get(key).and_then(|q| parse_quantity(q)));
+        if !explicit_limit
+            && let (Some(r), Some(l)) = (request, limit)
+            && r > l
+        {
+            lim.insert(key.into(), req[key].clone());
         }
     }
     for (what, map) in [("requests", &req), ("limits", &lim)] {
