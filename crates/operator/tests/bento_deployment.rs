@@ -351,3 +351,60 @@ async fn bad_input_ends_in_conditions_and_events_without_a_hot_loop() -> anyhow:
     available(&bds, "greedy").await.context("fixed resources become available")?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_suffix_the_ingress_controller_s_address_becomes_the_sslip_io_domain() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let testbed = Testbed::shared().await?;
+    let ns = testbed.namespace("bd-domain").await?;
+    yatai_operator::crds::install_missing(&ns.client(), &WebhookEndpoint::default()).await?;
+    // No --domain-suffix and no `network` ConfigMap.
+    let settings = Settings::for_tests(Namespaces::Some(vec![ns.name().to_string()]), ns.name());
+    tokio::spawn(bento_deployment::run(Context::new(ns.client(), settings)));
+    ns.api::<Bento>().create(&PostParams::default(), &bento("iris:v1", "registry.test/bentos:yatai.iris.v1")).await?;
+    let bds: Api<BentoDeployment> = ns.api();
+    bds.create(&PostParams::default(), &deployment("iris", "iris--v1")).await?;
+
+    // Until the suffix is known the deployment serves, and says what its Ingress waits for.
+    let waiting = poll_until(WAIT, "Available while the Ingress waits", || async {
+        let bd = bds.get("iris").await?;
+        let c = bd.status.and_then(|s| condition::find(&s.conditions, "Available").cloned());
+        Ok::<_, kube::Error>(c.filter(|c| c.status == "True").map(|c| c.message))
+    })
+    .await?;
+    ensure!(waiting.contains("domain suffix"), "{waiting}");
+    assert!(ns.api::<Ingress>().get_opt("iris").await?.is_none());
+
+    // Play the ingress controller: publish an address on the probe Ingress.
+    let ingresses = ns.api::<Ingress>();
+    poll_until(WAIT, "the probe Ingress", || async {
+        ingresses.get_opt(yatai_operator::network::PROBE_INGRESS).await.map(|i| i.map(|_| ()))
+    })
+    .await?;
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "10.1.2.3"}]}}});
+    ingresses
+        .patch_status(yatai_operator::network::PROBE_INGRESS, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+
+    // The suffix is written where Yatai keeps it, the probe goes, and the deployment gets its host.
+    let n = ns.name().to_string();
+    let host = format!("iris-{n}.10.1.2.3.sslip.io");
+    poll_until(WAIT, "the Ingress on the discovered domain", || async {
+        let i = ingresses.get_opt("iris").await?;
+        let h = i.and_then(|i| i.spec?.rules?.first()?.host.clone());
+        Ok::<_, kube::Error>((h.as_deref() == Some(host.as_str())).then_some(()))
+    })
+    .await?;
+    let cm = ns.api::<ConfigMap>().get("network").await?;
+    assert_eq!(cm.data.unwrap()["domain-suffix"], "10.1.2.3.sslip.io");
+    poll_until(WAIT, "the probe Ingress deleted", || async {
+        ingresses.get_opt(yatai_operator::network::PROBE_INGRESS).await.map(|i| i.is_none().then_some(()))
+    })
+    .await?;
+    poll_until(WAIT, "the URL on the discovered domain", || async {
+        let url = bds.get("iris").await?.status.map(|s| s.url).unwrap_or_default();
+        Ok::<_, kube::Error>((url == format!("http://{host}")).then_some(()))
+    })
+    .await?;
+    ns.delete().await
+}
