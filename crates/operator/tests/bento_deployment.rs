@@ -408,3 +408,33 @@ async fn without_a_suffix_the_ingress_controller_s_address_becomes_the_sslip_io_
     .await?;
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bento_request_that_cannot_build_fails_the_deployment_with_its_reason() -> anyhow::Result<()> {
+    use yatai_kube_api::BentoRequest;
+    use yatai_kube_api::resources::BentoRequestSpec;
+    let (ns, _ctx) = setup("bd-request").await?;
+    let requests = ns.api::<BentoRequest>();
+    let request = BentoRequest::new("iris--v9", BentoRequestSpec { bento_tag: "iris:v9".into(), ..Default::default() });
+    requests.create(&PostParams::default(), &request).await?;
+    let bds: Api<BentoDeployment> = ns.api();
+    bds.create(&PostParams::default(), &deployment("iris", "iris--v9")).await?;
+
+    // While the request has not failed, the deployment waits for it.
+    let message = condition_reason(&bds, "iris", "Available", "WaitingForBento").await?;
+    ensure!(message.contains("iris--v9"), "{message}");
+    let bd = bds.get("iris").await?;
+    assert_eq!(condition::find(&bd.status.unwrap().conditions, "BentoRequestFound").unwrap().status, "True");
+
+    // The build fails (written here as the BentoRequest controller would): the deployment
+    // says so, with the build's own message.
+    let status = json!({"status": {"conditions": [{
+        "type": "ImageBuilding", "status": "False", "reason": "BuildFailed",
+        "message": "downloading the bento: HTTP 404 from spec.downloadUrl",
+        "lastTransitionTime": "2026-11-30T00:00:00Z"
+    }]}});
+    requests.patch_status("iris--v9", &PatchParams::default(), &Patch::Merge(&status)).await?;
+    let message = condition_reason(&bds, "iris", "Available", "BentoRequestFailed").await?;
+    ensure!(message.contains("HTTP 404") && message.contains("BuildFailed"), "{message}");
+    ns.delete().await
+}

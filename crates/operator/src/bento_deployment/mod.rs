@@ -257,10 +257,26 @@ async fn waiting_for_bento(
         Some(request) => {
             condition::set(&mut status.conditions, BENTO_REQUEST_FOUND, TRUE, "BentoRequestFound", "", generation);
             let conditions = request.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-            let failed = [br_conditions::IMAGE_BUILDING, br_conditions::IMAGE_EXISTS, br_conditions::BENTO_AVAILABLE]
-                .iter()
-                .filter_map(|t| condition::find(conditions, t))
-                .find(|c| c.status == FALSE && c.reason.contains("Fail"));
+            // The reasons after which the BentoRequest will not produce the Bento without help.
+            use crate::bento_request::plan::reasons as r;
+            const STUCK: [&str; 7] = [
+                r::BUILD_FAILED,
+                r::UNBUILDABLE,
+                r::TIMEOUT,
+                r::REGISTRY_UNREACHABLE,
+                r::NO_IMAGE_REGISTRY,
+                r::INVALID_SPEC,
+                "Failed",
+            ];
+            let failed = [
+                br_conditions::IMAGE_EXISTS_CHECKED,
+                br_conditions::IMAGE_BUILDING,
+                br_conditions::IMAGE_EXISTS,
+                br_conditions::BENTO_AVAILABLE,
+            ]
+            .iter()
+            .filter_map(|t| condition::find(conditions, t))
+            .find(|c| c.status == FALSE && STUCK.contains(&c.reason.as_str()));
             match failed {
                 Some(c) => ("BentoRequestFailed", format!("BentoRequest {bento}: {}: {}", c.reason, c.message)),
                 None => ("WaitingForBento", format!("waiting for BentoRequest {bento} to produce the Bento")),
