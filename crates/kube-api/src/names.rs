@@ -68,7 +68,8 @@ pub fn split_tag(tag: &str) -> Option<(&str, &str)> {
     tag.split_once(':').filter(|(r, v)| !r.is_empty() && !v.is_empty() && !v.contains(':'))
 }
 
-pub(crate) fn md5_hex(s: &str) -> String {
+/// The hex MD5 of a string: Yatai's hashed names.
+pub fn md5_hex(s: &str) -> String {
     Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -438,3 +438,68 @@ async fn a_bento_request_that_cannot_build_fails_the_deployment_with_its_reason(
     ensure!(message.contains("HTTP 404") && message.contains("BuildFailed"), "{message}");
     ns.delete().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_bento_with_runners_gets_a_workload_per_runner_and_a_runner_map() -> anyhow::Result<()> {
+    use yatai_kube_api::resources::BentoRunner;
+    use yatai_kube_api::serving::v2alpha1::RunnerSpec;
+    use yatai_operator::bento_deployment::children::runner_service_name;
+    let (ns, _ctx) = setup("bd-runners").await?;
+    let mut legacy = bento("iris:v1", "registry.test/bentos:yatai.iris.v1");
+    legacy.spec.runners = vec![
+        BentoRunner {
+            name: "iris_clf".into(),
+            runnable_type: "SklearnRunnable".into(),
+            model_tags: vec!["iris_clf:1".into()],
+        },
+        BentoRunner { name: "embedder".into(), ..Default::default() },
+    ];
+    ns.api::<Bento>().create(&PostParams::default(), &legacy).await?;
+    let mut bd = deployment("iris", "iris--v1");
+    bd.spec.runners = vec![RunnerSpec {
+        name: "embedder".into(),
+        autoscaling: Some(Autoscaling { min_replicas: 2, max_replicas: 3, ..Default::default() }),
+        envs: vec![EnvVar { name: "EMBED".into(), value: Some("1".into()), value_from: None }],
+        ..Default::default()
+    }];
+    let bds: Api<BentoDeployment> = ns.api();
+    bds.create(&PostParams::default(), &bd).await?;
+    let bd = available(&bds, "iris").await?;
+    assert_eq!(bd.status.unwrap().printer_ready, "2/2");
+
+    let deployments = ns.api::<Deployment>();
+    let services = ns.api::<Service>();
+    let mut expected_map = BTreeMap::new();
+    for (i, runner) in ["iris_clf", "embedder"].iter().enumerate() {
+        let d = deployments.get(&format!("iris-runner-{i}")).await?;
+        assert_eq!(d.labels()["yatai.ai/bento-deployment-component-type"], "runner");
+        assert_eq!(d.labels()["yatai.ai/bento-deployment-component-name"], *runner);
+        assert_eq!(d.owner_references()[0].kind, "BentoDeployment");
+        let args = d.spec.template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--runner-name", runner]), "{args:?}");
+        assert!(args.contains(&"tcp://0.0.0.0:3000".to_string()), "{args:?}");
+        let svc = runner_service_name("iris", "iris:v1", runner);
+        let s = services.get(&svc).await?;
+        assert_eq!(s.spec.unwrap().selector.unwrap()["yatai.ai/selector"], format!("iris-runner-{i}"));
+        expected_map.insert(runner.to_string(), format!("tcp://{svc}:3000"));
+    }
+    // The per-runner settings reach that runner only.
+    let hpa = ns.api::<HorizontalPodAutoscaler>().get("iris-runner-1").await?;
+    assert_eq!(hpa.spec.min_replicas, Some(2));
+    assert_eq!(env(&deployments.get("iris-runner-1").await?)["EMBED"], "1");
+    assert!(!env(&deployments.get("iris-runner-0").await?).contains_key("EMBED"));
+    // The API server is told where the runners are.
+    let api = deployments.get("iris").await?;
+    let args = api.spec.template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    let at = args.iter().position(|a| a == "--runner-map").expect("a --runner-map argument");
+    let map: BTreeMap<String, String> = serde_json::from_str(&args[at + 1])?;
+    assert_eq!(map, expected_map);
+    assert!(args.contains(&"bentoml._internal.server.cli.api_server".to_string()), "{args:?}");
+    // Every runner ready counts: the HPA minimum of the runner decides Available too.
+    poll_until(WAIT, "two ready embedder replicas", || async {
+        let d = deployments.get("iris-runner-1").await?;
+        Ok::<_, kube::Error>((d.status.and_then(|s| s.ready_replicas) >= Some(2)).then_some(()))
+    })
+    .await?;
+    ns.delete().await
+}

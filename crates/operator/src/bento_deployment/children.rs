@@ -24,7 +24,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use yatai_kube_api::Bento;
 use yatai_kube_api::names::{self, annotations, labels};
-use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, ResourceItem};
+use yatai_kube_api::serving::v2alpha1::{
+    Autoscaling, BentoDeployment, ExtraPodMetadata, ExtraPodSpec, ResourceItem, Resources,
+};
 
 use crate::network::{Network, TlsMode};
 
@@ -33,12 +35,15 @@ pub const DEFAULT_PORT: i32 = 3000;
 /// The user of images built by `yatai build` and by BentoML's Dockerfile.
 pub const BENTO_UID: i64 = 1034;
 
-/// Everything applied for one BentoDeployment.
+/// Everything applied for one BentoDeployment: the API server's workload (flattened here),
+/// one workload per runner of a legacy bento, and the Ingress.
 #[derive(Clone, Debug)]
 pub struct Children {
     pub deployment: Deployment,
     pub service: Service,
     pub hpa: HorizontalPodAutoscaler,
+    /// Legacy bentos (BentoML < 1.2) with runners: `<name>-runner-<i>` each.
+    pub runners: Vec<Workload>,
     /// `None` when `spec.ingress.enabled` is false (an existing Ingress is then deleted), or
     /// while the domain suffix is not known yet.
     pub ingress: Option<Ingress>,
@@ -46,6 +51,41 @@ pub struct Children {
     pub min_replicas: i32,
     /// `http://<host>` of the Ingress, when there is one.
     pub url: Option<String>,
+}
+
+/// The Deployment, Service and HPA of one component (the API server, or a runner).
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub deployment: Deployment,
+    pub service: Service,
+    pub hpa: HorizontalPodAutoscaler,
+    pub min_replicas: i32,
+}
+
+/// What differs between the API server and a runner: names, per-component settings, command.
+struct Component<'a> {
+    /// The Deployment's and the HPA's name (and the selector value).
+    name: String,
+    service: String,
+    /// The runner's name, for runners.
+    runner: Option<&'a str>,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    resources: Option<&'a Resources>,
+    autoscaling: Option<&'a Autoscaling>,
+    envs: &'a [EnvVar],
+    extra_pod_metadata: Option<&'a ExtraPodMetadata>,
+    extra_pod_spec: Option<&'a ExtraPodSpec>,
+    /// Arguments to the image's entrypoint; `None` runs it as it is (`bentoml serve`).
+    args: Option<Vec<String>>,
+}
+
+/// The Service of a runner: `<name>-runner-<md5(tag-runner)>`, or `runner-<md5>` when that is
+/// longer than 63 characters (Yatai's rule).
+pub fn runner_service_name(bd_name: &str, tag: &str, runner: &str) -> String {
+    let hash = names::md5_hex(&format!("{tag}-{runner}"));
+    let name = format!("{bd_name}-runner-{hash}");
+    if name.len() > names::MAX_NAME { format!("runner-{hash}") } else { name }
 }
 
 /// A BentoDeployment or Bento that cannot become objects: the message says what to change.
@@ -114,90 +154,78 @@ pub fn build(
     check(bd, bento)?;
     let name = bd.name_any();
     let ns = bd.namespace().unwrap_or_default();
-    let owner = bd.controller_owner_ref(&()).expect("a BentoDeployment read from the API server has a uid");
     let (repository, version) = names::split_tag(&bento.spec.tag).expect("checked");
     let port = port(bd)?;
 
-    let mut common = BTreeMap::from([
-        (labels::BENTO_DEPLOYMENT.to_string(), name.clone()),
-        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
-        (labels::BENTO_VERSION.to_string(), version.to_string()),
-        (labels::COMPONENT_TYPE.to_string(), labels::COMPONENT_API_SERVER.to_string()),
-        (labels::CREATOR.to_string(), labels::CREATOR_VALUE.to_string()),
-    ]);
-    common.extend(bd.spec.labels.clone());
-    let common_annotations = BTreeMap::from([
-        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
-        (labels::BENTO_VERSION.to_string(), version.to_string()),
-    ]);
-    let meta = |labels: BTreeMap<String, String>| ObjectMeta {
-        name: Some(name.clone()),
-        namespace: Some(ns.clone()),
-        labels: Some(labels),
-        annotations: Some(common_annotations.clone()),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
+    // Legacy bentos: one workload per runner, and the API server told where they are.
+    let mut runner_map = BTreeMap::new();
+    let mut runners = Vec::new();
+    for (i, runner) in bento.spec.runners.iter().enumerate() {
+        let service = runner_service_name(&name, &bento.spec.tag, &runner.name);
+        runner_map.insert(runner.name.clone(), format!("tcp://{service}:{DEFAULT_PORT}"));
+        let overrides = bd.spec.runners.iter().find(|r| r.name == runner.name);
+        let empty = BTreeMap::new();
+        let component = Component {
+            name: format!("{name}-runner-{i}"),
+            service,
+            runner: Some(&runner.name),
+            labels: overrides.map(|r| &r.labels).unwrap_or(&empty),
+            annotations: overrides.map(|r| &r.annotations).unwrap_or(&empty),
+            resources: overrides.and_then(|r| r.resources.as_ref()),
+            autoscaling: overrides.and_then(|r| r.autoscaling.as_ref()),
+            envs: overrides.map(|r| r.envs.as_slice()).unwrap_or_default(),
+            extra_pod_metadata: overrides.and_then(|r| r.extra_pod_metadata.as_ref()),
+            extra_pod_spec: overrides.and_then(|r| r.extra_pod_spec.as_ref()),
+            args: Some(
+                ["python", "-m", "bentoml._internal.server.cli.runner", ".", "--runner-name", &runner.name]
+                    .into_iter()
+                    .map(String::from)
+                    .chain([
+                        "--bind".into(),
+                        format!("tcp://0.0.0.0:{DEFAULT_PORT}"),
+                        "--working-dir".into(),
+                        ".".into(),
+                    ])
+                    .collect(),
+            ),
+        };
+        runners.push(workload(bd, bento, &component, DEFAULT_PORT, (repository, version))?);
+    }
+    let api_args = (!runner_map.is_empty()).then(|| {
+        vec![
+            "python".into(),
+            "-m".into(),
+            "bentoml._internal.server.cli.api_server".into(),
+            ".".into(),
+            "--bind".into(),
+            format!("tcp://0.0.0.0:{port}"),
+            "--runner-map".into(),
+            serde_json::to_string(&runner_map).expect("a map of strings"),
+            "--working-dir".into(),
+            ".".into(),
+        ]
+    });
+    let api = Component {
+        name: name.clone(),
+        service: name.clone(),
+        runner: None,
+        labels: &bd.spec.labels,
+        annotations: &bd.spec.annotations,
+        resources: bd.spec.resources.as_ref(),
+        autoscaling: bd.spec.autoscaling.as_ref(),
+        envs: &bd.spec.envs,
+        extra_pod_metadata: bd.spec.extra_pod_metadata.as_ref(),
+        extra_pod_spec: bd.spec.extra_pod_spec.as_ref(),
+        args: api_args,
     };
-    let selector = BTreeMap::from([(labels::SELECTOR.to_string(), name.clone())]);
-
-    let (min_replicas, max_replicas) = replicas(bd.spec.autoscaling.as_ref());
-    let deployment = Deployment {
-        metadata: meta(common.clone()),
-        spec: DeploymentSpec {
-            // Left unset: the HPA owns the replica count.
-            replicas: None,
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
-            strategy: Some(strategy_for(
-                bd.spec
-                    .annotations
-                    .get(annotations::DEPLOYMENT_STRATEGY)
-                    .map(String::as_str)
-                    .unwrap_or("RollingUpdate"),
-            )?),
-            template: pod_template(bd, bento, &common, &selector, port)?,
-            ..Default::default()
-        },
-        status: None,
-    };
-
-    let service = Service {
-        metadata: meta(common.clone()),
-        spec: Some(ServiceSpec {
-            selector: Some(selector.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: DEFAULT_PORT,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    };
-
-    let hpa = HorizontalPodAutoscaler {
-        metadata: meta(common.clone()),
-        spec: HorizontalPodAutoscalerSpec {
-            scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
-                name: name.clone(),
-            },
-            min_replicas: Some(min_replicas.max(1)),
-            max_replicas,
-            metrics: Some(metrics(bd.spec.autoscaling.as_ref())),
-            behavior: bd.spec.autoscaling.as_ref().and_then(|a| a.behavior.clone()),
-        },
-        status: None,
-    };
+    let Workload { deployment, service, hpa, min_replicas } = workload(bd, bento, &api, port, (repository, version))?;
 
     let (ingress, url) = match (bd.spec.ingress.enabled, suffix) {
         (true, Some(suffix)) => {
             let host = ingress_host(&name, &ns, suffix);
-            let mut ingress_labels = common.clone();
+            let mut ingress_labels = deployment.metadata.labels.clone().unwrap_or_default();
             ingress_labels.extend(bd.spec.ingress.labels.clone());
-            let mut ingress_annotations = common_annotations.clone();
+            let mut ingress_annotations = deployment.metadata.annotations.clone().unwrap_or_default();
             // Later entries win: the operator's, the cluster's (ConfigMap), the deployment's.
             ingress_annotations.insert("nginx.ingress.kubernetes.io/ssl-redirect".into(), "false".into());
             ingress_annotations.extend(network.ingress_annotations.clone());
@@ -215,7 +243,7 @@ pub fn build(
                 metadata: ObjectMeta {
                     labels: Some(ingress_labels),
                     annotations: Some(ingress_annotations),
-                    ..meta(BTreeMap::new())
+                    ..deployment.metadata.clone()
                 },
                 spec: Some(IngressSpec {
                     ingress_class_name: network.ingress_class.clone(),
@@ -246,7 +274,95 @@ pub fn build(
         _ => (None, None),
     };
 
-    Ok(Children { deployment, service, hpa, ingress, min_replicas, url })
+    Ok(Children { deployment, service, hpa, runners, ingress, min_replicas, url })
+}
+
+/// The Deployment, Service and HPA of one component.
+fn workload(
+    bd: &BentoDeployment,
+    bento: &Bento,
+    c: &Component,
+    port: i32,
+    (repository, version): (&str, &str),
+) -> Result<Workload, Invalid> {
+    let owner = bd.controller_owner_ref(&()).expect("a BentoDeployment read from the API server has a uid");
+    let ns = bd.namespace().unwrap_or_default();
+    let mut common = BTreeMap::from([
+        (labels::BENTO_DEPLOYMENT.to_string(), bd.name_any()),
+        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
+        (labels::BENTO_VERSION.to_string(), version.to_string()),
+        (
+            labels::COMPONENT_TYPE.to_string(),
+            if c.runner.is_some() { labels::COMPONENT_RUNNER } else { labels::COMPONENT_API_SERVER }.to_string(),
+        ),
+        (labels::CREATOR.to_string(), labels::CREATOR_VALUE.to_string()),
+    ]);
+    if let Some(runner) = c.runner {
+        common.insert(labels::COMPONENT_NAME.to_string(), runner.to_string());
+    }
+    common.extend(c.labels.clone());
+    let common_annotations = BTreeMap::from([
+        (labels::BENTO_REPOSITORY.to_string(), repository.to_string()),
+        (labels::BENTO_VERSION.to_string(), version.to_string()),
+    ]);
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ns.clone()),
+        labels: Some(common.clone()),
+        annotations: Some(common_annotations.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let selector = BTreeMap::from([(labels::SELECTOR.to_string(), c.name.clone())]);
+
+    let (min_replicas, max_replicas) = replicas(c.autoscaling);
+    let deployment = Deployment {
+        metadata: meta(&c.name),
+        spec: DeploymentSpec {
+            // Left unset: the HPA owns the replica count.
+            replicas: None,
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            strategy: Some(strategy_for(
+                c.annotations.get(annotations::DEPLOYMENT_STRATEGY).map(String::as_str).unwrap_or("RollingUpdate"),
+            )?),
+            template: pod_template(bd, bento, c, &common, &selector, port)?,
+            ..Default::default()
+        },
+        status: None,
+    };
+
+    let service = Service {
+        metadata: meta(&c.service),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: DEFAULT_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+
+    let hpa = HorizontalPodAutoscaler {
+        metadata: meta(&c.name),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: c.name.clone(),
+            },
+            min_replicas: Some(min_replicas.max(1)),
+            max_replicas,
+            metrics: Some(metrics(c.autoscaling)),
+            behavior: c.autoscaling.and_then(|a| a.behavior.clone()),
+        },
+        status: None,
+    };
+    Ok(Workload { deployment, service, hpa, min_replicas })
 }
 
 /// `(min, max)`: Yatai's default is one replica when `autoscaling` is absent.
@@ -309,6 +425,7 @@ fn port(bd: &BentoDeployment) -> Result<i32, Invalid> {
 fn pod_template(
     bd: &BentoDeployment,
     bento: &Bento,
+    c: &Component,
     common: &BTreeMap<String, String>,
     selector: &BTreeMap<String, String>,
     port: i32,
@@ -317,7 +434,7 @@ fn pod_template(
     pod_labels.extend(selector.clone());
     pod_labels.insert(labels::TARGET_TYPE.into(), labels::TARGET_PRODUCTION.into());
     let mut pod_annotations = BTreeMap::new();
-    if let Some(extra) = &bd.spec.extra_pod_metadata {
+    if let Some(extra) = c.extra_pod_metadata {
         pod_labels.extend(extra.labels.clone());
         pod_annotations.extend(extra.annotations.clone());
     }
@@ -329,17 +446,15 @@ fn pod_template(
         env_var("YATAI_BENTO_DEPLOYMENT_NAME", &bd.name_any()),
         env_var("YATAI_BENTO_DEPLOYMENT_NAMESPACE", &bd.namespace().unwrap_or_default()),
     ];
-    for user in &bd.spec.envs {
+    for user in c.envs {
         match env.iter_mut().find(|e| e.name == user.name) {
             Some(e) => *e = user.clone(),
             None => env.push(user.clone()),
         }
     }
 
-    let resources = resources(
-        bd.spec.resources.as_ref().and_then(|r| r.requests.as_ref()),
-        bd.spec.resources.as_ref().and_then(|r| r.limits.as_ref()),
-    )?;
+    let resources =
+        resources(c.resources.and_then(|r| r.requests.as_ref()), c.resources.and_then(|r| r.limits.as_ref()))?;
     let shm_size = resources
         .limits
         .as_ref()
@@ -357,7 +472,9 @@ fn pod_template(
     let main = Container {
         name: "main".into(),
         image: Some(bento.spec.image.clone()),
-        // The image's own entrypoint serves the bento.
+        // The image's own entrypoint serves the bento (a runner, or an API server that calls
+        // runners, by the arguments it is given).
+        args: c.args.clone(),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: port,
@@ -426,7 +543,7 @@ fn pod_template(
         }]),
         ..Default::default()
     };
-    if let Some(extra) = &bd.spec.extra_pod_spec {
+    if let Some(extra) = c.extra_pod_spec {
         spec.scheduler_name = Some(extra.scheduler_name.clone()).filter(|s| !s.is_empty());
         spec.node_selector = Some(extra.node_selector.clone()).filter(|s| !s.is_empty());
         spec.affinity = extra.affinity.clone();

@@ -178,7 +178,7 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
     };
 
     let applied = apply_all(ctx, &ns, &name, bd, &children).await;
-    let deployment = match applied {
+    let (deployment, runner_deployments) = match applied {
         Ok(d) => d,
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 || e.code == 400 => {
             // Kubernetes refused the objects (an impossible quantity, a bad label): a spec
@@ -191,13 +191,33 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
         Err(e) => return Err(e),
     };
 
-    // The pods are read only when the Deployment does not serve, to say why.
+    // Serving means the API server and every runner serve. The pods are read only when
+    // something does not, to say why.
+    let runners_serving = || {
+        children.runners.iter().zip(&runner_deployments).find_map(|(w, d)| {
+            let s = status::serving(d, w.min_replicas, &[]);
+            (!s.available).then(|| (w.deployment.metadata.name.clone().unwrap_or_default(), s))
+        })
+    };
     let mut serving = status::serving(&deployment, children.min_replicas, &[]);
+    if serving.available
+        && let Some((runner, s)) = runners_serving()
+    {
+        serving = status::Serving {
+            available: false,
+            reason: s.reason,
+            message: format!("{runner}: {}", s.message),
+            ..serving
+        };
+    }
     if !serving.available && children.min_replicas > 0 {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let selector = format!("{}={name}", labels::SELECTOR);
+        let selector = format!("{}={name}", labels::BENTO_DEPLOYMENT);
         let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
-        serving = status::serving(&deployment, children.min_replicas, &pods);
+        if let Some((reason, message)) = status::pod_problem(&pods) {
+            serving.reason = reason;
+            serving.message = message;
+        }
     }
     let mut message = serving.message.clone();
     if bd.spec.ingress.enabled && suffix.is_none() {
@@ -295,14 +315,21 @@ async fn apply_all(
     name: &str,
     bd: &BentoDeployment,
     children: &children::Children,
-) -> Result<Deployment, Error> {
-    let deployment = apply(ctx, ns, name, &children.deployment).await?;
-    apply(ctx, ns, name, &children.service).await?;
-    apply(ctx, ns, name, &children.hpa).await?;
+) -> Result<(Deployment, Vec<Deployment>), Error> {
+    // Runners first: the API server is told where they are.
+    let mut runner_deployments = Vec::new();
+    for w in &children.runners {
+        runner_deployments.push(apply(ctx, ns, &w.deployment).await?);
+        apply(ctx, ns, &w.service).await?;
+        apply(ctx, ns, &w.hpa).await?;
+    }
+    let deployment = apply(ctx, ns, &children.deployment).await?;
+    apply(ctx, ns, &children.service).await?;
+    apply(ctx, ns, &children.hpa).await?;
     let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
     match &children.ingress {
         Some(ingress) => {
-            apply(ctx, ns, name, ingress).await?;
+            apply(ctx, ns, ingress).await?;
         }
         None if !bd.spec.ingress.enabled => {
             // Disabled: remove the one we made, never someone else's.
@@ -315,10 +342,10 @@ async fn apply_all(
         }
         None => {}
     }
-    Ok(deployment)
+    Ok((deployment, runner_deployments))
 }
 
-async fn apply<K>(ctx: &Context, ns: &str, name: &str, object: &K) -> Result<K, Error>
+async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Serialize
@@ -327,10 +354,11 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
     let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
-    Ok(api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await?)
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await?)
 }
 
 /// Writes the status when it changed, and publishes an Event when a condition moved.
