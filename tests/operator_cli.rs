@@ -161,12 +161,44 @@ spec:
     assert!(metrics.contains("yatai_operator_leader 1"), "{metrics}");
     assert!(http_get(metrics_port, "/readyz").unwrap().starts_with("HTTP/1.1 200"));
 
-    // SIGTERM: a clean, prompt exit.
+    // A second replica stands by: it serves its webhook and metrics but does not lead.
+    let standby_metrics = free_port();
+    let standby_webhook = free_port();
+    let standby = Operator(
+        Command::new(yatai_bin())
+            .arg("operator")
+            .arg("--kubeconfig")
+            .arg(testbed.kubeconfig())
+            .args(["--namespaces", &n, "--operator-namespace", &n, "--domain-suffix", "10.0.0.7.sslip.io"])
+            .args(["--metrics-listen", &format!("127.0.0.1:{standby_metrics}")])
+            .args(["--webhook-listen", &format!("127.0.0.1:{standby_webhook}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{standby_webhook}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the stand-by's metrics", WAIT, || {
+        http_get(standby_metrics, "/metrics").filter(|m| m.contains("yatai_operator_leader 0"))
+    });
+    assert!(http_get(metrics_port, "/metrics").unwrap().contains("yatai_operator_leader 1"));
+
+    // SIGTERM: a clean, prompt exit that hands the lease over.
     let mut operator = operator;
     unsafe { libc::kill(operator.0.id() as i32, libc::SIGTERM) };
     let status =
         wait_for("the operator to exit after SIGTERM", Duration::from_secs(20), || operator.0.try_wait().unwrap());
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(status.success(), "exit {status:?}; log:\n{text}");
+    wait_for("the stand-by to lead", WAIT, || {
+        http_get(standby_metrics, "/metrics").filter(|m| m.contains("yatai_operator_leader 1"))
+    });
+    // The new leader reconciles: a new deployment becomes available.
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifests.replace("name: iris\n", "name: iris2\n")));
+    wait_for("the new leader to make iris2 available", WAIT, || {
+        let (_, out) = kubectl.run(&["get", "bentodeployments", "iris2", "-n", &n], None);
+        out.lines().any(|l| l.starts_with("iris2 ") && l.contains("True")).then_some(())
+    });
+    drop(standby);
     ns.delete().await.unwrap();
 }
