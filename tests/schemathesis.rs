@@ -68,7 +68,10 @@ fn the_api_conforms_to_its_openapi_document() {
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", "15"])
         .args(["--seed", "20261130"])
-        .args(["--workers", "2"])
+        // One worker: with two threads, CPython 3.11's AST recursion-depth counter races
+        // ("AST constructor recursion depth mismatch") and schemathesis reports a runtime error
+        // that is not about the API (seen once in a CI run under load).
+        .args(["--workers", "1"])
         .args(["--generation-database", "none"])
         .args(["--request-timeout", "30"])
         .args(["-H", &format!("X-YATAI-API-TOKEN: {}", server.token)])
