@@ -19,7 +19,7 @@ use k8s_openapi::api::networking::v1::{
     IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use yatai_kube_api::Bento;
@@ -643,9 +643,4 @@ fn half_quantity(q: &str) -> Option<String> {
     let bytes = parse_quantity(q)?;
     let mi = (bytes / 2.0 / (1024.0 * 1024.0)).floor() as u64;
     (mi > 0).then(|| format!("{mi}Mi"))
-}
-
-/// The owner reference every child carries.
-pub fn owner_of(bd: &BentoDeployment) -> Option<OwnerReference> {
-    bd.controller_owner_ref(&())
 }
