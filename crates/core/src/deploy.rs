@@ -80,6 +80,8 @@ text_enum!(
     /// Observed state of a deployment, in the client's vocabulary (the
     /// `status` column).
     Phase, "deployment status" {
+        /// The image the deployment runs is being built (Kubernetes targets).
+        ImageBuilding = "image-building",
         Deploying = "deploying",
         Running = "running",
         Unhealthy = "unhealthy",
@@ -271,6 +273,76 @@ pub trait DeployTarget: Send + Sync {
     /// Graceful server shutdown.
     async fn shutdown(&self) {}
     fn describe(&self) -> String;
+}
+
+/// How yatai reaches a Kubernetes cluster. Stored encrypted; the API never
+/// returns it and `Debug` never prints the kubeconfig.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KubeClusterConfig {
+    /// A kubeconfig's text; `None`: the server's own service account
+    /// (yatai running in the cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig context to use; `None`: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// The namespace deployments go to when the user names none.
+    pub namespace: String,
+    /// The registry images built for this cluster are pushed to, as the
+    /// operator's `--image-registry` (shown; the operator holds its credentials).
+    #[serde(default)]
+    pub image_registry: Option<String>,
+    /// The domain suffix of deployments' hosts; `None`: what the operator
+    /// discovered (the `network` ConfigMap, else the ingress address).
+    #[serde(default)]
+    pub domain_suffix: Option<String>,
+}
+
+impl std::fmt::Debug for KubeClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeClusterConfig")
+            .field("kubeconfig", &self.kubeconfig.as_ref().map(|_| "<secret>"))
+            .field("context", &self.context)
+            .field("namespace", &self.namespace)
+            .field("image_registry", &self.image_registry)
+            .field("domain_suffix", &self.domain_suffix)
+            .finish()
+    }
+}
+
+/// What a cluster has, as found by [`ClusterConnector::probe`]: shown on the
+/// cluster's page, and checked when a user registers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterHealth {
+    pub reachable: bool,
+    /// The API server's version (`v1.37.2`).
+    pub version: Option<String>,
+    /// The BentoDeployment, BentoRequest and Bento CRDs are established.
+    pub crds_installed: bool,
+    /// A `yatai operator` holds the leader lease.
+    pub operator_running: bool,
+    /// The domain suffix deployments' hosts end with.
+    pub domain_suffix: Option<String>,
+    /// What is wrong, each in words a person can act on; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+/// Builds the targets of clusters registered at run time from their stored
+/// configuration (Kubernetes). Lives outside the application so that it
+/// needs no Kubernetes client.
+#[async_trait::async_trait]
+pub trait ClusterConnector: Send + Sync {
+    /// Reaches the cluster with `config` and reports what it has (RBAC,
+    /// CRDs, namespace, operator). Never fails: problems are in the report.
+    async fn probe(&self, config: &KubeClusterConfig) -> ClusterHealth;
+    /// A target running deployments on the cluster with uid `cluster_uid`;
+    /// status changes go to `sink` as the local runtime's do.
+    async fn connect(
+        &self,
+        cluster_uid: &str,
+        config: &KubeClusterConfig,
+        sink: Arc<dyn StatusSink>,
+    ) -> Result<Arc<dyn DeployTarget>, TargetError>;
 }
 
 #[cfg(test)]
