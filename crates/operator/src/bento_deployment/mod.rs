@@ -6,6 +6,7 @@
 //! with server-side apply by one field manager and owned by the BentoDeployment, so deleting it
 //! garbage-collects them; `replicas` is never set, so the HPA owns it.
 
+pub mod caches;
 pub mod children;
 pub mod status;
 
@@ -19,12 +20,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -36,6 +38,7 @@ use yatai_kube_api::serving::conditions::{AVAILABLE, BENTO_FOUND, BENTO_REQUEST_
 use yatai_kube_api::serving::v2alpha1::{BentoDeployment, BentoDeploymentStatus};
 use yatai_kube_api::{Bento, BentoRequest};
 
+use self::caches::Caches;
 use crate::context::{Context, FIELD_MANAGER, Namespaces};
 use crate::metrics::ControllerMetrics;
 use crate::network::{self, Network};
@@ -47,8 +50,18 @@ const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
 /// sent thousands of requests at once and the API server answered with 504s until nothing
 /// converged (bench/operator); a small pool converges faster.
 const RECONCILE_CONCURRENCY: u16 = 16;
-/// How often a serving deployment is checked, as a safety net for missed events.
+/// How often a serving deployment is checked, as a safety net for missed events; its children
+/// are then applied even when the caches say they are as wanted.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Triggers for one object that arrive closer together than this make one reconcile (a new
+/// Deployment's status moves several times in its first second).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// The pods of a deployment that does not serve are read to say why only once its Deployment
+/// has made no progress for this long: before that, nothing is wrong yet.
+const PODS_EXPLAIN_AFTER: Duration = Duration::from_secs(5);
+/// The annotation on each child with the digest of what was last applied: a child whose
+/// cached copy carries the digest of what would be applied now is not applied again.
+pub const APPLIED_DIGEST: &str = "yatai.ai/applied-digest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,24 +71,35 @@ pub enum Error {
     Network(String),
 }
 
-/// What each reconcile shares.
+/// What each reconcile of one controller shares.
 pub struct State {
     pub ctx: Context,
     pub suffix: network::Suffix,
+    caches: Caches,
     failures: Mutex<HashMap<String, u32>>,
+    /// When each deployment's children were last applied whatever the caches said.
+    full_applies: Mutex<HashMap<String, Instant>>,
     metrics: Arc<ControllerMetrics>,
+}
+
+impl State {
+    fn new(ctx: Context, suffix: network::Suffix, caches: Caches, metrics: Arc<ControllerMetrics>) -> State {
+        State { ctx, suffix, caches, failures: Mutex::default(), full_applies: Mutex::default(), metrics }
+    }
 }
 
 /// Reconciles BentoDeployments in the watched namespaces until the process stops.
 pub async fn run(ctx: Context) {
     let suffix = network::resolve_suffix(ctx.clone());
     let metrics = ctx.metrics.controller("bentodeployment");
-    let state = Arc::new(State { ctx: ctx.clone(), suffix: suffix.clone(), failures: Mutex::default(), metrics });
     let scopes: Vec<Option<String>> = match &ctx.settings.namespaces {
         Namespaces::All => vec![None],
         Namespaces::Some(list) => list.iter().cloned().map(Some).collect(),
     };
-    futures::future::join_all(scopes.into_iter().map(|ns| controller(state.clone(), ns))).await;
+    futures::future::join_all(
+        scopes.into_iter().map(|ns| controller(ctx.clone(), suffix.clone(), metrics.clone(), ns)),
+    )
+    .await;
 }
 
 fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
@@ -88,10 +112,22 @@ where
     }
 }
 
-async fn controller(state: Arc<State>, ns: Option<String>) {
-    let client = state.ctx.client.clone();
+async fn controller(ctx: Context, suffix: network::Suffix, metrics: Arc<ControllerMetrics>, ns: Option<String>) {
+    let client = ctx.client.clone();
     let ns = ns.as_deref();
     let owned = watcher::Config::default().labels(labels::BENTO_DEPLOYMENT);
+    let (deployments, deployment_changes) = caches::reflect(api::<Deployment>(&client, ns), owned.clone());
+    let (services, service_changes) = caches::reflect(api::<Service>(&client, ns), owned.clone());
+    let (hpas, hpa_changes) = caches::reflect(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone());
+    let (ingresses, ingress_changes) = caches::reflect(api::<Ingress>(&client, ns), owned);
+    let (bentos, bento_changes) = caches::reflect(api::<Bento>(&client, ns), watcher::Config::default());
+    let (requests, request_changes) = caches::reflect(api::<BentoRequest>(&client, ns), watcher::Config::default());
+    let (network, network_changes) = caches::reflect(
+        Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.operator_namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", network::CONFIG_MAP)),
+    );
+    let caches = Caches { bentos, requests, deployments, services, hpas, ingresses, network };
+    let state = Arc::new(State::new(ctx, suffix, caches, metrics));
     let controller = Controller::new(api::<BentoDeployment>(&client, ns), watcher::Config::default());
     let store = controller.store();
     let by_bento = move |namespace: Option<String>, name: String| {
@@ -103,24 +139,26 @@ async fn controller(state: Arc<State>, ns: Option<String>) {
             .collect::<Vec<_>>()
     };
     let by_bento2 = by_bento.clone();
-    // A new suffix (discovered once) gives every deployment its Ingress.
+    // A new suffix (discovered once), or a changed `network` ConfigMap, changes every
+    // deployment's Ingress.
     let suffix_changes =
         futures::stream::unfold(
             state.suffix.clone(),
             |mut rx| async move { rx.changed().await.ok().map(|()| ((), rx)) },
         );
+    let network_changes = network_changes
+        .backoff(crate::context::WatchBackoff::default())
+        .filter_map(|r| std::future::ready(r.ok().map(|_| ())));
     controller
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
-        .owns(api::<Ingress>(&client, ns), owned)
-        .watches(api::<Bento>(&client, ns), watcher::Config::default(), move |b| by_bento(b.namespace(), b.name_any()))
-        .watches(api::<BentoRequest>(&client, ns), watcher::Config::default(), move |b| {
-            by_bento2(b.namespace(), b.name_any())
-        })
-        .reconcile_all_on(suffix_changes)
+        .owns_stream(deployment_changes)
+        .owns_stream(service_changes)
+        .owns_stream(hpa_changes)
+        .owns_stream(ingress_changes)
+        .watches_stream(bento_changes, move |b| by_bento(b.namespace(), b.name_any()))
+        .watches_stream(request_changes, move |b| by_bento2(b.namespace(), b.name_any()))
+        .reconcile_all_on(futures::stream::select(suffix_changes, network_changes))
         .trigger_backoff(crate::context::WatchBackoff::default())
-        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY).debounce(DEBOUNCE))
         .run(reconcile, error_policy, state)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -161,15 +199,19 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
     let generation = bd.metadata.generation;
     let mut status = bd.status.clone().unwrap_or_default();
     status.observed_generation = generation;
-    let bentos: Api<Bento> = Api::namespaced(ctx.client.clone(), &ns);
+    state.caches.ready().await;
 
-    let Some(bento) = bentos.get_opt(&bd.spec.bento).await? else {
+    let Some(bento) = cached_or_get(&state.caches.bentos, ctx, &ns, &bd.spec.bento).await? else {
         return waiting_for_bento(bd, state, status).await;
     };
     condition::set(&mut status.conditions, BENTO_FOUND, TRUE, "BentoFound", "", generation);
     condition::remove(&mut status.conditions, BENTO_REQUEST_FOUND);
 
-    let network = Network::read(ctx).await.map_err(Error::Network)?;
+    let network = match caches::cached(&state.caches.network, &ctx.settings.operator_namespace, network::CONFIG_MAP) {
+        Some(cm) => Network::from_config_map(cm.data.as_ref().unwrap_or(&Default::default())),
+        None => Network::from_config_map(&Default::default()),
+    }
+    .map_err(Error::Network)?;
     let suffix = state.suffix.borrow().clone();
     let children = match children::build(bd, &bento, &network, suffix.as_deref()) {
         Ok(c) => c,
@@ -182,7 +224,18 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
         }
     };
 
-    let applied = apply_all(ctx, &ns, &name, bd, &children).await;
+    // Every child is applied when the spec changed (the caches hold other digests), when one
+    // is missing, and every RESYNC whatever the caches say (someone may have edited a field
+    // the operator owns).
+    let force = {
+        let mut full = state.full_applies.lock().expect("not poisoned");
+        let due = full.get(&key(bd)).is_none_or(|at| at.elapsed() >= RESYNC);
+        if due {
+            full.insert(key(bd), Instant::now());
+        }
+        due
+    };
+    let applied = apply_all(state, &ns, &name, bd, &children, force).await;
     let (deployment, runner_deployments) = match applied {
         Ok(d) => d,
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 || e.code == 400 => {
@@ -215,7 +268,8 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
             ..serving
         };
     }
-    if !serving.available && children.min_replicas > 0 {
+    let stalled = stalled_for(&deployment).is_some_and(|d| d >= PODS_EXPLAIN_AFTER);
+    if !serving.available && children.min_replicas > 0 && stalled {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let selector = format!("{}={name}", labels::BENTO_DEPLOYMENT);
         let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
@@ -239,7 +293,47 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
     status.url = children.url.clone().unwrap_or_else(|| format!("http://{name}.{ns}.svc.cluster.local:3000"));
     let event = changed.then(|| (reason, message.clone()));
     write_status(bd, state, status, event).await?;
-    Ok(Action::requeue(if serving.available { RESYNC } else { NOT_READY_RECHECK }))
+    Ok(Action::requeue(if serving.available {
+        RESYNC
+    } else if stalled {
+        NOT_READY_RECHECK
+    } else {
+        PODS_EXPLAIN_AFTER
+    }))
+}
+
+/// How long the Deployment has made no progress (by its `Progressing` condition, which the
+/// Deployment controller touches whenever a replica set or pod moves on); `None` before it has
+/// said anything.
+fn stalled_for(deployment: &Deployment) -> Option<Duration> {
+    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    let progressing = conditions.iter().find(|c| c.type_.as_deref() == Some("Progressing"))?;
+    let at = progressing.last_update_time.as_ref().or(progressing.last_transition_time.as_ref())?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Some(Duration::from_secs(now.as_second().saturating_sub(at.0.as_second()).max(0) as u64))
+}
+
+/// `namespace/name` from the cache, or — when the cache has not seen it, as for a Bento created
+/// just before the BentoDeployment naming it, whose watch event is still on its way — from the
+/// API server, so that a missing object is never reported before it is really missing.
+async fn cached_or_get<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static,
+{
+    if let Some(o) = caches::cached(store, ns, name) {
+        return Ok(Some(o));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
 /// No Bento yet: say whether a BentoRequest will produce it, or why it will not.
@@ -250,8 +344,7 @@ async fn waiting_for_bento(
 ) -> Result<Action, Error> {
     let ns = bd.namespace().unwrap_or_default();
     let generation = bd.metadata.generation;
-    let requests: Api<BentoRequest> = Api::namespaced(state.ctx.client.clone(), &ns);
-    let request = requests.get_opt(&bd.spec.bento).await?;
+    let request = cached_or_get(&state.caches.requests, &state.ctx, &ns, &bd.spec.bento).await?;
     let bento = &bd.spec.bento;
     condition::set(
         &mut status.conditions,
@@ -315,39 +408,70 @@ async fn waiting_for_bento(
 }
 
 async fn apply_all(
-    ctx: &Context,
+    state: &State,
     ns: &str,
     name: &str,
     bd: &BentoDeployment,
     children: &children::Children,
+    force: bool,
 ) -> Result<(Deployment, Vec<Deployment>), Error> {
+    let (ctx, c) = (&state.ctx, &state.caches);
     // Runners first: the API server is told where they are.
     let mut runner_deployments = Vec::new();
     for w in &children.runners {
-        runner_deployments.push(apply(ctx, ns, &w.deployment).await?);
-        apply(ctx, ns, &w.service).await?;
-        apply(ctx, ns, &w.hpa).await?;
+        runner_deployments.push(ensure(ctx, &c.deployments, ns, &w.deployment, force).await?);
+        ensure(ctx, &c.services, ns, &w.service, force).await?;
+        ensure(ctx, &c.hpas, ns, &w.hpa, force).await?;
     }
-    let deployment = apply(ctx, ns, &children.deployment).await?;
-    apply(ctx, ns, &children.service).await?;
-    apply(ctx, ns, &children.hpa).await?;
-    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+    let deployment = ensure(ctx, &c.deployments, ns, &children.deployment, force).await?;
+    ensure(ctx, &c.services, ns, &children.service, force).await?;
+    ensure(ctx, &c.hpas, ns, &children.hpa, force).await?;
     match &children.ingress {
         Some(ingress) => {
-            apply(ctx, ns, ingress).await?;
+            ensure(ctx, &c.ingresses, ns, ingress, force).await?;
         }
         None if !bd.spec.ingress.enabled => {
             // Disabled: remove the one we made, never someone else's.
-            if let Some(existing) = ingresses.get_opt(name).await? {
+            if let Some(existing) = caches::cached(&c.ingresses, ns, name) {
                 let ours = existing.owner_references().iter().any(|o| Some(&o.uid) == bd.uid().as_ref());
                 if ours {
-                    ingresses.delete(name, &DeleteParams::default()).await?;
+                    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+                    match ingresses.delete(name, &DeleteParams::default()).await {
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Ok(_) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }
         None => {}
     }
     Ok((deployment, runner_deployments))
+}
+
+/// Applies `object` unless the cache holds it as last applied (same digest) and `force` is
+/// off; returns the object as the API server (or the cache) has it.
+async fn ensure<K>(ctx: &Context, store: &Store<K>, ns: &str, object: &K, force: bool) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + 'static,
+{
+    let digest =
+        yatai_kube_api::names::md5_hex(&serde_json::to_string(object).expect("a Kubernetes object serializes"));
+    let name = object.meta().name.clone().unwrap_or_default();
+    if !force
+        && let Some(live) = caches::cached(store, ns, &name)
+        && live.annotations().get(APPLIED_DIGEST) == Some(&digest)
+    {
+        return Ok((*live).clone());
+    }
+    let mut object = object.clone();
+    object.meta_mut().annotations.get_or_insert_default().insert(APPLIED_DIGEST.to_string(), digest);
+    apply(ctx, ns, &object).await
 }
 
 async fn apply<K>(ctx: &Context, ns: &str, object: &K) -> Result<K, Error>
