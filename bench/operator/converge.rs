@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use yatai_kube_api::Bento;
 use yatai_kube_api::condition;
@@ -140,14 +140,32 @@ async fn main() -> anyhow::Result<()> {
         clock_ticks,
     };
 
+    // The driver watches instead of listing: a list of 1,000 BentoDeployments four times a
+    // second costs the API server more than the operator does.
+    let (store, writer) = kube::runtime::reflector::store();
+    let watch = kube::runtime::reflector(writer, kube::runtime::watcher(bds.clone(), Default::default()))
+        .for_each(|_| std::future::ready(()));
+    let watch = tokio::spawn(watch);
+    store.wait_until_ready().await?;
+
     let mut peak_rss: f64 = 0.0;
     let mut converged = None;
     let mut all_available = None;
+    let mut last_progress = Instant::now();
     let deadline = Duration::from_secs(600);
     while start.elapsed() < deadline {
         peak_rss = peak_rss.max(op.rss_mib());
-        let list = bds.list(&ListParams::default()).await?.items;
+        let list: Vec<BentoDeployment> = store.state().iter().map(|b| (**b).clone()).collect();
         let (reconciled, available) = counts(&list);
+        if last_progress.elapsed() >= Duration::from_secs(10) {
+            last_progress = Instant::now();
+            eprintln!(
+                "{:>5.0} s: {reconciled} reconciled, {available} available; operator: {:.0} requests, {:.0} reconciles",
+                start.elapsed().as_secs_f64(),
+                metric(metrics_port, "yatai_operator_api_requests_total"),
+                metric(metrics_port, "yatai_operator_reconciles_total"),
+            );
+        }
         if converged.is_none() && reconciled == n {
             converged = Some((
                 start.elapsed(),
@@ -163,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    watch.abort();
     let (converge_time, converge_cpu, requests, reconciles) =
         converged.ok_or_else(|| anyhow::anyhow!("not converged within {deadline:?}"))?;
 
@@ -199,6 +218,14 @@ async fn main() -> anyhow::Result<()> {
     written.sort();
     serving.sort();
 
+    drop(op);
+
+    // Side by side, on the same API server and neighbours: the same 4 × N children applied by
+    // a plain client (16 at once, no operator, no status), the floor any operator meets here.
+    let floor_ns = testbed.namespace("bench-floor").await?;
+    let floor = apply_children_directly(&floor_ns, n).await?;
+    eprintln!("a plain client applied the same children in {:.1} s", floor.as_secs_f64());
+
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     println!("| measure | result |");
     println!("|---|---|");
@@ -211,6 +238,15 @@ async fn main() -> anyhow::Result<()> {
         Some(t) => println!("| cold start → all {n} Available (pods Ready on kwok) | {:.1} s |", t.as_secs_f64()),
         None => println!("| cold start → all {n} Available | not within {deadline:?} |"),
     }
+    println!(
+        "| the same {} children server-side applied by a plain client, 16 at once (the floor here) | {:.1} s |",
+        4 * n,
+        floor.as_secs_f64()
+    );
+    println!(
+        "| operator's cold start ÷ the plain client's | {:.2} |",
+        converge_time.as_secs_f64() / floor.as_secs_f64()
+    );
     println!("| one new BentoDeployment while {n} exist → status written (median of 5) | {} |", ms(written[2]));
     println!("| one new BentoDeployment while {n} exist → Available (median of 5) | {} |", ms(serving[2]));
     println!("| operator peak RSS while converging | {peak_rss:.0} MiB |");
@@ -224,7 +260,65 @@ async fn main() -> anyhow::Result<()> {
         "| API requests per reconcile (until converged) | {:.1} ({requests:.0} requests / {reconciles:.0} reconciles) |",
         requests / reconciles.max(1.0)
     );
-    drop(op);
-    ns.delete().await?;
+    // No namespace deletion: collecting thousands of objects outlasts any sensible wait, and
+    // the testbed goes with this process.
+    drop((ns, floor_ns));
     Ok(())
+}
+
+/// Server-side applies the Deployment, Service, HPA and Ingress the operator makes for each of
+/// `n` deployments (without owner references, which would have them collected), 16
+/// deployments at once; returns how long it took.
+async fn apply_children_directly(ns: &yatai_kube_testbed::TestNamespace, n: usize) -> anyhow::Result<Duration> {
+    use kube::api::{Patch, PatchParams};
+    use yatai_operator::bento_deployment::children;
+    let network = yatai_operator::network::Network::from_config_map(&Default::default()).map_err(anyhow::Error::msg)?;
+    let bentos: Vec<Bento> = (0..BENTOS)
+        .map(|i| {
+            let spec =
+                BentoSpec { tag: format!("b{i}:v1"), image: format!("r.test/b:yatai.b{i}.v1"), ..Default::default() };
+            Bento::new(&format!("bento-{i}"), spec)
+        })
+        .collect();
+    async fn apply<K>(api: Api<K>, mut object: K) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + k8s_openapi::serde::Serialize
+            + k8s_openapi::serde::de::DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        object.meta_mut().owner_references = None;
+        let name = object.meta().name.clone().unwrap_or_default();
+        let mut value = serde_json::to_value(&object)?;
+        value["apiVersion"] = K::api_version(&()).into();
+        value["kind"] = K::kind(&()).into();
+        api.patch(&name, &PatchParams::apply("bench-floor").force(), &Patch::Apply(value)).await?;
+        Ok(())
+    }
+    let started = Instant::now();
+    let results = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let mut bd = deployment(i);
+            bd.metadata.namespace = Some(ns.name().to_string());
+            bd.metadata.uid = Some(format!("floor-{i}"));
+            let bento = bentos[i % BENTOS].clone();
+            let network = network.clone();
+            async move {
+                let c = children::build(&bd, &bento, &network, Some("10.0.0.7.sslip.io"))
+                    .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+                apply(ns.api(), c.deployment).await?;
+                apply(ns.api(), c.service).await?;
+                apply(ns.api(), c.hpa).await?;
+                if let Some(ingress) = c.ingress {
+                    apply(ns.api(), ingress).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(started.elapsed())
 }

@@ -41,6 +41,10 @@ pub struct OperatorArgs {
     /// Image builds that may run at once.
     #[arg(long, env = "YATAI_BUILD_CONCURRENCY", default_value_t = 2)]
     pub build_concurrency: usize,
+    /// BentoDeployment reconciles that may run at once. Unbounded, a cold start on 1,000
+    /// drowned a small API server in 504s; raise it for a large one.
+    #[arg(long, env = "YATAI_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    pub reconcile_concurrency: u16,
     /// The operator's own namespace: its Lease, its webhook certificate Secret, the `network`
     /// ConfigMap.
     #[arg(long, env = "YATAI_OPERATOR_NAMESPACE", default_value = "yatai-system")]
@@ -120,6 +124,7 @@ impl OperatorArgs {
             image_registry: self.image_registry.clone().filter(|s| !s.is_empty()),
             image_registry_insecure: self.image_registry_insecure,
             build_concurrency: self.build_concurrency.max(1),
+            reconcile_concurrency: self.reconcile_concurrency.max(1),
             operator_namespace: self.operator_namespace.clone(),
             webhook_listen: self.webhook_listen,
             webhook_url: self.webhook_url.clone().filter(|s| !s.is_empty()),

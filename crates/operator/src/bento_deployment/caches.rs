@@ -4,8 +4,9 @@
 //! A cold start on 1,000 BentoDeployments made ~49 requests per object when every reconcile
 //! read the Bento and the `network` ConfigMap and re-applied all four children, whatever
 //! woke it (bench/operator). With these caches a reconcile woken by a child's status asks
-//! nothing but, at most, a status write. Objects are kept without `managedFields`, which are
-//! most of a Deployment's size and of no use here.
+//! nothing but, at most, a status write. Objects are kept without `managedFields`, and the
+//! children without their specs (a child is compared by the digest in its annotation, and a
+//! Deployment's status is read): most of their size, of no use here.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -58,20 +59,46 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
-/// A watch of `api` that fills a store (objects without `managedFields`), and the stream of
-/// objects it saw change, for the controller's triggers. The store fills only while the
-/// stream is polled.
+/// A watch of `api` that fills a store (objects without `managedFields`, then trimmed by
+/// `trim`), and the stream of objects it saw change, for the controller's triggers. The store
+/// fills only while the stream is polled.
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream =
-        watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None).reflect(writer).touched_objects();
+    let stream = watcher(api, config)
+        .modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            trim(o);
+        })
+        .reflect(writer)
+        .touched_objects();
     (store, stream)
+}
+
+/// Trims for [`reflect`].
+pub mod trim {
+    use super::*;
+
+    pub fn nothing<K>(_: &mut K) {}
+    /// The pod template is most of a Deployment; its status and generation stay.
+    pub fn deployment(d: &mut Deployment) {
+        d.spec.template = Default::default();
+    }
+    pub fn service(s: &mut Service) {
+        s.spec = None;
+    }
+    pub fn hpa(h: &mut HorizontalPodAutoscaler) {
+        h.spec = Default::default();
+    }
+    pub fn ingress(i: &mut Ingress) {
+        i.spec = None;
+    }
 }
 
 /// Stores filled by hand, for the mocked-API-server tests.

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt as _;
@@ -36,7 +35,6 @@ use yatai_kube_api::names::labels;
 use yatai_kube_api::resources::conditions as br_conditions;
 use yatai_kube_api::serving::conditions::{AVAILABLE, BENTO_FOUND, BENTO_REQUEST_FOUND};
 use yatai_kube_api::serving::v2alpha1::{BentoDeployment, BentoDeploymentStatus};
-use yatai_kube_api::{Bento, BentoRequest};
 
 use self::caches::Caches;
 use crate::context::{Context, FIELD_MANAGER, Namespaces};
@@ -46,10 +44,6 @@ use crate::network::{self, Network};
 /// How often a deployment that is not serving yet is looked at again, besides the watches
 /// (pod problems such as an image pull back-off do not change the Deployment).
 const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
-/// Reconciles at once. kube's default is unbounded: a cold start on 1,000 BentoDeployments
-/// sent thousands of requests at once and the API server answered with 504s until nothing
-/// converged (bench/operator); a small pool converges faster.
-const RECONCILE_CONCURRENCY: u16 = 16;
 /// How often a serving deployment is checked, as a safety net for missed events; its children
 /// are then applied even when the caches say they are as wanted.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -116,15 +110,17 @@ async fn controller(ctx: Context, suffix: network::Suffix, metrics: Arc<Controll
     let client = ctx.client.clone();
     let ns = ns.as_deref();
     let owned = watcher::Config::default().labels(labels::BENTO_DEPLOYMENT);
-    let (deployments, deployment_changes) = caches::reflect(api::<Deployment>(&client, ns), owned.clone());
-    let (services, service_changes) = caches::reflect(api::<Service>(&client, ns), owned.clone());
-    let (hpas, hpa_changes) = caches::reflect(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone());
-    let (ingresses, ingress_changes) = caches::reflect(api::<Ingress>(&client, ns), owned);
-    let (bentos, bento_changes) = caches::reflect(api::<Bento>(&client, ns), watcher::Config::default());
-    let (requests, request_changes) = caches::reflect(api::<BentoRequest>(&client, ns), watcher::Config::default());
-    let (network, network_changes) = caches::reflect(
+    use caches::{reflect, trim};
+    let (deployments, deployment_changes) = reflect(api(&client, ns), owned.clone(), trim::deployment);
+    let (services, service_changes) = reflect(api(&client, ns), owned.clone(), trim::service);
+    let (hpas, hpa_changes) = reflect(api(&client, ns), owned.clone(), trim::hpa);
+    let (ingresses, ingress_changes) = reflect(api(&client, ns), owned, trim::ingress);
+    let (bentos, bento_changes) = reflect(api(&client, ns), watcher::Config::default(), trim::nothing);
+    let (requests, request_changes) = reflect(api(&client, ns), watcher::Config::default(), trim::nothing);
+    let (network, network_changes) = reflect(
         Api::<ConfigMap>::namespaced(client.clone(), &ctx.settings.operator_namespace),
         watcher::Config::default().fields(&format!("metadata.name={}", network::CONFIG_MAP)),
+        trim::nothing,
     );
     let caches = Caches { bentos, requests, deployments, services, hpas, ingresses, network };
     let state = Arc::new(State::new(ctx, suffix, caches, metrics));
@@ -158,7 +154,9 @@ async fn controller(ctx: Context, suffix: network::Suffix, metrics: Arc<Controll
         .watches_stream(request_changes, move |b| by_bento2(b.namespace(), b.name_any()))
         .reconcile_all_on(futures::stream::select(suffix_changes, network_changes))
         .trigger_backoff(crate::context::WatchBackoff::default())
-        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY).debounce(DEBOUNCE))
+        .with_config(
+            controller::Config::default().concurrency(state.ctx.settings.reconcile_concurrency).debounce(DEBOUNCE),
+        )
         .run(reconcile, error_policy, state)
         .for_each(|result| async move {
             if let Err(e) = result {
