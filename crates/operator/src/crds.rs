@@ -20,25 +20,32 @@ pub async fn install_missing(client: &kube::Client, webhook: &WebhookEndpoint) -
             Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for crd in crds::all(webhook) {
-        let name = crd.name_any();
-        loop {
-            let current = api.get(&name).await.with_context(|| format!("reading CRD {name}"))?;
-            let established = current
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("CRD {name} was not established within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_established(client, &crd.name_any(), Duration::from_secs(60)).await?;
     }
     Ok(())
+}
+
+/// Waits until the CRD `name` is Established (its kind is served), polling every 100 ms.
+pub async fn wait_established(client: &kube::Client, name: &str, within: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let current = api.get(name).await.with_context(|| format!("reading CRD {name}"))?;
+        if is_established(&current) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("CRD {name} was not established within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the API server serves the CRD's kind.
+pub fn is_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
 }

@@ -31,22 +31,7 @@ async fn install_crds(client: &kube::Client) {
     for crd in [BentoRequest::crd(), Bento::crd()] {
         let name = crd.name_any();
         crds.patch(&name, &PatchParams::apply("yatai-crds").force(), &Patch::Apply(&crd)).await.unwrap();
-        poll_until(QUICK, &format!("CRD {name} established"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await?;
-                let ok = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok::<_, kube::Error>(ok.then_some(()))
-            }
-        })
-        .await
-        .unwrap();
+        yatai_operator::crds::wait_established(client, &name, QUICK).await.unwrap();
     }
 }
 

@@ -38,17 +38,7 @@ async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
         crd.metadata.managed_fields = None;
         let name = crd.metadata.name.clone().context("a CRD without a name")?;
         api.patch(&name, &params, &Patch::Apply(&crd)).await.with_context(|| format!("applying the CRD {name}"))?;
-        poll_until(WAIT, &format!("the CRD {name} to be Established"), || async {
-            let crd = api.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok::<_, kube::Error>(established.then_some(()))
-        })
-        .await?;
+        yatai_operator::crds::wait_established(client, &name, WAIT).await?;
     }
     Ok(())
 }
