@@ -154,7 +154,10 @@ mod tests {
             logs.append("t", "iris-abc", "main", &format!("line {i}\n"));
         }
         let tail = logs.tail(2);
-        assert_eq!(tail, vec![format!("t iris-abc main | line {}", KEEP + 8), format!("t iris-abc main | line {}", KEEP + 9)]);
+        assert_eq!(
+            tail,
+            vec![format!("t iris-abc main | line {}", KEEP + 8), format!("t iris-abc main | line {}", KEEP + 9)]
+        );
         assert_eq!(logs.tail(usize::MAX).len(), KEEP);
     }
 }

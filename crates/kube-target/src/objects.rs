@@ -178,12 +178,7 @@ pub(crate) mod tests {
             image: Some("registry.test/bentos:yatai.iris_classifier.v1".into()),
             python_version: None,
             envs: vec![("A".into(), "b".into())],
-            scaling: Scaling {
-                min: 2,
-                max: 4,
-                target_inflight: 10.0,
-                scale_down_window: Duration::from_secs(120),
-            },
+            scaling: Scaling { min: 2, max: 4, target_inflight: 10.0, scale_down_window: Duration::from_secs(120) },
             resources: SpecResources { cpu_request: Some("250m".into()), ..Default::default() },
             port: 0,
             cold_start_timeout: Duration::from_secs(300),
@@ -230,11 +225,10 @@ pub(crate) mod tests {
     fn bento_and_request_are_named_by_the_tag() {
         let s = spec();
         let b = bento(&s, "r/x:y");
-        assert_eq!((b.name_any().as_str(), b.spec.tag.as_str(), b.spec.image.as_str()), (
-            "iris-classifier--v1",
-            "iris_classifier:v1",
-            "r/x:y"
-        ));
+        assert_eq!(
+            (b.name_any().as_str(), b.spec.tag.as_str(), b.spec.image.as_str()),
+            ("iris-classifier--v1", "iris_classifier:v1", "r/x:y")
+        );
         assert_eq!(b.spec.models[0].tag, "clf:m1");
         let r = bento_request(&s);
         assert_eq!(r.name_any(), names::bento_request_name("iris_classifier:v1"));

@@ -96,7 +96,10 @@ pub fn phase(o: &Observed) -> (Phase, String) {
 
     let Some(available) = available.filter(current) else {
         let generation = bd.metadata.generation.unwrap_or_default();
-        return (Phase::Deploying, format!("waiting for the operator to reconcile BentoDeployment {name} (generation {generation})"));
+        return (
+            Phase::Deploying,
+            format!("waiting for the operator to reconcile BentoDeployment {name} (generation {generation})"),
+        );
     };
     if available.status == TRUE {
         return (Phase::Running, available.message.clone());
@@ -119,9 +122,8 @@ pub fn phase(o: &Observed) -> (Phase, String) {
 pub fn snapshot(o: &Observed) -> DeploymentSnapshot {
     let (phase, reason) = phase(o);
     let revision = o.bd.and_then(|bd| bd.metadata.annotations.as_ref()?.get(marks::REVISION_UID).cloned());
-    let desired = o
-        .bd
-        .map(|bd| {
+    let desired =
+        o.bd.map(|bd| {
             if objects::scaled_to_zero(bd) {
                 return 0;
             }
@@ -129,11 +131,8 @@ pub fn snapshot(o: &Observed) -> DeploymentSnapshot {
             bd.status.as_ref().and_then(|s| s.replicas).unwrap_or(min).max(min).max(0) as u32
         })
         .unwrap_or(0);
-    let mut replicas: Vec<ReplicaInfo> = o
-        .pods
-        .iter()
-        .map(|p| replica(p, revision.clone().unwrap_or_default()))
-        .collect();
+    let mut replicas: Vec<ReplicaInfo> =
+        o.pods.iter().map(|p| replica(p, revision.clone().unwrap_or_default())).collect();
     replicas.sort_by(|a, b| a.id.cmp(&b.id));
     DeploymentSnapshot {
         phase,
@@ -227,18 +226,18 @@ pub fn pod_problem(pods: &[&Pod]) -> Option<(String, String)> {
 pub fn pods_of<'a>(name: &str, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<&'a Pod> {
     pods.into_iter()
         .filter(|p| {
-            p.metadata.labels.as_ref().and_then(|l: &BTreeMap<String, String>| {
-                l.get(yatai_kube_api::names::labels::BENTO_DEPLOYMENT)
-            }) == Some(&name.to_string())
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l: &BTreeMap<String, String>| l.get(yatai_kube_api::names::labels::BENTO_DEPLOYMENT))
+                == Some(&name.to_string())
         })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
-    };
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
     use yatai_kube_api::resources::{BentoRequestSpec, BentoRequestStatus};
     use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeploymentSpec, BentoDeploymentStatus};
@@ -305,10 +304,8 @@ mod tests {
     }
 
     fn request(conditions: Vec<Condition>) -> BentoRequest {
-        let mut r = BentoRequest::new(
-            "iris--v1",
-            BentoRequestSpec { bento_tag: "iris:v1".into(), ..Default::default() },
-        );
+        let mut r =
+            BentoRequest::new("iris--v1", BentoRequestSpec { bento_tag: "iris:v1".into(), ..Default::default() });
         r.status = Some(BentoRequestStatus { conditions, ..Default::default() });
         r
     }
@@ -386,7 +383,8 @@ mod tests {
         assert_eq!(phase(&o).0, Phase::Running);
 
         // The BentoDeployment's own word for a failed build is a failure too.
-        let b = bd(1, vec![cond("Available", "False", "BentoRequestFailed", "BentoRequest iris--v1: BuildFailed: x", 1)]);
+        let b =
+            bd(1, vec![cond("Available", "False", "BentoRequestFailed", "BentoRequest iris--v1: BuildFailed: x", 1)]);
         let o = Observed { bd: Some(&b), bento_exists: false, ..Default::default() };
         assert_eq!(phase(&o).0, Phase::Failed);
     }

@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::jiff::Timestamp;
@@ -111,8 +109,11 @@ pub async fn probe(cluster: &KubeClusterConfig) -> ClusterHealth {
         Some(s) => Some(s),
         None => {
             let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &operator_ns);
-            let cm = tokio::time::timeout(STEP, cms.get_opt(NETWORK_CONFIG_MAP)).await.ok().and_then(Result::ok).flatten();
-            cm.and_then(|cm| cm.data?.get(DOMAIN_SUFFIX_KEY).cloned()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+            let cm =
+                tokio::time::timeout(STEP, cms.get_opt(NETWORK_CONFIG_MAP)).await.ok().and_then(Result::ok).flatten();
+            cm.and_then(|cm| cm.data?.get(DOMAIN_SUFFIX_KEY).cloned())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
         }
     };
     if health.domain_suffix.is_none() {
@@ -193,7 +194,8 @@ pub fn rbac_problem(ns: &str, denied: &[String]) -> String {
 /// Whether the namespace exists: read directly when allowed, else through a dry-run create
 /// (which a Role limited to the namespace may do, and which fails on a missing namespace).
 async fn namespace_problem(client: &kube::Client, ns: &str, crds: bool) -> Option<String> {
-    let missing = || format!("namespace {ns} does not exist: create it (kubectl create namespace {ns}) or choose another");
+    let missing =
+        || format!("namespace {ns} does not exist: create it (kubectl create namespace {ns}) or choose another");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     match tokio::time::timeout(STEP, namespaces.get_opt(ns)).await {
         Ok(Ok(Some(_))) => return None,
@@ -244,10 +246,8 @@ async fn operator(client: &kube::Client, ns: &str) -> (bool, String, Option<Stri
         held && renewed.is_some_and(|t| now.duration_since(t).as_secs() < LEASE_FRESH.as_secs() as i64)
     };
     leases.sort_by_key(|l| !live(l));
-    let operator_ns = leases
-        .first()
-        .and_then(|l| l.metadata.namespace.clone())
-        .unwrap_or_else(|| OPERATOR_NAMESPACE.to_string());
+    let operator_ns =
+        leases.first().and_then(|l| l.metadata.namespace.clone()).unwrap_or_else(|| OPERATOR_NAMESPACE.to_string());
     if leases.first().is_some_and(live) {
         return (true, operator_ns, None);
     }
@@ -286,7 +286,10 @@ mod tests {
     #[test]
     fn permissions_read_as_kubectl_would_say_them() {
         assert_eq!(permission_text("get", "", "pods", "log"), "get pods/log");
-        assert_eq!(permission_text("patch", "serving.yatai.ai", "bentodeployments", ""), "patch bentodeployments.serving.yatai.ai");
+        assert_eq!(
+            permission_text("patch", "serving.yatai.ai", "bentodeployments", ""),
+            "patch bentodeployments.serving.yatai.ai"
+        );
         let p = rbac_problem("ml", &["get pods/log".into()]);
         assert!(p.starts_with("the credentials lack permissions in namespace ml: get pods/log"), "{p}");
     }

@@ -109,9 +109,10 @@ impl KubeTarget {
         sink: Arc<dyn StatusSink>,
     ) -> Result<Arc<KubeTarget>, TargetError> {
         let (client, url) = crate::client::client(config).await.map_err(TargetError::Refused)?;
-        client.apiserver_version().await.map_err(|e| {
-            TargetError::Unavailable(format!("cannot reach the Kubernetes API server at {url}: {e}"))
-        })?;
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| TargetError::Unavailable(format!("cannot reach the Kubernetes API server at {url}: {e}")))?;
         let (changed, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             cluster_uid: cluster_uid.to_string(),
@@ -192,7 +193,11 @@ impl Inner {
         let namespaces: Vec<(String, Arc<Watched>)> =
             self.namespaces.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         namespaces.into_iter().find_map(|(ns, w)| {
-            w.bds.state().iter().find(|bd| objects::deployment_uid(bd) == Some(uid)).map(|bd| (ns.clone(), bd.name_any()))
+            w.bds
+                .state()
+                .iter()
+                .find(|bd| objects::deployment_uid(bd) == Some(uid))
+                .map(|bd| (ns.clone(), bd.name_any()))
         })
     }
 
@@ -257,8 +262,12 @@ impl Inner {
             Err(e) => return Err(api_error(e, "read BentoDeployments", ns)),
         }
         match &spec.image {
-            Some(image) => server_side_apply(&self.client, &objects::bento(&spec, image), "write the Bento", ns).await?,
-            None => server_side_apply(&self.client, &objects::bento_request(&spec), "write the BentoRequest", ns).await?,
+            Some(image) => {
+                server_side_apply(&self.client, &objects::bento(&spec, image), "write the Bento", ns).await?
+            }
+            None => {
+                server_side_apply(&self.client, &objects::bento_request(&spec), "write the BentoRequest", ns).await?
+            }
         };
         server_side_apply(&self.client, &objects::bento_deployment(&spec), "write the BentoDeployment", ns).await?;
         self.track(&spec.uid, ns, &spec.name, true);
@@ -306,7 +315,8 @@ impl Inner {
             return;
         }
         let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.labels.as_ref().and_then(|l| l.get(marks::MANAGED_BY)).map(String::as_str) == Some(marks::MANAGED_BY_VALUE)
+            m.labels.as_ref().and_then(|l| l.get(marks::MANAGED_BY)).map(String::as_str)
+                == Some(marks::MANAGED_BY_VALUE)
         };
         let requests: Api<BentoRequest> = Api::namespaced(self.client.clone(), &ns);
         if let Ok(Some(r)) = requests.get_opt(&bento).await
@@ -329,10 +339,8 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer);
+    let stream =
+        watcher(api, config).default_backoff().modify(|o: &mut K| o.meta_mut().managed_fields = None).reflect(writer);
     let task = tokio::spawn(async move {
         stream
             .for_each(|event| {
@@ -349,7 +357,11 @@ where
 
 async fn server_side_apply<K>(client: &kube::Client, object: &K, what: &str, ns: &str) -> Result<(), TargetError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");

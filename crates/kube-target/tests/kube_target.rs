@@ -163,8 +163,12 @@ async fn a_deployment_runs_keeps_hand_set_fields_terminates_restores_and_is_remo
         "metadata": {"annotations": {"team.example/owner": "ml-platform"}},
         "spec": {"extraPodMetadata": {"annotations": {"sidecar.example/inject": "true"}}}
     });
-    bds.patch("iris", &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() }, &Patch::Merge(&by_hand))
-        .await?;
+    bds.patch(
+        "iris",
+        &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() },
+        &Patch::Merge(&by_hand),
+    )
+    .await?;
     s.revision_uid = "rev-2".into();
     s.envs = vec![("GREETING".into(), "bonjour".into())];
     target.apply(s.clone()).await?;
@@ -310,11 +314,16 @@ contexts:
   context: {cluster: nowhere, user: someone}
 current-context: nowhere
 "#;
-    let config = KubeClusterConfig { kubeconfig: Some(kubeconfig.into()), namespace: "yatai".into(), ..Default::default() };
+    let config =
+        KubeClusterConfig { kubeconfig: Some(kubeconfig.into()), namespace: "yatai".into(), ..Default::default() };
     let health = KubeConnector.probe(&config).await;
     assert!(!health.reachable);
     assert_eq!(health.problems.len(), 1, "{:?}", health.problems);
-    ensure!(health.problems[0].contains("cannot reach the Kubernetes API server at https://127.0.0.1:1"), "{:?}", health.problems);
+    ensure!(
+        health.problems[0].contains("cannot reach the Kubernetes API server at https://127.0.0.1:1"),
+        "{:?}",
+        health.problems
+    );
 
     let err = KubeConnector.connect("c", &config, Arc::new(Recorder::default())).await.err().context("refused")?;
     ensure!(matches!(err, TargetError::Unavailable(_)) && err.to_string().contains("127.0.0.1:1"), "{err}");
@@ -331,7 +340,10 @@ async fn a_service_account_without_rbac_is_told_which_permissions_it_lacks() -> 
     let ns = testbed.namespace("kt-rbac").await?;
     yatai_operator::crds::install_missing(&ns.client(), &WebhookEndpoint::default()).await?;
     let accounts: Api<ServiceAccount> = ns.api();
-    let sa = ServiceAccount { metadata: ObjectMeta { name: Some("nobody".into()), ..Default::default() }, ..Default::default() };
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some("nobody".into()), ..Default::default() },
+        ..Default::default()
+    };
     accounts.create(&PostParams::default(), &sa).await?;
     let request = TokenRequest {
         spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
@@ -366,7 +378,9 @@ async fn a_service_account_without_rbac_is_told_which_permissions_it_lacks() -> 
         .iter()
         .find(|p| p.starts_with(&format!("the credentials lack permissions in namespace {}", ns.name())))
         .with_context(|| format!("{:?}", health.problems))?;
-    for needed in ["create bentodeployments.serving.yatai.ai", "get pods/log", "delete bentorequests.resources.yatai.ai"] {
+    for needed in
+        ["create bentodeployments.serving.yatai.ai", "get pods/log", "delete bentorequests.resources.yatai.ai"]
+    {
         ensure!(rbac.contains(needed), "{needed} missing from {rbac}");
     }
     assert!(!health.operator_running);

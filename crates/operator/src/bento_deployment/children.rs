@@ -676,7 +676,8 @@ mod tests {
 
     #[test]
     fn zero_replicas_keeps_the_objects_with_a_deployment_at_zero() {
-        let bento = Bento::new("iris--v1", BentoSpec { tag: "iris:v1".into(), image: "r/i:1".into(), ..Default::default() });
+        let bento =
+            Bento::new("iris--v1", BentoSpec { tag: "iris:v1".into(), image: "r/i:1".into(), ..Default::default() });
         let network = Network::default();
         let zero = build(&with_autoscaling(0, 0), &bento, &network, None).unwrap();
         assert_eq!(zero.deployment.spec.replicas, Some(0));
