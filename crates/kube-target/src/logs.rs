@@ -23,6 +23,8 @@ use yatai_core::deploy::LogSource;
 const KEEP: usize = 5000;
 /// Lines of a pod's past read when following it starts.
 const FIRST_TAIL: i64 = 500;
+/// How long a pod whose log cannot be read is left alone.
+const RETRY: Duration = Duration::from_secs(30);
 
 pub struct PodLogs {
     lines: Mutex<VecDeque<String>>,
@@ -119,7 +121,10 @@ async fn stream_pod(api: Api<Pod>, pod: String, resume: Arc<Mutex<HashMap<String
     let stream = match api.log_stream(&pod, &params).await {
         Ok(s) => s,
         Err(e) => {
+            // The node may not serve logs (yet): asked again after a pause, not in a loop
+            // that costs the API server a request per pod every few seconds.
             tracing::debug!(%pod, "cannot read the pod's log: {e}");
+            tokio::time::sleep(RETRY).await;
             return;
         }
     };
@@ -138,6 +143,8 @@ async fn stream_pod(api: Api<Pod>, pod: String, resume: Arc<Mutex<HashMap<String
         resume.lock().expect("not poisoned").insert(pod.clone(), ts);
         logs.append(at, &pod, "main", text);
     }
+    // The container stopped (or the stream broke): resumed from the last line after a pause.
+    tokio::time::sleep(RETRY / 6).await;
 }
 
 #[cfg(test)]

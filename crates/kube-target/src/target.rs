@@ -424,6 +424,15 @@ async fn report(inner: Arc<Inner>) {
             if again {
                 if reported.get(&uid).is_none_or(|(p, r, _)| *p != snap.phase || *r != snap.reason) {
                     tracing::debug!(cluster = %inner.cluster_uid, deployment = %name, phase = %snap.phase.as_str(), reason = %snap.reason, "status");
+                    // In the deployment's log too, as the local runtime writes its own lines.
+                    let logs = inner.deployments.lock().expect("not poisoned").get(&uid).map(|t| t.logs.clone());
+                    if let Some(logs) = logs {
+                        let line = match snap.reason.as_str() {
+                            "" => snap.phase.as_str().to_string(),
+                            reason => format!("{}: {reason}", snap.phase.as_str()),
+                        };
+                        logs.append(&k8s_openapi::jiff::Timestamp::now().to_string(), "yatai", "status", &line);
+                    }
                 }
                 inner.sink.status(&uid, &name, snap.phase, &snap.reason);
                 reported.insert(uid, (snap.phase, snap.reason, Instant::now()));

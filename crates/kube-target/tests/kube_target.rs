@@ -155,8 +155,10 @@ async fn a_deployment_runs_keeps_hand_set_fields_terminates_restores_and_is_remo
     .await?;
     assert_eq!(snap.revision_uid.as_deref(), Some("rev-1"));
     assert!(snap.desired_replicas >= 2);
+    // The log has yatai's own lines about the deployment (kwok pods print nothing).
     let logs = target.logs("dep-1").context("a log source")?;
-    let _ = logs.tail(10);
+    let tail = logs.tail(100);
+    ensure!(tail.iter().any(|l| l.contains(" yatai status | running")), "{tail:?}");
 
     // Fields set by hand on the CR survive the next apply; yatai's own fields change.
     let by_hand = json!({
