@@ -16,4 +16,4 @@ pub mod phase;
 pub mod probe;
 mod target;
 
-pub use target::{KubeConnector, KubeTarget};
+pub use target::{KubeConnector, KubeTarget, ObservedDeployment};

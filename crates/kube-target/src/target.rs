@@ -131,14 +131,57 @@ impl KubeTarget {
         Ok(Arc::new(KubeTarget { inner }))
     }
 
-    /// Waits until the caches of `namespace` hold what the cluster has (tests, and callers
-    /// that read status right after connecting).
+    /// Watches `namespace` (if not yet) and waits until its caches hold what the cluster has.
     pub async fn ready(&self, namespace: &str) {
         let w = self.inner.watched(namespace);
         let _ = w.bds.wait_until_ready().await;
         let _ = w.requests.wait_until_ready().await;
         let _ = w.bentos.wait_until_ready().await;
         let _ = w.pods.wait_until_ready().await;
+    }
+}
+
+/// A BentoDeployment in a watched namespace, whoever made it.
+#[derive(Debug, Clone)]
+pub struct ObservedDeployment {
+    pub namespace: String,
+    pub name: String,
+    /// The yatai deployment it belongs to; `None`: made outside yatai (kubectl, GitOps).
+    pub deployment_uid: Option<String>,
+    /// `status.url`: the Ingress host's URL, else the Service's in-cluster address.
+    pub url: Option<String>,
+    pub snapshot: DeploymentSnapshot,
+}
+
+impl KubeTarget {
+    /// Where the deployment answers, as the operator wrote it (`http://<name>-<namespace>.<suffix>`
+    /// with an Ingress).
+    pub fn url(&self, deployment_uid: &str) -> Option<String> {
+        let (ns, name) = self.inner.locate(deployment_uid)?;
+        let bd = self.inner.watched(&ns).bds.get(&ObjectRef::new(&name).within(&ns))?;
+        bd.status.as_ref().map(|s| s.url.clone()).filter(|u| !u.is_empty())
+    }
+
+    /// Every BentoDeployment in the watched namespaces (the configured one, those yatai
+    /// deployed to, and those passed to [`KubeTarget::ready`]), with its status.
+    pub fn observed(&self) -> Vec<ObservedDeployment> {
+        let namespaces: Vec<(String, Arc<Watched>)> =
+            self.inner.namespaces.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all = Vec::new();
+        for (ns, w) in namespaces {
+            for bd in w.bds.state() {
+                let name = bd.name_any();
+                all.push(ObservedDeployment {
+                    snapshot: self.inner.snapshot(&ns, &name),
+                    deployment_uid: objects::deployment_uid(&bd).map(String::from),
+                    url: bd.status.as_ref().map(|s| s.url.clone()).filter(|u| !u.is_empty()),
+                    namespace: ns.clone(),
+                    name,
+                });
+            }
+        }
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
     }
 }
 

@@ -154,6 +154,7 @@ async fn a_deployment_runs_keeps_hand_set_fields_terminates_restores_and_is_remo
     })
     .await?;
     assert_eq!(snap.revision_uid.as_deref(), Some("rev-1"));
+    assert_eq!(target.url("dep-1"), Some(format!("http://iris-{n}.{SUFFIX}")), "the Ingress host");
     assert!(snap.desired_replicas >= 2);
     // The log has yatai's own lines about the deployment (kwok pods print nothing).
     let logs = target.logs("dep-1").context("a log source")?;
@@ -258,6 +259,10 @@ async fn a_bento_deployment_made_outside_yatai_is_never_overwritten() -> anyhow:
     ensure!(message.contains("made outside yatai") && message.contains("choose another name"), "{message}");
     assert_eq!(bds.get("iris").await?.spec.bento, "hand-made");
     assert!(target.status("dep-3").is_none());
+    // It is seen, as made outside yatai.
+    let seen = target.observed();
+    let theirs = seen.iter().find(|d| d.namespace == n && d.name == "iris").context("the hand-made one is observed")?;
+    assert_eq!(theirs.deployment_uid, None);
     assert!(sink.last("dep-3").is_none());
 
     // A namespace that does not exist is a refusal that says so.
