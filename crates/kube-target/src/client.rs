@@ -28,8 +28,9 @@ pub async fn config(cluster: &KubeClusterConfig) -> Result<kube::Config, String>
             )
         })?,
     };
+    // kube's read timeout stays: it outlasts a watch's own server-side timeout, and notices a
+    // connection that died without closing.
     config.connect_timeout = Some(TIMEOUT);
-    config.read_timeout = None; // watches and log streams stay open
     config.write_timeout = Some(TIMEOUT);
     Ok(config)
 }

@@ -98,7 +98,10 @@ pub fn phase(o: &Observed) -> (Phase, String) {
         let generation = bd.metadata.generation.unwrap_or_default();
         return (
             Phase::Deploying,
-            format!("waiting for the operator to reconcile BentoDeployment {name} (generation {generation})"),
+            format!(
+                "waiting for the yatai operator to reconcile BentoDeployment {name} (generation {generation}); if \
+                 this lasts, check on the cluster's page that the operator runs"
+            ),
         );
     };
     if available.status == TRUE {
