@@ -11,6 +11,7 @@
 
 mod client;
 pub mod logs;
+pub mod metrics;
 pub mod objects;
 pub mod phase;
 pub mod probe;

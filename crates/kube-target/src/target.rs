@@ -28,6 +28,7 @@ use yatai_kube_api::serving::v2alpha1::BentoDeployment;
 use yatai_kube_api::{Bento, BentoRequest};
 
 use crate::logs::{self, PodLogs};
+use crate::metrics::PodMetrics;
 use crate::objects::{self, FIELD_MANAGER, marks};
 use crate::phase::{self, Observed};
 
@@ -90,13 +91,15 @@ struct Tracked {
     /// Whether the server asked for it to run (apply) rather than only looked at it.
     applied: bool,
     logs: Arc<PodLogs>,
-    follower: Option<JoinHandle<()>>,
+    metrics: Arc<PodMetrics>,
+    /// The log follower and the metrics sampler.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Some(f) = self.follower.take() {
-            f.abort();
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
@@ -266,19 +269,29 @@ impl Inner {
             return t.logs.clone();
         }
         let logs = PodLogs::new();
-        let follower = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            rt.spawn(logs::follow(
+        let metrics = Arc::new(PodMetrics::default());
+        let mut tasks = Vec::new();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let pods = self.watched(ns).pods.clone();
+            tasks.push(rt.spawn(logs::follow(
                 self.client.clone(),
                 ns.to_string(),
                 name.to_string(),
-                self.watched(ns).pods.clone(),
+                pods.clone(),
                 self.changed.subscribe(),
                 logs.clone(),
-            ))
-        });
+            )));
+            tasks.push(rt.spawn(crate::metrics::sample(
+                self.client.clone(),
+                ns.to_string(),
+                name.to_string(),
+                pods,
+                metrics.clone(),
+            )));
+        }
         deployments.insert(
             uid.to_string(),
-            Tracked { namespace: ns.to_string(), name: name.to_string(), applied, logs: logs.clone(), follower },
+            Tracked { namespace: ns.to_string(), name: name.to_string(), applied, logs: logs.clone(), metrics, tasks },
         );
         logs
     }
@@ -529,8 +542,11 @@ impl DeployTarget for KubeTarget {
         Some(self.inner.track(deployment_uid, &ns, &name, false) as Arc<dyn LogSource>)
     }
 
-    fn metrics(&self, _deployment_uid: &str) -> Option<Metrics> {
-        None
+    fn metrics(&self, deployment_uid: &str) -> Option<Metrics> {
+        let (ns, name) = self.inner.locate(deployment_uid)?;
+        self.inner.track(deployment_uid, &ns, &name, false);
+        let deployments = self.inner.deployments.lock().expect("not poisoned");
+        deployments.get(deployment_uid).map(|t| t.metrics.metrics())
     }
 
     async fn shutdown(&self) {

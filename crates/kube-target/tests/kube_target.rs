@@ -160,6 +160,8 @@ async fn a_deployment_runs_keeps_hand_set_fields_terminates_restores_and_is_remo
     let logs = target.logs("dep-1").context("a log source")?;
     let tail = logs.tail(100);
     ensure!(tail.iter().any(|l| l.contains(" yatai status | running")), "{tail:?}");
+    // Metrics come from the pods' own /metrics, which kwok pods do not serve: known, empty.
+    assert!(target.metrics("dep-1").is_some_and(|m| m.samples.is_empty()));
 
     // Fields set by hand on the CR survive the next apply; yatai's own fields change.
     let by_hand = json!({
@@ -219,6 +221,7 @@ async fn a_deployment_runs_keeps_hand_set_fields_terminates_restores_and_is_remo
         Ok::<_, std::convert::Infallible>(target.status("dep-1").is_none().then_some(()))
     })
     .await?;
+    assert!(target.metrics("dep-1").is_none() && target.logs("dep-1").is_none());
     ns.delete().await
 }
 
