@@ -134,13 +134,17 @@ impl KubeTarget {
         Ok(Arc::new(KubeTarget { inner }))
     }
 
-    /// Watches `namespace` (if not yet) and waits until its caches hold what the cluster has.
-    pub async fn ready(&self, namespace: &str) {
+    /// Watches `namespace` (if not yet) and waits, at most 30 s, until its caches hold what
+    /// the cluster has; false when they do not (the CRDs missing, the cluster away).
+    pub async fn ready(&self, namespace: &str) -> bool {
         let w = self.inner.watched(namespace);
-        let _ = w.bds.wait_until_ready().await;
-        let _ = w.requests.wait_until_ready().await;
-        let _ = w.bentos.wait_until_ready().await;
-        let _ = w.pods.wait_until_ready().await;
+        let all = async {
+            w.bds.wait_until_ready().await.is_ok()
+                && w.requests.wait_until_ready().await.is_ok()
+                && w.bentos.wait_until_ready().await.is_ok()
+                && w.pods.wait_until_ready().await.is_ok()
+        };
+        tokio::time::timeout(Duration::from_secs(30), all).await.unwrap_or(false)
     }
 }
 

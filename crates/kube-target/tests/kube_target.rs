@@ -83,7 +83,7 @@ async fn setup(prefix: &str) -> anyhow::Result<Setup> {
     };
     let sink = Arc::new(Recorder::default());
     let target = KubeTarget::connect("cluster-1", &config, sink.clone()).await?;
-    target.ready(ns.name()).await;
+    ensure!(target.ready(ns.name()).await, "the caches of {} are filled", ns.name());
     Ok(Setup { ns, ctx, config, sink, target })
 }
 
