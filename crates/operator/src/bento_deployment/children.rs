@@ -130,10 +130,11 @@ pub fn check(bd: &BentoDeployment, bento: &Bento) -> Result<(), Invalid> {
         )));
     }
     if let Some(a) = &bd.spec.autoscaling
-        && (a.min_replicas < 0 || a.max_replicas < 1 || a.min_replicas > a.max_replicas)
+        && (a.min_replicas < 0 || a.min_replicas > a.max_replicas || (a.max_replicas < 1 && !scaled_to_zero(Some(a))))
     {
         return Err(Invalid(format!(
-            "autoscaling: minReplicas {} and maxReplicas {} must satisfy 0 <= min <= max and max >= 1",
+            "autoscaling: minReplicas {} and maxReplicas {} must satisfy 0 <= min <= max and max >= 1 (or both 0 to \
+             scale to zero)",
             a.min_replicas, a.max_replicas
         )));
     }
@@ -319,8 +320,9 @@ fn workload(
     let deployment = Deployment {
         metadata: meta(&c.name),
         spec: DeploymentSpec {
-            // Left unset: the HPA owns the replica count.
-            replicas: None,
+            // Left unset: the HPA owns the replica count. Scaled to zero, it is 0, and the HPA
+            // (which cannot go below one) leaves a Deployment at zero alone (`ScalingDisabled`).
+            replicas: scaled_to_zero(c.autoscaling).then_some(0),
             selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
             strategy: Some(strategy_for(
                 c.annotations.get(annotations::DEPLOYMENT_STRATEGY).map(String::as_str).unwrap_or("RollingUpdate"),
@@ -363,6 +365,12 @@ fn workload(
         status: None,
     };
     Ok(Workload { deployment, service, hpa, min_replicas })
+}
+
+/// `minReplicas = maxReplicas = 0`: no pods, the BentoDeployment kept (what yatai's terminate
+/// writes).
+pub fn scaled_to_zero(autoscaling: Option<&Autoscaling>) -> bool {
+    autoscaling.is_some_and(|a| a.min_replicas == 0 && a.max_replicas == 0)
 }
 
 /// `(min, max)`: Yatai's default is one replica when `autoscaling` is absent.
@@ -643,4 +651,48 @@ fn half_quantity(q: &str) -> Option<String> {
     let bytes = parse_quantity(q)?;
     let mi = (bytes / 2.0 / (1024.0 * 1024.0)).floor() as u64;
     (mi > 0).then(|| format!("{mi}Mi"))
+}
+
+#[cfg(test)]
+mod tests {
+    use yatai_kube_api::resources::BentoSpec;
+    use yatai_kube_api::serving::v2alpha1::BentoDeploymentSpec;
+
+    use super::*;
+
+    fn with_autoscaling(min: i32, max: i32) -> BentoDeployment {
+        let mut bd = BentoDeployment::new(
+            "iris",
+            BentoDeploymentSpec {
+                bento: "iris--v1".into(),
+                autoscaling: Some(Autoscaling { min_replicas: min, max_replicas: max, ..Default::default() }),
+                ..Default::default()
+            },
+        );
+        bd.metadata.namespace = Some("ml".into());
+        bd.metadata.uid = Some("uid-1".into());
+        bd
+    }
+
+    #[test]
+    fn zero_replicas_keeps_the_objects_with_a_deployment_at_zero() {
+        let bento =
+            Bento::new("iris--v1", BentoSpec { tag: "iris:v1".into(), image: "r/i:1".into(), ..Default::default() });
+        let network = Network::default();
+        let zero = build(&with_autoscaling(0, 0), &bento, &network, None).unwrap();
+        assert_eq!(zero.deployment.spec.replicas, Some(0));
+        assert_eq!(zero.min_replicas, 0);
+        assert_eq!(zero.hpa.spec.min_replicas, Some(1), "an HPA cannot go below one");
+
+        // Otherwise the HPA owns the count, as before.
+        let two = build(&with_autoscaling(2, 3), &bento, &network, None).unwrap();
+        assert_eq!(two.deployment.spec.replicas, None);
+        let min_zero = build(&with_autoscaling(0, 3), &bento, &network, None).unwrap();
+        assert_eq!(min_zero.deployment.spec.replicas, None);
+
+        // A maximum of zero with a positive minimum is still a mistake.
+        let bad = check(&with_autoscaling(1, 0), &bento).unwrap_err();
+        assert!(bad.0.contains("both 0 to scale to zero"), "{}", bad.0);
+        check(&with_autoscaling(0, 0), &bento).unwrap();
+    }
 }

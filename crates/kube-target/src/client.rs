@@ -1,0 +1,44 @@
+//! A Kubernetes client from a cluster's stored configuration: a kubeconfig's text (and
+//! context), or the server's own service account.
+
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use yatai_core::deploy::KubeClusterConfig;
+
+/// How long one request may take before the cluster counts as unreachable.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The client configuration; the error says what to fix in the cluster's settings.
+pub async fn config(cluster: &KubeClusterConfig) -> Result<kube::Config, String> {
+    let mut config = match &cluster.kubeconfig {
+        Some(text) => {
+            let kubeconfig = Kubeconfig::from_yaml(text)
+                .map_err(|e| format!("the kubeconfig is not valid YAML for a kubeconfig: {e}"))?;
+            let options = KubeConfigOptions { context: cluster.context.clone(), ..Default::default() };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| match &cluster.context {
+                Some(c) => format!("the kubeconfig cannot be used with context {c:?}: {e}"),
+                None => format!("the kubeconfig cannot be used: {e}"),
+            })?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            format!(
+                "no kubeconfig was given and yatai does not run in a cluster ({e}): upload a kubeconfig, or run \
+                 yatai in the cluster with a service account"
+            )
+        })?,
+    };
+    // kube's read timeout stays: it outlasts a watch's own server-side timeout, and notices a
+    // connection that died without closing.
+    config.connect_timeout = Some(TIMEOUT);
+    config.write_timeout = Some(TIMEOUT);
+    Ok(config)
+}
+
+/// A client for the cluster.
+pub async fn client(cluster: &KubeClusterConfig) -> Result<(kube::Client, String), String> {
+    let config = config(cluster).await?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| format!("cannot make a client for {url}: {e}"))?;
+    Ok((client, url))
+}

@@ -1,0 +1,237 @@
+//! What one revision of a yatai deployment becomes on a cluster, as pure functions of its
+//! [`DeploymentSpec`]: the `Bento` (the server built the image) or the `BentoRequest` (the
+//! operator builds it), and the `BentoDeployment`. Every object carries yatai's marks, so any
+//! CR can be mapped back to the deployment it belongs to, and a hand-made one is recognised.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use yatai_core::deploy::DeploymentSpec;
+use yatai_kube_api::names;
+use yatai_kube_api::resources::{BentoModel, BentoRequestSpec, BentoSpec};
+use yatai_kube_api::serving::v2alpha1::{
+    Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress, ResourceItem, Resources,
+};
+use yatai_kube_api::{Bento, BentoRequest};
+
+/// The field manager of every server-side apply yatai makes: the fields it sets are its own;
+/// fields a person sets by hand on the same CR stay theirs.
+pub const FIELD_MANAGER: &str = "yatai";
+
+/// Labels and annotations yatai puts on the CRs it writes.
+pub mod marks {
+    /// Label: the uid of the yatai deployment a BentoDeployment belongs to.
+    pub const DEPLOYMENT_UID: &str = "yatai.ai/deployment-uid";
+    /// Label: `yatai` on every CR the server wrote (a BentoDeployment without it was made
+    /// outside yatai, e.g. by GitOps).
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "yatai";
+    /// Annotation: the revision the BentoDeployment runs.
+    pub const REVISION_UID: &str = "yatai.ai/revision-uid";
+    /// Annotation: the organization that owns the deployment.
+    pub const ORGANIZATION_UID: &str = "yatai.ai/organization-uid";
+}
+
+/// `repository:version` of the spec's bento.
+pub fn bento_tag(spec: &DeploymentSpec) -> String {
+    format!("{}:{}", spec.bento.name, spec.bento.version)
+}
+
+/// The Bento / BentoRequest name the BentoDeployment points at (Yatai's naming rule).
+pub fn bento_object_name(spec: &DeploymentSpec) -> String {
+    names::bento_request_name(&bento_tag(spec))
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(marks::MANAGED_BY.to_string(), marks::MANAGED_BY_VALUE.to_string())])
+}
+
+fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta { name: Some(name), namespace: Some(namespace.to_string()), labels: Some(labels), ..Default::default() }
+}
+
+fn models(spec: &DeploymentSpec) -> Vec<BentoModel> {
+    spec.models.iter().map(|m| BentoModel { tag: format!("{}:{}", m.name, m.version), ..Default::default() }).collect()
+}
+
+/// The Bento naming an image the server already built.
+pub fn bento(spec: &DeploymentSpec, image: &str) -> Bento {
+    Bento {
+        metadata: meta(bento_object_name(spec), &spec.namespace, labels()),
+        spec: BentoSpec { tag: bento_tag(spec), image: image.to_string(), models: models(spec), ..Default::default() },
+        status: None,
+    }
+}
+
+/// The BentoRequest that has the operator build the image (downloading the bento from yatai).
+pub fn bento_request(spec: &DeploymentSpec) -> BentoRequest {
+    BentoRequest {
+        metadata: meta(bento_object_name(spec), &spec.namespace, labels()),
+        spec: BentoRequestSpec { bento_tag: bento_tag(spec), models: models(spec), ..Default::default() },
+        status: None,
+    }
+}
+
+/// The BentoDeployment of the revision. Only the fields yatai decides are set, so that fields
+/// set by hand (extraPodMetadata, extraPodSpec, monitorExporter, ...) survive an apply.
+pub fn bento_deployment(spec: &DeploymentSpec) -> BentoDeployment {
+    let mut labels = labels();
+    labels.insert(marks::DEPLOYMENT_UID.to_string(), spec.uid.clone());
+    let mut metadata = meta(spec.name.clone(), &spec.namespace, labels);
+    metadata.annotations = Some(BTreeMap::from([
+        (marks::REVISION_UID.to_string(), spec.revision_uid.clone()),
+        (marks::ORGANIZATION_UID.to_string(), spec.org_uid.clone()),
+    ]));
+    let min = spec.scaling.min_effective() as i32;
+    let max = (spec.scaling.max as i32).max(min);
+    let item = |cpu: &Option<String>, memory: &Option<String>| {
+        (cpu.is_some() || memory.is_some()).then(|| ResourceItem {
+            cpu: cpu.clone().unwrap_or_default(),
+            memory: memory.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    };
+    let r = &spec.resources;
+    let requests = item(&r.cpu_request, &r.memory_request);
+    let limits = item(&r.cpu_limit, &r.memory_limit);
+    let resources = (requests.is_some() || limits.is_some()).then_some(Resources { requests, limits });
+    let window = spec.scaling.scale_down_window.as_secs().min(3600) as i32;
+    BentoDeployment {
+        metadata,
+        spec: BentoDeploymentSpec {
+            bento: bento_object_name(spec),
+            resources,
+            autoscaling: Some(Autoscaling {
+                min_replicas: min,
+                max_replicas: max,
+                metrics: Vec::new(),
+                behavior: Some(HorizontalPodAutoscalerBehavior {
+                    scale_down: Some(HPAScalingRules {
+                        stabilization_window_seconds: Some(window),
+                        ..Default::default()
+                    }),
+                    scale_up: None,
+                }),
+            }),
+            envs: spec
+                .envs
+                .iter()
+                .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None })
+                .collect(),
+            // The operator's host is `<name>-<namespace>.<suffix>`: the label the store gave
+            // this deployment. One whose label another deployment holds gets no Ingress.
+            ingress: Ingress { enabled: spec.host.is_some(), ..Default::default() },
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// The yatai deployment a BentoDeployment belongs to, when yatai wrote it.
+pub fn deployment_uid(bd: &BentoDeployment) -> Option<&str> {
+    bd.labels().get(marks::DEPLOYMENT_UID).map(String::as_str)
+}
+
+/// Whether the BentoDeployment is scaled to zero (what [`crate::KubeTarget`]'s terminate
+/// writes: `minReplicas = maxReplicas = 0`).
+pub fn scaled_to_zero(bd: &BentoDeployment) -> bool {
+    bd.spec.autoscaling.as_ref().is_some_and(|a| a.max_replicas == 0)
+}
+
+/// The merge patch that scales a BentoDeployment to zero, keeping everything else.
+pub fn scale_to_zero_patch() -> serde_json::Value {
+    serde_json::json!({ "spec": { "autoscaling": { "minReplicas": 0, "maxReplicas": 0 } } })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use yatai_core::deploy::{ArtifactRef, Resources as SpecResources, Scaling};
+
+    use super::*;
+
+    pub(crate) fn spec() -> DeploymentSpec {
+        DeploymentSpec {
+            uid: "dep-uid-1".into(),
+            org_uid: "org-1".into(),
+            name: "iris".into(),
+            namespace: "ml".into(),
+            host: Some("iris-ml".into()),
+            access_authorization: false,
+            revision_uid: "rev-1".into(),
+            bento: ArtifactRef {
+                name: "iris_classifier".into(),
+                version: "v1".into(),
+                digest: "d".into(),
+                storage_key: "k".into(),
+            },
+            models: vec![ArtifactRef {
+                name: "clf".into(),
+                version: "m1".into(),
+                digest: "d".into(),
+                storage_key: "k".into(),
+            }],
+            image: Some("registry.test/bentos:yatai.iris_classifier.v1".into()),
+            python_version: None,
+            envs: vec![("A".into(), "b".into())],
+            scaling: Scaling { min: 2, max: 4, target_inflight: 10.0, scale_down_window: Duration::from_secs(120) },
+            resources: SpecResources { cpu_request: Some("250m".into()), ..Default::default() },
+            port: 0,
+            cold_start_timeout: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn a_bento_deployment_carries_the_spec_and_yatai_s_marks() {
+        let bd = bento_deployment(&spec());
+        assert_eq!(bd.name_any(), "iris");
+        assert_eq!(bd.namespace().as_deref(), Some("ml"));
+        assert_eq!(deployment_uid(&bd), Some("dep-uid-1"));
+        assert_eq!(bd.labels()[marks::MANAGED_BY], "yatai");
+        assert_eq!(bd.annotations()[marks::REVISION_UID], "rev-1");
+        assert_eq!(bd.spec.bento, "iris-classifier--v1");
+        let a = bd.spec.autoscaling.as_ref().unwrap();
+        assert_eq!((a.min_replicas, a.max_replicas), (2, 4));
+        assert_eq!(a.behavior.as_ref().unwrap().scale_down.as_ref().unwrap().stabilization_window_seconds, Some(120));
+        assert_eq!(bd.spec.envs[0].name, "A");
+        assert!(bd.spec.ingress.enabled);
+        let r = bd.spec.resources.as_ref().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap().cpu, "250m");
+        assert!(r.limits.is_none());
+        // Fields a person may set by hand are left out of what yatai applies.
+        let json = serde_json::to_value(&bd.spec).unwrap();
+        for absent in ["extraPodMetadata", "extraPodSpec", "monitorExporter", "runners", "annotations"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
+    }
+
+    #[test]
+    fn no_host_means_no_ingress_and_min_is_at_least_one() {
+        let mut s = spec();
+        s.host = None;
+        s.scaling.min = 0;
+        s.scaling.max = 0;
+        let bd = bento_deployment(&s);
+        assert!(!bd.spec.ingress.enabled);
+        let a = bd.spec.autoscaling.unwrap();
+        assert_eq!((a.min_replicas, a.max_replicas), (1, 1));
+    }
+
+    #[test]
+    fn bento_and_request_are_named_by_the_tag() {
+        let s = spec();
+        let b = bento(&s, "r/x:y");
+        assert_eq!(
+            (b.name_any().as_str(), b.spec.tag.as_str(), b.spec.image.as_str()),
+            ("iris-classifier--v1", "iris_classifier:v1", "r/x:y")
+        );
+        assert_eq!(b.spec.models[0].tag, "clf:m1");
+        let r = bento_request(&s);
+        assert_eq!(r.name_any(), names::bento_request_name("iris_classifier:v1"));
+        assert_eq!(r.spec.bento_tag, "iris_classifier:v1");
+    }
+}
