@@ -296,6 +296,10 @@ pub struct KubeClusterConfig {
     /// discovered (the `network` ConfigMap, else the ingress address).
     #[serde(default)]
     pub domain_suffix: Option<String>,
+    /// The operator's namespace (its Lease, its `network` ConfigMap); `None`:
+    /// wherever its Lease is found, else `yatai-system`.
+    #[serde(default)]
+    pub operator_namespace: Option<String>,
 }
 
 impl std::fmt::Debug for KubeClusterConfig {
@@ -306,6 +310,7 @@ impl std::fmt::Debug for KubeClusterConfig {
             .field("namespace", &self.namespace)
             .field("image_registry", &self.image_registry)
             .field("domain_suffix", &self.domain_suffix)
+            .field("operator_namespace", &self.operator_namespace)
             .finish()
     }
 }

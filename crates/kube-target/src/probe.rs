@@ -101,7 +101,7 @@ pub async fn probe(cluster: &KubeClusterConfig) -> ClusterHealth {
         health.problems.push(problem);
     }
 
-    let (running, operator_ns, problem) = operator(&client, ns).await;
+    let (running, operator_ns, problem) = operator(&client, ns, cluster.operator_namespace.as_deref()).await;
     health.operator_running = running;
     health.problems.extend(problem);
 
@@ -217,19 +217,30 @@ async fn namespace_problem(client: &kube::Client, ns: &str, crds: bool) -> Optio
     }
 }
 
-/// Whether an operator holds its Lease: `(running, the operator's namespace, problem)`.
-async fn operator(client: &kube::Client, ns: &str) -> (bool, String, Option<String>) {
+/// Whether an operator holds its Lease: `(running, the operator's namespace, problem)`. Looked
+/// for in `operator_ns` when the cluster's settings name it, else in every namespace (or, when
+/// the credentials may not list Leases, in yatai-system and the deployments' namespace).
+async fn operator(client: &kube::Client, ns: &str, operator_ns: Option<&str>) -> (bool, String, Option<String>) {
+    let expected = operator_ns.unwrap_or(OPERATOR_NAMESPACE);
     let mut leases = Vec::new();
     let all: Api<Lease> = Api::all(client.clone());
     let by_name = ListParams::default().fields(&format!("metadata.name={OPERATOR_LEASE}"));
     let mut readable = false;
-    match tokio::time::timeout(STEP, all.list(&by_name)).await {
-        Ok(Ok(list)) => {
+    let listed = match operator_ns {
+        Some(_) => None,
+        None => tokio::time::timeout(STEP, all.list(&by_name)).await.ok().and_then(Result::ok),
+    };
+    match listed {
+        Some(list) => {
             readable = true;
             leases = list.items;
         }
         _ => {
-            for candidate in [OPERATOR_NAMESPACE, ns] {
+            let candidates = match operator_ns {
+                Some(o) => vec![o],
+                None => vec![OPERATOR_NAMESPACE, ns],
+            };
+            for candidate in candidates {
                 let api: Api<Lease> = Api::namespaced(client.clone(), candidate);
                 if let Ok(Ok(found)) = tokio::time::timeout(STEP, api.get_opt(OPERATOR_LEASE)).await {
                     readable = true;
@@ -247,14 +258,14 @@ async fn operator(client: &kube::Client, ns: &str) -> (bool, String, Option<Stri
     };
     leases.sort_by_key(|l| !live(l));
     let operator_ns =
-        leases.first().and_then(|l| l.metadata.namespace.clone()).unwrap_or_else(|| OPERATOR_NAMESPACE.to_string());
+        leases.first().and_then(|l| l.metadata.namespace.clone()).unwrap_or_else(|| expected.to_string());
     if leases.first().is_some_and(live) {
         return (true, operator_ns, None);
     }
     let problem = if !readable {
         format!(
             "cannot tell whether the yatai operator runs: the credentials may not read Lease \
-             {OPERATOR_NAMESPACE}/{OPERATOR_LEASE}; grant `get leases` there, or check the operator's pod yourself"
+             {expected}/{OPERATOR_LEASE}; grant `get leases` there, or check the operator's pod yourself"
         )
     } else if leases.is_empty() {
         format!(

@@ -143,6 +143,17 @@ async fn can_i(client: &kube::Client, verb: &str, resource: &str, ns: &str) -> a
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
+/// A token of the ServiceAccount `name`, as its pods get one.
+async fn sa_token(ns: &yatai_kube_testbed::TestNamespace, name: &str) -> anyhow::Result<String> {
+    let sas: Api<ServiceAccount> = ns.api();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let answer = sas.create_token_request(name, &PostParams::default(), &request).await?;
+    answer.status.and_then(|s| s.token).context("a TokenRequest without a token")
+}
+
 /// A kubeconfig for the testbed that authenticates with `token` only.
 fn kubeconfig_with_token(testbed: &Testbed, token: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(testbed.kubeconfig())?)?;
@@ -194,23 +205,12 @@ async fn the_operator_runs_with_the_chart_s_rbac_and_no_more() -> anyhow::Result
     }
 
     // The operator's ServiceAccount token, as the pod would have it.
-    let sas: Api<ServiceAccount> = release_ns.api();
-    let sa = format!("{release}-yatai-operator");
-    let token = sas
-        .create_token_request(
-            &sa,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-                ..Default::default()
-            },
-        )
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("a TokenRequest without a token")?;
     let dir = tempfile::tempdir()?;
-    let kubeconfig = kubeconfig_with_token(testbed, &token, dir.path())?;
+    let kubeconfig = kubeconfig_with_token(
+        testbed,
+        &sa_token(&release_ns, &format!("{release}-yatai-operator")).await?,
+        dir.path(),
+    )?;
     let as_operator = kube::Client::try_from(
         kube::Config::from_custom_kubeconfig(
             kube::config::Kubeconfig::read_from(&kubeconfig)?,
@@ -275,6 +275,25 @@ async fn the_operator_runs_with_the_chart_s_rbac_and_no_more() -> anyhow::Result
         Ok::<_, anyhow::Error>(ok.then_some(()))
     })
     .await?;
+    // The server's ServiceAccount is enough for yatai's Kubernetes target: the probe a user
+    // meets when registering the cluster finds nothing missing.
+    let server_dir = tempfile::tempdir()?;
+    let server_kubeconfig = kubeconfig_with_token(
+        testbed,
+        &sa_token(&release_ns, &format!("{release}-yatai-server")).await?,
+        server_dir.path(),
+    )?;
+    let cluster = yatai_core::deploy::KubeClusterConfig {
+        kubeconfig: Some(std::fs::read_to_string(&server_kubeconfig)?),
+        namespace: workloads.name().to_string(),
+        operator_namespace: Some(release_ns.name().to_string()),
+        domain_suffix: Some("10.0.0.7.sslip.io".into()),
+        ..Default::default()
+    };
+    use yatai_core::deploy::ClusterConnector as _;
+    let health = yatai_kube_target::KubeConnector.probe(&cluster).await;
+    assert!(health.problems.is_empty() && health.crds_installed && health.operator_running, "{health:?}");
+
     let leases: Api<Lease> = release_ns.api();
     assert!(leases.get_opt("yatai-operator").await?.is_some(), "no Lease taken");
     let secrets: Api<Secret> = release_ns.api();
