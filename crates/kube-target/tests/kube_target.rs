@@ -80,6 +80,7 @@ async fn setup(prefix: &str) -> anyhow::Result<Setup> {
         namespace: ns.name().to_string(),
         image_registry: None,
         domain_suffix: Some(SUFFIX.into()),
+        operator_namespace: None,
     };
     let sink = Arc::new(Recorder::default());
     let target = KubeTarget::connect("cluster-1", &config, sink.clone()).await?;
