@@ -265,6 +265,11 @@ pub trait DeployTarget: Send + Sync {
     /// Replica output, also of a deployment that no longer runs.
     fn logs(&self, deployment_uid: &str) -> Option<Arc<dyn LogSource>>;
     fn metrics(&self, deployment_uid: &str) -> Option<Metrics>;
+    /// Where the deployment answers when the target publishes it itself (a
+    /// Kubernetes Ingress host); `None`: the server's own endpoint for it.
+    fn url(&self, _deployment_uid: &str) -> Option<String> {
+        None
+    }
     /// At server start, before deployments are restored: cleans up what a
     /// previous server left running; returns how many it stopped.
     async fn recover(&self) -> usize {

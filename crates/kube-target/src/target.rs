@@ -553,6 +553,10 @@ impl DeployTarget for KubeTarget {
         deployments.get(deployment_uid).map(|t| t.metrics.metrics())
     }
 
+    fn url(&self, deployment_uid: &str) -> Option<String> {
+        KubeTarget::url(self, deployment_uid)
+    }
+
     async fn shutdown(&self) {
         self.inner.stop();
     }
