@@ -16,6 +16,7 @@
 pub mod condition;
 pub mod crds;
 pub mod names;
+pub mod pods;
 pub mod resources;
 pub mod serving;
 

@@ -109,7 +109,7 @@ pub fn phase(o: &Observed) -> (Phase, String) {
     }
     // A pod problem the operator has not looked at yet (it rechecks every few seconds) is
     // already in the pods the watch keeps.
-    let (reason, message) = match pod_problem(o.pods) {
+    let (reason, message) = match yatai_kube_api::pods::problem(o.pods.iter().copied()) {
         Some(p) if !FAILURES.contains(&available.reason.as_str()) => p,
         _ => (available.reason.clone(), available.message.clone()),
     };
@@ -185,44 +185,6 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == TRUE))
-}
-
-/// The first problem a pod reports: a container that cannot pull or start, or a pod the
-/// scheduler cannot place (as the operator words it).
-pub fn pod_problem(pods: &[&Pod]) -> Option<(String, String)> {
-    const WAITING: [&str; 7] = [
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    ];
-    for pod in pods {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let Some(status) = &pod.status else { continue };
-        for cs in status.container_statuses.iter().flatten() {
-            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
-            let reason = waiting.reason.clone().unwrap_or_default();
-            if !WAITING.contains(&reason.as_str()) {
-                continue;
-            }
-            let mut message = format!("pod {name} container {}: {reason}", cs.name);
-            if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
-                message.push_str(": ");
-                message.push_str(m);
-            }
-            return Some((reason, message));
-        }
-        for c in status.conditions.iter().flatten() {
-            if c.type_ == "PodScheduled" && c.status == FALSE && c.reason.as_deref() == Some("Unschedulable") {
-                let why = c.message.clone().unwrap_or_default();
-                return Some(("Unschedulable".into(), format!("pod {name} cannot be scheduled: {why}")));
-            }
-        }
-    }
-    None
 }
 
 /// The pods of a BentoDeployment, by the label the operator puts on them.

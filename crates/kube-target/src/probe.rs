@@ -257,8 +257,7 @@ async fn operator(client: &kube::Client, ns: &str, operator_ns: Option<&str>) ->
         held && renewed.is_some_and(|t| now.duration_since(t).as_secs() < LEASE_FRESH.as_secs() as i64)
     };
     leases.sort_by_key(|l| !live(l));
-    let operator_ns =
-        leases.first().and_then(|l| l.metadata.namespace.clone()).unwrap_or_else(|| expected.to_string());
+    let operator_ns = leases.first().and_then(|l| l.metadata.namespace.clone()).unwrap_or_else(|| expected.to_string());
     if leases.first().is_some_and(live) {
         return (true, operator_ns, None);
     }

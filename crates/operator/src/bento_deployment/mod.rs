@@ -271,7 +271,7 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         let selector = format!("{}={name}", labels::BENTO_DEPLOYMENT);
         let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
-        if let Some((reason, message)) = status::pod_problem(&pods) {
+        if let Some((reason, message)) = yatai_kube_api::pods::problem(&pods) {
             serving.reason = reason;
             serving.message = message;
         }

@@ -48,7 +48,7 @@ pub fn serving(deployment: &Deployment, min_replicas: i32, pods: &[Pod]) -> Serv
             ..base
         };
     }
-    if let Some((reason, message)) = pod_problem(pods) {
+    if let Some((reason, message)) = yatai_kube_api::pods::problem(pods) {
         return Serving { reason, message, ..base };
     }
     if let Some(c) = status
@@ -69,53 +69,6 @@ pub fn serving(deployment: &Deployment, min_replicas: i32, pods: &[Pod]) -> Serv
         format!("{ready}/{min} replicas ready")
     };
     Serving { reason: "Deploying".into(), message, ..base }
-}
-
-/// The first problem a pod reports, as (reason, message): containers that cannot pull or
-/// start, and pods the scheduler cannot place.
-pub fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
-    const WAITING: [&str; 7] = [
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    ];
-    for pod in pods {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let Some(status) = &pod.status else { continue };
-        for cs in status.container_statuses.iter().flatten() {
-            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
-            let reason = waiting.reason.clone().unwrap_or_default();
-            if !WAITING.contains(&reason.as_str()) {
-                continue;
-            }
-            let mut message = format!("pod {name} container {}: {reason}", cs.name);
-            if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
-                message.push_str(": ");
-                message.push_str(m);
-            }
-            if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-                message.push_str(&format!(
-                    " (last exit code {}{})",
-                    t.exit_code,
-                    t.reason.as_deref().map(|r| format!(", {r}")).unwrap_or_default()
-                ));
-            }
-            return Some((reason, message));
-        }
-        for c in status.conditions.iter().flatten() {
-            if c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable") {
-                return Some((
-                    "Unschedulable".into(),
-                    format!("pod {name} cannot be scheduled: {}", c.message.clone().unwrap_or_default()),
-                ));
-            }
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -185,6 +138,6 @@ mod tests {
             }]),
             ..Default::default()
         });
-        assert_eq!(pod_problem(&[unschedulable]).unwrap().0, "Unschedulable");
+        assert_eq!(yatai_kube_api::pods::problem(&[unschedulable]).unwrap().0, "Unschedulable");
     }
 }

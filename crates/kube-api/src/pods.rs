@@ -1,0 +1,51 @@
+//! What pods say about a deployment that does not serve: read by the operator (the
+//! BentoDeployment's condition) and by yatai's Kubernetes target (the deployment's status).
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// The first problem a pod reports, as (reason, message): containers that cannot pull or
+/// start (with the last exit code of one that crashed), and pods the scheduler cannot place.
+pub fn problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, String)> {
+    const WAITING: [&str; 7] = [
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    ];
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let Some(status) = &pod.status else { continue };
+        for cs in status.container_statuses.iter().flatten() {
+            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+            let reason = waiting.reason.clone().unwrap_or_default();
+            if !WAITING.contains(&reason.as_str()) {
+                continue;
+            }
+            let mut message = format!("pod {name} container {}: {reason}", cs.name);
+            if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                message.push_str(": ");
+                message.push_str(m);
+            }
+            if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                message.push_str(&format!(
+                    " (last exit code {}{})",
+                    t.exit_code,
+                    t.reason.as_deref().map(|r| format!(", {r}")).unwrap_or_default()
+                ));
+            }
+            return Some((reason, message));
+        }
+        for c in status.conditions.iter().flatten() {
+            if c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable") {
+                return Some((
+                    "Unschedulable".into(),
+                    format!("pod {name} cannot be scheduled: {}", c.message.clone().unwrap_or_default()),
+                ));
+            }
+        }
+    }
+    None
+}
