@@ -290,9 +290,7 @@ async fn apply_children_directly(ns: &yatai_kube_testbed::TestNamespace, n: usiz
     {
         object.meta_mut().owner_references = None;
         let name = object.meta().name.clone().unwrap_or_default();
-        let mut value = serde_json::to_value(&object)?;
-        value["apiVersion"] = K::api_version(&()).into();
-        value["kind"] = K::kind(&()).into();
+        let value = yatai_kube_api::apply_body(&object);
         api.patch(&name, &PatchParams::apply("bench-floor").force(), &Patch::Apply(value)).await?;
         Ok(())
     }

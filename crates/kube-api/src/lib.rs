@@ -22,3 +22,15 @@ pub mod serving;
 
 pub use resources::{Bento, BentoRequest};
 pub use serving::v2alpha1::BentoDeployment;
+
+/// A typed object as a server-side apply body: k8s-openapi's types leave `apiVersion` and
+/// `kind` out of their serialization, and an apply without them is refused.
+pub fn apply_body<K>(object: &K) -> serde_json::Value
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    value
+}

@@ -3,25 +3,27 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
+/// Why a container waits when it will not start without a change (Kubernetes' reasons).
+pub const STUCK_WAITING: [&str; 7] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
 /// The first problem a pod reports, as (reason, message): containers that cannot pull or
 /// start (with the last exit code of one that crashed), and pods the scheduler cannot place.
 pub fn problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, String)> {
-    const WAITING: [&str; 7] = [
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-    ];
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let Some(status) = &pod.status else { continue };
         for cs in status.container_statuses.iter().flatten() {
             let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
             let reason = waiting.reason.clone().unwrap_or_default();
-            if !WAITING.contains(&reason.as_str()) {
+            if !STUCK_WAITING.contains(&reason.as_str()) {
                 continue;
             }
             let mut message = format!("pod {name} container {}: {reason}", cs.name);

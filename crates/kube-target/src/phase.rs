@@ -28,14 +28,7 @@ const BUILD_GAVE_UP: [&str; 7] =
 
 /// `Available=False` reasons that mean the deployment cannot serve without a change (the
 /// operator's, and Kubernetes' own for pods and rollouts).
-const FAILURES: [&str; 13] = [
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
+const FAILURES: [&str; 6] = [
     "Unschedulable",
     "ProgressDeadlineExceeded",
     "InvalidSpec",
@@ -43,6 +36,10 @@ const FAILURES: [&str; 13] = [
     "BentoNotFound",
     "ReplicaFailure",
 ];
+
+fn is_failure(reason: &str) -> bool {
+    FAILURES.contains(&reason) || yatai_kube_api::pods::STUCK_WAITING.contains(&reason)
+}
 
 /// Everything the watches know about one deployment.
 #[derive(Clone, Copy, Default)]
@@ -110,10 +107,10 @@ pub fn phase(o: &Observed) -> (Phase, String) {
     // A pod problem the operator has not looked at yet (it rechecks every few seconds) is
     // already in the pods the watch keeps.
     let (reason, message) = match yatai_kube_api::pods::problem(o.pods.iter().copied()) {
-        Some(p) if !FAILURES.contains(&available.reason.as_str()) => p,
+        Some(p) if !is_failure(&available.reason) => p,
         _ => (available.reason.clone(), available.message.clone()),
     };
-    if FAILURES.contains(&reason.as_str()) {
+    if is_failure(&reason) {
         let ready = o.pods.iter().filter(|p| pod_ready(p)).count();
         let phase = if ready > 0 { Phase::Unhealthy } else { Phase::Failed };
         return (phase, format!("{reason}: {message}"));

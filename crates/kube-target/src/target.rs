@@ -424,9 +424,7 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
+    let value = yatai_kube_api::apply_body(object);
     let name = object.meta().name.clone().unwrap_or_default();
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value))
         .await

@@ -482,9 +482,7 @@ where
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let name = object.meta().name.clone().unwrap_or_default();
-    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
+    let value = yatai_kube_api::apply_body(object);
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value)).await?)
 }
 
