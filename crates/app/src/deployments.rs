@@ -87,7 +87,7 @@ pub async fn resolve_cluster(state: &AppState, caller: &Caller, name: Option<&st
 
 /// The target that runs deployments of `cluster`.
 pub fn target_of(state: &AppState, cluster: &ClusterRow) -> AppResult<Arc<dyn DeployTarget>> {
-    state.targets.for_cluster(cluster).cloned()
+    state.targets.for_cluster(cluster)
 }
 
 /// The target that runs `d`, if this server has one for its cluster.

@@ -14,6 +14,7 @@
 //! dashboard puts [`AppError::Invalid`] beside the form field it names.
 
 pub mod auth;
+pub mod clusters;
 pub mod deployments;
 pub mod error;
 pub mod images;

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use yatai_blob::BlobStore;
@@ -93,6 +93,8 @@ pub struct Inner {
     pub targets: Targets,
     /// The extracted files of archives, for image builds (none: builds are off).
     pub files: Option<Arc<dyn crate::images::ArtifactFiles>>,
+    /// Seals clusters' credentials (set by the server and the admin commands).
+    cluster_key: OnceLock<crate::clusters::ClusterKey>,
 }
 
 #[derive(Clone)]
@@ -121,7 +123,17 @@ impl AppState {
             signer: UrlSigner::new(signing_key),
             config,
             uploads_in_progress: Mutex::new(HashSet::new()),
+            cluster_key: OnceLock::new(),
         }))
+    }
+
+    /// The key clusters' credentials are sealed with (set once).
+    pub fn set_cluster_key(&self, key: crate::clusters::ClusterKey) {
+        let _ = self.cluster_key.set(key);
+    }
+
+    pub fn cluster_key(&self) -> crate::error::AppResult<&crate::clusters::ClusterKey> {
+        self.cluster_key.get().ok_or_else(|| crate::error::AppError::internal("no cluster key was loaded"))
     }
 }
 

@@ -105,7 +105,7 @@ pub struct DeploymentFilter {
     pub count: i64,
 }
 
-const CLUSTER_SELECT: &str = "SELECT c.uid, c.org_uid, c.name, c.description, c.kind, c.config, c.creator_uid, \
+pub(crate) const CLUSTER_SELECT: &str = "SELECT c.uid, c.org_uid, c.name, c.description, c.kind, c.config, c.creator_uid, \
      u.name AS creator_name, c.created_at, c.updated_at FROM clusters c LEFT JOIN users u ON u.uid = c.creator_uid";
 
 const DEPLOYMENT_SELECT: &str = "SELECT d.uid, d.org_uid, d.cluster_uid, c.name AS cluster_name, d.namespace, d.name, \

@@ -6,6 +6,7 @@
 //! differs, `Dialect` picks the variant. Each backend has its own migration
 //! directory because their DDL differs in small ways (auto-increment keys).
 
+mod clusters;
 mod deployments;
 mod events;
 mod identity;
@@ -17,6 +18,7 @@ mod sessions;
 mod settings;
 mod uploads;
 
+pub use clusters::{ClusterPatch, NewCluster, StoredCluster};
 pub use deployments::{
     ClusterRow, DeploymentFilter, DeploymentRow, DeploymentUse, NewDeployment, NewTarget, RevisionRow, TargetRow,
 };

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use yatai_app::auth::{KNOWN_SCOPES, generate_token};
 use yatai_core::Timestamp;
+use yatai_core::deploy::ClusterConnector;
 use yatai_store::{MemberRole, NewToken, Store};
 
 use crate::config::{DbArgs, StorageArgs};
@@ -259,4 +260,149 @@ pub async fn gc(args: GcArgs) -> anyhow::Result<()> {
         report.uploads, report.blobs, report.strays, report.partials
     );
     Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Register a Kubernetes cluster (checked against the cluster first).
+    Add {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+        /// The kubeconfig file (its content is stored encrypted).
+        #[arg(long, conflicts_with = "in_cluster")]
+        kubeconfig: Option<std::path::PathBuf>,
+        /// The kubeconfig context (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Use the server's own service account (yatai runs in that cluster).
+        #[arg(long)]
+        in_cluster: bool,
+        #[arg(long, default_value = "yatai")]
+        namespace: String,
+        #[arg(long)]
+        image_registry: Option<String>,
+        #[arg(long)]
+        domain_suffix: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// The key that seals credentials (default: DATA_DIR/secrets/cluster.key).
+        #[arg(long, env = "YATAI_CLUSTER_KEY_FILE")]
+        cluster_key_file: Option<std::path::PathBuf>,
+    },
+    /// List an organization's clusters.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+    /// Remove a cluster that has no deployments.
+    Remove {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+    },
+}
+
+fn admin_state(
+    store: Store,
+    db: &DbArgs,
+    connector: Option<std::sync::Arc<dyn ClusterConnector>>,
+) -> yatai_app::AppState {
+    let blobs = yatai_blob::BlobStore::local(db.data_dir.join("artifacts"), false).expect("local blob store");
+    let mut targets = yatai_app::Targets::default();
+    if let Some(c) = connector {
+        targets = targets.with_connector(c);
+    }
+    yatai_app::AppState::with_targets(
+        store,
+        blobs,
+        b"unused: cluster commands sign nothing",
+        Default::default(),
+        targets,
+        None,
+    )
+}
+
+pub async fn cluster(
+    cmd: ClusterCommand,
+    connector: Option<std::sync::Arc<dyn ClusterConnector>>,
+) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Add {
+            db,
+            name,
+            kubeconfig,
+            context,
+            in_cluster,
+            namespace,
+            image_registry,
+            domain_suffix,
+            description,
+            org,
+            cluster_key_file,
+        } => {
+            let kubeconfig = match &kubeconfig {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| anyhow!("cannot read the kubeconfig {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            let key_file = cluster_key_file.unwrap_or_else(|| db.data_dir.join("secrets").join("cluster.key"));
+            let state = admin_state(store, &db, connector);
+            state.set_cluster_key(yatai_app::clusters::ClusterKey::load_or_create(&key_file)?);
+            let input = yatai_app::clusters::NewClusterInput {
+                name,
+                description,
+                kubeconfig,
+                in_cluster,
+                context,
+                namespace: Some(namespace),
+                image_registry,
+                domain_suffix,
+            };
+            let v = yatai_app::clusters::add_in_org(&state, &org.uid, None, input)
+                .await
+                .map_err(|e| anyhow!("{}", e.message()))?;
+            println!(
+                "registered cluster {:?} in {:?}; a running server connects to it when restarted",
+                v.row.name, org.name
+            );
+            Ok(())
+        }
+        ClusterCommand::List { db, org } => {
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            println!("{:<24}  {:<12}  {:<16}  DOMAIN SUFFIX", "NAME", "KIND", "NAMESPACE");
+            for c in store.list_clusters(&org.uid).await? {
+                let s: yatai_app::clusters::ClusterSettings = serde_json::from_str(&c.config).unwrap_or_default();
+                println!(
+                    "{:<24}  {:<12}  {:<16}  {}",
+                    c.name,
+                    c.kind,
+                    s.namespace,
+                    s.domain_suffix.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::Remove { db, name, org } => {
+            let store = db.connect().await?;
+            let org = org_by_name(&store, &org).await?;
+            let state = admin_state(store, &db, None);
+            yatai_app::clusters::remove_in_org(&state, &org.uid, &name)
+                .await
+                .map_err(|e| anyhow!("{}", e.message()))?;
+            println!("removed cluster {name:?} from {:?}", org.name);
+            Ok(())
+        }
+    }
 }

@@ -167,6 +167,11 @@ pub struct ServeArgs {
     /// that serve the same storage. Default: DATA_DIR/secrets/url-signing.key.
     #[arg(long, env = "YATAI_URL_SIGNING_KEY_FILE")]
     pub url_signing_key_file: Option<PathBuf>,
+    /// The key that seals Kubernetes clusters' credentials in the database;
+    /// created on first start, readable only by the server. Keep it with the
+    /// database's backups, but apart. Default: DATA_DIR/secrets/cluster.key.
+    #[arg(long, env = "YATAI_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
     /// Also route `<name>-<namespace>.<DOMAIN>` on the main port to each
     /// deployment, and report that as its URL (e.g. `127.0.0.1.sslip.io`).
     /// Default: each deployment has a port of its own.
@@ -224,6 +229,7 @@ impl ServeArgs {
             &mut self.image_build_cache,
             &mut self.docker_config,
             &mut self.url_signing_key_file,
+            &mut self.cluster_key_file,
         ]
         .into_iter()
         .flatten()
@@ -255,6 +261,10 @@ impl ServeArgs {
 
     pub fn signing_key_file(&self) -> PathBuf {
         self.url_signing_key_file.clone().unwrap_or_else(|| self.db.data_dir.join("secrets").join("url-signing.key"))
+    }
+
+    pub fn cluster_key_file(&self) -> PathBuf {
+        self.cluster_key_file.clone().unwrap_or_else(|| self.db.data_dir.join("secrets").join("cluster.key"))
     }
 
     pub fn runtime_config(&self) -> anyhow::Result<yatai_runtime::RuntimeConfig> {

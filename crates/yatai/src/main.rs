@@ -33,6 +33,9 @@ enum Command {
     /// Create and list organizations.
     #[command(subcommand)]
     Org(admin::OrgCommand),
+    /// Register, list and remove Kubernetes clusters.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
     /// Delete abandoned uploads and archives nothing refers to, now.
     Gc(admin::GcArgs),
     /// Bring the database schema up to date and exit.
@@ -73,6 +76,8 @@ fn main() -> anyhow::Result<()> {
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,
             Command::Gc(args) => admin::gc(args).await,
+            // TODO(coordinator): plug yatai_kube_target::KubeConnector.
+            Command::Cluster(cmd) => admin::cluster(cmd, None).await,
             Command::Crds(args) => {
                 use yatai_kube_api::crds::{self, WebhookEndpoint};
                 let webhook = match args.webhook_url {

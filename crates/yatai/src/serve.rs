@@ -48,10 +48,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
              environment directory below it: open it to others (chmod o+x) or move --runtime-dir/--env-dir"
         );
     }
+    // TODO(coordinator): plug yatai_kube_target::KubeConnector with Targets::with_connector.
     let targets = Targets::default().with_kind(runtime.clone());
+    let cluster_key = yatai_app::clusters::ClusterKey::load_or_create(&args.cluster_key_file())?;
     let files = Arc::new(RuntimeFiles(runtime.clone()));
     let state =
         AppState::with_targets(store.clone(), blobs.clone(), &signing_key, args.app_config(), targets, Some(files));
+    state.set_cluster_key(cluster_key);
     runtime.set_access_verifier(Arc::new(ApiTokenAccess { state: state.clone() }));
     let hosts = Arc::new(RuntimeHosts(runtime.clone()));
     let (app, _doc) = yatai_api::app_with(state.clone(), yatai_web::router(), Some(hosts));
@@ -70,6 +73,12 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     );
     {
         yatai_app::images::fail_interrupted(&state).await;
+        // Before restoring: the deployments of Kubernetes clusters need their targets.
+        match yatai_app::clusters::connect_stored(&state).await {
+            Ok(n) if n > 0 => tracing::info!(clusters = n, "connected the Kubernetes clusters"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the Kubernetes clusters"),
+        }
         let to_restore = yatai_app::deployments::prepare_restore(&state).await;
         let state = state.clone();
         tokio::spawn(async move { yatai_app::deployments::restore_all(&state, to_restore).await });

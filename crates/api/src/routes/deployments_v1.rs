@@ -44,6 +44,29 @@ pub fn routes(state: AppState) -> Api {
             get(get_cluster),
         )
         .route(
+            op(Op::post("/api/v1/clusters", "Register a Kubernetes cluster (admins; checked against the cluster)")
+                .perm(Permission::Admin)
+                .body::<super::clusters::V1CreateCluster>()
+                .ok::<super::clusters::ClusterDetail>()
+                .errors(&[400, 409, 413])),
+            post(super::clusters::create),
+        )
+        .route(
+            op(Op::patch("/api/v1/clusters/{cluster}", "Change a cluster (admins)")
+                .perm(Permission::Admin)
+                .body::<super::clusters::V1UpdateCluster>()
+                .ok::<super::clusters::ClusterDetail>()
+                .errors(&[400, 404, 413])),
+            axum::routing::patch(super::clusters::update),
+        )
+        .route(
+            op(Op::delete("/api/v1/clusters/{cluster}", "Remove a cluster with no deployments (admins)")
+                .perm(Permission::Admin)
+                .ok::<super::clusters::ClusterDetail>()
+                .errors(&[400, 404, 409])),
+            axum::routing::delete(super::clusters::remove),
+        )
+        .route(
             op(Op::get("/api/v1/deployments", "List the organization's deployments")
                 .perm(Permission::ReadCluster)
                 .ok::<DeploymentList>()),

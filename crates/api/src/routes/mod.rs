@@ -1,6 +1,7 @@
 //! Every HTTP route, grouped by what it serves. [`api`] assembles them.
 
 pub mod artifacts;
+pub mod clusters;
 pub mod deployments;
 pub mod deployments_v1;
 pub mod events;
