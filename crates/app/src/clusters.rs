@@ -130,6 +130,9 @@ pub struct ClusterSettings {
     pub image_registry: Option<String>,
     #[serde(default)]
     pub domain_suffix: Option<String>,
+    /// Where the operator runs (its Lease, its `network` ConfigMap); unset: found.
+    #[serde(default)]
+    pub operator_namespace: Option<String>,
 }
 
 impl ClusterSettings {
@@ -140,6 +143,7 @@ impl ClusterSettings {
             context: c.context.clone(),
             image_registry: c.image_registry.clone(),
             domain_suffix: c.domain_suffix.clone(),
+            operator_namespace: c.operator_namespace.clone(),
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct NewClusterInput {
     pub namespace: Option<String>,
     pub image_registry: Option<String>,
     pub domain_suffix: Option<String>,
+    /// The operator's namespace; default: found by its Lease.
+    pub operator_namespace: Option<String>,
 }
 
 /// What changes in a cluster: `None` keeps the value; an empty string
@@ -171,6 +177,7 @@ pub struct ClusterChange {
     pub namespace: Option<String>,
     pub image_registry: Option<String>,
     pub domain_suffix: Option<String>,
+    pub operator_namespace: Option<String>,
 }
 
 impl ClusterChange {
@@ -181,6 +188,7 @@ impl ClusterChange {
             || self.namespace.is_some()
             || self.image_registry.is_some()
             || self.domain_suffix.is_some()
+            || self.operator_namespace.is_some()
     }
 }
 
@@ -238,6 +246,9 @@ fn check_config(c: &KubeClusterConfig) -> AppResult<()> {
         }
     }
     yatai_core::deploy::check_namespace(&c.namespace).map_err(|m| AppError::invalid_field("namespace", m))?;
+    if let Some(ns) = &c.operator_namespace {
+        yatai_core::deploy::check_namespace(ns).map_err(|m| AppError::invalid_field("operator_namespace", m))?;
+    }
     if let Some(ctx) = &c.context
         && (ctx.len() > 253 || ctx.chars().any(char::is_control))
     {
@@ -296,6 +307,7 @@ fn config_of(input: &NewClusterInput) -> AppResult<KubeClusterConfig> {
         namespace: opt(input.namespace.clone()).unwrap_or_else(|| yatai_core::deploy::DEFAULT_NAMESPACE.to_owned()),
         image_registry: opt(input.image_registry.clone()),
         domain_suffix: opt(input.domain_suffix.clone()),
+        operator_namespace: opt(input.operator_namespace.clone()),
     };
     check_config(&config)?;
     Ok(config)
@@ -442,6 +454,7 @@ pub async fn update(state: &AppState, caller: &Caller, name: &str, change: Clust
             namespace: change.namespace.clone().or(Some(old.namespace.clone())),
             image_registry: change.image_registry.clone().or(old.image_registry.clone()),
             domain_suffix: change.domain_suffix.clone().or(old.domain_suffix.clone()),
+            operator_namespace: change.operator_namespace.clone().or(old.operator_namespace.clone()),
         };
         if in_cluster && change.kubeconfig.as_deref().is_some_and(|k| !k.trim().is_empty()) {
             return Err(AppError::invalid_field(

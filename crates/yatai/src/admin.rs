@@ -284,6 +284,9 @@ pub enum ClusterCommand {
         image_registry: Option<String>,
         #[arg(long)]
         domain_suffix: Option<String>,
+        /// The operator's namespace (default: wherever its Lease is found).
+        #[arg(long)]
+        operator_namespace: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
         #[arg(long, default_value = "default")]
@@ -343,6 +346,7 @@ pub async fn cluster(
             namespace,
             image_registry,
             domain_suffix,
+            operator_namespace,
             description,
             org,
             cluster_key_file,
@@ -368,6 +372,7 @@ pub async fn cluster(
                 namespace: Some(namespace),
                 image_registry,
                 domain_suffix,
+                operator_namespace,
             };
             let v = yatai_app::clusters::add_in_org(&state, &org.uid, None, input)
                 .await

@@ -76,8 +76,9 @@ fn main() -> anyhow::Result<()> {
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,
             Command::Gc(args) => admin::gc(args).await,
-            // TODO(coordinator): plug yatai_kube_target::KubeConnector.
-            Command::Cluster(cmd) => admin::cluster(cmd, None).await,
+            Command::Cluster(cmd) => {
+                admin::cluster(cmd, Some(std::sync::Arc::new(yatai_kube_target::KubeConnector))).await
+            }
             Command::Crds(args) => {
                 use yatai_kube_api::crds::{self, WebhookEndpoint};
                 let webhook = match args.webhook_url {

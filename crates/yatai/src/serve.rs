@@ -48,8 +48,8 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
              environment directory below it: open it to others (chmod o+x) or move --runtime-dir/--env-dir"
         );
     }
-    // TODO(coordinator): plug yatai_kube_target::KubeConnector with Targets::with_connector.
-    let targets = Targets::default().with_kind(runtime.clone());
+    let targets =
+        Targets::default().with_kind(runtime.clone()).with_connector(Arc::new(yatai_kube_target::KubeConnector));
     let cluster_key = yatai_app::clusters::ClusterKey::load_or_create(&args.cluster_key_file())?;
     let files = Arc::new(RuntimeFiles(runtime.clone()));
     let state =

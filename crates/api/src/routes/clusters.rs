@@ -29,6 +29,9 @@ pub struct V1ClusterConfig {
     pub image_registry: Option<String>,
     #[serde(default)]
     pub domain_suffix: Option<String>,
+    /// The operator's namespace (its Lease and `network` ConfigMap); default: found.
+    #[serde(default)]
+    pub operator_namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -82,6 +85,7 @@ pub async fn create(
         namespace: c.default_deployment_kube_namespace,
         image_registry: c.image_registry,
         domain_suffix: c.domain_suffix,
+        operator_namespace: c.operator_namespace,
     };
     let v = app::add(&state, &caller, input).await?;
     Ok(Json(detail(v, &caller.org.name)))
@@ -102,6 +106,7 @@ pub async fn update(
         namespace: c.default_deployment_kube_namespace,
         image_registry: c.image_registry,
         domain_suffix: c.domain_suffix,
+        operator_namespace: c.operator_namespace,
     };
     let v = app::update(&state, &caller, &cluster, change).await?;
     Ok(Json(detail(v, &caller.org.name)))
