@@ -385,6 +385,10 @@ pub async fn apply(state: &AppState, d: &DeploymentRow) -> AppResult<()> {
 /// The URL a deployment is reached at. `request_host`: the Host the
 /// request came with, used when the server has no external URL.
 pub fn deployment_url(state: &AppState, request_host: Option<&str>, d: &DeploymentRow) -> String {
+    // A target that publishes deployments itself (a Kubernetes Ingress) knows the URL.
+    if let Some(url) = state.targets.of_cluster(&d.cluster_uid).and_then(|t| t.url(&d.uid)) {
+        return url;
+    }
     let base = match &state.config.external_url {
         Some(u) => u.clone(),
         None => url::Url::parse(&format!("http://{}", request_host.unwrap_or("127.0.0.1")))

@@ -65,6 +65,11 @@ impl Targets {
         self.broken.write().expect("lock").insert(cluster_uid.to_owned(), reason.to_owned());
     }
 
+    /// The target of its own the cluster with uid `cluster_uid` has (a Kubernetes cluster's).
+    pub fn of_cluster(&self, cluster_uid: &str) -> Option<Arc<dyn DeployTarget>> {
+        self.by_cluster.read().expect("lock").get(cluster_uid).cloned()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_kind.is_empty() && self.by_cluster.read().expect("lock").is_empty()
     }
