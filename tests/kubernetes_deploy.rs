@@ -29,6 +29,25 @@ impl Drop for Operator {
     }
 }
 
+/// `yatai operator` as a platform engineer starts it, for the namespace `ns`.
+fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
+    let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Operator(
+        Command::new(yatai_bin())
+            .arg("operator")
+            .arg("--kubeconfig")
+            .arg(testbed.kubeconfig())
+            .args(["--namespaces", ns, "--operator-namespace", ns, "--domain-suffix", SUFFIX])
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
+            .args(["--metrics-listen", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn deployment(server: &Server, name: &str) -> Value {
     let r = server.http().get(&format!("/api/v2/deployments/{name}?cluster=testbed"));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -76,22 +95,7 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
         &fixtures.uv.display().to_string(),
     ]));
 
-    // The operator, as a platform engineer starts it.
-    let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _operator = Operator(
-        Command::new(yatai_bin())
-            .arg("operator")
-            .arg("--kubeconfig")
-            .arg(testbed.kubeconfig())
-            .args(["--namespaces", "yatai", "--operator-namespace", "yatai", "--domain-suffix", SUFFIX])
-            .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
-            .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
-            .args(["--metrics-listen", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let _operator = start_operator(testbed, "yatai");
 
     // Register the cluster: a kubeconfig the server keeps sealed.
     let kubeconfig = std::fs::read_to_string(testbed.kubeconfig()).unwrap();
@@ -190,4 +194,84 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
     assert!(refused.contains("handmade") || refused.contains("not made by yatai"), "{refused}");
     let kept = rt.block_on(bds.get("handmade")).unwrap();
     assert_eq!(kept.spec.bento, "someone-elses--v1", "yatai overwrote a BentoDeployment it did not make");
+}
+
+/// Registering a cluster, attacked: bad credentials are refused at once with what to do and
+/// nothing is stored; the kubeconfig never comes back from the API and is not in the database
+/// file in clear; a member who is not an admin, and another organization, can do nothing to it.
+#[test]
+fn cluster_registration_refuses_bad_input_and_keeps_the_kubeconfig_sealed() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let testbed = rt.block_on(Testbed::shared()).unwrap();
+    let admin = rt.block_on(testbed.client()).unwrap();
+    rt.block_on(yatai_operator::crds::install_missing(&admin, &Default::default())).unwrap();
+    let server = Server::start(Backend::SqliteLocal);
+    // A mark only the kubeconfig carries (the testbed's refers to its key by path).
+    let secret = format!("sealed-marker-{}", unique("kc"));
+    let kubeconfig = format!("# {secret}\n{}", std::fs::read_to_string(testbed.kubeconfig()).unwrap());
+    let register = |http: &Http, name: &str, kubeconfig: &str| {
+        http.post(
+            "/api/v1/clusters",
+            &json!({"name": name, "kube_config": kubeconfig, "config": {"namespace": "default", "domain_suffix": SUFFIX}}),
+        )
+    };
+
+    // Unreachable: refused, saying so, and not stored.
+    let unreachable = kubeconfig.replace(
+        &kubeconfig[kubeconfig.find("server: ").unwrap()..].lines().next().unwrap().to_string(),
+        "server: https://127.0.0.1:1",
+    );
+    let r = register(&server.http(), "dead", &unreachable);
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+    assert!(r.text().contains("reach") || r.text().contains("connect"), "{}", r.text());
+    assert!(!server.http().get("/api/v1/clusters").text().contains("\"dead\""));
+    // Not a kubeconfig at all.
+    let r = register(&server.http(), "garbage", "{not yaml: [");
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+
+    // Reachable, but no operator runs there: refused, saying what to install.
+    let r = register(&server.http(), "good", &kubeconfig);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("no yatai operator runs"), "{}", r.text());
+
+    // With the operator: the kubeconfig's secret never comes back, and is not in the database.
+    let _operator = start_operator(testbed, "default");
+    let r = wait_for("the cluster registered once the operator leads", WAIT, || {
+        let r = register(&server.http(), "good", &kubeconfig);
+        (r.status != 400 || !r.text().contains("operator")).then_some(r)
+    });
+    assert_eq!(r.status, 200, "{}", r.text());
+    for path in ["/api/v1/clusters", "/api/v1/clusters/good"] {
+        let text = server.http().get(path).text();
+        assert!(!text.contains(&secret), "{path} returned the kubeconfig");
+    }
+    let detail = server.http().get("/api/v1/clusters/good").json();
+    assert_eq!(detail["health"]["reachable"], true, "{detail:#}");
+    assert_eq!(detail["health"]["crds_installed"], true, "{detail:#}");
+    assert_eq!(detail["config"]["namespace"], "default", "{detail:#}");
+    let mut db = Vec::new();
+    for entry in std::fs::read_dir(server.data_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("yatai.db") {
+            db.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!db.is_empty(), "no database file found");
+    let needle = secret.as_bytes();
+    assert!(!db.windows(needle.len()).any(|w| w == needle), "the kubeconfig is in the database in clear");
+    assert!(!server.log_text().contains(&secret), "the kubeconfig is in the server's log");
+
+    // A member who is not an admin, and another organization's admin.
+    server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default"]);
+    let dev = server.admin(&["token", "create", "--name", "dev", "--user", "dev"]).trim().to_owned();
+    let r = register(&server.http().with_token(&dev), "mine", &kubeconfig);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(server.http().with_token(&dev).delete("/api/v1/clusters/good").status, 403);
+    server.admin(&["org", "create", "other"]);
+    server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other", "--role", "admin"]);
+    let eve = server.admin(&["token", "create", "--name", "eve", "--user", "eve", "--org", "other"]).trim().to_owned();
+    assert_eq!(server.http().with_token(&eve).get("/api/v1/clusters/good").status, 404);
+    assert!(!server.http().with_token(&eve).get("/api/v1/clusters").text().contains("\"good\""));
+    assert_eq!(server.http().with_token(&eve).delete("/api/v1/clusters/good").status, 404);
+    assert_eq!(server.http().get("/api/v1/clusters/good").status, 200, "the cluster survived the attempts");
 }

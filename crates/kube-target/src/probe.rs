@@ -186,7 +186,7 @@ fn permission_text(verb: &str, group: &str, resource: &str, sub: &str) -> String
 pub fn rbac_problem(ns: &str, denied: &[String]) -> String {
     format!(
         "the credentials lack permissions in namespace {ns}: {}: bind them the Role of the Helm chart \
-         (deploy/helm/yatai) or of `yatai manifests`, or use a kubeconfig that has them",
+         (deploy/helm/yatai) or of deploy/manifests/yatai.yaml, or use a kubeconfig that has them",
         denied.join(", ")
     )
 }
@@ -269,7 +269,7 @@ async fn operator(client: &kube::Client, ns: &str, operator_ns: Option<&str>) ->
     } else if leases.is_empty() {
         format!(
             "no yatai operator runs (no Lease {OPERATOR_LEASE} in any namespace): install it with the Helm chart \
-             (deploy/helm/yatai) or `yatai manifests`"
+             (deploy/helm/yatai) or deploy/manifests/yatai.yaml"
         )
     } else {
         format!(

@@ -66,7 +66,7 @@ pub struct ClusterDetail {
     pub health: Option<yatai_core::deploy::ClusterHealth>,
 }
 
-fn detail(v: app::ClusterView, org_name: &str) -> ClusterDetail {
+pub(crate) fn detail(v: app::ClusterView, org_name: &str) -> ClusterDetail {
     ClusterDetail { cluster: cluster_schema(&v.row, org_name, false), config: v.settings, health: v.health }
 }
 

@@ -37,9 +37,9 @@ pub fn routes(state: AppState) -> Api {
             get(list_clusters),
         )
         .route(
-            op(Op::get("/api/v1/clusters/{cluster}", "Get a cluster")
+            op(Op::get("/api/v1/clusters/{cluster}", "Get a cluster, with its settings and what it has now")
                 .perm(Permission::ReadCluster)
-                .ok::<ClusterSchema>()
+                .ok::<super::clusters::ClusterDetail>()
                 .errors(&[404])),
             get(get_cluster),
         )
@@ -164,14 +164,18 @@ async fn list_clusters(State(state): State<AppState>, caller: Auth) -> ApiResult
     Ok(Json(ClusterList { start: 0, count: n, total: n, items }))
 }
 
+/// A Kubernetes cluster's health is probed for the answer (reachable, version, CRDs, the
+/// operator, the domain suffix): what its page shows.
 async fn get_cluster(
     State(state): State<AppState>,
     caller: Auth,
     Path(cluster): Path<String>,
-) -> ApiResult<Json<ClusterSchema>> {
-    let c = app::resolve_cluster(&state, &caller, Some(&cluster)).await?;
-    let first = state.store.list_clusters(&caller.org.uid).await?.first().is_some_and(|f| f.uid == c.uid);
-    Ok(Json(dep::cluster_schema(&c, &caller.org.name, first)))
+) -> ApiResult<Json<super::clusters::ClusterDetail>> {
+    let v = yatai_app::clusters::get(&state, &caller, &cluster).await?;
+    let first = state.store.list_clusters(&caller.org.uid).await?.first().is_some_and(|f| f.uid == v.row.uid);
+    let mut detail = super::clusters::detail(v, &caller.org.name);
+    detail.cluster.is_first = first;
+    Ok(Json(detail))
 }
 
 #[derive(Deserialize)]
