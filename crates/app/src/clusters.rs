@@ -18,7 +18,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use yatai_core::deploy::{ClusterHealth, ClusterKind, KubeClusterConfig, StatusSink};
+use yatai_core::deploy::{ClusterHealth, ClusterKind, DeployTarget, KubeClusterConfig, StatusSink};
 use yatai_store::{ClusterPatch, ClusterRow, NewCluster};
 
 use crate::auth::{Caller, Permission};
@@ -564,6 +564,31 @@ pub async fn list(state: &AppState, caller: &Caller, health: bool) -> AppResult<
 /// At server start: a target for every stored Kubernetes cluster. A cluster
 /// that cannot be connected is logged and its deployments get that reason;
 /// the server starts anyway.
+/// Connects a Kubernetes cluster this server does not know yet: one registered by `yatai
+/// cluster add` on the database while the server ran. A failure is remembered (the cluster's
+/// deployments then say why) until the server restarts or the cluster is changed.
+pub async fn connect_new(state: &AppState, row: &ClusterRow) -> AppResult<Arc<dyn DeployTarget>> {
+    let result = async {
+        let sealed = state.store.cluster_credentials(&row.uid).await?;
+        let config = stored_config(state, row, sealed)?;
+        let connector = state.targets.connector().ok_or_else(|| AppError::unavailable(NO_KUBERNETES))?;
+        Ok::<_, AppError>(connector.connect(&row.uid, &config, sink(state)).await?)
+    }
+    .await;
+    match result {
+        Ok(t) => {
+            tracing::info!(cluster = %row.name, "connected a Kubernetes cluster registered while the server ran");
+            state.targets.attach(&row.uid, t.clone());
+            Ok(t)
+        }
+        Err(e) => {
+            tracing::error!(cluster = %row.name, error = %e, "cannot connect a Kubernetes cluster");
+            state.targets.mark_broken(&row.uid, e.message());
+            Err(e)
+        }
+    }
+}
+
 pub async fn connect_stored(state: &AppState) -> AppResult<usize> {
     let mut connected = 0;
     for stored in state.store.clusters_of_kind(ClusterKind::Kubernetes.as_str()).await? {

@@ -86,7 +86,10 @@ pub async fn resolve_cluster(state: &AppState, caller: &Caller, name: Option<&st
 }
 
 /// The target that runs deployments of `cluster`.
-pub fn target_of(state: &AppState, cluster: &ClusterRow) -> AppResult<Arc<dyn DeployTarget>> {
+pub async fn target_of(state: &AppState, cluster: &ClusterRow) -> AppResult<Arc<dyn DeployTarget>> {
+    if cluster.kind == ClusterKind::Kubernetes.as_str() && !state.targets.knows(&cluster.uid) {
+        return crate::clusters::connect_new(state, cluster).await;
+    }
     state.targets.for_cluster(cluster)
 }
 
@@ -97,7 +100,7 @@ pub async fn target_for(state: &AppState, d: &DeploymentRow) -> AppResult<Arc<dy
         .get_cluster(&d.org_uid, &d.cluster_name)
         .await?
         .ok_or_else(|| AppError::internal(format!("the cluster of deployment {:?} is missing", d.name)))?;
-    target_of(state, &cluster)
+    target_of(state, &cluster).await
 }
 
 /// What a deployment's target observes now (none when nothing runs it).
@@ -447,7 +450,7 @@ fn config_json(config: &DeploymentConfig) -> String {
 /// Creates a deployment and starts it.
 pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_>) -> AppResult<DeploymentRow> {
     let cluster = resolve_cluster(state, caller, req.cluster).await.map_err(|e| e.in_field("cluster"))?;
-    let target = target_of(state, &cluster)?;
+    let target = target_of(state, &cluster).await?;
     yatai_core::deploy::check_namespace(req.namespace).map_err(|m| AppError::invalid_field("namespace", m))?;
     let bento = resolve_bento(state, caller, req.bento).await?;
     let name = match req.name.map(str::trim).filter(|n| !n.is_empty()) {

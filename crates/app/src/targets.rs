@@ -65,6 +65,12 @@ impl Targets {
         self.broken.write().expect("lock").insert(cluster_uid.to_owned(), reason.to_owned());
     }
 
+    /// Whether this server knows the cluster: connected, or failed to connect.
+    pub fn knows(&self, cluster_uid: &str) -> bool {
+        self.by_cluster.read().expect("lock").contains_key(cluster_uid)
+            || self.broken.read().expect("lock").contains_key(cluster_uid)
+    }
+
     /// The target of its own the cluster with uid `cluster_uid` has (a Kubernetes cluster's).
     pub fn of_cluster(&self, cluster_uid: &str) -> Option<Arc<dyn DeployTarget>> {
         self.by_cluster.read().expect("lock").get(cluster_uid).cloned()
