@@ -103,7 +103,10 @@ impl ClusterKey {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new file readable only by the server (in a directory
+/// only it can enter), atomically: the cluster key here, the URL-signing key
+/// in `yatai serve`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));

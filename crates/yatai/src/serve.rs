@@ -126,7 +126,7 @@ async fn signing_key(store: &yatai_store::Store, path: &Path) -> anyhow::Result<
                     hex::encode(fresh)
                 }
             };
-            write_private(path, key.as_bytes())
+            yatai_app::clusters::write_private(path, key.as_bytes())
                 .with_context(|| format!("cannot write the URL signing key to {}", path.display()))?;
             key
         }
@@ -138,21 +138,6 @@ async fn signing_key(store: &yatai_store::Store, path: &Path) -> anyhow::Result<
     }
     store.delete_setting(SETTING).await?;
     Ok(key)
-}
-
-/// Writes `bytes` to a new file readable only by the server (in a directory
-/// only it can enter), atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Closes the data directory to other users: only the server reads the
