@@ -48,6 +48,15 @@ fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
     )
 }
 
+/// Waits until the operator holds its Lease in `ns`: registering a cluster checks that one runs.
+fn wait_for_operator(rt: &tokio::runtime::Runtime, client: &kube::Client, ns: &str) {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client.clone(), ns);
+    wait_for("the operator's Lease", WAIT, || {
+        let lease = rt.block_on(leases.get_opt("yatai-operator")).unwrap()?;
+        lease.spec?.holder_identity.map(|_| ())
+    });
+}
+
 fn deployment(server: &Server, name: &str) -> Value {
     let r = server.http().get(&format!("/api/v2/deployments/{name}?cluster=testbed"));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -96,6 +105,7 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
     ]));
 
     let _operator = start_operator(testbed, "yatai");
+    wait_for_operator(&rt, &admin, "yatai");
 
     // Register the cluster as the README does: `yatai cluster add` beside the running server
     // (the server connects it when it is first used).
@@ -263,6 +273,45 @@ fn cluster_registration_refuses_bad_input_and_keeps_the_kubeconfig_sealed() {
     let needle = secret.as_bytes();
     assert!(!db.windows(needle.len()).any(|w| w == needle), "the kubeconfig is in the database in clear");
     assert!(!server.log_text().contains(&secret), "the kubeconfig is in the server's log");
+
+    // The client's view: its cluster schemas decode what the API returns (the 1.4 CLI has no
+    // `bentoml cluster` command; `RestApiClient.v1` has the calls), and the instance types.
+    let iris = iris_home();
+    let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
+    let seen = client.python_code(&format!(
+        "from bentoml._internal.cloud.client import RestApiClient\n\
+         c = RestApiClient({url:?}, {token:?}).v1\n\
+         print([x.name for x in c.get_cluster_list().items])\n\
+         g = c.get_cluster('good')\n\
+         print(g.config.default_deployment_kube_namespace, repr(g.kube_config), [r.name for r in g.resource_instances])",
+        url = server.url,
+        token = server.token,
+    ));
+    assert!(seen.contains("'good'"), "{seen}");
+    assert!(seen.contains("default '' ['cpu.1', 'cpu.2', 'cpu.4', 'cpu.8']"), "{seen}");
+    let types = client.ok(&["deployment", "list-instance-types", "--cluster", "good", "-o", "json"]);
+    assert!(types.contains("cpu.2") && types.contains("4Gi"), "{types}");
+
+    // A deployment that names no namespace goes to the cluster's ("default" here), and its
+    // instance type sets the pods' requests; a type the cluster does not offer is refused.
+    client.ok(&["push", &iris.bento]);
+    let create = |name: &str, instance_type: &str| {
+        server.http().post(
+            "/api/v2/deployments?cluster=good",
+            &json!({"name": name, "bento": iris.bento, "services": {"IrisClassifier": {"instance_type": instance_type}}}),
+        )
+    };
+    let r = create("sized", "gpu.a100.8");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("cpu.1, cpu.2, cpu.4, cpu.8"), "{}", r.text());
+    let r = create("sized", "cpu.2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bds: kube::Api<yatai_kube_api::serving::v2alpha1::BentoDeployment> =
+        kube::Api::namespaced(admin.clone(), "default");
+    let bd = rt.block_on(bds.get("sized")).unwrap();
+    let requests = bd.spec.resources.and_then(|r| r.requests).expect("requests set from the instance type");
+    assert_eq!((requests.cpu.as_str(), requests.memory.as_str()), ("2", "4Gi"), "{requests:?}");
+    assert_eq!(server.http().delete("/api/v2/deployments/sized?cluster=good").status, 200);
 
     // A member who is not an admin, and another organization's admin.
     server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default"]);

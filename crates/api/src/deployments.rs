@@ -283,7 +283,7 @@ pub async fn deployment_schema(
         cluster: cluster_schema(&cluster, &caller.org.name, is_first),
         latest_revision: latest,
         manifest: json!({"dev": false, "routing": null}),
-        urls: vec![deployment_url(state, request_host(headers), d)],
+        urls: deployment_url(state, request_host(headers), d).into_iter().collect(),
         replicas,
     })
 }

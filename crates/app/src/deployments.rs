@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use yatai_core::deploy::{
-    ArtifactRef, ClusterKind, DEFAULT_NAMESPACE, DeployTarget, DeploymentSpec, Desired, Phase, Resources,
+    ArtifactRef, ClusterKind, DEFAULT_NAMESPACE, DeployTarget, DeploymentSpec, Desired, InstanceType, Phase, Resources,
     RevisionStatus, Scaling, StatusSink,
 };
 use yatai_core::{Kind, Tag, Timestamp};
@@ -57,7 +57,8 @@ pub struct DeploymentConfig {
 pub struct DeploymentRequest<'a> {
     /// Cluster name; none or empty: the default cluster.
     pub cluster: Option<&'a str>,
-    pub namespace: &'a str,
+    /// None or empty: the cluster's namespace (see [`default_namespace`]).
+    pub namespace: Option<&'a str>,
     /// None or empty: `<bento name>-<random>`.
     pub name: Option<&'a str>,
     /// `name:version` (`latest` allowed).
@@ -83,6 +84,18 @@ pub async fn resolve_cluster(state: &AppState, caller: &Caller, name: Option<&st
             AppError::not_found(format!("cluster {n:?} not found (this server has the cluster {LOCAL_CLUSTER:?})"))
         }),
     }
+}
+
+/// Where a deployment of `cluster` goes when the request names no namespace
+/// (the v2 API and the dashboard have none): the namespace a Kubernetes
+/// cluster was registered with, else [`DEFAULT_NAMESPACE`].
+pub fn default_namespace(cluster: &ClusterRow) -> String {
+    (cluster.kind == ClusterKind::Kubernetes.as_str())
+        .then(|| serde_json::from_str::<Value>(&cluster.config).ok())
+        .flatten()
+        .and_then(|c| c.get("namespace").and_then(Value::as_str).map(str::to_owned))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
 }
 
 /// The target that runs deployments of `cluster`.
@@ -203,18 +216,26 @@ fn service_settings(
 }
 
 /// Requests and limits of the entry service (`resources: {requests: {cpu,
-/// memory}, limits: {…}}`), as the client sends them.
-fn resources(config: &DeploymentConfig, entry: &str) -> Resources {
+/// memory}, limits: {…}}`), as the client sends them; requests it does not
+/// set come from its `instance_type`, when the target offers that type.
+fn resources(config: &DeploymentConfig, entry: &str, types: &[InstanceType]) -> Resources {
     let svc = service_config(config, entry);
     let get = |kind: &str, what: &str| {
         svc.and_then(|s| s.pointer(&format!("/resources/{kind}/{what}"))).and_then(Value::as_str).map(str::to_owned)
     };
+    let sized = instance_type_of(config, entry).and_then(|name| types.iter().find(|t| t.name == name));
+    let of_type = |q: Option<&String>| q.filter(|q| !q.is_empty()).cloned();
     Resources {
-        cpu_request: get("requests", "cpu"),
-        memory_request: get("requests", "memory"),
+        cpu_request: get("requests", "cpu").or_else(|| of_type(sized.map(|t| &t.cpu))),
+        memory_request: get("requests", "memory").or_else(|| of_type(sized.map(|t| &t.memory))),
         cpu_limit: get("limits", "cpu"),
         memory_limit: get("limits", "memory"),
     }
+}
+
+/// The `instance_type` the entry service's configuration names, if any.
+fn instance_type_of<'a>(config: &'a DeploymentConfig, entry: &str) -> Option<&'a str> {
+    service_config(config, entry)?.get("instance_type")?.as_str().map(str::trim).filter(|t| !t.is_empty())
 }
 
 fn manifest_of(bento: &VersionRow) -> Value {
@@ -241,6 +262,20 @@ pub fn validate_config(
             "secrets",
             "secrets are not supported by this server yet; pass values with --env",
         ));
+    }
+    if let Some(name) = instance_type_of(config, &entry_service(&manifest)) {
+        let types = target.instance_types();
+        if !types.iter().any(|t| t.name == name) {
+            let offered: Vec<&str> = types.iter().map(|t| t.name.as_str()).collect();
+            return Err(AppError::invalid_field(
+                "instance_type",
+                format!(
+                    "instance type {name:?} is not offered by this cluster; choose one of: {} (`bentoml deployment \
+                     list-instance-types --cluster …` lists them)",
+                    offered.join(", ")
+                ),
+            ));
+        }
     }
     let provided: Vec<&str> = settings.envs.iter().map(|(k, _)| k.as_str()).collect();
     let missing: Vec<String> = manifest
@@ -333,7 +368,7 @@ pub async fn spec_for(state: &AppState, target: &dyn DeployTarget, d: &Deploymen
         python_version,
         envs: settings.envs,
         scaling: settings.scaling,
-        resources: resources(&config, &entry),
+        resources: resources(&config, &entry, &target.instance_types()),
         port: d.endpoint_port.unwrap_or(0) as u16,
         cold_start_timeout: settings.cold_start.unwrap_or(state.config.cold_start_timeout),
     })
@@ -386,11 +421,12 @@ pub async fn apply(state: &AppState, d: &DeploymentRow) -> AppResult<()> {
 }
 
 /// The URL a deployment is reached at. `request_host`: the Host the
-/// request came with, used when the server has no external URL.
-pub fn deployment_url(state: &AppState, request_host: Option<&str>, d: &DeploymentRow) -> String {
-    // A target that publishes deployments itself (a Kubernetes Ingress) knows the URL.
-    if let Some(url) = state.targets.of_cluster(&d.cluster_uid).and_then(|t| t.url(&d.uid)) {
-        return url;
+/// request came with, used when the server has no external URL. `None`: a
+/// cluster that publishes deployments itself (a Kubernetes Ingress) has not
+/// published this one yet.
+pub fn deployment_url(state: &AppState, request_host: Option<&str>, d: &DeploymentRow) -> Option<String> {
+    if let Some(target) = state.targets.of_cluster(&d.cluster_uid) {
+        return target.url(&d.uid);
     }
     let base = match &state.config.external_url {
         Some(u) => u.clone(),
@@ -401,11 +437,11 @@ pub fn deployment_url(state: &AppState, request_host: Option<&str>, d: &Deployme
     match (&state.config.deployment_domain, &d.host) {
         (Some(domain), Some(label)) => {
             let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{label}.{domain}{port}", base.scheme())
+            Some(format!("{}://{label}.{domain}{port}", base.scheme()))
         }
         // No domain, or a deployment whose host another one held first (see
         // migration 0007): its own port.
-        _ => format!("http://{host}:{}", d.endpoint_port.unwrap_or(0)),
+        _ => d.endpoint_port.map(|port| format!("http://{host}:{port}")),
     }
 }
 
@@ -419,7 +455,8 @@ pub async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name
     match cluster.filter(|c| !c.is_empty()) {
         Some(c) => {
             let cluster = resolve_cluster(state, caller, Some(c)).await?;
-            let found = state.store.get_deployment(&caller.org.uid, &cluster.uid, DEFAULT_NAMESPACE, name).await?;
+            let ns = default_namespace(&cluster);
+            let found = state.store.get_deployment(&caller.org.uid, &cluster.uid, &ns, name).await?;
             match found {
                 Some(d) => Ok(d),
                 None => state
@@ -451,7 +488,11 @@ fn config_json(config: &DeploymentConfig) -> String {
 pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_>) -> AppResult<DeploymentRow> {
     let cluster = resolve_cluster(state, caller, req.cluster).await.map_err(|e| e.in_field("cluster"))?;
     let target = target_of(state, &cluster).await?;
-    yatai_core::deploy::check_namespace(req.namespace).map_err(|m| AppError::invalid_field("namespace", m))?;
+    let namespace = match req.namespace.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_owned(),
+        None => default_namespace(&cluster),
+    };
+    yatai_core::deploy::check_namespace(&namespace).map_err(|m| AppError::invalid_field("namespace", m))?;
     let bento = resolve_bento(state, caller, req.bento).await?;
     let name = match req.name.map(str::trim).filter(|n| !n.is_empty()) {
         Some(n) => n.to_owned(),
@@ -468,13 +509,13 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
     let port = target.allocate_port(&in_use)?;
     let cfg = config_json(req.config);
     let labels = labels_to_json(req.config.labels.as_deref().unwrap_or(&[]));
-    let host = yatai_core::deploy::host_label(&name, req.namespace);
+    let host = yatai_core::deploy::host_label(&name, &namespace);
     let d = state
         .store
         .create_deployment(NewDeployment {
             org_uid: &caller.org.uid,
             cluster_uid: &cluster.uid,
-            namespace: req.namespace,
+            namespace: &namespace,
             name: &name,
             description: req.description,
             labels: &labels,
@@ -705,4 +746,47 @@ pub async fn record(state: &AppState, caller: &Caller, operation: &str, d: &Depl
 fn name_suffix() -> String {
     let n = Timestamp::now().0 as u64 ^ (std::process::id() as u64).rotate_left(32);
     format!("{:06x}", n & 0xff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(service: Value) -> DeploymentConfig {
+        DeploymentConfig { services: Some(Map::from_iter([("svc".to_owned(), service)])), ..Default::default() }
+    }
+
+    #[test]
+    fn an_instance_type_sets_the_requests_the_configuration_leaves_unset() {
+        let types = [InstanceType::new("cpu.2", "", "2", "4Gi")];
+        let sized = resources(&config(json!({"instance_type": "cpu.2"})), "svc", &types);
+        assert_eq!((sized.cpu_request.as_deref(), sized.memory_request.as_deref()), (Some("2"), Some("4Gi")));
+        let explicit = resources(
+            &config(json!({"instance_type": "cpu.2", "resources": {"requests": {"cpu": "500m"}}})),
+            "svc",
+            &types,
+        );
+        assert_eq!((explicit.cpu_request.as_deref(), explicit.memory_request.as_deref()), (Some("500m"), Some("4Gi")));
+        let unknown = resources(&config(json!({"instance_type": "gpu.1"})), "svc", &types);
+        assert_eq!(unknown, Resources::default());
+    }
+
+    #[test]
+    fn deployments_go_to_a_kubernetes_clusters_namespace_unless_named() {
+        let row = |kind: &str, config: &str| ClusterRow {
+            uid: "c".into(),
+            org_uid: "o".into(),
+            name: "c".into(),
+            description: String::new(),
+            kind: kind.into(),
+            config: config.into(),
+            creator_uid: None,
+            creator_name: None,
+            created_at: 0,
+            updated_at: None,
+        };
+        assert_eq!(default_namespace(&row("kubernetes", r#"{"namespace":"ml"}"#)), "ml");
+        assert_eq!(default_namespace(&row("kubernetes", "{}")), DEFAULT_NAMESPACE);
+        assert_eq!(default_namespace(&row("local", r#"{"namespace":"ml"}"#)), DEFAULT_NAMESPACE);
+    }
 }

@@ -47,6 +47,25 @@ pub struct Resources {
     pub memory_limit: Option<String>,
 }
 
+/// A size of replica a target offers: what `bentoml deployment
+/// list-instance-types` lists and a service's `instance_type` names. Its
+/// requests become the replica's when the configuration sets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceType {
+    pub name: String,
+    pub description: String,
+    /// A Kubernetes quantity (`2`, `500m`).
+    pub cpu: String,
+    /// A Kubernetes quantity (`4Gi`); empty: not set.
+    pub memory: String,
+}
+
+impl InstanceType {
+    pub fn new(name: &str, description: &str, cpu: &str, memory: &str) -> InstanceType {
+        InstanceType { name: name.into(), description: description.into(), cpu: cpu.into(), memory: memory.into() }
+    }
+}
+
 /// Everything needed to run one revision of a deployment, anywhere.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentSpec {
@@ -248,6 +267,11 @@ pub trait DeployTarget: Send + Sync {
     fn kind(&self) -> ClusterKind;
     /// The most replicas one deployment may ask for here.
     fn max_replicas(&self) -> u32;
+    /// The sizes of replica a deployment may name (`instance_type`); none:
+    /// the target offers no choice.
+    fn instance_types(&self) -> Vec<InstanceType> {
+        Vec::new()
+    }
     /// Checks, before anything is stored, that a bento can run here (its
     /// archive fetched and found safe to extract, for instance).
     async fn check(&self, bento: &ArtifactRef) -> Result<(), TargetError>;

@@ -9,13 +9,25 @@ use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use yatai_core::deploy::DeploymentSpec;
+use yatai_core::deploy::{DeploymentSpec, InstanceType};
 use yatai_kube_api::names;
 use yatai_kube_api::resources::{BentoModel, BentoRequestSpec, BentoSpec};
 use yatai_kube_api::serving::v2alpha1::{
     Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress, ResourceItem, Resources,
 };
 use yatai_kube_api::{Bento, BentoRequest};
+
+/// The replica sizes a Kubernetes cluster offers, named as BentoCloud names its CPU instance
+/// types so that a configuration written for it works here; each sets the pod's requests.
+pub fn instance_types() -> Vec<InstanceType> {
+    [("cpu.1", "1", "2Gi"), ("cpu.2", "2", "4Gi"), ("cpu.4", "4", "8Gi"), ("cpu.8", "8", "16Gi")]
+        .into_iter()
+        .map(|(name, cpu, memory)| {
+            let description = format!("{cpu} CPU, {memory} of memory requested per replica");
+            InstanceType::new(name, &description, cpu, memory)
+        })
+        .collect()
+}
 
 /// The field manager of every server-side apply yatai makes: the fields it sets are its own;
 /// fields a person sets by hand on the same CR stay theirs.

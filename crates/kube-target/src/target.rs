@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use yatai_core::deploy::{
     ArtifactRef, ClusterConnector, ClusterHealth, ClusterKind, DeployTarget, DeploymentSnapshot, DeploymentSpec,
-    KubeClusterConfig, LogSource, Metrics, Phase, StatusSink, TargetError,
+    InstanceType, KubeClusterConfig, LogSource, Metrics, Phase, StatusSink, TargetError,
 };
 use yatai_kube_api::names::labels;
 use yatai_kube_api::serving::v2alpha1::BentoDeployment;
@@ -511,6 +511,10 @@ impl DeployTarget for KubeTarget {
 
     fn max_replicas(&self) -> u32 {
         MAX_REPLICAS
+    }
+
+    fn instance_types(&self) -> Vec<InstanceType> {
+        objects::instance_types()
     }
 
     async fn check(&self, _bento: &ArtifactRef) -> Result<(), TargetError> {

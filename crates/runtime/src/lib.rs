@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use yatai_blob::BlobStore;
-use yatai_core::deploy::{ClusterKind, LogSource};
+use yatai_core::deploy::{ClusterKind, InstanceType, LogSource};
 
 use crate::isolation::IdRange;
 use crate::logs::LogBook;
@@ -45,6 +45,9 @@ impl From<RuntimeError> for TargetError {
 
 /// The most replicas one deployment may run on this machine.
 pub const MAX_REPLICAS: u32 = 64;
+
+/// The one instance type of this machine.
+pub const LOCAL_INSTANCE_TYPE: &str = "local";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -339,6 +342,16 @@ impl DeployTarget for LocalRuntime {
 
     fn max_replicas(&self) -> u32 {
         MAX_REPLICAS
+    }
+
+    fn instance_types(&self) -> Vec<InstanceType> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        vec![InstanceType::new(
+            LOCAL_INSTANCE_TYPE,
+            "Replicas run as processes on the yatai server's machine",
+            &cpus.to_string(),
+            "",
+        )]
     }
 
     async fn check(&self, bento: &ArtifactRef) -> Result<(), TargetError> {

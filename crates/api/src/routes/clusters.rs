@@ -10,9 +10,13 @@ use yatai_app::AppState;
 use yatai_app::clusters::{self as app, ClusterChange, ClusterSettings, NewClusterInput};
 
 use super::Auth;
+use yatai_store::OrgRow;
+
+use super::deployments::{InstanceType, instance_type_schema};
 use crate::deployments::{ClusterSchema, cluster_schema};
 use crate::error::ApiResult;
 use crate::extract::{Json as JsonBody, Path};
+use crate::schemas::OrganizationSchema;
 
 /// Yatai's cluster `config`, with what a Kubernetes cluster needs here.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -56,18 +60,49 @@ pub struct V1UpdateCluster {
     pub config: Option<V1ClusterConfig>,
 }
 
-/// A cluster with its settings that are not secret and its health.
+/// A cluster with its settings that are not secret and its health, in the shape of the
+/// client's `ClusterFullSchema`. `kube_config` is always empty: credentials are write-only.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterDetail {
     #[serde(flatten)]
     pub cluster: ClusterSchema,
-    pub config: Option<ClusterSettings>,
+    pub organization: OrganizationSchema,
+    /// Always empty: the kubeconfig is never returned.
+    pub kube_config: &'static str,
+    pub config: ClusterConfigOut,
+    pub grafana_root_path: &'static str,
+    /// The instance types deployments may name (`bentoml deployment list-instance-types`).
+    pub resource_instances: Vec<InstanceType>,
     #[schema(value_type = Option<Object>)]
     pub health: Option<yatai_core::deploy::ClusterHealth>,
 }
 
-pub(crate) fn detail(v: app::ClusterView, org_name: &str) -> ClusterDetail {
-    ClusterDetail { cluster: cluster_schema(&v.row, org_name, false), config: v.settings, health: v.health }
+/// A cluster's settings: Yatai's `default_deployment_kube_namespace`, and a Kubernetes
+/// cluster's settings that are not secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterConfigOut {
+    pub default_deployment_kube_namespace: String,
+    #[serde(flatten)]
+    pub settings: Option<ClusterSettings>,
+}
+
+pub(crate) fn detail(state: &AppState, v: app::ClusterView, org: &OrgRow) -> ClusterDetail {
+    let resource_instances = match state.targets.for_cluster(&v.row) {
+        Ok(target) => target.instance_types().into_iter().map(|t| instance_type_schema(&v.row, t)).collect(),
+        Err(_) => Vec::new(),
+    };
+    ClusterDetail {
+        cluster: cluster_schema(&v.row, &org.name, false),
+        organization: org.into(),
+        kube_config: "",
+        config: ClusterConfigOut {
+            default_deployment_kube_namespace: yatai_app::deployments::default_namespace(&v.row),
+            settings: v.settings,
+        },
+        grafana_root_path: "",
+        resource_instances,
+        health: v.health,
+    }
 }
 
 pub async fn create(
@@ -88,7 +123,7 @@ pub async fn create(
         operator_namespace: c.operator_namespace,
     };
     let v = app::add(&state, &caller, input).await?;
-    Ok(Json(detail(v, &caller.org.name)))
+    Ok(Json(detail(&state, v, &caller.org)))
 }
 
 pub async fn update(
@@ -109,7 +144,7 @@ pub async fn update(
         operator_namespace: c.operator_namespace,
     };
     let v = app::update(&state, &caller, &cluster, change).await?;
-    Ok(Json(detail(v, &caller.org.name)))
+    Ok(Json(detail(&state, v, &caller.org)))
 }
 
 pub async fn remove(
@@ -119,5 +154,5 @@ pub async fn remove(
 ) -> ApiResult<Json<ClusterDetail>> {
     let v = app::get(&state, &caller, &cluster).await?;
     app::remove(&state, &caller, &cluster).await?;
-    Ok(Json(ClusterDetail { health: None, ..detail(v, &caller.org.name) }))
+    Ok(Json(ClusterDetail { health: None, ..detail(&state, v, &caller.org) }))
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use yatai_app::deployments as app;
-use yatai_core::deploy::{DEFAULT_NAMESPACE, Phase};
+use yatai_core::deploy::Phase;
 
 use crate::sse::log_stream;
 use yatai_store::{DeploymentFilter, DeploymentRow};
@@ -129,7 +129,8 @@ pub fn routes(state: AppState) -> Api {
                 .tag("deployments")
                 .perm(Permission::ReadCluster)
                 .query("cluster", "cluster name")
-                .ok::<Vec<InstanceType>>(),
+                .ok::<Vec<InstanceType>>()
+                .errors(&[404]),
             get(instance_types),
         )
 }
@@ -154,7 +155,7 @@ async fn create(
 ) -> ApiResult<Json<DeploymentSchema>> {
     let request = app::DeploymentRequest {
         cluster: p.cluster.as_deref(),
-        namespace: DEFAULT_NAMESPACE,
+        namespace: None,
         name: body.name.as_deref(),
         bento: &body.bento,
         config: &body.config,
@@ -420,19 +421,36 @@ pub struct InstanceType {
     pub config: Value,
 }
 
-async fn instance_types(caller: Auth) -> Json<Vec<InstanceType>> {
-    let created = crate::schemas::ts(caller.org.created_at);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    Json(vec![InstanceType {
-        uid: "local".into(),
-        name: "local".into(),
-        display_name: "This machine".into(),
-        description: "Replicas run as processes on the yatai server's machine".into(),
+/// The sizes of replica the cluster offers (`?cluster=`; none: the default cluster).
+async fn instance_types(
+    State(state): State<AppState>,
+    caller: Auth,
+    Query(p): Query<ClusterParam>,
+) -> ApiResult<Json<Vec<InstanceType>>> {
+    let cluster = app::resolve_cluster(&state, &caller, p.cluster.as_deref()).await?;
+    let target = app::target_of(&state, &cluster).await?;
+    Ok(Json(target.instance_types().into_iter().map(|t| instance_type_schema(&cluster, t)).collect()))
+}
+
+/// An instance type as the client decodes it (`ResourceInstanceSchema`).
+pub(crate) fn instance_type_schema(
+    cluster: &yatai_store::ClusterRow,
+    t: yatai_core::deploy::InstanceType,
+) -> InstanceType {
+    InstanceType {
+        uid: format!("{}/{}", cluster.name, t.name),
+        display_name: t.name.clone(),
+        name: t.name,
+        description: t.description,
         resource_type: "instance_type",
         labels: Vec::new(),
-        created_at: created,
+        created_at: crate::schemas::ts(cluster.created_at),
         updated_at: None,
         deleted_at: None,
-        config: json!({"group": "cpu", "price": "", "resources": {"requests": {"cpu": cpus.to_string(), "memory": "", "gpu": 0}, "limits": {}}}),
-    }])
+        config: json!({
+            "group": "cpu",
+            "price": "",
+            "resources": {"requests": {"cpu": t.cpu, "memory": t.memory, "gpu": 0}, "limits": {}},
+        }),
+    }
 }

@@ -173,7 +173,7 @@ async fn get_cluster(
 ) -> ApiResult<Json<super::clusters::ClusterDetail>> {
     let v = yatai_app::clusters::get(&state, &caller, &cluster).await?;
     let first = state.store.list_clusters(&caller.org.uid).await?.first().is_some_and(|f| f.uid == v.row.uid);
-    let mut detail = super::clusters::detail(v, &caller.org.name);
+    let mut detail = super::clusters::detail(&state, v, &caller.org);
     detail.cluster.is_first = first;
     Ok(Json(detail))
 }
@@ -321,10 +321,9 @@ async fn create(
 ) -> ApiResult<Json<DeploymentSchema>> {
     app::resolve_cluster(&state, &caller, Some(&cluster)).await?;
     let (bento, config) = from_v1(&body.targets, body.labels)?;
-    let ns = body.kube_namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(yatai_core::deploy::DEFAULT_NAMESPACE);
     let request = app::DeploymentRequest {
         cluster: Some(&cluster),
-        namespace: ns,
+        namespace: body.kube_namespace.as_deref(),
         name: Some(&body.name),
         bento: &bento,
         config: &config,

@@ -12,7 +12,7 @@ use yatai_app::AppState;
 use yatai_app::auth::Permission;
 use yatai_app::deployments::{self as svc, DeploymentConfig, EnvItem};
 use yatai_core::Kind;
-use yatai_core::deploy::{DEFAULT_NAMESPACE, check_deployment_name};
+use yatai_core::deploy::check_deployment_name;
 use yatai_store::{DeploymentRow, RepoSort};
 
 use super::deployments::{find, href};
@@ -303,7 +303,7 @@ pub async fn create(State(state): State<AppState>, post: Post) -> WebResult {
     let cluster = Some(v.cluster.as_str()).filter(|c| !c.is_empty());
     let request = svc::DeploymentRequest {
         cluster,
-        namespace: DEFAULT_NAMESPACE,
+        namespace: None,
         name: Some(&v.name),
         bento: &tag,
         config: &config,

@@ -155,7 +155,11 @@ pub async fn detail(
         }
         (ui::notice(p.notice.as_deref()))
         dl.facts {
-            dt { "URL" } dd { @if terminated { span.muted { (url) " (stopped)" } } @else { a href=(url) data-testid="url" { (url) } } }
+            dt { "URL" } dd { @match &url {
+                None => span.muted data-testid="url" { "not published yet" },
+                Some(url) if terminated => span.muted { (url) " (stopped)" },
+                Some(url) => a href=(url) data-testid="url" { (url) },
+            } }
             dt { "Bento" } dd { @if let Some((_, _, _, Some((r, v)))) = active { a href=(version_href(Kind::Bento, r, v)) { (r) ":" (v) } } @else { span.muted { "—" } } }
             dt { "Cluster" } dd { (d.cluster_name) " · namespace " (d.namespace) }
             dt { "Created" } dd { (ui::time(d.created_at)) " by " (d.creator_name.as_deref().unwrap_or("—")) }
