@@ -1,6 +1,8 @@
 //! A Kubernetes client from a cluster's stored configuration: a kubeconfig's text (and
 //! context), or the server's own service account.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -35,10 +37,18 @@ pub async fn config(cluster: &KubeClusterConfig) -> Result<kube::Config, String>
     Ok(config)
 }
 
-/// A client for the cluster.
-pub async fn client(cluster: &KubeClusterConfig) -> Result<(kube::Client, String), String> {
+/// A client for the cluster that counts the requests it sends into `requests` (watches
+/// count once, when they start).
+pub async fn client(cluster: &KubeClusterConfig, requests: Arc<AtomicU64>) -> Result<(kube::Client, String), String> {
     let config = config(cluster).await?;
     let url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|e| format!("cannot make a client for {url}: {e}"))?;
+    let counting = tower::util::MapRequestLayer::new(move |request| {
+        requests.fetch_add(1, Ordering::Relaxed);
+        request
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot make a client for {url}: {e}"))?
+        .with_layer(&counting)
+        .build();
     Ok((client, url))
 }

@@ -58,7 +58,7 @@ pub const PERMISSIONS: [(&str, &str, &str, &str); 18] = [
 
 pub async fn probe(cluster: &KubeClusterConfig) -> ClusterHealth {
     let mut health = ClusterHealth::default();
-    let (client, url) = match crate::client::client(cluster).await {
+    let (client, url) = match crate::client::client(cluster, Default::default()).await {
         Ok(c) => c,
         Err(problem) => {
             health.problems.push(problem);

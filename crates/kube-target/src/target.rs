@@ -6,6 +6,7 @@
 //! as soon as the watch sees it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ struct Inner {
     cluster_uid: String,
     client: kube::Client,
     url: String,
+    /// Requests sent to the API server (watches count when they start).
+    requests: Arc<AtomicU64>,
     namespace: String,
     sink: Arc<dyn StatusSink>,
     /// Ticks on every change any watch sees.
@@ -111,7 +114,8 @@ impl KubeTarget {
         config: &KubeClusterConfig,
         sink: Arc<dyn StatusSink>,
     ) -> Result<Arc<KubeTarget>, TargetError> {
-        let (client, url) = crate::client::client(config).await.map_err(TargetError::Refused)?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let (client, url) = crate::client::client(config, requests.clone()).await.map_err(TargetError::Refused)?;
         client
             .apiserver_version()
             .await
@@ -121,6 +125,7 @@ impl KubeTarget {
             cluster_uid: cluster_uid.to_string(),
             client,
             url,
+            requests,
             namespace: config.namespace.clone(),
             sink,
             changed,
@@ -132,6 +137,12 @@ impl KubeTarget {
         let reporter = tokio::spawn(report(inner.clone()));
         inner.tasks.lock().expect("not poisoned").push(reporter);
         Ok(Arc::new(KubeTarget { inner }))
+    }
+
+    /// How many requests this target has sent to the cluster's API server (a watch counts
+    /// once, and again each time it is restarted).
+    pub fn api_requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     /// Watches `namespace` (if not yet) and waits, at most 30 s, until its caches hold what
