@@ -353,10 +353,15 @@ fn settings_json(config: &KubeClusterConfig) -> String {
     serde_json::to_string(&ClusterSettings::of(config)).expect("serializable")
 }
 
+/// A Kubernetes cluster's settings that are not secret, as stored in clear; `None` for a
+/// cluster of another kind.
+pub fn settings_of(row: &ClusterRow) -> Option<ClusterSettings> {
+    (row.kind == ClusterKind::Kubernetes.as_str())
+        .then(|| serde_json::from_str::<ClusterSettings>(&row.config).unwrap_or_default())
+}
+
 fn view(row: ClusterRow) -> ClusterView {
-    let settings = (row.kind == ClusterKind::Kubernetes.as_str())
-        .then(|| serde_json::from_str::<ClusterSettings>(&row.config).unwrap_or_default());
-    ClusterView { row, settings, health: None }
+    ClusterView { settings: settings_of(&row), row, health: None }
 }
 
 /// Registers a Kubernetes cluster (admins of the organization only).

@@ -90,10 +90,8 @@ pub async fn resolve_cluster(state: &AppState, caller: &Caller, name: Option<&st
 /// (the v2 API and the dashboard have none): the namespace a Kubernetes
 /// cluster was registered with, else [`DEFAULT_NAMESPACE`].
 pub fn default_namespace(cluster: &ClusterRow) -> String {
-    (cluster.kind == ClusterKind::Kubernetes.as_str())
-        .then(|| serde_json::from_str::<Value>(&cluster.config).ok())
-        .flatten()
-        .and_then(|c| c.get("namespace").and_then(Value::as_str).map(str::to_owned))
+    crate::clusters::settings_of(cluster)
+        .map(|s| s.namespace)
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
 }
