@@ -432,6 +432,8 @@ pub async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name
     if name.is_empty() || name.len() > 100 {
         return Err(not_found());
     }
+    // A deployment made outside yatai on a cluster not connected yet is found too.
+    connect_clusters(state, &caller.org.uid).await?;
     match cluster.filter(|c| !c.is_empty()) {
         Some(c) => {
             let cluster = resolve_cluster(state, caller, Some(c)).await?;
