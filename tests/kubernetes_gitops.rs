@@ -89,8 +89,10 @@ fn a_kubectl_applied_bento_deployment_shows_up_managed_outside_yatai() {
     assert_eq!(got["cluster"], "testbed", "{got:#}");
 
     // Every change through yatai is refused, saying where to make it; the CR stays as applied.
-    for args in [["deployment", "terminate", NAME, "--cluster", "testbed"], ["deployment", "delete", NAME, "--cluster", "testbed"]]
-    {
+    for args in [
+        ["deployment", "terminate", NAME, "--cluster", "testbed"],
+        ["deployment", "delete", NAME, "--cluster", "testbed"],
+    ] {
         let refused = client.fails(&args);
         assert!(refused.contains("managed outside yatai") && refused.contains("GitOps"), "{args:?}: {refused}");
     }
@@ -123,5 +125,8 @@ fn a_kubectl_applied_bento_deployment_shows_up_managed_outside_yatai() {
     wait_for("the deployment gone", WAIT, || (get(&server.http(), NAME).status == 404).then_some(()));
     let listed = client.run(&["deployment", "list", "--cluster", "testbed"]);
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(NAME));
-    assert!(rt.block_on(bentos.get_opt("iris-classifier--v1")).unwrap().is_some(), "yatai never deletes what it did not make");
+    assert!(
+        rt.block_on(bentos.get_opt("iris-classifier--v1")).unwrap().is_some(),
+        "yatai never deletes what it did not make"
+    );
 }

@@ -206,7 +206,11 @@ mod tests {
             bento_is_tag: true,
             envs: vec![("A".into(), "1".into())],
             replicas: Some((2, 3)),
-            resources: Resources { cpu_request: Some("500m".into()), memory_limit: Some("1Gi".into()), ..Default::default() },
+            resources: Resources {
+                cpu_request: Some("500m".into()),
+                memory_limit: Some("1Gi".into()),
+                ..Default::default()
+            },
         };
         let c = serde_json::to_value(imported_config(&f, "IrisClassifier")).unwrap();
         assert_eq!(c["envs"], json!([{"name": "A", "value": "1"}]));

@@ -138,10 +138,8 @@ pub fn deployment_uid(bd: &BentoDeployment) -> Option<&str> {
 /// What yatai shows of a BentoDeployment it did not make: the bento's tag (from the Bento,
 /// else the BentoRequest, it names; else the name itself), envs, replicas and resources.
 pub fn foreign(bd: &BentoDeployment, bento: Option<&Bento>, request: Option<&BentoRequest>) -> ForeignDeployment {
-    let tag = bento
-        .map(|b| b.spec.tag.as_str())
-        .or(request.map(|r| r.spec.bento_tag.as_str()))
-        .filter(|t| t.contains(':'));
+    let tag =
+        bento.map(|b| b.spec.tag.as_str()).or(request.map(|r| r.spec.bento_tag.as_str())).filter(|t| t.contains(':'));
     let quantity = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let r = bd.spec.resources.clone().unwrap_or_default();
     let requests = r.requests.unwrap_or_default();
@@ -152,11 +150,7 @@ pub fn foreign(bd: &BentoDeployment, bento: Option<&Bento>, request: Option<&Ben
         bento: tag.unwrap_or(&bd.spec.bento).to_string(),
         bento_is_tag: tag.is_some(),
         envs: bd.spec.envs.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect(),
-        replicas: bd
-            .spec
-            .autoscaling
-            .as_ref()
-            .map(|a| (a.min_replicas.max(0) as u32, a.max_replicas.max(0) as u32)),
+        replicas: bd.spec.autoscaling.as_ref().map(|a| (a.min_replicas.max(0) as u32, a.max_replicas.max(0) as u32)),
         resources: SpecResources {
             cpu_request: quantity(&requests.cpu),
             memory_request: quantity(&requests.memory),

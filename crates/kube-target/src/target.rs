@@ -341,7 +341,7 @@ impl Inner {
         let bds: Api<BentoDeployment> = Api::namespaced(self.client.clone(), &ns);
         // Only a BentoDeployment yatai made is scaled (a followed foreign one is not yatai's).
         if let Ok(found) = bds.get_opt(&name).await
-            && !found.is_some_and(|bd| objects::deployment_uid(&bd) == Some(uid))
+            && found.is_none_or(|bd| objects::deployment_uid(&bd) != Some(uid))
         {
             return;
         }
