@@ -7,46 +7,20 @@
 
 mod support;
 
+#[path = "support/kube.rs"]
+mod kube_support;
+
 #[path = "../crates/image-builder/tests/common/mod.rs"]
 mod build_common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube_support::{SUFFIX, start_operator};
 use serde_json::{Value, json};
 use support::*;
 use yatai_kube_testbed::Testbed;
 
 const WAIT: Duration = Duration::from_secs(120);
-const SUFFIX: &str = "10.0.0.7.sslip.io";
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `yatai operator` as a platform engineer starts it, for the namespace `ns`.
-fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
-    let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    Operator(
-        Command::new(yatai_bin())
-            .arg("operator")
-            .arg("--kubeconfig")
-            .arg(testbed.kubeconfig())
-            .args(["--namespaces", ns, "--operator-namespace", ns, "--domain-suffix", SUFFIX])
-            .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
-            .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
-            .args(["--metrics-listen", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Waits until the operator holds its Lease in `ns`: registering a cluster checks that one runs.
 fn wait_for_operator(rt: &tokio::runtime::Runtime, client: &kube::Client, ns: &str) {
@@ -78,14 +52,7 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // A control plane with kwok nodes, yatai's CRDs, and the namespace the v2 API deploys to.
     let testbed = rt.block_on(Testbed::shared()).unwrap();
-    let admin = rt.block_on(testbed.client()).unwrap();
-    rt.block_on(yatai_operator::crds::install_missing(&admin, &Default::default())).unwrap();
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(admin.clone());
-    let ns = k8s_openapi::api::core::v1::Namespace {
-        metadata: kube::api::ObjectMeta { name: Some("yatai".into()), ..Default::default() },
-        ..Default::default()
-    };
-    rt.block_on(namespaces.create(&Default::default(), &ns)).unwrap();
+    let admin = rt.block_on(kube_support::prepare(testbed, "yatai"));
 
     // The server builds images into a real registry (the "cached image" a deployment runs).
     let fixtures = build_common::fixtures();
@@ -109,20 +76,7 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
 
     // Register the cluster as the README does: `yatai cluster add` beside the running server
     // (the server connects it when it is first used).
-    let out = server.admin(&[
-        "cluster",
-        "add",
-        "testbed",
-        "--kubeconfig",
-        &testbed.kubeconfig().display().to_string(),
-        "--namespace",
-        "yatai",
-        "--operator-namespace",
-        "yatai",
-        "--domain-suffix",
-        SUFFIX,
-    ]);
-    assert!(out.contains("testbed"), "{out}");
+    kube_support::add_cluster(&server, testbed, "yatai");
     let listed = server.http().get("/api/v1/clusters").text();
     assert!(listed.contains("testbed"), "{listed}");
 

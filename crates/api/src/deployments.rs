@@ -129,12 +129,19 @@ pub struct DeploymentSchema {
     /// Why the status is what it is (empty when running).
     pub status_message: String,
     pub kube_namespace: String,
+    /// `yatai`, or `external`: a BentoDeployment made outside yatai (kubectl, GitOps), shown
+    /// and followed; every change through yatai is refused (409).
+    pub managed_by: String,
+    /// For an external deployment: its bento as the cluster names it (also when the registry
+    /// does not have it, and `latest_revision.targets[0].bento` is null).
+    pub external_bento: Option<String>,
     pub creator: DeploymentUserSchema,
     pub cluster: ClusterSchema,
     pub latest_revision: Option<RevisionSchema>,
     #[schema(value_type = Object)]
     pub manifest: Value,
-    /// Exactly one URL while the deployment exists.
+    /// Exactly one URL while the deployment exists (none for an external deployment its
+    /// cluster does not publish).
     pub urls: Vec<String>,
     pub replicas: Vec<ReplicaSchema>,
 }
@@ -146,6 +153,9 @@ pub struct DeploymentList {
     pub total: i64,
     pub items: Vec<DeploymentSchema>,
 }
+
+/// Who made an external deployment, as the client shows it (`created_by`).
+const EXTERNAL_CREATOR: &str = "outside yatai (kubectl/GitOps)";
 
 fn user_schema(name: Option<&str>) -> DeploymentUserSchema {
     DeploymentUserSchema {
@@ -279,7 +289,12 @@ pub async fn deployment_schema(
         status: d.status.clone(),
         status_message: d.status_reason.clone(),
         kube_namespace: d.namespace.clone(),
-        creator: user_schema(d.creator_name.as_deref()),
+        managed_by: d.managed_by.clone(),
+        external_bento: d.external_bento.clone(),
+        creator: user_schema(match d.is_external() {
+            true => Some(EXTERNAL_CREATOR),
+            false => d.creator_name.as_deref(),
+        }),
         cluster: cluster_schema(&cluster, &caller.org.name, is_first),
         latest_revision: latest,
         manifest: json!({"dev": false, "routing": null}),

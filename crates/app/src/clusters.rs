@@ -412,7 +412,8 @@ pub async fn add_in_org(
             return Err(e.into());
         }
     };
-    state.targets.attach(&uid, target);
+    state.targets.attach(&uid, target.clone());
+    crate::gitops::follow(state, &row, &target);
     tracing::info!(cluster = %row.name, org = %org_uid, "registered a Kubernetes cluster");
     let mut v = view(row);
     v.health = Some(health);
@@ -494,10 +495,12 @@ pub async fn update(state: &AppState, caller: &Caller, name: &str, change: Clust
         }
         return Err(e.into());
     }
-    if let Some(t) = new_target
-        && let Some(old) = state.targets.attach(&row.uid, t)
-    {
-        old.shutdown().await;
+    if let Some(t) = new_target {
+        let old = state.targets.attach(&row.uid, t.clone());
+        crate::gitops::follow(state, &row, &t);
+        if let Some(old) = old {
+            old.shutdown().await;
+        }
     }
     Ok(view(find(state, &caller.org.uid, name).await?))
 }
@@ -587,6 +590,12 @@ pub async fn connect_new(state: &AppState, row: &ClusterRow) -> AppResult<Arc<dy
         Ok(t) => {
             tracing::info!(cluster = %row.name, "connected a Kubernetes cluster registered while the server ran");
             state.targets.attach(&row.uid, t.clone());
+            // What was made outside yatai on it is listed from the first use on.
+            let mut seen = Default::default();
+            if let Err(e) = crate::gitops::sync(state, row, t.as_ref(), &mut seen).await {
+                tracing::warn!(cluster = %row.name, error = %e, "cannot import the deployments made outside yatai");
+            }
+            crate::gitops::follow(state, row, &t);
             Ok(t)
         }
         Err(e) => {
@@ -609,7 +618,8 @@ pub async fn connect_stored(state: &AppState) -> AppResult<usize> {
         .await;
         match result {
             Ok(t) => {
-                state.targets.attach(&row.uid, t);
+                state.targets.attach(&row.uid, t.clone());
+                crate::gitops::follow(state, row, &t);
                 connected += 1;
             }
             Err(e) => {

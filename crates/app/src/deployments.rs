@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use yatai_core::deploy::{
     ArtifactRef, ClusterKind, DEFAULT_NAMESPACE, DeployTarget, DeploymentSpec, Desired, InstanceType, Phase, Resources,
-    RevisionStatus, Scaling, StatusSink,
+    RevisionStatus, Scaling, StatusSink, TargetError,
 };
 use yatai_core::{Kind, Tag, Timestamp};
 use yatai_store::{ClusterRow, DeploymentRow, NewDeployment, NewEvent, NewTarget, Store, VersionRow};
@@ -112,6 +112,18 @@ pub async fn target_for(state: &AppState, d: &DeploymentRow) -> AppResult<Arc<dy
         .await?
         .ok_or_else(|| AppError::internal(format!("the cluster of deployment {:?} is missing", d.name)))?;
     target_of(state, &cluster).await
+}
+
+/// Connects the organization's Kubernetes clusters this server does not know yet (registered
+/// with `yatai cluster add` while it ran), so that the deployments made on them outside yatai
+/// are listed. A cluster that fails is remembered as broken, and not tried again.
+pub async fn connect_clusters(state: &AppState, org_uid: &str) -> AppResult<()> {
+    for c in state.store.list_clusters(org_uid).await? {
+        if c.kind == ClusterKind::Kubernetes.as_str() && !state.targets.knows(&c.uid) {
+            let _ = crate::clusters::connect_new(state, &c).await;
+        }
+    }
+    Ok(())
 }
 
 /// What a deployment's target observes now (none when nothing runs it).
@@ -426,6 +438,10 @@ pub fn deployment_url(state: &AppState, request_host: Option<&str>, d: &Deployme
     if let Some(target) = state.targets.of_cluster(&d.cluster_uid) {
         return target.url(&d.uid);
     }
+    // One made outside yatai answers only where its cluster publishes it.
+    if d.is_external() {
+        return None;
+    }
     let base = match &state.config.external_url {
         Some(u) => u.clone(),
         None => url::Url::parse(&format!("http://{}", request_host.unwrap_or("127.0.0.1")))
@@ -450,6 +466,8 @@ pub async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name
     if name.is_empty() || name.len() > 100 {
         return Err(not_found());
     }
+    // A deployment made outside yatai on a cluster not connected yet is found too.
+    connect_clusters(state, &caller.org.uid).await?;
     match cluster.filter(|c| !c.is_empty()) {
         Some(c) => {
             let cluster = resolve_cluster(state, caller, Some(c)).await?;
@@ -474,7 +492,7 @@ pub async fn find(state: &AppState, caller: &Caller, cluster: Option<&str>, name
     }
 }
 
-fn config_json(config: &DeploymentConfig) -> String {
+pub(crate) fn config_json(config: &DeploymentConfig) -> String {
     let mut c = config.clone();
     c.envs.get_or_insert_with(Vec::new);
     c.access_authorization.get_or_insert(false);
@@ -491,6 +509,12 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
         None => default_namespace(&cluster),
     };
     yatai_core::deploy::check_namespace(&namespace).map_err(|m| AppError::invalid_field("namespace", m))?;
+    if let Some(name) = req.name.map(str::trim).filter(|n| !n.is_empty())
+        && let Some(d) = state.store.get_deployment(&caller.org.uid, &cluster.uid, &namespace, name).await?
+        && d.is_external()
+    {
+        return Err(name_held_outside(name, &namespace, &cluster.name));
+    }
     let bento = resolve_bento(state, caller, req.bento).await?;
     let name = match req.name.map(str::trim).filter(|n| !n.is_empty()) {
         Some(n) => n.to_owned(),
@@ -524,11 +548,27 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
         })
         .await?;
     record(state, caller, "created", &d, json!({"bento": bento.tag()})).await;
-    if let Err(e) = apply(state, &d).await {
-        let _ = state.store.set_status(&d.uid, Phase::Failed.as_str(), e.message()).await;
-        return Err(e);
+    let applied = match spec_for(state, target.as_ref(), &d).await {
+        Ok(spec) => target.apply(spec).await,
+        Err(e) => {
+            let _ = state.store.set_status(&d.uid, Phase::Failed.as_str(), e.message()).await;
+            return Err(e);
+        }
+    };
+    match applied {
+        Ok(()) => Ok(d),
+        // The name is someone else's on the cluster (made outside yatai, not imported yet):
+        // nothing was written there, so nothing is kept here either.
+        Err(TargetError::Conflict(_)) => {
+            state.store.delete_deployment(&d.uid).await?;
+            Err(name_held_outside(&name, &namespace, &cluster.name))
+        }
+        Err(e) => {
+            let e = AppError::unavailable(e.to_string());
+            let _ = state.store.set_status(&d.uid, Phase::Failed.as_str(), e.message()).await;
+            Err(e)
+        }
     }
-    Ok(d)
 }
 
 /// Adds a revision running `bento_tag` with `config`, and rolls out to it.
@@ -539,6 +579,7 @@ pub async fn update(
     bento_tag: &str,
     config: &DeploymentConfig,
 ) -> AppResult<DeploymentRow> {
+    refuse_external(d, "update")?;
     let target = target_for(state, d).await?;
     let bento = resolve_bento(state, caller, bento_tag).await?;
     validate_config(state, target.as_ref(), &bento, config)?;
@@ -561,6 +602,31 @@ pub async fn update(
     Ok(d)
 }
 
+/// Refuses to change a deployment made outside yatai, saying where to change it.
+pub fn refuse_external(d: &DeploymentRow, what: &str) -> AppResult<()> {
+    if !d.is_external() {
+        return Ok(());
+    }
+    Err(AppError::conflict(format!(
+        "deployment {name:?} is managed outside yatai: it is the BentoDeployment {name} in namespace {ns} of cluster \
+         {cluster:?}, made with kubectl or by a GitOps tool, and yatai never changes it; to {what} it, change the \
+         BentoDeployment where it comes from (the GitOps repository, or `kubectl edit|delete bentodeployment {name} \
+         -n {ns}`)",
+        name = d.name,
+        ns = d.namespace,
+        cluster = d.cluster_name,
+    )))
+}
+
+/// The refusal to create a deployment whose name a BentoDeployment made outside yatai holds.
+fn name_held_outside(name: &str, namespace: &str, cluster: &str) -> AppError {
+    AppError::conflict(format!(
+        "a BentoDeployment named {name} in namespace {namespace} of cluster {cluster:?} is managed outside yatai \
+         (kubectl or GitOps), and yatai never overwrites it: choose another name, or delete that BentoDeployment \
+         where it comes from (the GitOps repository, or `kubectl delete bentodeployment {name} -n {namespace}`)"
+    ))
+}
+
 pub async fn reload(state: &AppState, d: &DeploymentRow) -> AppResult<DeploymentRow> {
     state
         .store
@@ -571,6 +637,7 @@ pub async fn reload(state: &AppState, d: &DeploymentRow) -> AppResult<Deployment
 
 /// Stops every replica; the deployment and its URL stay.
 pub async fn terminate(state: &AppState, caller: &Caller, d: &DeploymentRow) -> AppResult<DeploymentRow> {
+    refuse_external(d, "terminate")?;
     state.store.set_desired(&d.uid, Desired::Terminated.as_str()).await?;
     let target = target_for(state, d).await.ok();
     let stopping = target.as_ref().and_then(|t| t.status(&d.uid)).is_some_and(|s| !s.replicas.is_empty());
@@ -585,6 +652,7 @@ pub async fn terminate(state: &AppState, caller: &Caller, d: &DeploymentRow) -> 
 
 /// Starts a terminated deployment again with its active revision.
 pub async fn restore(state: &AppState, caller: &Caller, d: &DeploymentRow) -> AppResult<DeploymentRow> {
+    refuse_external(d, "restore")?;
     if d.desired == Desired::Running {
         return Err(AppError::conflict(format!("deployment {:?} is not terminated", d.name)));
     }
@@ -598,6 +666,7 @@ pub async fn restore(state: &AppState, caller: &Caller, d: &DeploymentRow) -> Ap
 
 /// Stops the deployment, then deletes it and its revisions.
 pub async fn delete(state: &AppState, caller: &Caller, d: &DeploymentRow) -> AppResult<()> {
+    refuse_external(d, "delete")?;
     if let Ok(t) = target_for(state, d).await {
         t.remove(&d.uid).await;
     }
@@ -613,6 +682,7 @@ pub async fn rollback(
     d: &DeploymentRow,
     revision_uid: &str,
 ) -> AppResult<DeploymentRow> {
+    refuse_external(d, "roll back")?;
     let (rev, targets) = state
         .store
         .get_revision(&d.uid, revision_uid)
@@ -714,7 +784,8 @@ pub async fn prepare_restore(state: &AppState) -> Vec<DeploymentRow> {
         }
     };
     let mut to_run = Vec::new();
-    for d in deployments {
+    // Deployments made outside yatai are the cluster's to run; their status is followed.
+    for d in deployments.into_iter().filter(|d| !d.is_external()) {
         if d.desired == Desired::Running {
             let _ = state.store.set_status(&d.uid, Phase::Deploying.as_str(), "restoring after a server restart").await;
             to_run.push(d);

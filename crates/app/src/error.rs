@@ -138,6 +138,7 @@ impl From<TargetError> for AppError {
         match e {
             TargetError::Refused(m) => AppError::invalid(m),
             TargetError::Unavailable(m) => AppError::unavailable(m),
+            TargetError::Conflict(m) => AppError::conflict(m),
         }
     }
 }

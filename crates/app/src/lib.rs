@@ -6,6 +6,8 @@
 //!   driven through each cluster's [`yatai_core::deploy::DeployTarget`],
 //!   chosen by [`targets::Targets`]; status written back by
 //!   [`deployments::DbStatusSink`]; restore on boot.
+//! - [`gitops`]: deployments made outside yatai (kubectl, GitOps), imported and followed,
+//!   never changed.
 //! - [`auth`]: API tokens, callers and their permissions.
 //! - [`images`]: image build jobs. [`janitor`]: expired uploads and sessions,
 //!   stray blobs.
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod clusters;
 pub mod deployments;
 pub mod error;
+pub mod gitops;
 pub mod images;
 pub mod janitor;
 pub mod labels;

@@ -257,6 +257,27 @@ pub enum TargetError {
     /// The target cannot do it now (a port, the cluster's API).
     #[error("{0}")]
     Unavailable(String),
+    /// The name is taken on the target by something yatai does not own (a
+    /// BentoDeployment made with kubectl or by GitOps).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A deployment found on a target that yatai did not make (a BentoDeployment
+/// applied with kubectl or by a GitOps tool): yatai shows it, never changes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForeignDeployment {
+    pub namespace: String,
+    pub name: String,
+    /// `name:version` when the target knows the bento's tag, else what the
+    /// deployment names (a Kubernetes object name).
+    pub bento: String,
+    /// Whether `bento` is a tag (`name:version`) rather than an object name.
+    pub bento_is_tag: bool,
+    pub envs: Vec<(String, String)>,
+    /// Minimum and maximum replicas, when the deployment says.
+    pub replicas: Option<(u32, u32)>,
+    pub resources: Resources,
 }
 
 /// A place deployments run. The application keeps one per cluster kind and
@@ -301,6 +322,20 @@ pub trait DeployTarget: Send + Sync {
     }
     /// Graceful server shutdown.
     async fn shutdown(&self) {}
+    /// The deployments on the target that yatai did not make; `None` while
+    /// the target does not know yet (its caches are filling) or has none of
+    /// its own kind (this machine).
+    async fn foreign(&self) -> Option<Vec<ForeignDeployment>> {
+        None
+    }
+    /// From now on, `deployment_uid` names the foreign deployment
+    /// `namespace/name`: its status goes to the sink, and `status`, `logs`,
+    /// `metrics` and `url` answer for it. Nothing is written to the target.
+    fn follow_foreign(&self, _deployment_uid: &str, _namespace: &str, _name: &str) {}
+    /// Ticks whenever what the target observes changes (`None`: never).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     fn describe(&self) -> String;
 }
 

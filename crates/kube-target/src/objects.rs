@@ -9,7 +9,7 @@ use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use yatai_core::deploy::{DeploymentSpec, InstanceType};
+use yatai_core::deploy::{DeploymentSpec, ForeignDeployment, InstanceType, Resources as SpecResources};
 use yatai_kube_api::names;
 use yatai_kube_api::resources::{BentoModel, BentoRequestSpec, BentoSpec};
 use yatai_kube_api::serving::v2alpha1::{
@@ -147,6 +147,31 @@ pub fn deployment_uid(bd: &BentoDeployment) -> Option<&str> {
     bd.labels().get(marks::DEPLOYMENT_UID).map(String::as_str)
 }
 
+/// What yatai shows of a BentoDeployment it did not make: the bento's tag (from the Bento,
+/// else the BentoRequest, it names; else the name itself), envs, replicas and resources.
+pub fn foreign(bd: &BentoDeployment, bento: Option<&Bento>, request: Option<&BentoRequest>) -> ForeignDeployment {
+    let tag =
+        bento.map(|b| b.spec.tag.as_str()).or(request.map(|r| r.spec.bento_tag.as_str())).filter(|t| t.contains(':'));
+    let quantity = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let r = bd.spec.resources.clone().unwrap_or_default();
+    let requests = r.requests.unwrap_or_default();
+    let limits = r.limits.unwrap_or_default();
+    ForeignDeployment {
+        namespace: bd.namespace().unwrap_or_default(),
+        name: bd.name_any(),
+        bento: tag.unwrap_or(&bd.spec.bento).to_string(),
+        bento_is_tag: tag.is_some(),
+        envs: bd.spec.envs.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect(),
+        replicas: bd.spec.autoscaling.as_ref().map(|a| (a.min_replicas.max(0) as u32, a.max_replicas.max(0) as u32)),
+        resources: SpecResources {
+            cpu_request: quantity(&requests.cpu),
+            memory_request: quantity(&requests.memory),
+            cpu_limit: quantity(&limits.cpu),
+            memory_limit: quantity(&limits.memory),
+        },
+    }
+}
+
 /// Whether the BentoDeployment is scaled to zero (what [`crate::KubeTarget`]'s terminate
 /// writes: `minReplicas = maxReplicas = 0`).
 pub fn scaled_to_zero(bd: &BentoDeployment) -> bool {
@@ -162,7 +187,7 @@ pub fn scale_to_zero_patch() -> serde_json::Value {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use yatai_core::deploy::{ArtifactRef, Resources as SpecResources, Scaling};
+    use yatai_core::deploy::{ArtifactRef, Scaling};
 
     use super::*;
 
@@ -245,5 +270,37 @@ pub(crate) mod tests {
         let r = bento_request(&s);
         assert_eq!(r.name_any(), names::bento_request_name("iris_classifier:v1"));
         assert_eq!(r.spec.bento_tag, "iris_classifier:v1");
+    }
+
+    #[test]
+    fn a_hand_made_bento_deployment_is_shown_by_its_bento_s_tag() {
+        let mut bd = BentoDeployment::new(
+            "gitops-iris",
+            BentoDeploymentSpec {
+                bento: "iris-classifier--v1".into(),
+                envs: vec![EnvVar { name: "A".into(), value: Some("1".into()), value_from: None }],
+                autoscaling: Some(Autoscaling { min_replicas: 2, max_replicas: 3, ..Default::default() }),
+                resources: Some(Resources {
+                    requests: Some(ResourceItem { cpu: "500m".into(), ..Default::default() }),
+                    limits: Some(ResourceItem { memory: "1Gi".into(), ..Default::default() }),
+                }),
+                ..Default::default()
+            },
+        );
+        bd.metadata.namespace = Some("ml".into());
+        let b = bento(&spec(), "r/x:y");
+        let f = foreign(&bd, Some(&b), None);
+        assert_eq!((f.namespace.as_str(), f.name.as_str()), ("ml", "gitops-iris"));
+        assert_eq!((f.bento.as_str(), f.bento_is_tag), ("iris_classifier:v1", true));
+        assert_eq!(f.envs, [("A".to_string(), "1".to_string())]);
+        assert_eq!(f.replicas, Some((2, 3)));
+        assert_eq!(f.resources.cpu_request.as_deref(), Some("500m"));
+        assert_eq!(f.resources.memory_limit.as_deref(), Some("1Gi"));
+        assert_eq!(f.resources.memory_request, None);
+        // The BentoRequest's tag while the Bento is not there yet; the bare name without either.
+        let r = bento_request(&spec());
+        assert_eq!(foreign(&bd, None, Some(&r)).bento, "iris_classifier:v1");
+        let bare = foreign(&bd, None, None);
+        assert_eq!((bare.bento.as_str(), bare.bento_is_tag), ("iris-classifier--v1", false));
     }
 }

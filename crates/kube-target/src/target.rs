@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use yatai_core::deploy::{
     ArtifactRef, ClusterConnector, ClusterHealth, ClusterKind, DeployTarget, DeploymentSnapshot, DeploymentSpec,
-    InstanceType, KubeClusterConfig, LogSource, Metrics, Phase, StatusSink, TargetError,
+    ForeignDeployment, InstanceType, KubeClusterConfig, LogSource, Metrics, Phase, StatusSink, TargetError,
 };
 use yatai_kube_api::names::labels;
 use yatai_kube_api::serving::v2alpha1::BentoDeployment;
@@ -91,7 +91,8 @@ struct Watched {
 struct Tracked {
     namespace: String,
     name: String,
-    /// Whether the server asked for it to run (apply) rather than only looked at it.
+    /// Whether its status goes to the sink: the server asked for it to run (apply), or follows
+    /// it (a BentoDeployment made outside yatai), rather than only looked at it.
     applied: bool,
     logs: Arc<PodLogs>,
     metrics: Arc<PodMetrics>,
@@ -319,13 +320,13 @@ impl Inner {
         // never overwritten.
         match bds.get_opt(&spec.name).await {
             Ok(Some(existing)) if objects::deployment_uid(&existing) != Some(spec.uid.as_str()) => {
-                return Err(TargetError::Refused(format!(
+                return Err(TargetError::Conflict(format!(
                     "a BentoDeployment named {} already exists in namespace {ns} of this cluster and is not this \
                      deployment's ({}): choose another name, or delete that BentoDeployment first",
                     spec.name,
                     match objects::deployment_uid(&existing) {
                         Some(_) => "another yatai deployment owns it",
-                        None => "it was made outside yatai",
+                        None => "it was made outside yatai, with kubectl or by GitOps",
                     }
                 )));
             }
@@ -349,6 +350,12 @@ impl Inner {
     async fn terminate(&self, uid: &str) {
         let Some((ns, name)) = self.locate(uid) else { return };
         let bds: Api<BentoDeployment> = Api::namespaced(self.client.clone(), &ns);
+        // Only a BentoDeployment yatai made is scaled (a followed foreign one is not yatai's).
+        if let Ok(found) = bds.get_opt(&name).await
+            && found.is_none_or(|bd| objects::deployment_uid(&bd) != Some(uid))
+        {
+            return;
+        }
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let patch = objects::scale_to_zero_patch();
         // A short outage of the API server should not leave the deployment running.
@@ -467,7 +474,7 @@ fn api_error(e: kube::Error, what: &str, ns: &str) -> TargetError {
     }
 }
 
-/// Reports every phase change of the deployments yatai applied to the sink, and the same
+/// Reports every phase change of the deployments yatai applied or follows to the sink, and the same
 /// phase again now and then.
 async fn report(inner: Arc<Inner>) {
     let mut changed = inner.changed.subscribe();
@@ -576,5 +583,35 @@ impl DeployTarget for KubeTarget {
 
     fn describe(&self) -> String {
         format!("Kubernetes cluster at {} (namespace {})", self.inner.url, self.inner.namespace)
+    }
+
+    async fn foreign(&self) -> Option<Vec<ForeignDeployment>> {
+        let namespaces: Vec<String> = self.inner.namespaces.lock().expect("not poisoned").keys().cloned().collect();
+        // Until every cache holds what the cluster has, what is missing is unknown, not gone.
+        for ns in &namespaces {
+            if !self.ready(ns).await {
+                return None;
+            }
+        }
+        let mut all = Vec::new();
+        for ns in namespaces {
+            let w = self.inner.watched(&ns);
+            for bd in w.bds.state().iter().filter(|bd| objects::deployment_uid(bd).is_none()) {
+                let bento = w.bentos.get(&ObjectRef::new(&bd.spec.bento).within(&ns));
+                let request = w.requests.get(&ObjectRef::new(&bd.spec.bento).within(&ns));
+                all.push(objects::foreign(bd, bento.as_deref(), request.as_deref()));
+            }
+        }
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Some(all)
+    }
+
+    fn follow_foreign(&self, deployment_uid: &str, namespace: &str, name: &str) {
+        self.inner.track(deployment_uid, namespace, name, true);
+        self.inner.tick();
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.changed.subscribe())
     }
 }

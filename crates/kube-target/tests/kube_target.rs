@@ -259,7 +259,7 @@ async fn a_bento_deployment_made_outside_yatai_is_never_overwritten() -> anyhow:
     bds.create(&PostParams::default(), &mine).await?;
 
     let err = target.apply(spec(&n, "dep-3", "iris", Some("r/i:1"))).await.unwrap_err();
-    let TargetError::Refused(message) = err else { anyhow::bail!("expected a refusal, got {err:?}") };
+    let TargetError::Conflict(message) = err else { anyhow::bail!("expected a name conflict, got {err:?}") };
     ensure!(message.contains("made outside yatai") && message.contains("choose another name"), "{message}");
     assert_eq!(bds.get("iris").await?.spec.bento, "hand-made");
     assert!(target.status("dep-3").is_none());

@@ -106,6 +106,22 @@ impl Store {
         let Some((name,)) = name else {
             return Err(StoreError::NotFound("cluster not found".into()));
         };
+        // Deployments made outside yatai are the cluster's, not yatai's: they go with it.
+        for table in ["deployment_targets", "deployment_revisions"] {
+            sqlx::query(built(format!(
+                "DELETE FROM {table} WHERE deployment_uid IN \
+                 (SELECT uid FROM deployments WHERE cluster_uid = $1 AND managed_by = $2)"
+            )))
+            .bind(uid)
+            .bind(crate::MANAGED_EXTERNALLY)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM deployments WHERE cluster_uid = $1 AND managed_by = $2")
+            .bind(uid)
+            .bind(crate::MANAGED_EXTERNALLY)
+            .execute(&mut *tx)
+            .await?;
         let deployments: Vec<(String, String)> =
             sqlx::query_as("SELECT namespace, name FROM deployments WHERE cluster_uid = $1 ORDER BY namespace, name")
                 .bind(uid)

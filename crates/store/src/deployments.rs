@@ -47,6 +47,48 @@ pub struct DeploymentRow {
     pub creator_name: Option<String>,
     pub created_at: i64,
     pub updated_at: Option<i64>,
+    /// `yatai`, or [`MANAGED_EXTERNALLY`].
+    pub managed_by: String,
+    /// An external deployment's bento as the cluster names it.
+    pub external_bento: Option<String>,
+}
+
+/// `managed_by` of a deployment made outside yatai (a BentoDeployment applied with kubectl
+/// or by GitOps): shown, followed, never changed.
+pub const MANAGED_EXTERNALLY: &str = "external";
+
+impl DeploymentRow {
+    /// Made outside yatai: yatai must not change it.
+    pub fn is_external(&self) -> bool {
+        self.managed_by == MANAGED_EXTERNALLY
+    }
+}
+
+/// A deployment found on a cluster that yatai did not make, as it is imported.
+pub struct ExternalDeployment<'a> {
+    /// The cluster's organization.
+    pub org_uid: &'a str,
+    pub cluster_uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The registry's bento version, when it has the one the cluster runs.
+    pub bento_uid: Option<&'a str>,
+    /// The bento as the cluster names it.
+    pub bento: &'a str,
+    /// JSON (the client's DeploymentConfigSchema) of what the cluster runs it with.
+    pub config: &'a str,
+}
+
+/// What [`Store::import_external_deployment`] did.
+#[derive(Debug)]
+pub enum Imported {
+    /// A new deployment row.
+    New(DeploymentRow),
+    /// What the cluster runs changed: a new revision.
+    Revised(DeploymentRow),
+    Unchanged(DeploymentRow),
+    /// A yatai deployment has that name in that namespace of the cluster.
+    Taken,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -110,7 +152,7 @@ pub(crate) const CLUSTER_SELECT: &str = "SELECT c.uid, c.org_uid, c.name, c.desc
 
 const DEPLOYMENT_SELECT: &str = "SELECT d.uid, d.org_uid, d.cluster_uid, c.name AS cluster_name, d.namespace, d.name, \
      d.description, d.labels, d.desired, d.status, d.status_reason, d.status_updated_at, d.endpoint_port, \
-     d.host, d.creator_uid, u.name AS creator_name, d.created_at, d.updated_at \
+     d.host, d.creator_uid, u.name AS creator_name, d.created_at, d.updated_at, d.managed_by, d.external_bento \
      FROM deployments d JOIN clusters c ON c.uid = d.cluster_uid LEFT JOIN users u ON u.uid = d.creator_uid";
 
 const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, r.rollback_of, r.creator_uid, \
@@ -209,7 +251,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        insert_revision(&mut tx, &uid, d.creator_uid, None, d.targets).await?;
+        insert_revision(&mut tx, &uid, Some(d.creator_uid), None, d.targets).await?;
         tx.commit().await?;
         self.get_deployment_by_uid(&uid).await?.ok_or_else(|| StoreError::NotFound("deployment vanished".into()))
     }
@@ -290,7 +332,7 @@ impl Store {
         targets: &[NewTarget<'_>],
     ) -> Result<RevisionRow> {
         let mut tx = self.begin_write().await?;
-        let uid = insert_revision(&mut tx, deployment_uid, creator_uid, rollback_of, targets).await?;
+        let uid = insert_revision(&mut tx, deployment_uid, Some(creator_uid), rollback_of, targets).await?;
         sqlx::query("UPDATE deployments SET updated_at = $1 WHERE uid = $2")
             .bind(Timestamp::now().0)
             .bind(deployment_uid)
@@ -419,6 +461,85 @@ impl Store {
         Ok(())
     }
 
+    /// The external deployments of a cluster (every organization's, though a cluster has one).
+    pub async fn external_deployments(&self, cluster_uid: &str) -> Result<Vec<DeploymentRow>> {
+        Ok(sqlx::query_as(built(format!(
+            "{DEPLOYMENT_SELECT} WHERE d.cluster_uid = $1 AND d.managed_by = $2 ORDER BY d.namespace, d.name"
+        )))
+        .bind(cluster_uid)
+        .bind(MANAGED_EXTERNALLY)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Records a deployment found on a cluster that yatai did not make: a new row owned by the
+    /// cluster's organization (no creator, no host: the cluster publishes it), or a new
+    /// revision when what it runs changed. A yatai deployment of that name is left alone.
+    pub async fn import_external_deployment(&self, e: ExternalDeployment<'_>) -> Result<Imported> {
+        let existing: Option<DeploymentRow> = sqlx::query_as(built(format!(
+            "{DEPLOYMENT_SELECT} WHERE d.cluster_uid = $1 AND d.namespace = $2 AND d.name = $3"
+        )))
+        .bind(e.cluster_uid)
+        .bind(e.namespace)
+        .bind(e.name)
+        .fetch_optional(self.pool())
+        .await?;
+        let targets = [NewTarget { name: "main", bento_uid: e.bento_uid.unwrap_or(""), config: e.config }];
+        let now = Timestamp::now().0;
+        let uid = match existing {
+            Some(d) if !d.is_external() => return Ok(Imported::Taken),
+            Some(d) => {
+                let active = self.active_revision(&d.uid).await?.map(|(_, t)| t).unwrap_or_default();
+                let same = d.external_bento.as_deref() == Some(e.bento)
+                    && matches!(active.as_slice(), [t] if t.bento_uid == targets[0].bento_uid && t.config == e.config);
+                if same {
+                    return Ok(Imported::Unchanged(d));
+                }
+                let mut tx = self.begin_write().await?;
+                insert_revision(&mut tx, &d.uid, None, None, &targets).await?;
+                sqlx::query("UPDATE deployments SET external_bento = $1, updated_at = $2 WHERE uid = $3")
+                    .bind(e.bento)
+                    .bind(now)
+                    .bind(&d.uid)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let d = self.get_deployment_by_uid(&d.uid).await?;
+                return Ok(d.map(Imported::Revised).unwrap_or(Imported::Taken));
+            }
+            None => new_uid(),
+        };
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO deployments (uid, org_uid, cluster_uid, namespace, name, desired, status, status_reason, \
+             status_updated_at, created_at, managed_by, external_bento) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)",
+        )
+        .bind(&uid)
+        .bind(e.org_uid)
+        .bind(e.cluster_uid)
+        .bind(e.namespace)
+        .bind(e.name)
+        .bind(Desired::Running.as_str())
+        .bind(Phase::Deploying.as_str())
+        .bind("found on the cluster; waiting for its status")
+        .bind(now)
+        .bind(MANAGED_EXTERNALLY)
+        .bind(e.bento)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // A yatai deployment took the name meanwhile.
+            Err(err) if is_unique_violation(&err) => return Ok(Imported::Taken),
+            Err(err) => return Err(err.into()),
+        }
+        insert_revision(&mut tx, &uid, None, None, &targets).await?;
+        tx.commit().await?;
+        let d = self.get_deployment_by_uid(&uid).await?;
+        Ok(d.map(Imported::New).unwrap_or(Imported::Taken))
+    }
+
     /// Names (`namespace/name`) of deployments whose active revision runs
     /// this bento version.
     pub(crate) async fn deployments_using_bento(&self, bento_uid: &str) -> Result<Vec<String>> {
@@ -439,7 +560,7 @@ impl Store {
 async fn insert_revision(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     deployment_uid: &str,
-    creator_uid: &str,
+    creator_uid: Option<&str>,
     rollback_of: Option<&str>,
     targets: &[NewTarget<'_>],
 ) -> Result<String> {

@@ -20,7 +20,8 @@ mod uploads;
 
 pub use clusters::{ClusterPatch, NewCluster, StoredCluster};
 pub use deployments::{
-    ClusterRow, DeploymentFilter, DeploymentRow, DeploymentUse, NewDeployment, NewTarget, RevisionRow, TargetRow,
+    ClusterRow, DeploymentFilter, DeploymentRow, DeploymentUse, ExternalDeployment, Imported, MANAGED_EXTERNALLY,
+    NewDeployment, NewTarget, RevisionRow, TargetRow,
 };
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use identity::{NewToken, OrgRow, TokenIdentity, TokenRow, UserRow};

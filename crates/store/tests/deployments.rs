@@ -3,7 +3,7 @@
 mod common;
 
 use common::{each_backend, org_with_admin};
-use yatai_store::{Kind, NewDeployment, NewTarget, NewVersion, Store, StoreError};
+use yatai_store::{ExternalDeployment, Imported, Kind, NewDeployment, NewTarget, NewVersion, Store, StoreError};
 
 /// Creates `name` in namespace `yatai` of the org's `local` cluster, with
 /// the host key the local runtime uses.
@@ -104,6 +104,55 @@ async fn only_the_active_revision_counts_as_running_a_bento() {
         assert_eq!(store.deployment_uses(&repo.uid, Some(&v2.uid)).await.unwrap().len(), 1);
         store.delete_version(&v1).await.expect("no longer running");
         assert!(matches!(store.delete_version(&v2).await, Err(StoreError::Conflict(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_external_deployment_is_imported_revised_when_it_changes_and_never_over_a_yatai_one() {
+    each_backend(|store| async move {
+        let (org, admin) = org_with_admin(&store, "acme").await;
+        create(&store, &org.uid, &admin.uid, "mine", 40021).await.expect("a yatai deployment");
+        let cluster = store.ensure_cluster(&org.uid, "local", "local", "").await.unwrap();
+        let external = |name, bento, config| ExternalDeployment {
+            org_uid: &org.uid,
+            cluster_uid: &cluster.uid,
+            namespace: "yatai",
+            name,
+            bento_uid: None,
+            bento,
+            config,
+        };
+        let Imported::New(d) = store.import_external_deployment(external("gitops", "iris:v1", "{}")).await.unwrap()
+        else {
+            panic!("expected a new row")
+        };
+        assert!(d.is_external());
+        assert_eq!((d.creator_uid.as_deref(), d.host.as_deref()), (None, None));
+        assert_eq!(d.external_bento.as_deref(), Some("iris:v1"));
+        let (rev, targets) = store.active_revision(&d.uid).await.unwrap().unwrap();
+        assert_eq!((rev.creator_uid.as_deref(), targets[0].bento_uid.as_str()), (None, ""));
+
+        // The same again: nothing new; another bento or config: a new revision.
+        let again = store.import_external_deployment(external("gitops", "iris:v1", "{}")).await.unwrap();
+        assert!(matches!(again, Imported::Unchanged(_)), "{again:?}");
+        let changed = store.import_external_deployment(external("gitops", "iris:v2", "{}")).await.unwrap();
+        assert!(matches!(&changed, Imported::Revised(d) if d.external_bento.as_deref() == Some("iris:v2")));
+        let changed = store.import_external_deployment(external("gitops", "iris:v2", r#"{"envs":[]}"#)).await.unwrap();
+        assert!(matches!(changed, Imported::Revised(_)), "{changed:?}");
+        assert_eq!(store.list_revisions(&d.uid).await.unwrap().len(), 3);
+
+        // A yatai deployment of that name is never taken over.
+        let taken = store.import_external_deployment(external("mine", "iris:v1", "{}")).await.unwrap();
+        assert!(matches!(taken, Imported::Taken), "{taken:?}");
+        let mine = store.find_deployments_by_name(&org.uid, "mine").await.unwrap().remove(0);
+        assert!(!mine.is_external());
+
+        let listed: Vec<String> =
+            store.external_deployments(&cluster.uid).await.unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(listed, ["gitops"]);
+        store.delete_deployment(&d.uid).await.unwrap();
+        assert!(store.external_deployments(&cluster.uid).await.unwrap().is_empty());
     })
     .await;
 }

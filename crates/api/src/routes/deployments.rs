@@ -70,14 +70,14 @@ pub fn routes(state: AppState) -> Api {
             op(Op::delete(one, "Delete a deployment (stopping it first); returns it")
                 .perm(Permission::WriteCluster)
                 .ok::<DeploymentSchema>()
-                .errors(&[404])),
+                .errors(&[404, 409])),
             axum::routing::delete(delete),
         )
         .route(
             op(Op::post(format!("{one}/terminate"), "Stop every replica; the deployment and its URL stay")
                 .perm(Permission::WriteCluster)
                 .ok::<DeploymentSchema>()
-                .errors(&[404])),
+                .errors(&[404, 409])),
             post(terminate),
         )
         .route(
@@ -208,6 +208,7 @@ async fn list(
         start,
         count,
     };
+    app::connect_clusters(&state, &caller.org.uid).await?;
     let (rows, total) = state.store.list_deployments(&caller.org.uid, &filter).await?;
     let mut items = Vec::with_capacity(rows.len());
     for d in &rows {

@@ -96,21 +96,21 @@ pub fn routes(state: AppState) -> Api {
                 .perm(Permission::WriteCluster)
                 .body::<V1UpdateDeployment>()
                 .ok::<DeploymentSchema>()
-                .errors(&[404])),
+                .errors(&[404, 409])),
             axum::routing::patch(update),
         )
         .route(
             op(Op::delete(D, "Delete a deployment")
                 .perm(Permission::WriteCluster)
                 .ok::<DeploymentSchema>()
-                .errors(&[404])),
+                .errors(&[404, 409])),
             axum::routing::delete(delete),
         )
         .route(
             op(Op::post(format!("{D}/terminate"), "Terminate a deployment")
                 .perm(Permission::WriteCluster)
                 .ok::<DeploymentSchema>()
-                .errors(&[404])),
+                .errors(&[404, 409])),
             post(terminate),
         )
         .route(
@@ -203,6 +203,7 @@ async fn list_filtered(
         start,
         count: p.count.unwrap_or(20).clamp(0, 10_000),
     };
+    app::connect_clusters(state, &caller.org.uid).await?;
     let (rows, total) = state.store.list_deployments(&caller.org.uid, &filter).await?;
     let mut items = Vec::with_capacity(rows.len());
     for d in &rows {

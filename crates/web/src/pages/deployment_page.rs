@@ -138,7 +138,9 @@ pub async fn detail(
         )
         .await?;
     let logs = target.as_ref().and_then(|t| t.logs(&d.uid)).map(|b| b.tail(200)).unwrap_or_default();
-    let can_write = s.can(Permission::WriteCluster);
+    // A deployment made outside yatai is changed where it comes from, never here.
+    let external = d.is_external();
+    let can_write = s.can(Permission::WriteCluster) && !external;
     let (ca, cb) = (p.a.unwrap_or(total.saturating_sub(1).max(1)), p.b.unwrap_or(total));
     let text_of = |n: usize| {
         revs.iter().find(|(k, ..)| *k == n).map(|(_, _, t, b)| {
@@ -150,19 +152,35 @@ pub async fn detail(
     let body = html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/deployments" { "Deployments" } " /" }
         div data-live=(format!("{}/live", href(&d.name))) {
-            h1 { (d.name) " " span.badge class=(format!("s-{}", d.status)) data-testid="status" data-live-status { (d.status) } }
+            h1 {
+                (d.name) " " span.badge class=(format!("s-{}", d.status)) data-testid="status" data-live-status { (d.status) }
+                @if external { " " span.badge data-testid="external" { "managed outside yatai (kubectl/GitOps)" } }
+            }
             p.muted data-live-reason { (d.status_reason) }
         }
         (ui::notice(p.notice.as_deref()))
+        @if external {
+            p.hint data-testid="external-hint" {
+                "This is the BentoDeployment " code { (d.name) } " in namespace " code { (d.namespace) } " of cluster "
+                (d.cluster_name) ", made with kubectl or by a GitOps tool. Yatai shows it and follows its status, and never "
+                "changes it: change or delete it where it comes from (the GitOps repository, or "
+                code { "kubectl edit bentodeployment " (d.name) " -n " (d.namespace) } ")."
+            }
+        }
         dl.facts {
             dt { "URL" } dd { @match &url {
                 None => span.muted data-testid="url" { "not published yet" },
                 Some(url) if terminated => span.muted { (url) " (stopped)" },
                 Some(url) => a href=(url) data-testid="url" { (url) },
             } }
-            dt { "Bento" } dd { @if let Some((_, _, _, Some((r, v)))) = active { a href=(version_href(Kind::Bento, r, v)) { (r) ":" (v) } } @else { span.muted { "—" } } }
+            dt { "Bento" } dd {
+                @if let Some((_, _, _, Some((r, v)))) = active { a href=(version_href(Kind::Bento, r, v)) { (r) ":" (v) } }
+                @else if let Some(b) = &d.external_bento { (b) span.muted { " (not in the registry)" } }
+                @else { span.muted { "—" } }
+            }
             dt { "Cluster" } dd { (d.cluster_name) " · namespace " (d.namespace) }
-            dt { "Created" } dd { (ui::time(d.created_at)) " by " (d.creator_name.as_deref().unwrap_or("—")) }
+            @if external { dt { "Created" } dd { (ui::time(d.created_at)) " (found on the cluster)" } }
+            @else { dt { "Created" } dd { (ui::time(d.created_at)) " by " (d.creator_name.as_deref().unwrap_or("—")) } }
             @if !d.description.is_empty() { dt { "Description" } dd { (d.description) } }
         }
         @if can_write {

@@ -57,6 +57,7 @@ pub struct ListParams {
 }
 
 pub async fn list(State(state): State<AppState>, s: Session, Query(p): Query<ListParams>) -> WebResult {
+    svc::connect_clusters(&state, s.org_uid()).await?;
     let clusters = state.store.list_clusters(s.org_uid()).await?;
     let cluster_uid = if p.cluster.is_empty() {
         None
@@ -119,9 +120,16 @@ pub async fn list(State(state): State<AppState>, s: Session, Query(p): Query<Lis
                             @let bento = bentos.iter().find(|(u, _, _)| *u == d.uid);
                             @let rates = request_rates(&state, &clusters, d, 60);
                             tr data-testid="row" data-name=(d.name) {
-                                td { a href=(href(&d.name)) { (d.name) } }
+                                td {
+                                    a href=(href(&d.name)) { (d.name) }
+                                    @if d.is_external() { " " span.badge data-testid="external" title="made with kubectl or by a GitOps tool; yatai never changes it" { "managed outside yatai (kubectl/GitOps)" } }
+                                }
                                 td { (ui::status_badge(&d.status)) }
-                                td { @if let Some((_, r, v)) = bento { a href=(version_href(Kind::Bento, r, v)) { (r) ":" (v) } } @else { span.muted { "—" } } }
+                                td {
+                                    @if let Some((_, r, v)) = bento { a href=(version_href(Kind::Bento, r, v)) { (r) ":" (v) } }
+                                    @else if let Some(b) = &d.external_bento { (b) }
+                                    @else { span.muted { "—" } }
+                                }
                                 td.hide-narrow { (d.cluster_name) }
                                 td { (ui::sparkline(&rates, 120, 24, &format!("request rate of {}", d.name))) " " span.muted { (format!("{:.1}", rates.last().copied().unwrap_or(0.0))) } }
                                 td.hide-narrow { (ui::time(d.created_at)) }
@@ -196,6 +204,8 @@ pub async fn rollback(State(state): State<AppState>, Path(name): Path<String>, p
 
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, post: Post) -> WebResult {
     let d = act(&state, &name, &post).await?;
-    svc::delete(&state, &post.session.caller, &d).await?;
-    Ok(ui::back("/deployments", &format!("Deleted deployment {}.", d.name)))
+    match svc::delete(&state, &post.session.caller, &d).await {
+        Ok(()) => Ok(ui::back("/deployments", &format!("Deleted deployment {}.", d.name))),
+        Err(e) => outcome(&d, Err(e), ""),
+    }
 }
