@@ -339,10 +339,18 @@ fn refuse_unhealthy(name: &str, h: &ClusterHealth) -> AppResult<()> {
 
 async fn probe(state: &AppState, config: &KubeClusterConfig, timeout: Duration) -> AppResult<ClusterHealth> {
     let connector = state.targets.connector().ok_or_else(|| AppError::invalid_field("kube_config", NO_KUBERNETES))?;
-    Ok(tokio::time::timeout(timeout, connector.probe(config)).await.unwrap_or_else(|_| ClusterHealth {
+    let mut health = tokio::time::timeout(timeout, connector.probe(config)).await.unwrap_or_else(|_| ClusterHealth {
         problems: vec![format!("the cluster did not answer within {} s", timeout.as_secs())],
         ..Default::default()
-    }))
+    });
+    // A YAML parser's error quotes the kubeconfig's lines after its first line
+    // (`--> <input>:2:12 | 1 | …`): only that first line is said.
+    for p in &mut health.problems {
+        if let Some(at) = p.find('\n') {
+            p.truncate(at);
+        }
+    }
+    Ok(health)
 }
 
 fn sink(state: &AppState) -> Arc<dyn StatusSink> {
