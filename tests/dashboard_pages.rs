@@ -388,6 +388,9 @@ const PAGES: &[&str] = &[
     "/settings/members",
     "/events",
     "/clusters",
+    "/clusters/new",
+    "/clusters/local",
+    "/clusters/local/edit",
     "/account",
 ];
 
@@ -414,6 +417,9 @@ const FORMS: &[&str] = &[
     "/account/invitations/x/decline",
     "/invitations/x",
     "/invitations/x/decline",
+    "/clusters/new",
+    "/clusters/local/edit",
+    "/clusters/local/remove",
 ];
 
 #[test]
@@ -749,6 +755,101 @@ backend_test! {
         assert!(admin.page("/settings/members").contains(r#"data-name="eve""#));
         assert_eq!(Browser::new(&server).get(&link).status, 404, "used");
     }
+}
+
+/// A kubeconfig for a cluster nobody listens for, carrying `marker` as its token.
+fn dead_kubeconfig(marker: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dead\n  cluster:\n    server: https://127.0.0.1:1\n    \
+         insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {marker}\ncontexts:\n- name: dead\n  \
+         context:\n    cluster: dead\n    user: u\ncurrent-context: dead\n"
+    )
+}
+
+#[test]
+fn clusters_are_changed_by_admins_only_and_a_kubeconfig_is_never_shown() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    // The organization's `local` cluster (listing clusters makes it).
+    assert_eq!(server.http().get("/api/v1/clusters").status, 200);
+    let list = b.page("/clusters");
+    assert!(list.contains(r#"data-name="local""#) && list.contains(r#"href="/clusters/new""#), "{list}");
+    let local = b.page("/clusters/local");
+    assert!(local.contains(r#"data-page="cluster""#) && local.contains(r#"href="/clusters/local/edit""#), "{local}");
+    assert!(!local.contains("confirm-remove"), "this machine cannot be removed");
+    let r = b.submit("/clusters/local/edit", "/clusters/local/edit", &[("description", "the build box")]);
+    assert_eq!((r.status, location(&r)), (303, "/clusters/local?notice=Saved."), "{}", r.text());
+    assert!(b.page("/clusters/local").contains("the build box"));
+
+    // Registrations that cannot work are refused beside their field, the other input kept,
+    // the kubeconfig neither stored nor sent back.
+    let marker = unique("kubeconfig-secret");
+    let form = b.page("/clusters/new");
+    assert!(form.contains(r#"data-form="cluster""#) && form.contains(r#"name="kube_config""#), "{form}");
+    let register = |b: &mut Browser, name: &str, kubeconfig: &str| {
+        b.submit(
+            "/clusters/new",
+            "/clusters/new",
+            &[("name", name), ("description", "kept text"), ("kube_config", kubeconfig), ("namespace", "yatai")],
+        )
+    };
+    for (name, kubeconfig, field, says) in [
+        ("dead", dead_kubeconfig(&marker), "kube_config", "cannot reach the Kubernetes API server"),
+        ("garbage", format!("# {marker}\n{{not yaml: ["), "kube_config", "not valid YAML"),
+        ("Bad_Name", dead_kubeconfig(&marker), "name", "not valid"),
+        ("local", dead_kubeconfig(&marker), "name", "local"),
+        ("empty", String::new(), "kube_config", "kubeconfig"),
+    ] {
+        let r = register(&mut b, name, &kubeconfig);
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        let html = r.text();
+        let error =
+            &html[html.find(&format!(r#"data-error-for="{field}""#)).unwrap_or_else(|| panic!("{name}: {html}"))..];
+        let error = &error[..error.find("</p>").unwrap()];
+        assert!(error.contains(says), "{name}: {error}");
+        assert!(html.contains(r#"value="kept text""#), "{name}: the input is kept");
+        assert!(!html.contains(&marker), "{name}: the kubeconfig came back: {error}");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let r = b.submit("/clusters/new", "/clusters/new", &[("name", "both"), ("kube_config", "x"), ("in_cluster", "on")]);
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("not both"), "{}", r.text());
+    assert!(!b.page("/clusters").contains(r#"data-name="dead""#), "nothing stored");
+    assert!(!server.http().get("/api/v1/clusters").text().contains("\"dead\""));
+    for page in ["/clusters", "/clusters/local", "/clusters/local/edit", "/events", "/"] {
+        assert!(!b.page(page).contains(&marker), "{page} shows the kubeconfig");
+    }
+    assert!(!server.log_text().contains(&marker), "the kubeconfig is in the server's log");
+
+    // A developer reads, and changes nothing.
+    server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default", "--role", "developer"]);
+    admin_with_env(&server, &["user", "set-password", "dev"], &[("YATAI_PASSWORD", PASSWORD)]);
+    let (mut dev, r) = login(&server, "dev", PASSWORD);
+    assert_eq!(r.status, 303);
+    let list = dev.page("/clusters");
+    assert!(list.contains(r#"data-name="local""#) && !list.contains(r#"href="/clusters/new""#), "{list}");
+    let local = dev.page("/clusters/local");
+    assert!(!local.contains("/clusters/local/edit") && !local.contains("<form data-form=\"cluster"), "{local}");
+    for path in ["/clusters/new", "/clusters/local/edit"] {
+        assert_eq!(dev.get(path).status, 403, "dev GET {path}");
+    }
+    for path in ["/clusters/new", "/clusters/local/edit", "/clusters/local/remove"] {
+        let r =
+            dev.submit("/clusters", path, &[("name", "mine"), ("description", "dev was here"), ("kube_config", "x")]);
+        assert_eq!(r.status, 403, "dev POST {path}: {}", r.text());
+    }
+    assert!(b.page("/clusters/local").contains("the build box"), "unchanged");
+
+    // Another organization sees none of it.
+    let mut bob = other_org(&server);
+    assert!(!bob.page("/clusters").contains("the build box"));
+    for path in ["/clusters/local", "/clusters/local/edit"] {
+        assert_eq!(bob.get(path).status, 404, "bob GET {path}");
+    }
+    for path in ["/clusters/local/edit", "/clusters/local/remove"] {
+        assert_eq!(bob.submit("/clusters", path, &[("description", "bob was here")]).status, 404, "bob POST {path}");
+    }
+    assert!(b.page("/clusters/local").contains("the build box"), "unchanged");
 }
 
 #[test]

@@ -1,6 +1,15 @@
 //! Setup shared by the tests against the Kubernetes testbed: yatai's CRDs and a namespace,
 //! `yatai operator` as a platform engineer starts it, and the cluster registered beside a
 //! running server with `yatai cluster add`, as the README does.
+//!
+//! Include it from a test binary with
+//!
+//! ```ignore
+//! #[path = "support/kube.rs"]
+//! mod kube_support;
+//! ```
+
+#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 
@@ -11,6 +20,7 @@ use crate::support::{Server, yatai_bin};
 /// The ingress domain suffix the operator and the cluster are given.
 pub const SUFFIX: &str = "10.0.0.7.sslip.io";
 
+/// A running `yatai operator`, killed when dropped.
 pub struct Operator(Child);
 
 impl Drop for Operator {
@@ -39,17 +49,28 @@ pub fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
     )
 }
 
-/// yatai's CRDs installed, and the namespace `ns` created; returns an admin client.
+/// yatai's CRDs installed, and the namespace `ns` created (kept if it exists); returns an
+/// admin client.
 pub async fn prepare(testbed: &Testbed, ns: &str) -> kube::Client {
+    use k8s_openapi::api::core::v1::Namespace;
     let admin = testbed.client().await.unwrap();
     yatai_operator::crds::install_missing(&admin, &Default::default()).await.unwrap();
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(admin.clone());
-    let namespace = k8s_openapi::api::core::v1::Namespace {
-        metadata: kube::api::ObjectMeta { name: Some(ns.into()), ..Default::default() },
-        ..Default::default()
-    };
-    namespaces.create(&Default::default(), &namespace).await.unwrap();
+    let namespaces: kube::Api<Namespace> = kube::Api::all(admin.clone());
+    if namespaces.get_opt(ns).await.unwrap().is_none() {
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(ns.into()), ..Default::default() },
+            ..Default::default()
+        };
+        namespaces.create(&Default::default(), &namespace).await.unwrap();
+    }
     admin
+}
+
+/// The shared testbed, prepared as [`prepare`] does.
+pub async fn prepared_testbed(ns: &str) -> &'static Testbed {
+    let testbed = Testbed::shared().await.unwrap();
+    prepare(testbed, ns).await;
+    testbed
 }
 
 /// Registers the testbed as cluster `testbed` (namespace `ns`) with `yatai cluster add` beside

@@ -339,10 +339,18 @@ fn refuse_unhealthy(name: &str, h: &ClusterHealth) -> AppResult<()> {
 
 async fn probe(state: &AppState, config: &KubeClusterConfig, timeout: Duration) -> AppResult<ClusterHealth> {
     let connector = state.targets.connector().ok_or_else(|| AppError::invalid_field("kube_config", NO_KUBERNETES))?;
-    Ok(tokio::time::timeout(timeout, connector.probe(config)).await.unwrap_or_else(|_| ClusterHealth {
+    let mut health = tokio::time::timeout(timeout, connector.probe(config)).await.unwrap_or_else(|_| ClusterHealth {
         problems: vec![format!("the cluster did not answer within {} s", timeout.as_secs())],
         ..Default::default()
-    }))
+    });
+    // A YAML parser's error quotes the kubeconfig's lines after its first line
+    // (`--> <input>:2:12 | 1 | …`): only that first line is said.
+    for p in &mut health.problems {
+        if let Some(at) = p.find('\n') {
+            p.truncate(at);
+        }
+    }
+    Ok(health)
 }
 
 fn sink(state: &AppState) -> Arc<dyn StatusSink> {
@@ -367,7 +375,18 @@ fn view(row: ClusterRow) -> ClusterView {
 /// Registers a Kubernetes cluster (admins of the organization only).
 pub async fn add(state: &AppState, caller: &Caller, input: NewClusterInput) -> AppResult<ClusterView> {
     caller.require(Permission::Admin)?;
-    add_in_org(state, &caller.org.uid, Some(&caller.user.uid), input).await
+    let v = add_in_org(state, &caller.org.uid, Some(&caller.user.uid), input).await?;
+    record(state, caller, "created", &v).await;
+    Ok(v)
+}
+
+/// An event for the organization's feed: what changed, never how it is reached.
+async fn record(state: &AppState, caller: &Caller, operation: &str, v: &ClusterView) {
+    let info = match &v.settings {
+        Some(s) => serde_json::json!({"kind": v.row.kind, "namespace": s.namespace}),
+        None => serde_json::json!({"kind": v.row.kind}),
+    };
+    crate::registry::record(state, caller, operation, "cluster", &v.row.name, info).await;
 }
 
 /// Registers a Kubernetes cluster in organization `org_uid` (admin commands).
@@ -502,13 +521,18 @@ pub async fn update(state: &AppState, caller: &Caller, name: &str, change: Clust
             old.shutdown().await;
         }
     }
-    Ok(view(find(state, &caller.org.uid, name).await?))
+    let v = view(find(state, &caller.org.uid, name).await?);
+    record(state, caller, "updated", &v).await;
+    Ok(v)
 }
 
 /// Removes a cluster that has no deployments (admins only).
 pub async fn remove(state: &AppState, caller: &Caller, name: &str) -> AppResult<()> {
     caller.require(Permission::Admin)?;
-    remove_in_org(state, &caller.org.uid, name).await
+    let v = view(find(state, &caller.org.uid, name).await?);
+    remove_in_org(state, &caller.org.uid, name).await?;
+    record(state, caller, "deleted", &v).await;
+    Ok(())
 }
 
 pub async fn remove_in_org(state: &AppState, org_uid: &str, name: &str) -> AppResult<()> {
@@ -542,11 +566,17 @@ async fn health_of(state: &AppState, row: &ClusterRow, timeout: Duration) -> Clu
 
 /// One cluster, with its health.
 pub async fn get(state: &AppState, caller: &Caller, name: &str) -> AppResult<ClusterView> {
+    get_within(state, caller, name, PROBE_TIMEOUT).await
+}
+
+/// One cluster, with its health as far as the cluster answers within
+/// `timeout` (a page waits less than registering does).
+pub async fn get_within(state: &AppState, caller: &Caller, name: &str, timeout: Duration) -> AppResult<ClusterView> {
     caller.require(Permission::ReadCluster)?;
     let row = find(state, &caller.org.uid, name).await?;
     let mut v = view(row);
     if v.settings.is_some() {
-        v.health = Some(health_of(state, &v.row, PROBE_TIMEOUT).await);
+        v.health = Some(health_of(state, &v.row, timeout).await);
     }
     Ok(v)
 }
@@ -554,14 +584,19 @@ pub async fn get(state: &AppState, caller: &Caller, name: &str) -> AppResult<Clu
 /// The organization's clusters; with `health`, each Kubernetes cluster is
 /// probed (all at once, each for a few seconds at most).
 pub async fn list(state: &AppState, caller: &Caller, health: bool) -> AppResult<Vec<ClusterView>> {
+    list_within(state, caller, health.then_some(LIST_PROBE_TIMEOUT)).await
+}
+
+/// [`list`], each Kubernetes cluster probed for at most `probe` when given.
+pub async fn list_within(state: &AppState, caller: &Caller, probe: Option<Duration>) -> AppResult<Vec<ClusterView>> {
     caller.require(Permission::ReadCluster)?;
     let rows = state.store.list_clusters(&caller.org.uid).await?;
     let mut views: Vec<ClusterView> = rows.into_iter().map(view).collect();
-    if health {
+    if let Some(timeout) = probe {
         let mut probes = tokio::task::JoinSet::new();
         for (i, v) in views.iter().enumerate().filter(|(_, v)| v.settings.is_some()) {
             let (state, row) = (state.clone(), v.row.clone());
-            probes.spawn(async move { (i, health_of(&state, &row, LIST_PROBE_TIMEOUT).await) });
+            probes.spawn(async move { (i, health_of(&state, &row, timeout).await) });
         }
         while let Some(done) = probes.join_next().await {
             if let Ok((i, h)) = done {

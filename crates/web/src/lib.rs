@@ -82,7 +82,11 @@ pub fn router() -> Router<AppState> {
         .route("/settings/members/{uid}/remove", post(members::remove_member))
         .route("/settings/members/invitations/{uid}/revoke", post(members::revoke_invitation))
         .route("/events", get(admin::events))
-        .route("/clusters", get(admin::clusters))
+        .route("/clusters", get(clusters::list))
+        .route("/clusters/new", get(clusters::new_page).post(clusters::create))
+        .route("/clusters/{name}", get(clusters::detail))
+        .route("/clusters/{name}/edit", get(clusters::edit_page).post(clusters::update))
+        .route("/clusters/{name}/remove", post(clusters::remove))
         .layer(Extension(Arc::new(Web::default())))
         .layer(axum::middleware::map_response(security_headers))
 }

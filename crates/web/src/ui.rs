@@ -126,7 +126,7 @@ pub fn page(s: &Session, page: &str, title: &str, body: Markup) -> Response {
                         ul {
                             @for (href, label, id) in nav {
                                 li {
-                                    a href=(href) aria-current=[(id == section || (id == "models" && section == "model") || (id == "bentos" && section == "bento") || (id == "deployments" && section == "deployment")).then_some("page")] { (label) }
+                                    a href=(href) aria-current=[(id == section || (id == "models" && section == "model") || (id == "bentos" && section == "bento") || (id == "deployments" && section == "deployment") || (id == "clusters" && section == "cluster")).then_some("page")] { (label) }
                                 }
                             }
                         }

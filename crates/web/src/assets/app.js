@@ -143,8 +143,38 @@
     });
   }
 
+  // The cluster form: a kubeconfig file chosen is read into the textarea.
+  // The form sends only that text, so pasting it works without this script
+  // (the file input stays hidden then).
+  function kubeconfigFile() {
+    var box = document.querySelector("[data-kubeconfig-file]");
+    var area = document.getElementById("kube_config");
+    if (!box || !area || typeof FileReader === "undefined") return;
+    var input = box.querySelector("input[type=file]");
+    var status = box.querySelector("[data-kubeconfig-status]");
+    box.hidden = false;
+    input.addEventListener("change", function () {
+      var f = input.files && input.files[0];
+      if (!f) return;
+      if (f.size > 1048576) {
+        status.textContent = f.name + " is larger than 1 MiB: export only this cluster's context.";
+        input.value = "";
+        return;
+      }
+      var reader = new FileReader();
+      reader.onload = function () {
+        area.value = String(reader.result);
+        status.textContent = "Read " + f.name + " (" + f.size + " bytes) into the field below.";
+        input.value = "";
+      };
+      reader.onerror = function () { status.textContent = "Could not read " + f.name + ": paste its text instead."; };
+      reader.readAsText(f);
+    });
+  }
+
   onReady(function () {
     versionPicker();
+    kubeconfigFile();
     copyButtons();
     dialogs();
     liveDeployment();

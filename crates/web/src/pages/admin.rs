@@ -1,5 +1,5 @@
-//! Administration: the events feed, clusters and the organization's
-//! settings. Tokens and members have modules of their own.
+//! Administration: the events feed and the organization's settings.
+//! Tokens, members and clusters have modules of their own.
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -55,6 +55,7 @@ pub async fn events(State(state): State<AppState>, s: Session, Query(p): Query<E
         "member",
         "user",
         "organization",
+        "cluster",
     ];
     let link = |before: Option<i64>| {
         let b = before.map(|b| b.to_string()).unwrap_or_default();
@@ -113,37 +114,7 @@ pub async fn events(State(state): State<AppState>, s: Session, Query(p): Query<E
     Ok(ui::page(&s, "events", "Events", body))
 }
 
-// ---- clusters and settings -------------------------------------------------------
-
-pub async fn clusters(State(state): State<AppState>, s: Session) -> WebResult {
-    let clusters = state.store.list_clusters(s.org_uid()).await?;
-    let counts = state.store.cluster_deployment_counts(s.org_uid()).await?;
-    let body = html! {
-        h1 { "Clusters" }
-        p { "Where deployments run. " code { "local" } " is this machine: replicas are processes supervised by yatai." }
-        @if clusters.is_empty() {
-            div.empty { p { "No cluster has been used yet. The " code { "local" } " cluster appears with the first deployment." } a.button href="/deployments/new" { "Create a deployment" } }
-        } @else {
-            div.table-wrap {
-                table {
-                    thead { tr { th { "Name" } th { "Kind" } th.num { "Deployments" } th.hide-narrow { "Description" } th.hide-narrow { "Created" } } }
-                    tbody {
-                        @for c in &clusters {
-                            tr data-testid="row" data-name=(c.name) {
-                                td { a href=(format!("/deployments?cluster={}", ui::enc(&c.name))) { (c.name) } }
-                                td { (c.kind) }
-                                td.num { (counts.iter().find(|(u, _)| *u == c.uid).map(|(_, n)| *n).unwrap_or(0)) }
-                                td.hide-narrow { (c.description) }
-                                td.hide-narrow { (ui::time(c.created_at)) }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    Ok(ui::page(&s, "clusters", "Clusters", body))
-}
+// ---- settings -------------------------------------------------------------------
 
 pub async fn settings(
     State(state): State<AppState>,

@@ -178,7 +178,8 @@ async fn form_page(
             (version_picker(&versions, &v.bento_version, errors))
             label for="cluster" { "Cluster" }
             select id="cluster" name="cluster" disabled[editing.is_some()] aria-describedby=(described("cluster")) {
-                @if clusters.is_empty() { option value="local" { "local" } }
+                // This machine is always there, even before its first deployment.
+                @if !clusters.iter().any(|c| c.name == svc::LOCAL_CLUSTER) { option value=(svc::LOCAL_CLUSTER) { (svc::LOCAL_CLUSTER) } }
                 @for c in &clusters { option value=(c.name) selected[c.name == v.cluster] { (c.name) } }
             }
             (field_error("cluster", errors))

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clusters;
 pub mod deployment_form;
 pub mod deployment_page;
 pub mod deployments;
