@@ -267,6 +267,32 @@ fn cluster_registration_refuses_bad_input_and_keeps_the_kubeconfig_sealed() {
     assert_eq!((requests.cpu.as_str(), requests.memory.as_str()), ("2", "4Gi"), "{requests:?}");
     assert_eq!(server.http().delete("/api/v2/deployments/sized?cluster=good").status, 200);
 
+    // A namespace the cluster does not have: refused when the user creates, saying how to fix
+    // it, with nothing kept — the same name then deploys where the namespace exists.
+    let (repo, version) = iris.bento.split_once(':').unwrap();
+    let v1 = |ns: &str| {
+        server.http().post(
+            "/api/v1/clusters/good/deployments",
+            &json!({"name": "placed", "kube_namespace": ns,
+                    "targets": [{"type": "stable", "bento_repository": repo, "bento": version}]}),
+        )
+    };
+    let r = v1("nowhere");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("namespace nowhere does not exist") && r.text().contains("kubectl create namespace"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        server.http().get("/api/v2/deployments/placed?cluster=good").status,
+        404,
+        "the refused deployment was kept"
+    );
+    let r = v1("default");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.http().delete("/api/v2/deployments/placed?cluster=good").status, 200);
+
     // A member who is not an admin, and another organization's admin.
     server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default"]);
     let dev = server.admin(&["token", "create", "--name", "dev", "--user", "dev"]).trim().to_owned();

@@ -224,6 +224,10 @@ fn check_cluster_name(name: &str) -> AppResult<()> {
     if name == LOCAL_CLUSTER {
         return Err(AppError::invalid_field("name", "the name \"local\" is this machine's cluster: pick another"));
     }
+    // The dashboard's page for registering a cluster is /clusters/new.
+    if name == "new" {
+        return Err(AppError::invalid_field("name", "the name \"new\" is reserved by the dashboard: pick another"));
+    }
     Ok(())
 }
 
@@ -675,6 +679,17 @@ mod tests {
 
     use super::*;
     use crate::Targets;
+
+    #[test]
+    fn cluster_names_the_dashboard_or_this_machine_uses_are_refused() {
+        for name in ["local", "new", "", "Prod", "-a", "a-", "a_b"] {
+            let e = check_cluster_name(name).unwrap_err();
+            assert_eq!(e.field(), Some("name"), "{name:?}: {}", e.message());
+        }
+        for name in ["prod", "news", "new-york", "a1"] {
+            check_cluster_name(name).unwrap();
+        }
+    }
 
     /// Reports the health it was given and records what it connected.
     struct FakeConnector {

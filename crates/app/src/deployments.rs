@@ -547,22 +547,34 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
             targets: &[NewTarget { name: "main", bento_uid: &bento.uid, config: &cfg }],
         })
         .await?;
-    record(state, caller, "created", &d, json!({"bento": bento.tag()})).await;
     let applied = match spec_for(state, target.as_ref(), &d).await {
         Ok(spec) => target.apply(spec).await,
         Err(e) => {
+            record(state, caller, "created", &d, json!({"bento": bento.tag()})).await;
             let _ = state.store.set_status(&d.uid, Phase::Failed.as_str(), e.message()).await;
             return Err(e);
         }
     };
+    // The name is someone else's on the cluster (made outside yatai, not imported yet):
+    // nothing was written there, so nothing is kept or recorded here either.
     match applied {
-        Ok(()) => Ok(d),
-        // The name is someone else's on the cluster (made outside yatai, not imported yet):
-        // nothing was written there, so nothing is kept here either.
         Err(TargetError::Conflict(_)) => {
             state.store.delete_deployment(&d.uid).await?;
-            Err(name_held_outside(&name, &namespace, &cluster.name))
+            return Err(name_held_outside(&name, &namespace, &cluster.name));
         }
+        // The cluster refused the objects (a namespace that does not exist, a missing CRD,
+        // credentials without the permission): the user acts on it now, and a retry with the
+        // same name must not find a failed deployment in its way.
+        Err(TargetError::Refused(m)) => {
+            state.store.delete_deployment(&d.uid).await?;
+            let field = if m.starts_with("namespace ") { "namespace" } else { "cluster" };
+            return Err(AppError::invalid_field(field, format!("cluster {:?}: {m}", cluster.name)));
+        }
+        _ => {}
+    }
+    record(state, caller, "created", &d, json!({"bento": bento.tag()})).await;
+    match applied {
+        Ok(()) => Ok(d),
         Err(e) => {
             let e = AppError::unavailable(e.to_string());
             let _ = state.store.set_status(&d.uid, Phase::Failed.as_str(), e.message()).await;

@@ -79,6 +79,16 @@
         });
         var reason = document.querySelector("[data-live-reason]");
         if (reason) reason.textContent = s.reason || "";
+        var url = document.querySelector("[data-live-url]");
+        if (url && s.url && s.status !== "terminated" && url.getAttribute("data-live-url") !== s.url) {
+          var a = document.createElement("a");
+          a.href = s.url;
+          a.textContent = s.url;
+          a.setAttribute("data-testid", "url");
+          url.textContent = "";
+          url.appendChild(a);
+          url.setAttribute("data-live-url", s.url);
+        }
         var body = document.querySelector("[data-live-replicas]");
         if (body && Array.isArray(s.replicas)) {
           body.textContent = "";

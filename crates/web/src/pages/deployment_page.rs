@@ -168,7 +168,7 @@ pub async fn detail(
             }
         }
         dl.facts {
-            dt { "URL" } dd { @match &url {
+            dt { "URL" } dd data-live-url=(url.as_deref().unwrap_or_default()) { @match &url {
                 None => span.muted data-testid="url" { "not published yet" },
                 Some(url) if terminated => span.muted { (url) " (stopped)" },
                 Some(url) => a href=(url) data-testid="url" { (url) },
@@ -283,12 +283,14 @@ pub async fn detail(
 pub async fn live(
     State(state): State<AppState>,
     s: Session,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> WebResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let d = find(&state, &s, &name).await?;
-    let stream = futures_util::stream::unfold(
-        (state, d.uid, String::new(), 0u32),
-        |(state, uid, last, n)| async move {
+    let host = request_host(&headers).map(str::to_owned);
+    let stream = futures_util::stream::unfold((state, d.uid, String::new(), 0u32), move |(state, uid, last, n)| {
+        let host = host.clone();
+        async move {
             if n > 0 {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
             }
@@ -309,9 +311,11 @@ pub async fn live(
                         .collect()
                 })
                 .unwrap_or_default();
-                // Charts change every 5 s (a sample); send them every 5th tick.
-                let mut msg = json!({"status": d.status, "reason": d.status_reason, "replicas": replicas});
+                // The URL appears once a cluster publishes it (a Kubernetes Ingress).
+                let url = svc::deployment_url(&state, host.as_deref(), &d);
+                let mut msg = json!({"status": d.status, "reason": d.status_reason, "replicas": replicas, "url": url});
                 let key = msg.to_string();
+                // Charts change every 5 s (a sample); send them every 5th tick.
                 if n % 5 == 0 {
                     let c: Map<String, Value> = charts(target.as_deref(), &uid)
                         .into_iter()
@@ -326,8 +330,8 @@ pub async fn live(
                 last = key;
                 tokio::time::sleep(Duration::from_millis(1000)).await;
             }
-        },
-    );
+        }
+    });
     let stream = stream.take_until(Box::pin(yatai_api::shutdown::stopping()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
