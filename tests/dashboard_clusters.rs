@@ -226,7 +226,8 @@ async fn a_cluster_registered_in_the_dashboard_runs_a_deployment_made_there() {
     assert_eq!(seen, "running", "{}", b.text("[data-live-reason]").await);
     // The Ingress host appears on the open page, live, once the cluster publishes it.
     let expected = format!("http://iris-k8s-yatai.{SUFFIX}");
-    let js = "(a => a ? a.getAttribute('href').replace(/\\/$/, '') : null)(document.querySelector('a[data-testid=url]'))";
+    let js =
+        "(a => a ? a.getAttribute('href').replace(/\\/$/, '') : null)(document.querySelector('a[data-testid=url]'))";
     let url = b.wait_until_for(js, "the Ingress URL on the page", Duration::from_secs(60)).await;
     assert_eq!(url, expected.as_str());
     assert!(b.text("main").await.contains("testbed · namespace yatai"), "{}", b.text("main").await);

@@ -444,6 +444,41 @@ fn signed_transfer_urls_reject_tampering() {
     assert_eq!(anon.get(&dl_path.replace("expires=", "expires=1")).status, 403);
 }
 
+/// The operator's token (`YATAI_OPERATOR_API_TOKEN`, as the Helm chart sets it) reads the
+/// registry and nothing more, and a new secret on restart revokes the old one.
+#[test]
+fn the_operator_token_only_reads_the_registry_and_rotates() {
+    let first = format!("operator-{}", unique("secret"));
+    let mut opts = ServerOptions::new(Backend::SqliteLocal);
+    opts.env.push(("YATAI_OPERATOR_API_TOKEN".into(), first.clone()));
+    let mut server = Server::start_with(opts);
+    let v = create_model(&server.http(), "for-the-operator", "v1");
+    assert_eq!(upload(&server.http(), &v, b"weights").status, 200);
+
+    let operator = server.http().with_token(&first);
+    assert_eq!(download(&operator, &v).body, b"weights");
+    assert_error(&operator.post("/api/v1/model_repositories", &json!({"name": "nope"})), 403, "may not");
+    assert_error(&operator.post("/api/v1/api_tokens", &json!({"name": "escalate"})), 403, "may not");
+    assert_error(&operator.post("/api/v2/deployments", &json!({"name": "x", "bento": "a:b"})), 403, "may not");
+    let listed = server.http().get("/api/v1/api_tokens").json();
+    let named: Vec<&Value> = listed["items"].as_array().unwrap().iter().filter(|t| t["name"] == "operator").collect();
+    assert_eq!(named.len(), 1, "{listed}");
+    assert_eq!(named[0]["scopes"], json!(["read_organization"]), "{listed}");
+
+    // Restarted with the same secret: the same single token.
+    server.restart();
+    assert_eq!(download(&server.http().with_token(&first), &v).status, 200);
+    // Rotated: the old secret is refused, the new one reads.
+    let second = format!("operator-{}", unique("secret"));
+    server.env.retain(|(k, _)| k != "YATAI_OPERATOR_API_TOKEN");
+    server.env.push(("YATAI_OPERATOR_API_TOKEN".into(), second.clone()));
+    server.restart();
+    assert_error(&download(&server.http().with_token(&first), &v), 401, "not valid");
+    assert_eq!(download(&server.http().with_token(&second), &v).body, b"weights");
+    let listed = server.http().get("/api/v1/api_tokens").json();
+    assert_eq!(listed["items"].as_array().unwrap().iter().filter(|t| t["name"] == "operator").count(), 1, "{listed}");
+}
+
 #[test]
 fn a_restarted_server_keeps_data_tokens_and_bootstraps_once() {
     let mut server =

@@ -87,9 +87,10 @@ fn the_chart_lints_and_the_plain_manifests_are_its_rendering() -> anyhow::Result
     let rendered = format!(
         "# yatai's plain manifests: `helm template yatai deploy/helm/yatai --namespace yatai-system --include-crds\n\
          # --set createApiTokenSecret=false`, kept in step by crates/operator/tests/helm_chart.rs\n\
-         # (UPDATE_SNAPSHOTS=1 rewrites it). Before applying, create the namespace and the API token:\n\
+         # (UPDATE_SNAPSHOTS=1 rewrites it). Before applying, create the namespace and the API tokens:\n\
          #   kubectl create namespace yatai-system\n\
-         #   kubectl -n yatai-system create secret generic yatai-api-token --from-literal=token=$(openssl rand -hex 24)\n\
+         #   kubectl -n yatai-system create secret generic yatai-api-token --from-literal=token=$(openssl rand -hex 24) \\\n\
+         #     --from-literal=operator-token=$(openssl rand -hex 24)\n\
          #   kubectl apply --server-side -n yatai-system -f deploy/manifests/yatai.yaml\n{rendered}"
     );
     let path = repo().join("deploy/manifests/yatai.yaml");

@@ -210,6 +210,11 @@ pub struct ServeArgs {
     /// a random one (for automation). Ignored once an admin exists.
     #[arg(long, env = "YATAI_INITIAL_API_TOKEN", hide_env_values = true)]
     pub initial_api_token: Option<String>,
+    /// The operator's API token: on every start, a token of the admin with
+    /// this secret that may only read the registry (the operator downloads
+    /// bentos with it) is made if missing; a changed secret replaces it.
+    #[arg(long, env = "YATAI_OPERATOR_API_TOKEN", hide_env_values = true)]
+    pub operator_api_token: Option<String>,
 }
 
 impl ServeArgs {

@@ -18,6 +18,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let blobs = args.storage.open(&args.db.data_dir)?;
     let signing_key = signing_key(&store, &args.signing_key_file()).await?;
     let first_token = bootstrap(&store, &args).await?;
+    ensure_operator_token(&store, &args).await?;
 
     let runtime_config = args.runtime_config()?;
     std::fs::create_dir_all(&runtime_config.root)
@@ -218,6 +219,52 @@ async fn bootstrap(store: &yatai_store::Store, args: &ServeArgs) -> anyhow::Resu
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The name of the token `YATAI_OPERATOR_API_TOKEN` gives.
+const OPERATOR_TOKEN_NAME: &str = "operator";
+
+/// `YATAI_OPERATOR_API_TOKEN`: the admin's token named `operator`, scoped to
+/// reading the registry, with that secret. Made when missing; the token of a
+/// previous secret is deleted, so that rotating the Secret revokes the old one.
+async fn ensure_operator_token(store: &yatai_store::Store, args: &ServeArgs) -> anyhow::Result<()> {
+    let Some(given) = args.operator_api_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    if given.len() < 16 {
+        anyhow::bail!("YATAI_OPERATOR_API_TOKEN is too short to be safe: use at least 16 random characters");
+    }
+    let secret = auth::from_secret(given.to_owned());
+    if store.find_token_identity(&secret.hash).await?.is_some() {
+        return Ok(());
+    }
+    let org = store
+        .get_org_by_name(&args.org_name)
+        .await?
+        .with_context(|| format!("YATAI_OPERATOR_API_TOKEN: no organization {:?} (YATAI_ORG_NAME)", args.org_name))?;
+    let admin = store
+        .get_user_by_name(&args.admin_name)
+        .await?
+        .with_context(|| format!("YATAI_OPERATOR_API_TOKEN: no user {:?} (YATAI_ADMIN_NAME)", args.admin_name))?;
+    for old in store.list_tokens(&org.uid, Some(&admin.uid), Some(OPERATOR_TOKEN_NAME)).await? {
+        if old.name == OPERATOR_TOKEN_NAME {
+            store.delete_token(&org.uid, &old.uid).await?;
+        }
+    }
+    store
+        .create_token(yatai_store::NewToken {
+            org_uid: &org.uid,
+            user_uid: &admin.uid,
+            name: OPERATOR_TOKEN_NAME,
+            description: "yatai operator: downloads bentos to build their images (YATAI_OPERATOR_API_TOKEN)",
+            token_hash: &secret.hash,
+            token_hint: &secret.hint,
+            scopes: &[yatai_core::Scope::ReadOrganization.as_str().to_owned()],
+            expires_at: None,
+        })
+        .await?;
+    tracing::info!(org = %args.org_name, "made the operator's read-only token from YATAI_OPERATOR_API_TOKEN");
+    Ok(())
 }
 
 async fn shutdown_signal() {
