@@ -606,7 +606,7 @@ fn default_work_dir(cache: &Cache) -> PathBuf {
 }
 
 /// A layer blob we hold on disk: HEAD, else upload it.
-async fn ensure_local_blob(
+pub(crate) async fn ensure_local_blob(
     reg: &Registry,
     repo: &str,
     digest: &str,
@@ -624,7 +624,7 @@ async fn ensure_local_blob(
 
 /// A base layer: HEAD in the target, else mount from the base repository (same registry), else
 /// stream it from the base registry into the target, once.
-async fn ensure_remote_blob(
+pub(crate) async fn ensure_remote_blob(
     treg: &Registry,
     target: &ImageRef,
     breg: &Registry,

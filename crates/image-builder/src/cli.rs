@@ -128,7 +128,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("yatai/build"))
 }
 
-struct Stderr(std::time::Instant);
+pub(crate) struct Stderr(pub(crate) std::time::Instant);
 
 impl Progress for Stderr {
     fn event(&self, e: &Event) {

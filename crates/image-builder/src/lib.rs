@@ -9,7 +9,8 @@
 //!
 //! Entry points: [`build`] for a program (the server, the operator), with a [`BuildConfig`], a
 //! [`source::BentoSource`] and a [`progress::Progress`] sink; [`cli::BuildArgs`] + [`cli::run`]
-//! for `yatai build`.
+//! for `yatai build`; [`own_image`] for `yatai image build`, yatai's own container image on the
+//! same machinery.
 
 pub mod base;
 pub mod bento;
@@ -18,6 +19,7 @@ mod builder;
 pub mod cli;
 pub mod image;
 mod layers;
+pub mod own_image;
 pub mod progress;
 pub mod python;
 pub mod registry;

@@ -14,6 +14,8 @@ pub enum LayerKind {
     Shim,
     Model,
     Bento,
+    /// yatai's own binary (`yatai image build`).
+    Binary,
 }
 
 impl fmt::Display for LayerKind {
@@ -26,6 +28,7 @@ impl fmt::Display for LayerKind {
             LayerKind::Shim => "venv",
             LayerKind::Model => "model",
             LayerKind::Bento => "bento",
+            LayerKind::Binary => "binary",
         })
     }
 }

@@ -24,6 +24,9 @@ enum Command {
     /// Build a bento into an OCI image and push it to a registry, without a
     /// Docker daemon. The last line of stdout is the pushed reference.
     Build(Box<yatai_build::BuildArgs>),
+    /// yatai's own container image, built and pushed without a Dockerfile or a daemon.
+    #[command(subcommand)]
+    Image(Box<yatai_build::own_image::ImageCommand>),
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(admin::TokenCommand),
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Build(args) => yatai_build::run(*args).await,
+            Command::Image(cmd) => yatai_build::own_image::run_image(*cmd).await,
             Command::Token(cmd) => admin::token(cmd).await,
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,

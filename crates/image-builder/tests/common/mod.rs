@@ -295,6 +295,13 @@ pub struct Running {
 
 impl Running {
     pub fn start(bundle: &Path) -> Self {
+        Self::start_with(bundle, |port| {
+            vec![format!("PORT={port}"), "BENTOML_HOST=127.0.0.1".into(), "BENTOML_DO_NOT_TRACK=true".into()]
+        })
+    }
+
+    /// As [`Running::start`], with `extra_env(port)` after the image's own env (later wins).
+    pub fn start_with(bundle: &Path, extra_env: impl FnOnce(u16) -> Vec<String>) -> Self {
         let rt: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
         let p = &rt["process"];
         let rootfs = bundle.join("rootfs");
@@ -317,7 +324,7 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#,
         for e in p["env"].as_array().unwrap() {
             cmd.arg(e.as_str().unwrap());
         }
-        cmd.arg(format!("PORT={port}")).arg("BENTOML_HOST=127.0.0.1").arg("BENTOML_DO_NOT_TRACK=true");
+        cmd.args(extra_env(port));
         for a in p["args"].as_array().unwrap() {
             cmd.arg(a.as_str().unwrap());
         }
@@ -332,7 +339,12 @@ exec chroot --userspec="$U" "$R" /usr/bin/env -i -C "$C" "$@""#,
     }
 
     pub fn wait_ready(&mut self) {
-        let url = self.url("/readyz");
+        self.wait_ready_at("/readyz")
+    }
+
+    /// Polls `path` until it answers 200, failing with the log when the process exits first.
+    pub fn wait_ready_at(&mut self, path: &str) {
+        let url = self.url(path);
         let log = self.log.clone();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
