@@ -15,21 +15,12 @@ mod build_common;
 
 use std::time::{Duration, Instant};
 
-use kube_support::{SUFFIX, start_operator};
+use kube_support::{SUFFIX, start_operator, wait_for_operator};
 use serde_json::{Value, json};
 use support::*;
 use yatai_kube_testbed::Testbed;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Waits until the operator holds its Lease in `ns`: registering a cluster checks that one runs.
-fn wait_for_operator(rt: &tokio::runtime::Runtime, client: &kube::Client, ns: &str) {
-    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client.clone(), ns);
-    wait_for("the operator's Lease", WAIT, || {
-        let lease = rt.block_on(leases.get_opt("yatai-operator")).unwrap()?;
-        lease.spec?.holder_identity.map(|_| ())
-    });
-}
 
 fn deployment(server: &Server, name: &str) -> Value {
     let r = server.http().get(&format!("/api/v2/deployments/{name}?cluster=testbed"));

@@ -30,23 +30,42 @@ impl Drop for Operator {
     }
 }
 
-/// `yatai operator` as a platform engineer starts it, for the namespace `ns`.
+/// `yatai operator` as a platform engineer starts it, for the namespace `ns`, with the domain
+/// suffix [`SUFFIX`].
 pub fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
+    start_operator_with(testbed, ns, &["--domain-suffix", SUFFIX], &[])
+}
+
+/// `yatai operator` for the namespace `ns` (also its own namespace), its webhook on a free
+/// port, with `args` and `env` added; without `--domain-suffix` in `args`, it discovers the
+/// suffix from the ingress controller.
+pub fn start_operator_with(testbed: &Testbed, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
     let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     Operator(
         Command::new(yatai_bin())
             .arg("operator")
             .arg("--kubeconfig")
             .arg(testbed.kubeconfig())
-            .args(["--namespaces", ns, "--operator-namespace", ns, "--domain-suffix", SUFFIX])
+            .args(["--namespaces", ns, "--operator-namespace", ns])
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
             .args(["--metrics-listen", "off"])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     )
+}
+
+/// Waits until the operator holds its Lease in `ns`: registering a cluster checks that one runs.
+pub fn wait_for_operator(rt: &tokio::runtime::Runtime, client: &kube::Client, ns: &str) {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client.clone(), ns);
+    crate::support::wait_for("the operator's Lease", std::time::Duration::from_secs(120), || {
+        let lease = rt.block_on(leases.get_opt("yatai-operator")).unwrap()?;
+        lease.spec?.holder_identity.map(|_| ())
+    });
 }
 
 /// yatai's CRDs installed, and the namespace `ns` created (kept if it exists); returns an
@@ -73,21 +92,21 @@ pub async fn prepared_testbed(ns: &str) -> &'static Testbed {
     testbed
 }
 
-/// Registers the testbed as cluster `testbed` (namespace `ns`) with `yatai cluster add` beside
-/// the running server, which connects it when it is first used.
+/// Registers the testbed as cluster `testbed` (namespace `ns`, domain suffix [`SUFFIX`]) with
+/// `yatai cluster add` beside the running server, which connects it when it is first used.
 pub fn add_cluster(server: &Server, testbed: &Testbed, ns: &str) {
-    let out = server.admin(&[
-        "cluster",
-        "add",
-        "testbed",
-        "--kubeconfig",
-        &testbed.kubeconfig().display().to_string(),
-        "--namespace",
-        ns,
-        "--operator-namespace",
-        ns,
-        "--domain-suffix",
-        SUFFIX,
-    ]);
+    add_cluster_with(server, testbed, ns, Some(SUFFIX));
+}
+
+/// [`add_cluster`] with the given domain suffix, or none: the one the operator discovered (its
+/// `network` ConfigMap) is then used.
+pub fn add_cluster_with(server: &Server, testbed: &Testbed, ns: &str, suffix: Option<&str>) {
+    let kubeconfig = testbed.kubeconfig().display().to_string();
+    let mut args = vec!["cluster", "add", "testbed", "--kubeconfig", &kubeconfig];
+    args.extend(["--namespace", ns, "--operator-namespace", ns]);
+    if let Some(suffix) = suffix {
+        args.extend(["--domain-suffix", suffix]);
+    }
+    let out = server.admin(&args);
     assert!(out.contains("testbed"), "{out}");
 }

@@ -187,15 +187,7 @@ impl TestRegistry {
 
     /// Pushes the debootstrap base image here with skopeo; returns its reference.
     pub fn push_base(&self) -> String {
-        let reference = format!("{}/base/debian-python:bookworm", self.host());
-        let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-        if let Some((u, p)) = &self.auth {
-            cmd.arg(format!("--dest-creds={u}:{p}"));
-        }
-        let src = format!("oci:{}:bookworm", fixtures().base_layout.display());
-        run_ok(cmd.arg(src).arg(format!("docker://{reference}")));
-        reference
+        push_base_to(&self.host(), self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))
     }
 
     /// How many requests the registry's access log records whose request line contains
@@ -260,6 +252,19 @@ pub fn extract(bento: &Path) -> tempfile::TempDir {
 }
 
 /// `skopeo inspect` (`--config` for the image config, `--raw` for the manifest).
+/// Copies the debootstrap base into the registry at `host` (plain HTTP); returns its reference.
+pub fn push_base_to(host: &str, creds: Option<(&str, &str)>) -> String {
+    let reference = format!("{host}/base/debian-python:bookworm");
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+    if let Some((u, p)) = creds {
+        cmd.arg(format!("--dest-creds={u}:{p}"));
+    }
+    let src = format!("oci:{}:bookworm", fixtures().base_layout.display());
+    run_ok(cmd.arg(src).arg(format!("docker://{reference}")));
+    reference
+}
+
 pub fn skopeo_inspect(reference: &str, flag: Option<&str>) -> Value {
     let mut cmd = Command::new("skopeo");
     cmd.args(["inspect", "--tls-verify=false"]);
