@@ -355,26 +355,25 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
         .unwrap_or_else(|| panic!("not terminated: {:#}", deployment(&server, "iris")));
     step("terminated, no pods");
 
-    // Delete: the BentoDeployment, every child, and the current revision's BentoRequest and
-    // Bento go. (The first revision's BentoRequest and Bento stay: see the note below.)
+    // Delete: the BentoDeployment, every child, and the BentoRequests and Bentos of every
+    // revision (the first one's too) go.
     client.ok(&["deployment", "delete", "iris", "--cluster", "testbed"]);
-    let current = format!("{}--{version2}", repo.replace('_', "-"));
     let gone = || {
         let bd = rt.block_on(Api::<BentoDeployment>::namespaced(admin.clone(), &ns).get_opt("iris")).unwrap();
         let d = rt.block_on(Api::<Deployment>::namespaced(admin.clone(), &ns).get_opt("iris")).unwrap();
         let s = rt.block_on(Api::<Service>::namespaced(admin.clone(), &ns).get_opt("iris")).unwrap();
         let h = rt.block_on(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), &ns).get_opt("iris")).unwrap();
         let i = rt.block_on(Api::<Ingress>::namespaced(admin.clone(), &ns).get_opt("iris")).unwrap();
-        let br = rt.block_on(Api::<BentoRequest>::namespaced(admin.clone(), &ns).get_opt(&current)).unwrap();
-        let b = rt.block_on(bentos.get_opt(&current)).unwrap();
+        let br = rt.block_on(Api::<BentoRequest>::namespaced(admin.clone(), &ns).list(&ListParams::default())).unwrap();
+        let b = rt.block_on(bentos.list(&ListParams::default())).unwrap();
         let left: Vec<&str> = [
             ("BentoDeployment", bd.is_some()),
             ("Deployment", d.is_some()),
             ("Service", s.is_some()),
             ("HorizontalPodAutoscaler", h.is_some()),
             ("Ingress", i.is_some()),
-            ("BentoRequest", br.is_some()),
-            ("Bento", b.is_some()),
+            ("BentoRequest", !br.items.is_empty()),
+            ("Bento", !b.items.is_empty()),
         ]
         .into_iter()
         .filter_map(|(kind, present)| present.then_some(kind))
@@ -383,15 +382,6 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
     };
     poll(WAIT, || gone().ok())
         .unwrap_or_else(|| panic!("left after delete: {:?}\n{}", gone().err(), diagnose(&rt, &admin, &ns)));
-    let stale: Vec<String> = rt
-        .block_on(Api::<BentoRequest>::namespaced(admin.clone(), &ns).list(&ListParams::default()))
-        .unwrap()
-        .items
-        .iter()
-        .map(|r| r.metadata.name.clone().unwrap_or_default())
-        .collect();
-    // Known gap: remove deletes only the current revision's BentoRequest and Bento.
-    eprintln!("kubernetes_real_node: BentoRequests left after delete (earlier revisions): {stale:?}");
     step("deleted");
     rt.block_on(namespace.delete()).unwrap();
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -77,6 +77,9 @@ struct Inner {
     namespaces: Mutex<HashMap<String, Arc<Watched>>>,
     deployments: Mutex<HashMap<String, Tracked>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while BentoRequests and Bentos are written or collected, so that a removal never
+    /// collects the bento objects an apply has just written for its BentoDeployment.
+    bento_objects: tokio::sync::Mutex<()>,
 }
 
 /// The caches of one namespace.
@@ -133,6 +136,7 @@ impl KubeTarget {
             namespaces: Mutex::default(),
             deployments: Mutex::default(),
             tasks: Mutex::default(),
+            bento_objects: tokio::sync::Mutex::default(),
         });
         inner.watched(&config.namespace);
         let reporter = tokio::spawn(report(inner.clone()));
@@ -333,6 +337,7 @@ impl Inner {
             Ok(_) => {}
             Err(e) => return Err(api_error(e, "read BentoDeployments", ns)),
         }
+        let _writing = self.bento_objects.lock().await;
         match &spec.image {
             Some(image) => {
                 server_side_apply(&self.client, &objects::bento(&spec, image), "write the Bento", ns).await?
@@ -375,38 +380,50 @@ impl Inner {
     async fn remove(&self, uid: &str) {
         let Some((ns, name)) = self.locate(uid) else { return };
         self.deployments.lock().expect("not poisoned").remove(uid);
-        let w = self.watched(&ns);
         let bds: Api<BentoDeployment> = Api::namespaced(self.client.clone(), &ns);
-        let bento = match bds.get_opt(&name).await {
+        match bds.get_opt(&name).await {
             Ok(Some(bd)) if objects::deployment_uid(&bd) == Some(uid) => {
                 if let Err(e) = bds.delete(&name, &DeleteParams::background()).await {
                     tracing::warn!(deployment = %name, namespace = %ns, "deleting the BentoDeployment failed: {e}");
                 }
-                bd.spec.bento.clone()
             }
             _ => return,
         };
-        // The BentoRequest and Bento are per bento, shared by the deployments of the same
-        // bento in the namespace: removed with the last one, and only if yatai made them.
-        let used = w.bds.state().iter().any(|bd| bd.name_any() != name && bd.spec.bento == bento);
-        if used {
-            return;
-        }
-        let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.labels.as_ref().and_then(|l| l.get(marks::MANAGED_BY)).map(String::as_str)
-                == Some(marks::MANAGED_BY_VALUE)
+        self.collect_bento_objects(&ns, &name).await;
+    }
+
+    /// Deletes the BentoRequests and Bentos yatai wrote in `ns` that no BentoDeployment uses
+    /// any more (`removed` is going): the current revision's, and those earlier revisions left.
+    /// They are per bento, shared by the deployments of the same bento in the namespace.
+    async fn collect_bento_objects(&self, ns: &str, removed: &str) {
+        let _writing = self.bento_objects.lock().await;
+        let bds: Api<BentoDeployment> = Api::namespaced(self.client.clone(), ns);
+        // Read now, not from the cache: an apply just before this may not be in it yet.
+        let used: Vec<String> = match bds.list(&Default::default()).await {
+            Ok(list) => list.items.into_iter().filter(|bd| bd.name_any() != removed).map(|bd| bd.spec.bento).collect(),
+            Err(e) => {
+                tracing::warn!(namespace = %ns, "not collecting bento objects: listing BentoDeployments failed: {e}");
+                return;
+            }
         };
-        let requests: Api<BentoRequest> = Api::namespaced(self.client.clone(), &ns);
-        if let Ok(Some(r)) = requests.get_opt(&bento).await
-            && ours(&r.metadata)
-        {
-            let _ = requests.delete(&bento, &DeleteParams::background()).await;
+        let ours = ListParams::default().labels(&format!("{}={}", marks::MANAGED_BY, marks::MANAGED_BY_VALUE));
+        let requests: Api<BentoRequest> = Api::namespaced(self.client.clone(), ns);
+        for r in requests.list(&ours).await.map(|l| l.items).unwrap_or_default() {
+            let name = r.name_any();
+            if !used.contains(&name)
+                && let Err(e) = requests.delete(&name, &DeleteParams::background()).await
+            {
+                tracing::warn!(namespace = %ns, "deleting the BentoRequest {name} failed: {e}");
+            }
         }
-        let bentos: Api<Bento> = Api::namespaced(self.client.clone(), &ns);
-        if let Ok(Some(b)) = bentos.get_opt(&bento).await
-            && ours(&b.metadata)
-        {
-            let _ = bentos.delete(&bento, &DeleteParams::background()).await;
+        let bentos: Api<Bento> = Api::namespaced(self.client.clone(), ns);
+        for b in bentos.list(&ours).await.map(|l| l.items).unwrap_or_default() {
+            let name = b.name_any();
+            if !used.contains(&name)
+                && let Err(e) = bentos.delete(&name, &DeleteParams::background()).await
+            {
+                tracing::warn!(namespace = %ns, "deleting the Bento {name} failed: {e}");
+            }
         }
     }
 }
