@@ -101,18 +101,12 @@ async fn a_cluster_registered_in_the_dashboard_runs_a_deployment_made_there() {
     let fixtures = build_common::fixtures();
     let registry = build_common::TestRegistry::start(None);
     let base = registry.push_base();
-    let image_target = format!("{}/bentos", registry.host());
-    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[
-        "--image-registry",
-        &image_target,
-        "--image-plain-http",
-        "--image-base",
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).building_images(
+        &registry.host(),
         &base,
-        "--image-build-cache",
-        &build_common::shared_cache().display().to_string(),
-        "--uv",
-        &fixtures.uv.display().to_string(),
-    ]));
+        &build_common::shared_cache(),
+        &fixtures.uv,
+    ));
     let _operator = start_operator(testbed, "yatai");
 
     // A bento, pushed with the bentoml CLI, and its image built.

@@ -32,17 +32,12 @@ fn the_server_builds_a_pushed_bento_into_an_image() {
     let registry = build_common::TestRegistry::start(None);
     let base = registry.push_base();
     let target = format!("{}/bentos", registry.host());
-    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[
-        "--image-registry",
-        &target,
-        "--image-plain-http",
-        "--image-base",
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).building_images(
+        &registry.host(),
         &base,
-        "--image-build-cache",
-        &build_common::shared_cache().display().to_string(),
-        "--uv",
-        &fixtures.uv.display().to_string(),
-    ]));
+        &build_common::shared_cache(),
+        &fixtures.uv,
+    ));
     let iris = iris_home();
     let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
     client.ok(&["push", &iris.bento]);

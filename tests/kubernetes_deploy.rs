@@ -50,17 +50,12 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
     let registry = build_common::TestRegistry::start(None);
     let base = registry.push_base();
     let target = format!("{}/bentos", registry.host());
-    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[
-        "--image-registry",
-        &target,
-        "--image-plain-http",
-        "--image-base",
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).building_images(
+        &registry.host(),
         &base,
-        "--image-build-cache",
-        &build_common::shared_cache().display().to_string(),
-        "--uv",
-        &fixtures.uv.display().to_string(),
-    ]));
+        &build_common::shared_cache(),
+        &fixtures.uv,
+    ));
 
     let _operator = start_operator(testbed, "yatai");
     wait_for_operator(&rt, &admin, "yatai");

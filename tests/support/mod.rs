@@ -112,6 +112,12 @@ impl ServerOptions {
         self.args.extend(a.iter().map(|s| s.to_string()));
         self
     }
+    /// A server that builds the images of pushed bentos into `<registry>/bentos` (plain HTTP)
+    /// on `base`, with the image builder's shared test cache and `uv`.
+    pub fn building_images(self, registry: &str, base: &str, cache: &Path, uv: &Path) -> Self {
+        self.args(&["--image-registry", &format!("{registry}/bentos"), "--image-plain-http", "--image-base", base])
+            .args(&["--image-build-cache", &cache.display().to_string(), "--uv", &uv.display().to_string()])
+    }
 }
 
 /// A running `yatai serve`, stopped at drop.
