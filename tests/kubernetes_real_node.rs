@@ -268,6 +268,22 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
         answered.as_secs_f64()
     );
 
+    // What the dashboard's live logs and request charts read, from the real pod: its output
+    // through the API server (the request's access line), and the request totals of its /metrics.
+    let logs_path = "/api/v2/deployments/iris/logs?cluster=testbed&tail=500";
+    poll(WAIT, || server.http().get(logs_path).text().contains("/classify").then_some(()))
+        .unwrap_or_else(|| panic!("the pod's logs never showed the request: {}", server.http().get(logs_path).text()));
+    let metrics_path = "/api/v2/deployments/iris/metrics?cluster=testbed";
+    poll(WAIT, || {
+        let m = server.http().get(metrics_path).json();
+        let total: f64 = m["replica_requests_total"].as_object()?.values().filter_map(Value::as_f64).sum();
+        (total >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("no request counted from the pod's /metrics: {}", server.http().get(metrics_path).text())
+    });
+    step("logs and request totals from the pod");
+
     // A rolling update to a new bento version while a client keeps asking: no request is lost.
     let (_, version2) = iris.bento_v2.split_once(':').unwrap();
     let tag2 = format!("{target}:yatai.{repo}.{version2}");
@@ -383,5 +399,37 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
     poll(WAIT, || gone().ok())
         .unwrap_or_else(|| panic!("left after delete: {:?}\n{}", gone().err(), diagnose(&rt, &admin, &ns)));
     step("deleted");
+
+    // A service that crashes at start (its BentoML config file does not exist): the status
+    // says CrashLoopBackOff with the crash's last output lines, and the CLI does not say running.
+    client.ok(&[
+        "deployment",
+        "create",
+        &iris.bento,
+        "--name",
+        "crashy",
+        "--cluster",
+        "testbed",
+        "--env",
+        "BENTOML_CONFIG=/nonexistent/bentoml.yaml",
+        "--no-wait",
+    ]);
+    let crashed = poll(BUILD_AND_START, || {
+        let d = deployment(&server, "crashy");
+        d["status_message"].as_str().is_some_and(|m| m.contains("CrashLoopBackOff")).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!("no crash reported: {:#}\n{}", deployment(&server, "crashy"), diagnose(&rt, &admin, &ns))
+    });
+    assert!(["failed", "unhealthy"].contains(&crashed["status"].as_str().unwrap()), "{crashed:#}");
+    assert!(
+        crashed["status_message"].as_str().unwrap().contains("BentoML config file specified in ENV VAR not found"),
+        "the crash's output is not in the status: {crashed:#}"
+    );
+    let out = client.ok(&["deployment", "get", "crashy", "--cluster", "testbed", "-o", "json"]);
+    let got: Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(got["status"]["status"], crashed["status"], "{got:#}");
+    client.ok(&["deployment", "delete", "crashy", "--cluster", "testbed"]);
+    step("a crash at start is reported with its output");
     rt.block_on(namespace.delete()).unwrap();
 }

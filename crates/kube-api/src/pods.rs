@@ -37,6 +37,12 @@ pub fn problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, S
                     t.exit_code,
                     t.reason.as_deref().map(|r| format!(", {r}")).unwrap_or_default()
                 ));
+                // With `terminationMessagePolicy: FallbackToLogsOnError` the kubelet keeps the
+                // end of a crashed container's output here: the lines that say why.
+                if let Some(output) = t.message.as_deref().map(last_lines).filter(|o| !o.is_empty()) {
+                    message.push_str(": ");
+                    message.push_str(&output);
+                }
             }
             return Some((reason, message));
         }
@@ -50,4 +56,40 @@ pub fn problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, S
         }
     }
     None
+}
+
+/// The last lines of a crashed container's output, on one line, at most about 600 bytes.
+fn last_lines(output: &str) -> String {
+    const LINES: usize = 6;
+    const BYTES: usize = 600;
+    let lines: Vec<&str> = output.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let mut joined = lines[lines.len().saturating_sub(LINES)..].join(" | ");
+    if joined.len() > BYTES {
+        let mut cut = joined.len() - BYTES;
+        while !joined.is_char_boundary(cut) {
+            cut += 1;
+        }
+        joined = format!("…{}", &joined[cut..]);
+    }
+    joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_reads_as_its_last_output_lines_in_bounds() {
+        let output = "starting\n\nTraceback (most recent call last):\n  File \"x.py\"\n    import y\n\
+                      ModuleNotFoundError: No module named 'y'\n  more\n last\n";
+        let got = last_lines(output);
+        assert_eq!(
+            got,
+            "Traceback (most recent call last): |   File \"x.py\" |     import y | ModuleNotFoundError: No module named 'y' |   more |  last"
+        );
+        let long = "é".repeat(2000);
+        let got = last_lines(&long);
+        assert!(got.len() <= 600 + "…".len() && got.starts_with('…') && got.ends_with('é'), "{}", got.len());
+        assert_eq!(last_lines(""), "");
+    }
 }

@@ -522,6 +522,9 @@ fn pod_template(
         // stops listening on SIGTERM. Waiting before the SIGTERM keeps a rolling update from
         // losing those requests (on the real node: 144 of 2341 lost through Traefik without it,
         // none with it). The kubelet's own sleep, so the image needs no `sleep`.
+        // A crash's last output lines become the container's termination message, which
+        // the deployment's status quotes.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction { seconds: PRE_STOP_SLEEP_SECONDS }),
