@@ -483,37 +483,17 @@ impl<'a> Job<'a> {
     async fn push_base_layers(&self, base: &Base, pushed: &mut Pushed) -> anyhow::Result<()> {
         let breg = self.base_registry(base);
         let same_registry = base.registry.is_none();
-        for (i, l) in base.resolved.layers.iter().enumerate() {
-            let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
-            let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
-            let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
-            let action = if media.contains("foreign") || media.contains("nondistributable") {
-                BlobAction::Present
-            } else {
-                ensure_remote_blob(&self.treg, &self.target, breg, &base.resolved, same_registry, digest, size).await?
-            };
-            if action == BlobAction::Copied {
-                pushed.bytes += size;
-            }
-            self.ctx.progress.event(&Event::Blob { digest: digest.into(), size, action });
-            let diff_id = base
-                .resolved
-                .config
-                .pointer(&format!("/rootfs/diff_ids/{i}"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            pushed.layers.push(LayerReport {
-                kind: LayerKind::Base,
-                name: base.reference.to_string(),
-                diff_id,
-                digest: digest.into(),
-                size,
-                media_type: image::oci_layer_media_type(media),
-                cached: true,
-                action,
-            });
-        }
+        let layers = push_base_blobs(
+            &self.treg,
+            &self.target,
+            breg,
+            &base.resolved,
+            same_registry,
+            self.ctx.progress,
+            &mut pushed.bytes,
+        )
+        .await?;
+        pushed.layers.extend(layers);
         Ok(())
     }
 
@@ -603,6 +583,45 @@ fn default_work_dir(cache: &Cache) -> PathBuf {
         Some(f) if f >= MIN_FREE && tempfile::tempdir_in(shm).is_ok() => shm.to_path_buf(),
         _ => cache.tmp_dir(),
     }
+}
+
+/// The base's layers into the target repository, by reference: present, mounted or copied,
+/// never rebuilt. `bytes_pushed` grows by what was copied.
+pub(crate) async fn push_base_blobs(
+    treg: &Registry,
+    target: &ImageRef,
+    breg: &Registry,
+    base: &ResolvedBase,
+    same_registry: bool,
+    progress: &dyn Progress,
+    bytes_pushed: &mut u64,
+) -> anyhow::Result<Vec<LayerReport>> {
+    let mut out = Vec::new();
+    for (i, l) in base.layers.iter().enumerate() {
+        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
+        let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
+        let action = if media.contains("foreign") || media.contains("nondistributable") {
+            BlobAction::Present
+        } else {
+            ensure_remote_blob(treg, target, breg, base, same_registry, digest, size).await?
+        };
+        if action == BlobAction::Copied {
+            *bytes_pushed += size;
+        }
+        progress.event(&Event::Blob { digest: digest.into(), size, action });
+        out.push(LayerReport {
+            kind: LayerKind::Base,
+            name: base.reference.to_string(),
+            diff_id: base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").into(),
+            digest: digest.into(),
+            size,
+            media_type: image::oci_layer_media_type(media),
+            cached: true,
+            action,
+        });
+    }
+    Ok(out)
 }
 
 /// A layer blob we hold on disk: HEAD, else upload it.

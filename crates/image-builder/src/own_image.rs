@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
-use crate::base::{self, ResolvedBase};
+use crate::base;
 use crate::blob::{self, Cache, Compression, Encoding, LayerBlob};
-use crate::builder::{FORMAT, LayerReport, ensure_local_blob, ensure_remote_blob};
+use crate::builder::{FORMAT, LayerReport, ensure_local_blob, push_base_blobs};
 use crate::image::{self, AddedLayer, Platform};
 use crate::progress::{BlobAction, Event, LayerKind, Progress};
 use crate::registry::{self, ImageRef, Registry, auth};
@@ -241,7 +241,7 @@ pub async fn build_own_image(cfg: &OwnImageConfig, progress: &dyn Progress) -> a
 
     let mut bytes_pushed = 0;
     let mut layers =
-        push_base(&treg, &target, breg, &base, other_registry.is_none(), progress, &mut bytes_pushed).await?;
+        push_base_blobs(&treg, &target, breg, &base, other_registry.is_none(), progress, &mut bytes_pushed).await?;
     let scopes = [registry::push(&target.repository)];
     let path = cache.blob_path(&layer.blob.digest);
     let b = &layer.blob;
@@ -318,44 +318,6 @@ async fn binary_layer(cfg: &OwnImageConfig, cache: &Cache, encoding: Encoding) -
         Ok(BinaryLayer { blob, cached: false, created_by })
     })
     .await?
-}
-
-/// The base's layers into the target repository: present, mounted or copied, never rebuilt.
-async fn push_base(
-    treg: &Registry,
-    target: &ImageRef,
-    breg: &Registry,
-    base: &ResolvedBase,
-    same_registry: bool,
-    progress: &dyn Progress,
-    bytes_pushed: &mut u64,
-) -> anyhow::Result<Vec<LayerReport>> {
-    let mut out = Vec::new();
-    for (i, l) in base.layers.iter().enumerate() {
-        let digest = l.get("digest").and_then(Value::as_str).context("base layer without digest")?;
-        let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
-        let media = l.get("mediaType").and_then(Value::as_str).unwrap_or("");
-        let action = if media.contains("foreign") || media.contains("nondistributable") {
-            BlobAction::Present
-        } else {
-            ensure_remote_blob(treg, target, breg, base, same_registry, digest, size).await?
-        };
-        if action == BlobAction::Copied {
-            *bytes_pushed += size;
-        }
-        progress.event(&Event::Blob { digest: digest.into(), size, action });
-        out.push(LayerReport {
-            kind: LayerKind::Base,
-            name: base.reference.to_string(),
-            diff_id: base.config.pointer(&format!("/rootfs/diff_ids/{i}")).and_then(Value::as_str).unwrap_or("").into(),
-            digest: digest.into(),
-            size,
-            media_type: image::oci_layer_media_type(media),
-            cached: true,
-            action,
-        });
-    }
-    Ok(out)
 }
 
 /// `yatai image …`: yatai's own container image.
