@@ -124,13 +124,7 @@ async fn a_cluster_registered_in_the_dashboard_runs_a_deployment_made_there() {
     b.timeout = Duration::from_secs(60);
 
     // ---- first-run setup: the admin ----
-    b.goto("/").await;
-    on_page(&b, "setup").await;
-    b.fill("form[data-form=setup] [name=token]", &server.token).await;
-    b.fill("form[data-form=setup] [name=name]", "ada").await;
-    b.fill("form[data-form=setup] [name=email]", "ada@example.com").await;
-    b.fill("form[data-form=setup] [name=password]", PASSWORD).await;
-    submit_to(&b, "setup", "home").await;
+    b.set_up_admin(&server.token, "ada", PASSWORD).await;
 
     // ---- the list offers to add a cluster ----
     visit(&b, "/clusters", "clusters").await;

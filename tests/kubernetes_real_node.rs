@@ -4,113 +4,49 @@
 //! pushes it to the node's loopback registry, and the kubelet runs that image until it is Ready;
 //! the URL's host is the one the operator discovered from Traefik's address; the prediction,
 //! Swagger UI and the OpenAPI document come back through Traefik; terminate leaves no pod and
-//! delete leaves no object.
+//! delete leaves no object. Then the paths around it: a bento of two services (BentoML >= 1.2
+//! dependencies) deployed from the dashboard's form in Chromium serves through Traefik; a
+//! readiness that never comes and an image that cannot be pulled are reported with their reasons
+//! in the API, the CLI and the dashboard, and the operator does not hot-loop meanwhile.
 //!
 //! Runs only with `YATAI_TEST_REAL_NODE=1` (root; the real node changes the host's network while
 //! the testbed runs). Otherwise it passes with a note on stderr.
 
 mod support;
 
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/kube.rs"]
 mod kube_support;
+#[path = "support/real_node.rs"]
+mod real_node;
 
 #[path = "../crates/image-builder/tests/common/mod.rs"]
 mod build_common;
 
-use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use browser::Browser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
+use real_node::*;
 use serde_json::{Value, json};
 use support::*;
-use yatai_kube_api::resources::{Bento, BentoRequest};
-use yatai_kube_api::serving::v2alpha1::BentoDeployment;
-use yatai_kube_testbed::{RealNode, Testbed, real_node_enabled};
+use yatai_kube_api::resources::{Bento, BentoRequest, BentoSpec};
+use yatai_kube_api::serving::v2alpha1::{Autoscaling, BentoDeployment, BentoDeploymentSpec};
+use yatai_kube_testbed::{Testbed, real_node_enabled};
 
 /// Building the image (cold: uv installs the dependencies) and starting it on a busy machine.
 const BUILD_AND_START: Duration = Duration::from_secs(900);
-const WAIT: Duration = Duration::from_secs(120);
 const PODS: &str = "yatai.ai/bento-deployment=iris";
-
-/// Polls `f` every 200 ms until it returns `Some`, or returns `None` at the deadline.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// What a person debugging a failure looks at: the CRs' status, the pods' state and the
-/// namespace's events (the operator's log is on stderr).
-fn diagnose(rt: &tokio::runtime::Runtime, client: &kube::Client, ns: &str) -> String {
-    let mut out = String::new();
-    let list = |kind: &str, items: Vec<Value>, out: &mut String| {
-        for item in items {
-            let name = item["metadata"]["name"].as_str().unwrap_or("?").to_owned();
-            out.push_str(&format!("--- {kind} {name}\nspec: {}\nstatus: {:#}\n", item["spec"], item["status"]));
-        }
-    };
-    macro_rules! dump {
-        ($kind:ty, $name:literal) => {
-            match rt.block_on(Api::<$kind>::namespaced(client.clone(), ns).list(&ListParams::default())) {
-                Ok(l) => list($name, l.items.iter().map(|i| serde_json::to_value(i).unwrap()).collect(), &mut out),
-                Err(e) => out.push_str(&format!("listing {}: {e}\n", $name)),
-            }
-        };
-    }
-    dump!(BentoRequest, "BentoRequest");
-    dump!(Bento, "Bento");
-    dump!(BentoDeployment, "BentoDeployment");
-    dump!(Deployment, "Deployment");
-    dump!(Pod, "Pod");
-    if let Ok(events) = rt.block_on(Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default())) {
-        out.push_str("--- events\n");
-        for e in events.items {
-            out.push_str(&format!(
-                "{} {}/{} {}: {}\n",
-                e.type_.unwrap_or_default(),
-                e.involved_object.kind.unwrap_or_default(),
-                e.involved_object.name.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default()
-            ));
-        }
-    }
-    out
-}
-
-/// One HTTP/1.1 request to Traefik's address with the deployment's Host header.
-fn via_ingress(
-    node: &RealNode,
-    host: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> std::io::Result<Response> {
-    let mut s = std::net::TcpStream::connect(node.ingress())?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(&body)?;
-    Ok(read_response(&mut s))
-}
+/// The tests share the node and measure rollouts and autoscaling: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn deployment(server: &Server, name: &str) -> Value {
     let r = server.http().get(&format!("/api/v2/deployments/{name}?cluster=testbed"));
@@ -127,60 +63,13 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
         );
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("kubernetes_real_node: {what} at {:.1}s", t0.elapsed().as_secs_f64());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let testbed = rt.block_on(Testbed::shared_real_node()).unwrap();
     let node = testbed.real_node().expect("the testbed has a real node");
-    // A fresh namespace each run, so that the domain is discovered anew; removed on drop.
-    let namespace = rt.block_on(testbed.namespace("seed")).unwrap();
-    let ns = namespace.name().to_owned();
-    let admin = rt.block_on(kube_support::prepare(testbed, &ns));
-    step("testbed ready");
-
-    // The base image and the bentos' images live in the registry the node pulls from.
-    let fixtures = build_common::fixtures();
-    let base = build_common::push_base_to(node.registry(), None);
-    let target = format!("{}/bentos", node.registry());
-    step("base image pushed");
-
-    // The server builds nothing (no --image-registry): the operator builds from a BentoRequest,
-    // fetching the bento from the server's API.
-    let server = Server::start(Backend::SqliteLocal);
-    let build_cache = build_common::shared_cache().display().to_string();
-    let uv_cache = build_common::cache_root().join("uv-cache").display().to_string();
-    let _operator = kube_support::start_operator_with(
-        testbed,
-        &ns,
-        &[
-            "--image-registry",
-            &target,
-            "--image-registry-insecure",
-            "--build-base",
-            &base,
-            "--build-uv",
-            &fixtures.uv.display().to_string(),
-            "--build-cache-dir",
-            &build_cache,
-            "--build-uv-cache",
-            &uv_cache,
-            "--yatai-endpoint",
-            &server.url,
-        ],
-        &[("YATAI_API_TOKEN", &server.token)],
-    );
-    kube_support::wait_for_operator(&rt, &admin, &ns);
-
-    // Item 2: no suffix anywhere; the operator discovers it from Traefik's address (127.0.0.1)
-    // and writes it into its `network` ConfigMap.
-    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns);
-    let suffix = wait_for("the discovered domain suffix", WAIT, || {
-        let cm = rt.block_on(config_maps.get_opt("network")).unwrap()?;
-        cm.data?.get("domain-suffix").cloned()
-    });
-    assert_eq!(suffix, "127.0.0.1.sslip.io");
-    step("domain suffix discovered");
-    kube_support::add_cluster_with(&server, testbed, &ns, None);
+    let Seed { namespace, ns, admin, server, target, operator: _operator, .. } = set_up(&rt, testbed, "seed", &step);
 
     let iris = iris_home();
     let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
@@ -342,15 +231,7 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
         }
         let scaled = poll(Duration::from_secs(180), || {
             let pods = rt.block_on(pods.list(&ListParams::default().labels(PODS))).unwrap().items;
-            let ready = pods
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .count();
+            let ready = pods.iter().filter(|p| pod_ready(p)).count();
             (ready == 2).then_some(())
         });
         stop.store(true, Ordering::Relaxed);
@@ -431,5 +312,170 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
     assert_eq!(got["status"]["status"], crashed["status"], "{got:#}");
     client.ok(&["deployment", "delete", "crashy", "--cluster", "testbed"]);
     step("a crash at start is reported with its output");
+    rt.block_on(namespace.delete()).unwrap();
+}
+
+#[test]
+fn a_two_service_bento_deployed_from_the_dashboard_serves_and_failures_say_why() {
+    if !real_node_enabled() {
+        eprintln!(
+            "a_two_service_bento_deployed_from_the_dashboard_serves_and_failures_say_why: skipped (YATAI_TEST_REAL_NODE)"
+        );
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("kubernetes_real_node (paths): {what} at {:.1}s", t0.elapsed().as_secs_f64());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let testbed = rt.block_on(Testbed::shared_real_node()).unwrap();
+    let node = testbed.real_node().expect("the testbed has a real node");
+    let Seed { namespace, ns, admin, server, target, metrics, operator: _operator } =
+        set_up(&rt, testbed, "paths", &step);
+
+    // A bento of two services (the entry service calls the other), built and pushed with the CLI.
+    let client = Bentoml::new(&server.url, &server.token);
+    let bento = client.build_fixture("pipeline", &[]);
+    client.ok(&["push", &bento]);
+    let (repo, version) = bento.split_once(':').unwrap();
+    step("two-service bento pushed");
+
+    // Deployed from the dashboard's form, as a user clicking Deploy does.
+    let mut browser = rt.block_on(Browser::launch()).with_base(&server.url);
+    browser.timeout = Duration::from_secs(60);
+    let b = &browser;
+    let url = format!("http://pipeline-{ns}.127.0.0.1.sslip.io");
+    rt.block_on(async {
+        b.set_up_admin(&server.token, "ada", "a long enough password").await;
+        b.goto(&format!("/deployments/new?bento_repository={repo}&bento_version={version}")).await;
+        b.wait_for("main#main[data-page=deployment-new]").await;
+        b.select("[name=cluster]", "testbed").await;
+        b.fill("[name=name]", "pipeline").await;
+        b.fill("[name=min_replicas]", "1").await;
+        b.fill("[name=max_replicas]", "1").await;
+        b.submit("form[data-form=deployment]").await;
+        b.wait_for("main#main[data-page=deployment]").await;
+        let js = "(s => s === 'running' || s === 'failed' ? s : null)\
+                  (document.querySelector('[data-testid=status]').textContent.trim())";
+        let seen = b.wait_until_for(js, "the status to turn running", BUILD_AND_START).await;
+        assert_eq!(seen, "running", "{}\n{}", b.text("[data-live-reason]").await, diagnose(&rt, &admin, &ns));
+        let js = "(a => a ? a.getAttribute('href').replace(/\\/$/, '') : null)\
+                  (document.querySelector('a[data-testid=url]'))";
+        let shown = b.wait_until_for(js, "the Ingress URL on the page", WAIT).await;
+        assert_eq!(shown, url.as_str());
+        b.assert_no_console_errors();
+        b.screenshot("real-node-deployment").await;
+    });
+    step("deployed from the dashboard: running");
+
+    // One pod runs the image the operator built; through Traefik, the entry service answers
+    // with the help of the other service, in another process.
+    let bentos: Api<Bento> = Api::namespaced(admin.clone(), &ns);
+    let image = rt.block_on(bentos.list(&ListParams::default())).unwrap().items[0].spec.image.clone();
+    assert!(image.starts_with(&format!("{target}:yatai.{repo}.{version}")), "{image}");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let listed =
+        rt.block_on(pods.list(&ListParams::default().labels("yatai.ai/bento-deployment=pipeline"))).unwrap().items;
+    assert_eq!(listed.len(), 1, "{}", diagnose(&rt, &admin, &ns));
+    let host = url.trim_start_matches("http://");
+    let answer = poll(WAIT, || {
+        let r = via_ingress(node, host, "POST", "/summarize", Some(&json!({"values": [1.0, 3.0]}))).ok()?;
+        (r.status == 200).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("no answer through the ingress for {host}\n{}", diagnose(&rt, &admin, &ns)));
+    let got = answer.json();
+    assert_eq!(got["normalized"], json!([0.25, 0.75]), "{got}");
+    assert_ne!(got["pid"], got["normalizer_pid"], "the dependency runs as its own process: {got}");
+    let docs = via_ingress(node, host, "GET", "/docs.json", None).unwrap();
+    assert!(docs.json()["paths"].get("/summarize").is_some(), "{}", docs.text());
+    step("the two services answer through the ingress");
+
+    // A readiness that never comes (the same bento, told never to be ready), and an image that
+    // cannot be pulled (a Bento applied with kubectl naming an image the registry lacks).
+    client.ok(&[
+        "deployment",
+        "create",
+        &bento,
+        "--name",
+        "stuck",
+        "--cluster",
+        "testbed",
+        "--env",
+        "PIPELINE_NEVER_READY=1",
+        "--no-wait",
+    ]);
+    let mut unpullable = Bento::new(
+        "unpullable",
+        BentoSpec { tag: format!("{repo}:{version}"), image: format!("{target}:no-such-image"), ..Default::default() },
+    );
+    unpullable.metadata.namespace = Some(ns.clone());
+    rt.block_on(bentos.create(&PostParams::default(), &unpullable)).unwrap();
+    let bds: Api<BentoDeployment> = Api::namespaced(admin.clone(), &ns);
+    let bd = BentoDeployment::new(
+        "unpullable",
+        BentoDeploymentSpec {
+            bento: "unpullable".into(),
+            autoscaling: Some(Autoscaling { min_replicas: 1, max_replicas: 1, ..Default::default() }),
+            ..Default::default()
+        },
+    );
+    rt.block_on(bds.create(&PostParams::default(), &bd)).unwrap();
+
+    let stuck = poll(BUILD_AND_START, || {
+        let d = deployment(&server, "stuck");
+        d["status_message"].as_str().is_some_and(|m| m.contains("Readiness probe failed")).then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!("no readiness failure reported: {:#}\n{}", deployment(&server, "stuck"), diagnose(&rt, &admin, &ns))
+    });
+    assert_eq!(stuck["status"], "deploying", "a service still loading is not a failure: {stuck:#}");
+    let message = stuck["status_message"].as_str().unwrap();
+    assert!(message.contains("not ready") && message.contains("503"), "{stuck:#}");
+    let pulled = poll(WAIT, || {
+        let r = server.http().get("/api/v2/deployments/unpullable?cluster=testbed");
+        let d = (r.status == 200).then(|| r.json())?;
+        d["status_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ImagePullBackOff") || m.contains("ErrImagePull"))
+            .then_some(d)
+    })
+    .unwrap_or_else(|| panic!("no image pull failure reported\n{}", diagnose(&rt, &admin, &ns)));
+    assert_eq!(pulled["status"], "failed", "{pulled:#}");
+    assert!(pulled["status_message"].as_str().unwrap().contains("no-such-image"), "{pulled:#}");
+    step("a readiness that never comes and an unpullable image are reported");
+
+    // The same in the CLI and on the dashboard's pages.
+    for (name, status) in [("stuck", "deploying"), ("unpullable", "failed")] {
+        let out = client.ok(&["deployment", "get", name, "--cluster", "testbed", "-o", "json"]);
+        let got: Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+        assert_eq!(got["status"]["status"], status, "{name}: {got:#}");
+    }
+    rt.block_on(async {
+        for (name, says) in [("stuck", "Readiness probe failed"), ("unpullable", "no-such-image")] {
+            b.goto(&format!("/deployments/{name}")).await;
+            b.wait_for("main#main[data-page=deployment]").await;
+            b.wait_for_text("[data-live-reason]", says).await;
+            b.screenshot(&format!("real-node-{name}")).await;
+        }
+        b.assert_no_console_errors();
+    });
+
+    // While both stay broken, the operator looks at them every few seconds, not in a loop.
+    let window = Duration::from_secs(30);
+    let (reconciles, requests) = operator_counters(&metrics);
+    let until = Instant::now() + window;
+    poll(window + Duration::from_secs(1), || (Instant::now() >= until).then_some(()));
+    let (reconciles2, requests2) = operator_counters(&metrics);
+    let (reconciled, requested) = (reconciles2 - reconciles, requests2 - requests);
+    eprintln!(
+        "kubernetes_real_node: in {window:?} with two broken deployments: {reconciled} reconciles, {requested} API requests"
+    );
+    assert!(
+        reconciled <= 30.0 && requested <= 120.0,
+        "the operator hot-loops: {reconciled} reconciles, {requested} requests in {window:?}"
+    );
+    step("the operator does not hot-loop");
+
+    client.ok(&["deployment", "delete", "stuck", "--cluster", "testbed"]);
+    client.ok(&["deployment", "delete", "pipeline", "--cluster", "testbed"]);
     rt.block_on(namespace.delete()).unwrap();
 }

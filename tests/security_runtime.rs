@@ -205,15 +205,6 @@ fn wait_for_status(ep: &Http, status: u16) -> Response {
     panic!("never got {status}; last: {:?}", last.map(|r| r.text()));
 }
 
-/// The probe bento (tests/fixtures/probe) built in `client`'s home.
-fn build_probe(client: &Bentoml) -> String {
-    let out = client.ok_in(Path::new(&format!("{FIXTURES}/probe")), &["build", ".", "--output", "tag"]);
-    out.lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
-        .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{out}"))
-}
-
 /// H3: a deployment's code cannot read the server's database, URL-signing
 /// key or archives, cannot touch the server, and cannot change the shared
 /// Python environment or its bento, while it still serves.
@@ -221,7 +212,7 @@ fn build_probe(client: &Bentoml) -> String {
 fn replicas_cannot_reach_the_server_or_shared_files() {
     let server = Server::start(Backend::SqliteLocal);
     let client = server.client();
-    let probe = build_probe(&client);
+    let probe = client.build_fixture("probe", &[]);
     client.ok(&["push", &probe]);
     let data = server.data_dir();
     assert!(data.join("secrets/url-signing.key").exists(), "the signing key lives in a file");

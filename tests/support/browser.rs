@@ -677,6 +677,19 @@ impl Browser {
         self.wait_load(nav, &format!("the page after submitting `{form_selector}`")).await;
     }
 
+    /// First-run setup in the page, as the first admin does it: the server's token, a name, an
+    /// email (`<name>@example.com`) and a password; ends signed in on the home page.
+    pub async fn set_up_admin(&self, token: &str, name: &str, password: &str) {
+        self.goto("/").await;
+        self.wait_for("main#main[data-page=setup]").await;
+        self.fill("form[data-form=setup] [name=token]", token).await;
+        self.fill("form[data-form=setup] [name=name]", name).await;
+        self.fill("form[data-form=setup] [name=email]", &format!("{name}@example.com")).await;
+        self.fill("form[data-form=setup] [name=password]", password).await;
+        self.submit("form[data-form=setup]").await;
+        self.wait_for("main#main[data-page=home]").await;
+    }
+
     /// Presses a key (`Tab`, `Enter`, `Escape`, `ArrowDown`, a character…) on the focused element.
     pub async fn press(&self, key: &str) {
         let (code, vk, text) = match key {

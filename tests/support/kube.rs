@@ -38,9 +38,10 @@ pub fn start_operator(testbed: &Testbed, ns: &str) -> Operator {
 
 /// `yatai operator` for the namespace `ns` (also its own namespace), its webhook on a free
 /// port, with `args` and `env` added; without `--domain-suffix` in `args`, it discovers the
-/// suffix from the ingress controller.
+/// suffix from the ingress controller; without `--metrics-listen`, it serves no metrics.
 pub fn start_operator_with(testbed: &Testbed, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
     let webhook = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_off: &[&str] = if args.contains(&"--metrics-listen") { &[] } else { &["--metrics-listen", "off"] };
     Operator(
         Command::new(yatai_bin())
             .arg("operator")
@@ -49,7 +50,7 @@ pub fn start_operator_with(testbed: &Testbed, ns: &str, args: &[&str], env: &[(&
             .args(["--namespaces", ns, "--operator-namespace", ns])
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
-            .args(["--metrics-listen", "off"])
+            .args(metrics_off)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -432,6 +432,18 @@ impl Bentoml {
         text
     }
 
+    /// `bentoml build` of the bento in `tests/fixtures/<fixture>` (with `extra` arguments) in
+    /// this client's home; returns its tag.
+    pub fn build_fixture(&self, fixture: &str, extra: &[&str]) -> String {
+        let mut args = vec!["build", ".", "--output", "tag"];
+        args.extend_from_slice(extra);
+        let out = self.ok_in(Path::new(&format!("{FIXTURES}/{fixture}")), &args);
+        out.lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{out}"))
+    }
+
     /// Runs bentoml and returns stdout + stderr; panics with both if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -505,16 +517,7 @@ pub fn iris_home() -> &'static IrisHome {
         let b = Bentoml::new("http://127.0.0.1:9", "unused");
         let out = b.python(&format!("{FIXTURES}/iris/save_models.py"), &["fixture"]);
         let models: Vec<String> = out.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
-        let build = |extra: &[&str]| {
-            let mut args = vec!["build", ".", "--output", "tag"];
-            args.extend_from_slice(extra);
-            let built = b.ok_in(Path::new(&format!("{FIXTURES}/iris")), &args);
-            built
-                .lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
-                .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{built}"))
-        };
+        let build = |extra: &[&str]| b.build_fixture("iris", extra);
         let bento = build(&[]);
         let bento_v2 = build(&[]);
         let needs_env = build(&["-f", "bentofile-needs-env.yaml"]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as PodEvent, Pod};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt as _;
@@ -53,6 +53,8 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// The pods of a deployment that does not serve are read to say why only once its Deployment
 /// has made no progress for this long: before that, nothing is wrong yet.
 const PODS_EXPLAIN_AFTER: Duration = Duration::from_secs(5);
+/// The `Available=False` reason while a replica runs but has not passed its readiness probe.
+const NOT_READY: &str = "NotReady";
 /// The annotation on each child with the digest of what was last applied: a child whose
 /// cached copy carries the digest of what would be applied now is not applied again.
 pub const APPLIED_DIGEST: &str = "yatai.ai/applied-digest";
@@ -274,6 +276,10 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
         if let Some((reason, message)) = yatai_kube_api::pods::problem(&pods) {
             serving.reason = reason;
             serving.message = message;
+        } else if let Some((pod, container)) = yatai_kube_api::pods::not_ready(&pods) {
+            let failure = last_probe_failure(ctx, &ns, &pod).await;
+            serving.reason = NOT_READY.into();
+            serving.message = yatai_kube_api::pods::not_ready_message(&pod, &container, failure.as_deref());
         }
     }
     let mut message = serving.message.clone();
@@ -298,6 +304,29 @@ async fn reconcile_inner(bd: &BentoDeployment, state: &State) -> Result<Action, 
     } else {
         PODS_EXPLAIN_AFTER
     }))
+}
+
+/// The last probe failure the kubelet reported for `pod` (its newest `Unhealthy` event), so
+/// that a deployment that never turns ready says why. Events are best effort: an error reads as
+/// none.
+async fn last_probe_failure(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
+    let events: Api<PodEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let fields = format!("involvedObject.kind=Pod,involvedObject.name={pod},reason=Unhealthy");
+    let list = match events.list(&ListParams::default().fields(&fields)).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::debug!(%pod, "reading the pod's events: {e}");
+            return None;
+        }
+    };
+    let when = |e: &PodEvent| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.event_time.as_ref().map(|t| t.0))
+            .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+    };
+    list.into_iter().max_by_key(|e| when(e)).and_then(|e| e.message)
 }
 
 /// How long the Deployment has made no progress (by its `Progressing` condition, which the
