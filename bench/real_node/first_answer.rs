@@ -222,18 +222,31 @@ fn parse_go_duration(s: &str) -> Option<f64> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        n => v[n / 2],
+    }
 }
 
-/// RSS in MiB of the processes whose executable's name is in `names`, summed per name.
-fn rss_by_name(names: &[&str]) -> BTreeMap<String, (usize, f64)> {
+/// RSS in MiB of this benchmark's processes whose executable's name is in `names`, summed per
+/// name: the testbed's (whose command line or environment names the testbed's directory
+/// `testbed_dir`), the `yatai` processes this benchmark started, and the pods' — not those of
+/// anything else running on the machine.
+fn rss_by_name(names: &[&str], testbed_dir: &str) -> BTreeMap<String, (usize, f64)> {
     let mut out = BTreeMap::new();
+    let me = std::process::id();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Some(name) = process_name(pid) else { continue };
+        let ours = if name.starts_with("yatai ") {
+            parent(pid) == Some(me)
+        } else {
+            mentions(pid, "cmdline", testbed_dir) || mentions(pid, "environ", testbed_dir)
+        };
         let group = if in_pod(pid) {
             "bento pod (every process in kubepods)".to_string()
-        } else if let Some(n) = names.iter().find(|n| **n == name) {
+        } else if let Some(n) = names.iter().find(|n| **n == name).filter(|_| ours) {
             n.to_string()
         } else {
             continue;
@@ -264,6 +277,16 @@ fn process_name(pid: u32) -> Option<String> {
     })
 }
 
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn mentions(pid: u32, file: &str, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+        .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
 fn in_pod(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains("kubepods"))
 }
@@ -284,13 +307,17 @@ fn main() {
     // ---- 1. create → first answer ----
     let mut rows: Vec<(String, Timeline)> = Vec::new();
     let mut bare = Vec::new();
+    // Each round's builder cache, kept while its operator (and then the last one) runs.
+    let mut caches = Vec::new();
     for round in 1..=rounds {
         // A fresh builder cache: the cold build makes the dependencies layer again.
         // The new operator takes over once the old one's Lease expires.
-        let cache = Scratch::new("bench-build-cache");
+        caches.push(Scratch::new("bench-build-cache"));
+        let cache = caches.last().unwrap();
         let before = bench.lease_holder();
-        let new = start_operator(testbed, &bench.seed.ns, &bench.seed.server, &bench.seed.metrics, cache.path());
-        drop(std::mem::replace(&mut bench.seed.operator, new));
+        bench.seed.operator.stop();
+        bench.seed.operator =
+            start_operator(testbed, &bench.seed.ns, &bench.seed.server, &bench.seed.metrics, cache.path());
         poll_every(Duration::from_millis(500), WAIT, || (bench.lease_holder() != before).then_some(()))
             .expect("the restarted operator never took the Lease");
         let cold = bench.client.build_fixture("iris", &[]);
@@ -335,7 +362,8 @@ fn main() {
     // Idle: nothing asked of it for a while.
     let settle = Instant::now() + Duration::from_secs(30);
     poll_every(Duration::from_secs(1), Duration::from_secs(31), || (Instant::now() >= settle).then_some(()));
-    let footprint = rss_by_name(&COMPONENTS);
+    let testbed_dir = testbed.kubeconfig().parent().expect("the kubeconfig is in the testbed's directory");
+    let footprint = rss_by_name(&COMPONENTS, &testbed_dir.display().to_string());
 
     // ---- 2. the HPA under load ----
     let host = format!("{hpa_name}-{}.127.0.0.1.sslip.io", bench.seed.ns);

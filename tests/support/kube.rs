@@ -23,10 +23,17 @@ pub const SUFFIX: &str = "10.0.0.7.sslip.io";
 /// A running `yatai operator`, killed when dropped.
 pub struct Operator(Child);
 
-impl Drop for Operator {
-    fn drop(&mut self) {
+impl Operator {
+    /// Kills it and waits for it to exit (its Lease stays until it expires).
+    pub fn stop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
