@@ -207,7 +207,7 @@ fn poll_every<T>(every: Duration, timeout: Duration, mut f: impl FnMut() -> Opti
 
 /// Seconds in a Go duration as the kubelet prints it: `1.234s`, `850ms`, `1m2.5s`.
 fn parse_go_duration(s: &str) -> Option<f64> {
-    let s = s.trim_end_matches(|c: char| c == ',' || c == ')');
+    let s = s.trim_end_matches([',', ')']);
     if let Some(ms) = s.strip_suffix("ms") {
         return ms.parse::<f64>().ok().map(|v| v / 1000.0);
     }
