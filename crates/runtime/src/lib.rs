@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod pyenv;
 pub mod replica;
+mod secret_files;
 mod supervisor;
 
 use std::collections::{HashMap, HashSet};
