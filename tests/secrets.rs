@@ -153,7 +153,7 @@ fn hostile_secrets_are_refused_with_a_clear_4xx() {
     assert_eq!(http.delete("/api/v1/org_secrets/nope").status, 404);
     // Only admins create, replace and delete; any member reads the keys.
     assert_eq!(post(secret_body("s", env_content(one.clone()))).status, 200);
-    server.admin(&["user", "create", "dev", "--org", "default", "--role", "developer"]);
+    server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default", "--role", "developer"]);
     let dev = server.admin(&["token", "create", "--name", "dev", "--user", "dev"]).trim().to_owned();
     let dev = http.with_token(&dev);
     assert_eq!(dev.post("/api/v1/org_secrets", &secret_body("t", env_content(one.clone()))).status, 403);
@@ -186,7 +186,7 @@ backend_test! {
 
         // Another organization sees nothing of it, and cannot use it.
         server.admin(&["org", "create", "other"]);
-        server.admin(&["user", "create", "eve", "--org", "other", "--role", "admin"]);
+        server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other", "--role", "admin"]);
         let eve_token = server.admin(&["token", "create", "--name", "eve", "--user", "eve", "--org", "other"]).trim().to_owned();
         let eve = server.http().with_token(&eve_token);
         assert_eq!(eve.get("/api/v1/org_secrets/api-keys").status, 404);
