@@ -204,7 +204,12 @@ backend_test! {
         assert_eq!(msg(&theirs).replace("api-keys", "zzzzzzzz"), msg(&unknown), "no hint that the name exists elsewhere");
         assert_eq!(eve.get("/api/v2/deployments/stolen").status, 404, "a refused deployment is not stored");
 
-        let out = client.ok(&["deployment", "create", bento, "--name", "echo", "--secret", "api-keys", "--secret", "certs"]);
+        // A developer may attach secrets (only admins make them).
+        server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default", "--role", "developer"]);
+        let dev_token = server.admin(&["token", "create", "--name", "dev", "--user", "dev"]).trim().to_owned();
+        let dev = Bentoml::with_home_from(&server.url, &dev_token, home.path());
+        assert!(dev.fails(&["secret", "create", "mine", "A=1"]).contains("403"));
+        let out = dev.ok(&["deployment", "create", bento, "--name", "echo", "--secret", "api-keys", "--secret", "certs"]);
         assert!(out.contains("is ready"), "{out}");
         let d = server.http().get("/api/v2/deployments/echo").json();
         assert_eq!(d["status"], "running", "{d:#}");
