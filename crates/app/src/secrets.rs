@@ -225,7 +225,8 @@ pub async fn check_attached(
         match state.store.get_secret(org_uid, name).await? {
             Some(row) => {
                 let view = SecretView::of(row);
-                if view.row.kind == SecretType::Env {
+                // A build-only secret never reaches the replicas' environment.
+                if view.row.kind == SecretType::Env && view.row.stage != yatai_core::secret::SecretStage::Build {
                     env_keys.extend(view.items.into_iter().map(|i| i.key));
                 }
             }
