@@ -260,6 +260,16 @@ backend_test! {
         assert_no_value("the server log", &server.log_text());
         assert_no_value("the database", &database_text(&server));
 
+        // An update without `certs` frees it; the revision that named it cannot come back without it.
+        let first = server.http().get("/api/v2/deployments/echo").json()["latest_revision"]["uid"].as_str().unwrap().to_owned();
+        let r = server.http().request("PUT", "/api/v2/deployments/echo", Some(&json!({"bento": bento, "secrets": ["api-keys"]})));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let out = client.ok(&["secret", "delete", "certs"]);
+        assert!(out.contains("deleted successfully"), "{out}");
+        let r = server.http().post("/api/v2/deployments/echo/rollback", &json!({"revision_uid": first}));
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.text().contains("certs"), "{}", r.text());
+
         // Once stopped, no value is left on disk (the mounted files went with the replicas).
         client.ok(&["deployment", "terminate", "echo", "--wait"]);
         wait_for("the replicas' homes to go", Duration::from_secs(60), || {
@@ -268,11 +278,10 @@ backend_test! {
         });
         assert_no_value("the data directory", &files_text(&server.data_dir()));
         // Still named by the terminated deployment (it may be restored): still refused.
-        assert!(client.fails(&["secret", "delete", "certs"]).contains("yatai/echo"));
+        assert!(client.fails(&["secret", "delete", "api-keys"]).contains("yatai/echo"));
         client.ok(&["deployment", "delete", "echo"]);
         let out = client.ok(&["secret", "delete", "api-keys"]);
         assert!(out.contains("deleted successfully"), "{out}");
-        client.ok(&["secret", "delete", "certs"]);
         assert!(!client.ok(&["secret", "list"]).contains("api-keys"));
         let events = server.http().get("/api/v1/events?resource_type=secret&count=100").text();
         assert!(events.contains("\"deleted\""), "{events}");
