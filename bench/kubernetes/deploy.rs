@@ -58,6 +58,7 @@ fn spec(ns: &str, i: usize) -> DeploymentSpec {
         image: Some(IMAGE.into()),
         python_version: None,
         envs: vec![],
+        secrets: vec![],
         scaling: Scaling { min: 1, max: 1, target_inflight: 10.0, scale_down_window: Duration::from_secs(60) },
         resources: Resources {
             cpu_request: Some("10m".into()),

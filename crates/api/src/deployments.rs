@@ -40,7 +40,7 @@ pub struct UpdateDeploymentRequest {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeploymentUserSchema {
     pub name: String,
     pub email: String,
@@ -48,7 +48,7 @@ pub struct DeploymentUserSchema {
     pub last_name: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ClusterSchema {
     pub uid: String,
     pub name: String,

@@ -36,7 +36,8 @@ const LIST_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const NO_KUBERNETES: &str = "this server was built without Kubernetes support, so it cannot reach a Kubernetes \
      cluster; run a yatai built with it (the release binaries and image are)";
 
-/// The key that seals clusters' credentials.
+/// The key, kept in a file outside the database, that seals clusters'
+/// credentials and secrets' values.
 pub struct ClusterKey([u8; 32]);
 
 impl ClusterKey {
@@ -69,18 +70,35 @@ impl ClusterKey {
         XChaCha20Poly1305::new_from_slice(&self.0).expect("32-byte key")
     }
 
-    /// `config`, sealed for the cluster with uid `cluster_uid`.
-    pub fn seal(&self, cluster_uid: &str, config: &KubeClusterConfig) -> String {
-        let plain = serde_json::to_vec(config).expect("serializable");
+    /// `plain`, sealed for the row with uid `aad` (a cluster's credentials,
+    /// a secret's values): what is sealed for one row does not open for another.
+    pub fn seal_bytes(&self, aad: &str, plain: &[u8]) -> String {
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
             .cipher()
-            .encrypt(&XNonce::from(nonce), Payload { msg: &plain, aad: cluster_uid.as_bytes() })
+            .encrypt(&XNonce::from(nonce), Payload { msg: plain, aad: aad.as_bytes() })
             .expect("encryption does not fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         format!("{SEALED_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// Opens what [`ClusterKey::seal_bytes`] sealed for the same row; `None`:
+    /// another key, another row, or altered.
+    pub fn open_bytes(&self, aad: &str, sealed: &str) -> Option<Vec<u8>> {
+        let bytes = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .filter(|b| b.len() > 24)?;
+        let (nonce, body) = bytes.split_at(24);
+        let nonce = XNonce::try_from(nonce).ok()?;
+        self.cipher().decrypt(&nonce, Payload { msg: body, aad: aad.as_bytes() }).ok()
+    }
+
+    /// `config`, sealed for the cluster with uid `cluster_uid`.
+    pub fn seal(&self, cluster_uid: &str, config: &KubeClusterConfig) -> String {
+        self.seal_bytes(cluster_uid, &serde_json::to_vec(config).expect("serializable"))
     }
 
     /// Opens what [`ClusterKey::seal`] sealed for the same cluster.
@@ -90,15 +108,7 @@ impl ClusterKey {
              or they were altered; register the cluster's kubeconfig again"
                 .to_owned()
         };
-        let bytes = sealed
-            .strip_prefix(SEALED_PREFIX)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .filter(|b| b.len() > 24)
-            .ok_or_else(bad)?;
-        let (nonce, body) = bytes.split_at(24);
-        let nonce = XNonce::try_from(nonce).map_err(|_| bad())?;
-        let plain =
-            self.cipher().decrypt(&nonce, Payload { msg: body, aad: cluster_uid.as_bytes() }).map_err(|_| bad())?;
+        let plain = self.open_bytes(cluster_uid, sealed).ok_or_else(bad)?;
         serde_json::from_slice(&plain).map_err(|_| bad())
     }
 }

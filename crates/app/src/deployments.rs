@@ -263,16 +263,11 @@ pub fn validate_config(
     target: &dyn DeployTarget,
     bento: &VersionRow,
     config: &DeploymentConfig,
+    secret_envs: &[String],
 ) -> AppResult<()> {
     let manifest = manifest_of(bento);
     let settings =
         service_settings(config, &entry_service(&manifest), state.config.cold_start_timeout, target.max_replicas())?;
-    if config.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(AppError::invalid_field(
-            "secrets",
-            "secrets are not supported by this server yet; pass values with --env",
-        ));
-    }
     if let Some(name) = instance_type_of(config, &entry_service(&manifest)) {
         let types = target.instance_types();
         if !types.iter().any(|t| t.name == name) {
@@ -287,7 +282,8 @@ pub fn validate_config(
             ));
         }
     }
-    let provided: Vec<&str> = settings.envs.iter().map(|(k, _)| k.as_str()).collect();
+    let provided: Vec<&str> =
+        settings.envs.iter().map(|(k, _)| k.as_str()).chain(secret_envs.iter().map(String::as_str)).collect();
     let missing: Vec<String> = manifest
         .get("envs")
         .and_then(Value::as_array)
@@ -308,10 +304,40 @@ pub fn validate_config(
                 if missing.len() == 1 { "" } else { "s" },
                 missing.join(", "),
                 missing.iter().map(|m| format!("--env {m}=…")).collect::<Vec<_>>().join(" ")
+                    + " (or a --secret that holds it)"
             ),
         ));
     }
     Ok(())
+}
+
+/// The secret names a configuration gives (duplicates removed, order kept).
+fn secret_names(config: &DeploymentConfig) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for n in config.secrets.iter().flatten() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+/// Checks the secrets a configuration names (see [`crate::secrets::check_attached`]);
+/// returns the environment variables they provide.
+async fn check_secrets(
+    state: &AppState,
+    org_uid: &str,
+    target: &dyn DeployTarget,
+    config: &DeploymentConfig,
+) -> AppResult<Vec<String>> {
+    let canary_secrets =
+        config.canary.as_ref().and_then(|c| c.pointer("/versions")).and_then(Value::as_object).is_some_and(|vs| {
+            vs.values().any(|v| v.get("secrets").and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
+        });
+    if canary_secrets {
+        return Err(AppError::invalid_field("secrets", "secrets on canary versions are not supported by this server"));
+    }
+    crate::secrets::check_attached(state, org_uid, &secret_names(config), target.kind()).await
 }
 
 /// Finds the bento a request names; it must be uploaded.
@@ -351,6 +377,7 @@ pub async fn spec_for(state: &AppState, target: &dyn DeployTarget, d: &Deploymen
     let manifest = manifest_of(&bento);
     let entry = entry_service(&manifest);
     let settings = service_settings(&config, &entry, state.config.cold_start_timeout, target.max_replicas())?;
+    let secrets = crate::secrets::open_for_deployment(state, &d.org_uid, &secret_names(&config)).await?;
     let python_version = manifest
         .pointer("/image/python_version")
         .or_else(|| manifest.pointer("/docker/python_version"))
@@ -377,6 +404,7 @@ pub async fn spec_for(state: &AppState, target: &dyn DeployTarget, d: &Deploymen
         image,
         python_version,
         envs: settings.envs,
+        secrets,
         scaling: settings.scaling,
         resources: resources(&config, &entry, &target.instance_types()),
         port: d.endpoint_port.unwrap_or(0) as u16,
@@ -525,7 +553,8 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
     };
     yatai_core::deploy::check_deployment_name(&name).map_err(|m| AppError::invalid_field("name", m))?;
     check_fields(Some(req.description), req.config.labels.as_deref())?;
-    validate_config(state, target.as_ref(), &bento, req.config)?;
+    let secret_envs = check_secrets(state, &caller.org.uid, target.as_ref(), req.config).await?;
+    validate_config(state, target.as_ref(), &bento, req.config, &secret_envs)?;
     preflight(state, target.as_ref(), &bento).await?;
     let in_use = state.store.used_endpoint_ports().await?;
     let port = target.allocate_port(&in_use)?;
@@ -594,7 +623,8 @@ pub async fn update(
     refuse_external(d, "update")?;
     let target = target_for(state, d).await?;
     let bento = resolve_bento(state, caller, bento_tag).await?;
-    validate_config(state, target.as_ref(), &bento, config)?;
+    let secret_envs = check_secrets(state, &caller.org.uid, target.as_ref(), config).await?;
+    validate_config(state, target.as_ref(), &bento, config, &secret_envs)?;
     preflight(state, target.as_ref(), &bento).await?;
     let cfg = config_json(config);
     state
@@ -708,6 +738,11 @@ pub async fn rollback(
         if !bento.as_ref().is_some_and(|b| b.is_uploaded()) {
             return Err(AppError::conflict("the bento of that revision was deleted; it cannot be restored"));
         }
+        let config: DeploymentConfig = serde_json::from_str(&t.config).unwrap_or_default();
+        let target = target_for(state, d).await?;
+        check_secrets(state, &d.org_uid, target.as_ref(), &config)
+            .await
+            .map_err(|e| AppError::conflict(format!("that revision cannot be restored: {}", e.message())))?;
     }
     let copies: Vec<NewTarget> =
         targets.iter().map(|t| NewTarget { name: &t.name, bento_uid: &t.bento_uid, config: &t.config }).collect();

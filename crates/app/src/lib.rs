@@ -8,6 +8,7 @@
 //!   [`deployments::DbStatusSink`]; restore on boot.
 //! - [`gitops`]: deployments made outside yatai (kubectl, GitOps), imported and followed,
 //!   never changed.
+//! - [`secrets`]: an organization's secrets, sealed at rest, opened only for a deploy target.
 //! - [`auth`]: API tokens, callers and their permissions.
 //! - [`images`]: image build jobs. [`janitor`]: expired uploads and sessions,
 //!   stray blobs.
@@ -24,6 +25,7 @@ pub mod images;
 pub mod janitor;
 pub mod labels;
 pub mod registry;
+pub mod secrets;
 pub mod signing;
 pub mod state;
 pub mod targets;

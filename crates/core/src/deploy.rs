@@ -86,6 +86,10 @@ pub struct DeploymentSpec {
     /// From the bento's manifest (`image.python_version`), e.g. `3.11`.
     pub python_version: Option<String>,
     pub envs: Vec<(String, String)>,
+    /// The secrets the revision names that replicas receive (runtime
+    /// stage), opened by the application just before it applies the spec.
+    /// Nothing stores a spec; `Debug` shows no value.
+    pub secrets: Vec<crate::secret::DeploySecret>,
     pub scaling: Scaling,
     pub resources: Resources,
     /// The port the deployment's own endpoint had (targets that give each

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod manifest;
 pub mod requirements;
 pub mod scope;
+pub mod secret;
 pub mod tag;
 pub mod time;
 pub mod upload;

@@ -215,6 +215,7 @@ pub(crate) mod tests {
             image: Some("registry.test/bentos:yatai.iris_classifier.v1".into()),
             python_version: None,
             envs: vec![("A".into(), "b".into())],
+            secrets: Vec::new(),
             scaling: Scaling { min: 2, max: 4, target_inflight: 10.0, scale_down_window: Duration::from_secs(120) },
             resources: SpecResources { cpu_request: Some("250m".into()), ..Default::default() },
             port: 0,

@@ -107,6 +107,7 @@ fn spec(ns: &str, uid: &str, name: &str, image: Option<&str>) -> DeploymentSpec 
         image: image.map(String::from),
         python_version: None,
         envs: vec![("GREETING".into(), "hello".into())],
+        secrets: Vec::new(),
         scaling: Scaling { min: 2, max: 3, target_inflight: 10.0, scale_down_window: Duration::from_secs(60) },
         resources: Resources { memory_limit: Some("2Gi".into()), ..Default::default() },
         port: 0,

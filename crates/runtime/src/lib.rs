@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod pyenv;
 pub mod replica;
+mod secret_files;
 mod supervisor;
 
 use std::collections::{HashMap, HashSet};
@@ -426,7 +427,15 @@ impl DeployTarget for LocalRuntime {
     }
 
     async fn recover(&self) -> usize {
-        replica::stop_orphans(&self.shared.config.root.join("pids"), self.shared.config.stop_grace).await
+        let stopped = replica::stop_orphans(&self.shared.config.root.join("pids"), self.shared.config.stop_grace).await;
+        // The homes of replicas a crashed server left behind hold their
+        // mounted secrets in clear: nothing runs now, so they all go.
+        if let Ok(mut entries) = tokio::fs::read_dir(self.shared.config.root.join("deployments")).await {
+            while let Ok(Some(e)) = entries.next_entry().await {
+                let _ = tokio::fs::remove_dir_all(e.path().join("replicas")).await;
+            }
+        }
+        stopped
     }
 
     async fn shutdown(&self) {

@@ -78,13 +78,24 @@ impl EnvCache {
         }
         let lock = self.locks.lock().await.entry(key.clone()).or_default().clone();
         let _guard = lock.lock().await;
+        tokio::fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| RuntimeError::Env(format!("{}: {e}", self.root.display())))?;
+        // Other servers may share the directory (tests, several servers on
+        // one machine): one builds, the others wait and reuse.
+        let lock_path = self.root.join(format!("{key}.lock"));
+        let _file_lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| RuntimeError::Env(e.to_string()))?
+        .map_err(|e| RuntimeError::Env(format!("cannot lock the environment {key}: {e}")))?;
         if ready.exists() {
             return Ok(PreparedEnv { venv, cached: true, elapsed: started.elapsed() });
         }
         let _ = tokio::fs::remove_dir_all(&venv).await;
-        tokio::fs::create_dir_all(&self.root)
-            .await
-            .map_err(|e| RuntimeError::Env(format!("{}: {e}", self.root.display())))?;
         let log_path = self.root.join(format!("{key}.log"));
         let log =
             std::fs::File::create(&log_path).map_err(|e| RuntimeError::Env(format!("{}: {e}", log_path.display())))?;

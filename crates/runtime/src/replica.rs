@@ -26,6 +26,9 @@ pub struct LaunchSpec<'a> {
     pub home: &'a Path,
     pub port: u16,
     pub envs: &'a [(String, String)],
+    /// Secrets: `env` items join the environment (after `envs`, so a secret
+    /// wins), `mountfile` items are written below `home`.
+    pub secrets: &'a [yatai_core::secret::DeploySecret],
     /// Run as this user id (and the group of the same number), with `home`
     /// as its HOME and `home/tmp` as its TMPDIR.
     pub run_as: Option<u32>,
@@ -50,6 +53,11 @@ pub async fn launch(
     let tmp = spec.home.join("tmp");
     if let Some(id) = spec.run_as {
         give_home(spec.home, &tmp, id).map_err(|e| RuntimeError::Launch(format!("{}: {e}", spec.home.display())))?;
+    }
+    let files: Vec<(String, &str)> = spec.secrets.iter().flat_map(|s| s.files()).collect();
+    if !files.is_empty() {
+        crate::secret_files::write(spec.home, &files, spec.run_as)
+            .map_err(|e| RuntimeError::Launch(format!("secret files: {e}")))?;
     }
     let mut cmd = tokio::process::Command::new(spec.venv.join("bin/bentoml"));
     cmd.arg("serve")
@@ -96,6 +104,9 @@ pub async fn launch(
         .env("PYTHONUNBUFFERED", "1")
         .env("PORT", spec.port.to_string());
     for (k, v) in spec.envs {
+        cmd.env(k, v);
+    }
+    for (k, v) in spec.secrets.iter().flat_map(|s| s.env()) {
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(false);

@@ -197,6 +197,7 @@ impl Supervisor {
         a.bento.digest == b.bento.digest
             && a.models.iter().map(|m| &m.digest).eq(b.models.iter().map(|m| &m.digest))
             && a.envs == b.envs
+            && a.secrets == b.secrets
             && a.python_version == b.python_version
     }
 
@@ -374,6 +375,7 @@ impl Supervisor {
             home: &home,
             port,
             envs: &generation.spec.envs,
+            secrets: &generation.spec.secrets,
             run_as: self.run_as,
         };
         let pid_file = self.shared.config.root.join("pids").join(format!("{}.{}", self.uid, r.id));

@@ -161,7 +161,7 @@ const REVISION_SELECT: &str = "SELECT r.seq, r.uid, r.deployment_uid, r.status, 
 
 /// The targets of deployments' active revisions (`t`, revision `rv`): what
 /// is running, as opposed to what was.
-fn active_targets() -> String {
+pub(crate) fn active_targets() -> String {
     format!(
         "deployment_targets t JOIN deployment_revisions rv ON rv.uid = t.revision_uid AND rv.status = '{}'",
         RevisionStatus::Active

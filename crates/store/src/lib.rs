@@ -14,6 +14,7 @@ mod image_builds;
 mod invitations;
 mod members;
 mod registry;
+mod secrets;
 mod sessions;
 mod settings;
 mod uploads;
@@ -31,6 +32,7 @@ pub use members::{MemberRole, MemberRow};
 pub use registry::{
     COUNT_CAP, ListQuery, NewVersion, RepoSort, RepositoryPage, RepositoryRow, VersionPatch, VersionRow, VersionSort,
 };
+pub use secrets::{NewSecret, SecretChange, SecretRow};
 pub use sessions::{NewSession, SessionIdentity};
 pub use uploads::{FinalizeOutcome, UploadRow};
 

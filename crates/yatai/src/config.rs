@@ -167,7 +167,7 @@ pub struct ServeArgs {
     /// that serve the same storage. Default: DATA_DIR/secrets/url-signing.key.
     #[arg(long, env = "YATAI_URL_SIGNING_KEY_FILE")]
     pub url_signing_key_file: Option<PathBuf>,
-    /// The key that seals Kubernetes clusters' credentials in the database;
+    /// The key that seals Kubernetes clusters' credentials and secrets' values in the database;
     /// created on first start, readable only by the server. Keep it with the
     /// database's backups, but apart. Default: DATA_DIR/secrets/cluster.key.
     #[arg(long, env = "YATAI_CLUSTER_KEY_FILE")]

@@ -9,6 +9,7 @@ pub mod health;
 pub mod identity;
 pub mod images;
 pub mod registry;
+pub mod secrets;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub fn authenticated(state: AppState) -> Api {
         .merge(deployments::routes(state.clone()))
         .merge(deployments_v1::routes(state.clone()))
         .merge(images::routes(state.clone()))
+        .merge(secrets::routes(state.clone()))
         .merge(events::routes(state))
 }
 

@@ -1,0 +1,311 @@
+//! Secrets: an organization's named values for its deployments, as
+//! environment variables or files (`bentoml secret …`, `bentoml deployment
+//! create --secret NAME`).
+//!
+//! Values are write-only. They are sealed with the server's key
+//! ([`crate::clusters::ClusterKey`], kept outside the database; the row's uid
+//! is the associated data) before they reach the store, and opened only by
+//! [`open_for_deployment`], when a deploy target is about to apply a
+//! revision. No view, event or log line carries one: what is shown is the
+//! keys, the type, the stage and the path.
+//!
+//! Any member may read the keys; a developer may attach a secret to a
+//! deployment; only an admin creates, replaces or deletes one. A secret used
+//! by a deployment cannot be deleted; replacing it rolls those deployments.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use yatai_core::deploy::Desired;
+use yatai_core::secret::{DeploySecret, SecretContent, SecretItem, SecretType, check_content, check_secret_name};
+use yatai_store::{NewSecret, SecretChange, SecretRow};
+
+use crate::auth::{Caller, Permission};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// A secret's content as a client sends it (values included).
+#[derive(Debug, Clone)]
+pub struct ContentInput {
+    pub kind: String,
+    pub stage: Option<String>,
+    pub path: Option<String>,
+    pub items: Vec<SecretItem>,
+}
+
+/// An item as shown: its key and where it is mounted, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemKey {
+    pub key: String,
+    #[serde(default)]
+    pub sub_path: Option<String>,
+}
+
+/// A secret as shown.
+#[derive(Debug, Clone)]
+pub struct SecretView {
+    pub row: SecretRow,
+    pub items: Vec<ItemKey>,
+}
+
+impl SecretView {
+    fn of(row: SecretRow) -> SecretView {
+        let items = serde_json::from_str(&row.items).unwrap_or_default();
+        SecretView { row, items }
+    }
+}
+
+fn not_found(name: &str) -> AppError {
+    AppError::not_found(format!(
+        "secret {:?} not found in this organization (`bentoml secret list` lists them)",
+        name.chars().take(70).collect::<String>()
+    ))
+}
+
+fn check(input: ContentInput) -> AppResult<SecretContent> {
+    check_content(&input.kind, input.stage.as_deref(), input.path.as_deref(), input.items)
+        .map_err(|(field, message)| AppError::invalid_field(field, message))
+}
+
+fn keys_json(content: &SecretContent) -> String {
+    let keys: Vec<ItemKey> =
+        content.items.iter().map(|i| ItemKey { key: i.key.clone(), sub_path: i.sub_path.clone() }).collect();
+    serde_json::to_string(&keys).expect("keys serialise")
+}
+
+fn seal(state: &AppState, uid: &str, content: &SecretContent) -> AppResult<String> {
+    let plain = items_json(&content.items);
+    Ok(state.cluster_key()?.seal_bytes(uid, &plain))
+}
+
+fn items_json(items: &[SecretItem]) -> Vec<u8> {
+    serde_json::to_vec(items).expect("items serialise")
+}
+
+/// What an event says about a secret: never a value.
+fn event_info(content: &SecretContent) -> serde_json::Value {
+    json!({
+        "type": content.kind.as_str(),
+        "stage": content.stage.as_str(),
+        "keys": content.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    search: Option<&str>,
+    start: i64,
+    count: i64,
+) -> AppResult<(Vec<SecretView>, i64)> {
+    caller.require(Permission::ReadCluster)?;
+    let (rows, total) = state.store.list_secrets(&caller.org.uid, search, start.max(0), count.clamp(1, 1000)).await?;
+    Ok((rows.into_iter().map(SecretView::of).collect(), total))
+}
+
+pub async fn get(state: &AppState, caller: &Caller, name: &str) -> AppResult<SecretView> {
+    caller.require(Permission::ReadCluster)?;
+    let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    Ok(SecretView::of(row))
+}
+
+/// The deployments (`namespace/name`) that use a secret.
+pub async fn used_by(state: &AppState, caller: &Caller, name: &str) -> AppResult<Vec<String>> {
+    caller.require(Permission::ReadCluster)?;
+    Ok(state.store.deployments_using_secret(&caller.org.uid, name).await?.into_iter().map(|(_, n)| n).collect())
+}
+
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    description: Option<&str>,
+    input: ContentInput,
+) -> AppResult<SecretView> {
+    caller.require(Permission::Admin)?;
+    check_secret_name(name).map_err(|m| AppError::invalid_field("name", m))?;
+    let description = description.unwrap_or("");
+    crate::registry::check_fields(Some(description), None)?;
+    let content = check(input)?;
+    let uid = yatai_store::new_uid();
+    let sealed = seal(state, &uid, &content)?;
+    let row = state
+        .store
+        .create_secret(NewSecret {
+            uid: &uid,
+            org_uid: &caller.org.uid,
+            name,
+            description,
+            kind: content.kind.as_str(),
+            stage: content.stage.as_str(),
+            path: content.path.as_deref(),
+            items: &keys_json(&content),
+            sealed: &sealed,
+            creator_uid: Some(&caller.user.uid),
+        })
+        .await?;
+    crate::registry::record(state, caller, "created", "secret", name, event_info(&content)).await;
+    Ok(SecretView::of(row))
+}
+
+/// Replaces a secret's content (values included), then rolls the running
+/// deployments that use it so that their replicas receive the new values.
+pub async fn replace(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    description: Option<&str>,
+    input: ContentInput,
+) -> AppResult<SecretView> {
+    caller.require(Permission::Admin)?;
+    let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    crate::registry::check_fields(description, None)?;
+    let content = check(input)?;
+    let sealed = seal(state, &row.uid, &content)?;
+    state
+        .store
+        .update_secret(
+            &caller.org.uid,
+            &row.uid,
+            SecretChange {
+                description,
+                kind: content.kind.as_str(),
+                stage: content.stage.as_str(),
+                path: content.path.as_deref(),
+                items: &keys_json(&content),
+                sealed: &sealed,
+            },
+        )
+        .await?;
+    crate::registry::record(state, caller, "updated", "secret", name, event_info(&content)).await;
+    for (uid, shown) in state.store.deployments_using_secret(&caller.org.uid, name).await? {
+        let Some(d) = state.store.get_deployment_by_uid(&uid).await? else { continue };
+        if d.desired != Desired::Running || d.is_external() {
+            continue;
+        }
+        if let Err(e) = crate::deployments::apply(state, &d).await {
+            tracing::warn!(deployment = %shown, secret = %name, error = %e, "cannot roll a deployment to a replaced secret");
+        }
+    }
+    let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    Ok(SecretView::of(row))
+}
+
+pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> AppResult<SecretView> {
+    caller.require(Permission::Admin)?;
+    let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    state.store.delete_secret(&caller.org.uid, &row.uid).await?;
+    crate::registry::record(state, caller, "deleted", "secret", name, serde_json::Value::Null).await;
+    Ok(SecretView::of(row))
+}
+
+/// The secret names a deployment configuration gives, checked: each must
+/// be a secret of the caller's organization (another organization's name
+/// is refused exactly as an unknown one), and a target that cannot deliver
+/// secrets refuses them. Returns the keys of their `env` items, which
+/// provide environment variables the bento requires.
+pub async fn check_attached(
+    state: &AppState,
+    org_uid: &str,
+    names: &[String],
+    target_kind: yatai_core::deploy::ClusterKind,
+) -> AppResult<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if target_kind != yatai_core::deploy::ClusterKind::Local {
+        return Err(AppError::invalid_field(
+            "secrets",
+            "secrets are not supported on Kubernetes clusters by this server yet; deploy to the local cluster, or \
+             pass values with --env",
+        ));
+    }
+    let mut env_keys = Vec::new();
+    let mut unknown = Vec::new();
+    for name in names {
+        match state.store.get_secret(org_uid, name).await? {
+            Some(row) => {
+                let view = SecretView::of(row);
+                // A build-only secret never reaches the replicas' environment.
+                if view.row.kind == SecretType::Env && view.row.stage != yatai_core::secret::SecretStage::Build {
+                    env_keys.extend(view.items.into_iter().map(|i| i.key));
+                }
+            }
+            None => unknown.push(format!("{:?}", name.chars().take(70).collect::<String>())),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(AppError::invalid_field(
+            "secrets",
+            format!(
+                "secret{} {} not found in this organization; create {} with `bentoml secret create`",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", "),
+                if unknown.len() == 1 { "it" } else { "them" }
+            ),
+        ));
+    }
+    Ok(env_keys)
+}
+
+/// Opens the secrets a deployment names, for its target: only those its
+/// replicas receive (stage `runtime` or `all`). Called just before a spec is
+/// applied; the result lives in memory only.
+pub async fn open_for_deployment(state: &AppState, org_uid: &str, names: &[String]) -> AppResult<Vec<DeploySecret>> {
+    let mut out = Vec::new();
+    for name in names {
+        let row = state.store.get_secret(org_uid, name).await?.ok_or_else(|| {
+            AppError::conflict(format!(
+                "secret {name:?}, which this deployment uses, no longer exists; create it again or update the \
+                 deployment without it"
+            ))
+        })?;
+        let content = open_row(state, &row).await?;
+        if content.stage.at_runtime() {
+            out.push(DeploySecret { name: row.name.clone(), content });
+        }
+    }
+    Ok(out)
+}
+
+async fn open_row(state: &AppState, row: &SecretRow) -> AppResult<SecretContent> {
+    let broken = || {
+        AppError::internal(format!(
+            "the values of secret {:?} cannot be opened: the server's key is not the one they were sealed with, or \
+             they were altered; replace them with `bentoml secret apply`",
+            row.name
+        ))
+    };
+    let sealed = state.store.secret_sealed(&row.uid).await?.ok_or_else(|| not_found(&row.name))?;
+    let plain = state.cluster_key()?.open_bytes(&row.uid, &sealed).ok_or_else(broken)?;
+    let items: Vec<SecretItem> = serde_json::from_slice(&plain).map_err(|_| broken())?;
+    Ok(SecretContent {
+        kind: row.kind.parse().map_err(|_| broken())?,
+        stage: row.stage.parse().map_err(|_| broken())?,
+        path: row.path.clone(),
+        items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clusters::ClusterKey;
+
+    #[test]
+    fn sealed_values_open_only_for_their_own_row_and_key() {
+        let key = ClusterKey::from_bytes([7; 32]);
+        let items = vec![SecretItem { key: "API_KEY".into(), sub_path: None, value: "s3cr3t-value".into() }];
+        let sealed = key.seal_bytes("uid-1", &items_json(&items));
+        assert!(!sealed.contains("s3cr3t") && !sealed.contains("API_KEY"), "{sealed}");
+        let opened: Vec<SecretItem> = serde_json::from_slice(&key.open_bytes("uid-1", &sealed).unwrap()).unwrap();
+        assert_eq!(opened, items);
+        assert!(key.open_bytes("uid-2", &sealed).is_none(), "another row's uid must not open it");
+        assert!(ClusterKey::from_bytes([8; 32]).open_bytes("uid-1", &sealed).is_none(), "another key must not");
+        let mut tampered = sealed.clone();
+        tampered.pop();
+        tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });
+        assert!(key.open_bytes("uid-1", &tampered).is_none());
+        // Sealing twice gives different bytes (a fresh nonce each time).
+        assert_ne!(key.seal_bytes("uid-1", b"x"), key.seal_bytes("uid-1", b"x"));
+    }
+}
