@@ -244,6 +244,19 @@ fn the_seed_flow_serves_on_the_real_node_through_the_ingress() {
     eprintln!("kubernetes_real_node: CPU load → 2 replicas Ready {:.1}s", loaded.elapsed().as_secs_f64());
     step("scaled up under load");
 
+    // After the load, back to one replica once the scale-down window (60 s by default) has
+    // passed with the CPU idle.
+    let unloaded = Instant::now();
+    poll(Duration::from_secs(300), || {
+        (rt.block_on(pods.list(&ListParams::default().labels(PODS))).unwrap().items.len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| {
+        let hpa = rt.block_on(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), &ns).get("iris")).unwrap();
+        panic!("the HPA did not scale back to 1: {:#?}\n{}", hpa.status, diagnose(&rt, &admin, &ns))
+    });
+    eprintln!("kubernetes_real_node: load stopped → 1 replica {:.1}s", unloaded.elapsed().as_secs_f64());
+    step("scaled back down after the load");
+
     // Terminate: no pod is left.
     client.ok(&["deployment", "terminate", "iris", "--cluster", "testbed"]);
     poll(WAIT, || rt.block_on(pods.list(&ListParams::default().labels(PODS))).unwrap().items.is_empty().then_some(()))
