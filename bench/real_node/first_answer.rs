@@ -191,20 +191,6 @@ impl Bench<'_> {
     }
 }
 
-/// Polls `f` every `every` until it returns `Some`, or `None` at the deadline.
-fn poll_every<T>(every: Duration, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
-
 /// Seconds in a Go duration as the kubelet prints it: `1.234s`, `850ms`, `1m2.5s`.
 fn parse_go_duration(s: &str) -> Option<f64> {
     let s = s.trim_end_matches([',', ')']);

@@ -31,7 +31,12 @@ use crate::{build_common, kube_support};
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// Polls `f` every 200 ms until it returns `Some`, or returns `None` at the deadline.
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(200), timeout, f)
+}
+
+/// Polls `f` every `every` until it returns `Some`, or returns `None` at the deadline.
+pub fn poll_every<T>(every: Duration, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -40,7 +45,7 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
 }
 

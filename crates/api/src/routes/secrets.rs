@@ -71,8 +71,8 @@ pub fn routes(state: AppState) -> Api {
         )
 }
 
-/// One value of a secret as the client sends it.
-#[derive(Debug, Deserialize, ToSchema)]
+/// One value of a secret as the client sends it (its `Debug` leaves the value out).
+#[derive(Deserialize, ToSchema)]
 pub struct SecretItemIn {
     pub key: String,
     /// `mountfile`: the file below `path` (default: the key).
@@ -80,6 +80,16 @@ pub struct SecretItemIn {
     pub sub_path: Option<String>,
     #[serde(default)]
     pub value: Option<String>,
+}
+
+impl std::fmt::Debug for SecretItemIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretItemIn")
+            .field("key", &self.key)
+            .field("sub_path", &self.sub_path)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A secret's content (the client's `SecretContentSchema`).
