@@ -238,20 +238,31 @@ impl Server {
     }
 
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
+        if !self.stop_within(Duration::from_secs(20)) {
+            panic!("yatai serve did not stop within 20 s of SIGTERM");
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it: the server stops its replicas and exits. Kills
+    /// it (SIGKILL) if it has not exited within `grace`; returns whether it had.
+    fn stop_within(&mut self, grace: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
+        // SAFETY: kill(2) on our own child's pid, not yet reaped (try_wait said it runs).
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        panic!("yatai serve did not stop within 20 s of SIGTERM");
+        false
     }
 
     pub fn log_text(&self) -> String {
@@ -310,8 +321,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Stopped, not killed: a killed server leaves its deployments' replicas running (they
+        // are only stopped by the next start on the same data directory).
+        self.stop_within(Duration::from_secs(20));
         if std::thread::panicking() {
             eprintln!("---- yatai serve log ({}) ----\n{}", self.log.display(), self.log_text());
         }
