@@ -71,7 +71,8 @@ pub fn routes(state: AppState) -> Api {
         )
 }
 
-/// One value of a secret as the client sends it (its `Debug` leaves the value out).
+/// One value of a secret as the client sends it.
+// Its `Debug` (below) leaves the value out.
 #[derive(Deserialize, ToSchema)]
 pub struct SecretItemIn {
     pub key: String,
