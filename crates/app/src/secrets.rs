@@ -247,9 +247,9 @@ pub async fn check_attached(
     Ok(env_keys)
 }
 
-/// Opens the secrets a deployment names, for its target: only those its
-/// replicas receive (stage `runtime` or `all`). Called just before a spec is
-/// applied; the result lives in memory only.
+/// Opens the secrets a deployment names, for its target (every stage: the
+/// target gives replicas the runtime ones and its builds the build ones).
+/// Called just before a spec is applied; the result lives in memory only.
 pub async fn open_for_deployment(state: &AppState, org_uid: &str, names: &[String]) -> AppResult<Vec<DeploySecret>> {
     let mut out = Vec::new();
     for name in names {
@@ -259,15 +259,14 @@ pub async fn open_for_deployment(state: &AppState, org_uid: &str, names: &[Strin
                  deployment without it"
             ))
         })?;
-        let content = open_row(state, &row).await?;
-        if content.stage.at_runtime() {
-            out.push(DeploySecret { name: row.name.clone(), content });
-        }
+        let (content, revision) = open_row(state, &row).await?;
+        out.push(DeploySecret { name: row.name.clone(), revision, content });
     }
     Ok(out)
 }
 
-async fn open_row(state: &AppState, row: &SecretRow) -> AppResult<SecretContent> {
+/// A secret's content and its revision (a digest of the sealed bytes).
+async fn open_row(state: &AppState, row: &SecretRow) -> AppResult<(SecretContent, String)> {
     let broken = || {
         AppError::internal(format!(
             "the values of secret {:?} cannot be opened: the server's key is not the one they were sealed with, or \
@@ -278,12 +277,21 @@ async fn open_row(state: &AppState, row: &SecretRow) -> AppResult<SecretContent>
     let sealed = state.store.secret_sealed(&row.uid).await?.ok_or_else(|| not_found(&row.name))?;
     let plain = state.cluster_key()?.open_bytes(&row.uid, &sealed).ok_or_else(broken)?;
     let items: Vec<SecretItem> = serde_json::from_slice(&plain).map_err(|_| broken())?;
-    Ok(SecretContent {
+    let content = SecretContent {
         kind: row.kind.parse().map_err(|_| broken())?,
         stage: row.stage.parse().map_err(|_| broken())?,
         path: row.path.clone(),
         items,
-    })
+    };
+    Ok((content, revision_of(&sealed)))
+}
+
+/// 16 hex digits of the sealed bytes' SHA-256: new on every seal, and
+/// nothing about the values (the nonce is fresh each time).
+fn revision_of(sealed: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(sealed.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 #[cfg(test)]

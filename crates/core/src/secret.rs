@@ -36,6 +36,11 @@ impl SecretStage {
     pub fn at_runtime(self) -> bool {
         matches!(self, SecretStage::Runtime | SecretStage::All)
     }
+
+    /// Whether the image build (or the local environment's install) receives the secret.
+    pub fn at_build(self) -> bool {
+        matches!(self, SecretStage::Build | SecretStage::All)
+    }
 }
 
 /// The most bytes of values one secret may hold (keys and paths not counted).
@@ -81,23 +86,38 @@ pub struct SecretContent {
 }
 
 /// A secret as a deploy target receives it: opened, for one deployment.
+/// Every stage is given; [`DeploySecret::env`] and [`DeploySecret::files`]
+/// are what replicas receive, [`DeploySecret::build_env`] what a build does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploySecret {
     pub name: String,
+    /// Changes whenever the values are replaced, and tells nothing about
+    /// them (a digest of the sealed bytes, which take a fresh nonce on each
+    /// seal): what a target marks its objects with, to roll them on a change.
+    pub revision: String,
     pub content: SecretContent,
 }
 
 impl DeploySecret {
-    /// The environment variables of an `env` secret.
+    /// The environment variables replicas receive from an `env` secret
+    /// (stage `runtime` or `all`).
     pub fn env(&self) -> impl Iterator<Item = (&str, &str)> {
-        let env = self.content.kind == SecretType::Env;
+        let env = self.content.kind == SecretType::Env && self.content.stage.at_runtime();
         self.content.items.iter().filter(move |_| env).map(|i| (i.key.as_str(), i.value.as_str()))
     }
 
-    /// The files of a `mountfile` secret: each path relative to the
-    /// replica's `BENTOML_HOME`, with its content.
+    /// The environment variables a build receives from an `env` secret
+    /// (stage `build` or `all`): the installs and `RUN` steps see them; no
+    /// layer, image config or cache key holds them.
+    pub fn build_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        let env = self.content.kind == SecretType::Env && self.content.stage.at_build();
+        self.content.items.iter().filter(move |_| env).map(|i| (i.key.as_str(), i.value.as_str()))
+    }
+
+    /// The files replicas receive from a `mountfile` secret (stage `runtime`
+    /// or `all`): each path relative to the replica's `BENTOML_HOME`, with its content.
     pub fn files(&self) -> Vec<(String, &str)> {
-        if self.content.kind != SecretType::MountFile {
+        if self.content.kind != SecretType::MountFile || !self.content.stage.at_runtime() {
             return Vec::new();
         }
         let dir = self.content.path.as_deref().map(home_relative).unwrap_or_default();
@@ -327,20 +347,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(content.stage, SecretStage::All);
-        let s = DeploySecret { name: "db".into(), content };
+        let s = DeploySecret { name: "db".into(), revision: "r".into(), content };
         assert_eq!(s.files(), [("creds/token".to_owned(), "t"), ("creds/conf/db.ini".to_owned(), "c")]);
         assert_eq!(s.env().count(), 0);
         let home = check_content("mountfile", None, None, vec![item("token", "t")]).unwrap();
         assert_eq!(home.path.as_deref(), Some(HOME_VAR));
-        assert_eq!(DeploySecret { name: "h".into(), content: home }.files(), [("token".to_owned(), "t")]);
+        assert_eq!(
+            DeploySecret { name: "h".into(), revision: "r".into(), content: home }.files(),
+            [("token".to_owned(), "t")]
+        );
         let env = check_content("env", None, Some("ignored"), vec![item("API_KEY", "v")]).unwrap();
         assert_eq!((env.stage, env.path.as_deref()), (SecretStage::Runtime, None));
     }
 
     #[test]
+    fn each_stage_reaches_only_where_it_is_asked_for() {
+        let at = |stage: &str, kind: &str| {
+            let content = check_content(kind, Some(stage), None, vec![item("TOKEN", "t")]).unwrap();
+            let s = DeploySecret { name: "s".into(), revision: "r".into(), content };
+            (s.env().count(), s.build_env().count(), s.files().len())
+        };
+        assert_eq!(at("build", "env"), (0, 1, 0));
+        assert_eq!(at("runtime", "env"), (1, 0, 0));
+        assert_eq!(at("all", "env"), (1, 1, 0));
+        assert_eq!(at("build", "mountfile"), (0, 0, 0));
+        assert_eq!(at("all", "mountfile"), (0, 0, 1));
+    }
+
+    #[test]
     fn values_never_show_in_debug_output() {
         let c = check_content("env", None, None, vec![item("API_KEY", "hunter2-value")]).unwrap();
-        let shown = format!("{:?}", DeploySecret { name: "n".into(), content: c });
+        let shown = format!("{:?}", DeploySecret { name: "n".into(), revision: "r".into(), content: c });
         assert!(shown.contains("API_KEY") && !shown.contains("hunter2"), "{shown}");
     }
 
