@@ -293,3 +293,153 @@ fn cluster_registration_refuses_bad_input_and_keeps_the_kubeconfig_sealed() {
     assert_eq!(server.http().with_token(&eve).delete("/api/v1/clusters/good").status, 404);
     assert_eq!(server.http().get("/api/v1/clusters/good").status, 200, "the cluster survived the attempts");
 }
+
+/// Secrets on a cluster: each becomes a Secret in the deployment's namespace that the pods
+/// refer to (`secretKeyRef`, a volume per `mountfile` secret) and neither the BentoDeployment
+/// nor the Deployment holds a value; replacing one updates the Secret and rolls the pods; a
+/// Secret of that name yatai did not write is never taken over; Secrets no deployment uses
+/// any more are collected.
+#[test]
+fn secrets_reach_the_pods_as_references_to_secrets_yatai_keeps_in_sync() {
+    const NS: &str = "yatai-secrets";
+    const VALUE: &str = "kube-env-value-5e1d8c";
+    const NEW_VALUE: &str = "kube-rotated-value-9a7b3f";
+    const FILE_VALUE: &str = "kube-file-value-3c2e1a";
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use yatai_kube_api::serving::v2alpha1::BentoDeployment;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let testbed = rt.block_on(Testbed::shared()).unwrap();
+    let admin = rt.block_on(kube_support::prepare(testbed, NS));
+    let fixtures = build_common::fixtures();
+    let registry = build_common::TestRegistry::start(None);
+    let base = registry.push_base();
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).building_images(
+        &registry.host(),
+        &base,
+        &build_common::shared_cache(),
+        &fixtures.uv,
+    ));
+    let _operator = start_operator(testbed, NS);
+    wait_for_operator(&rt, &admin, NS);
+    kube_support::add_cluster(&server, testbed, NS);
+
+    let iris = iris_home();
+    let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
+    client.ok(&["push", &iris.bento]);
+    let (repo, version) = iris.bento.split_once(':').unwrap();
+    let build = server
+        .http()
+        .post(&format!("/api/v1/bento_repositories/{repo}/bentos/{version}/image_builds"), &json!({"force": false}));
+    assert_eq!(build.status, 200, "{}", build.text());
+    let uid = build.json()["uid"].as_str().unwrap().to_string();
+    wait_for("the image build", Duration::from_secs(600), || {
+        let b = server.http().get(&format!("/api/v1/image_builds/{uid}")).json();
+        (b["status"] == "success").then_some(()).or_else(|| {
+            assert_ne!(b["status"], "failed", "{b:#}");
+            None
+        })
+    });
+
+    client.ok(&["secret", "create", "api-keys", &format!("API_KEY={VALUE}")]);
+    client.ok(&[
+        "secret",
+        "create",
+        "certs",
+        "-t",
+        "file",
+        "-p",
+        "$BENTOML_HOME/certs",
+        &format!("token.txt={FILE_VALUE}"),
+    ]);
+    let out = client.ok(&[
+        "deployment",
+        "create",
+        &iris.bento,
+        "--name",
+        "iris",
+        "--cluster",
+        "testbed",
+        "--scaling-min",
+        "1",
+        "--secret",
+        "api-keys",
+        "--secret",
+        "certs",
+    ]);
+    assert!(out.contains("is ready"), "{out}");
+    wait_status(&server, "iris", "running");
+
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(admin.clone(), NS);
+    let bds: kube::Api<BentoDeployment> = kube::Api::namespaced(admin.clone(), NS);
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(admin.clone(), NS);
+    let data = |name: &str, key: &str| {
+        let s = rt.block_on(secrets.get(name)).unwrap();
+        String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
+    };
+    assert_eq!(data("yatai-secret-api-keys", "API_KEY"), VALUE);
+    assert_eq!(data("yatai-secret-certs", "file-0"), FILE_VALUE);
+    let bd = rt.block_on(bds.get("iris")).unwrap();
+    let d = rt.block_on(deployments.get("iris")).unwrap();
+    for (what, text) in [("BentoDeployment", serde_json::to_string(&bd)), ("Deployment", serde_json::to_string(&d))] {
+        let text = text.unwrap();
+        for v in [VALUE, FILE_VALUE] {
+            assert!(!text.contains(v), "the {what} holds a secret's value: {text}");
+        }
+    }
+    let pod = d.spec.template.spec.clone().unwrap();
+    let main = &pod.containers[0];
+    let api_key = main.env.as_ref().unwrap().iter().find(|e| e.name == "API_KEY").expect("API_KEY in the pod");
+    let by_ref = api_key.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).expect("a secretKeyRef");
+    assert_eq!((by_ref.name.as_str(), by_ref.key.as_str()), ("yatai-secret-api-keys", "API_KEY"));
+    let mount = main.volume_mounts.as_ref().unwrap().iter().find(|m| m.mount_path == "/home/bentoml/certs/token.txt");
+    let mount = mount.expect("the file mounted below BENTOML_HOME");
+    let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("yatai-secret-certs"));
+    let revision = |d: &Deployment| {
+        d.spec.template.metadata.as_ref().unwrap().annotations.clone().unwrap_or_default()["yatai.ai/secrets-revision"]
+            .clone()
+    };
+    let before = revision(&d);
+    // The API and the CLI show the names, never the values.
+    let got = client.ok(&["deployment", "get", "iris", "--cluster", "testbed", "-o", "json"]);
+    assert!(got.contains("api-keys") && !got.contains(VALUE), "{got}");
+
+    // Replacing a secret updates its Secret and rolls the pods (a new pod template).
+    let replaced = server.http().patch(
+        "/api/v1/org_secrets/api-keys",
+        Some(
+            &json!({"content": {"type": "env", "stage": "runtime", "items": [{"key": "API_KEY", "value": NEW_VALUE}]}}),
+        ),
+    );
+    assert_eq!(replaced.status, 200, "{}", replaced.text());
+    assert_eq!(data("yatai-secret-api-keys", "API_KEY"), NEW_VALUE);
+    wait_for("the pods rolled to the new secret", WAIT, || {
+        let d = rt.block_on(deployments.get("iris")).unwrap();
+        (revision(&d) != before).then_some(())
+    });
+
+    // A Secret of the name yatai would use, made by someone else, is never taken over.
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "yatai-secret-handmade", "namespace": NS}, "stringData": {"TOKEN": "theirs"}});
+    rt.block_on(secrets.create(&Default::default(), &serde_json::from_value(theirs).unwrap())).unwrap();
+    client.ok(&["secret", "create", "handmade", "TOKEN=mine"]);
+    let refused = client.fails(&["deployment", "update", "iris", "--cluster", "testbed", "--secret", "handmade"]);
+    assert!(refused.contains("yatai-secret-handmade") && refused.contains("not written by yatai"), "{refused}");
+    assert_eq!(data("yatai-secret-handmade", "TOKEN"), "theirs");
+
+    // Updated without the file secret: its Secret goes; deleted: the env one goes too.
+    client.ok(&["deployment", "update", "iris", "--cluster", "testbed", "--secret", "api-keys"]);
+    wait_for("the unused Secret collected", WAIT, || {
+        rt.block_on(secrets.get_opt("yatai-secret-certs")).unwrap().is_none().then_some(())
+    });
+    assert!(rt.block_on(secrets.get_opt("yatai-secret-api-keys")).unwrap().is_some());
+    let refused = client.fails(&["secret", "delete", "api-keys"]);
+    assert!(refused.contains("iris"), "deleting a secret in use names its deployment: {refused}");
+    client.ok(&["deployment", "delete", "iris", "--cluster", "testbed"]);
+    wait_for("the Secrets collected", WAIT, || {
+        rt.block_on(secrets.get_opt("yatai-secret-api-keys")).unwrap().is_none().then_some(())
+    });
+    assert_eq!(data("yatai-secret-handmade", "TOKEN"), "theirs", "someone else's Secret is never collected");
+}

@@ -324,12 +324,7 @@ fn secret_names(config: &DeploymentConfig) -> Vec<String> {
 
 /// Checks the secrets a configuration names (see [`crate::secrets::check_attached`]);
 /// returns the environment variables they provide.
-async fn check_secrets(
-    state: &AppState,
-    org_uid: &str,
-    target: &dyn DeployTarget,
-    config: &DeploymentConfig,
-) -> AppResult<Vec<String>> {
+async fn check_secrets(state: &AppState, org_uid: &str, config: &DeploymentConfig) -> AppResult<Vec<String>> {
     let canary_secrets =
         config.canary.as_ref().and_then(|c| c.pointer("/versions")).and_then(Value::as_object).is_some_and(|vs| {
             vs.values().any(|v| v.get("secrets").and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
@@ -337,7 +332,7 @@ async fn check_secrets(
     if canary_secrets {
         return Err(AppError::invalid_field("secrets", "secrets on canary versions are not supported by this server"));
     }
-    crate::secrets::check_attached(state, org_uid, &secret_names(config), target.kind()).await
+    crate::secrets::check_attached(state, org_uid, &secret_names(config)).await
 }
 
 /// Finds the bento a request names; it must be uploaded.
@@ -553,7 +548,7 @@ pub async fn create(state: &AppState, caller: &Caller, req: DeploymentRequest<'_
     };
     yatai_core::deploy::check_deployment_name(&name).map_err(|m| AppError::invalid_field("name", m))?;
     check_fields(Some(req.description), req.config.labels.as_deref())?;
-    let secret_envs = check_secrets(state, &caller.org.uid, target.as_ref(), req.config).await?;
+    let secret_envs = check_secrets(state, &caller.org.uid, req.config).await?;
     validate_config(state, target.as_ref(), &bento, req.config, &secret_envs)?;
     preflight(state, target.as_ref(), &bento).await?;
     let in_use = state.store.used_endpoint_ports().await?;
@@ -623,7 +618,7 @@ pub async fn update(
     refuse_external(d, "update")?;
     let target = target_for(state, d).await?;
     let bento = resolve_bento(state, caller, bento_tag).await?;
-    let secret_envs = check_secrets(state, &caller.org.uid, target.as_ref(), config).await?;
+    let secret_envs = check_secrets(state, &caller.org.uid, config).await?;
     validate_config(state, target.as_ref(), &bento, config, &secret_envs)?;
     preflight(state, target.as_ref(), &bento).await?;
     let cfg = config_json(config);
@@ -739,8 +734,7 @@ pub async fn rollback(
             return Err(AppError::conflict("the bento of that revision was deleted; it cannot be restored"));
         }
         let config: DeploymentConfig = serde_json::from_str(&t.config).unwrap_or_default();
-        let target = target_for(state, d).await?;
-        check_secrets(state, &d.org_uid, target.as_ref(), &config)
+        check_secrets(state, &d.org_uid, &config)
             .await
             .map_err(|e| AppError::conflict(format!("that revision cannot be restored: {}", e.message())))?;
     }

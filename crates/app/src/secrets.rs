@@ -200,33 +200,29 @@ pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> AppResult<
 
 /// The secret names a deployment configuration gives, checked: each must
 /// be a secret of the caller's organization (another organization's name
-/// is refused exactly as an unknown one), and a target that cannot deliver
-/// secrets refuses them. Returns the keys of their `env` items, which
-/// provide environment variables the bento requires.
-pub async fn check_attached(
-    state: &AppState,
-    org_uid: &str,
-    names: &[String],
-    target_kind: yatai_core::deploy::ClusterKind,
-) -> AppResult<Vec<String>> {
-    if names.is_empty() {
-        return Ok(Vec::new());
-    }
-    if target_kind != yatai_core::deploy::ClusterKind::Local {
-        return Err(AppError::invalid_field(
-            "secrets",
-            "secrets are not supported on Kubernetes clusters by this server yet; deploy to the local cluster, or \
-             pass values with --env",
-        ));
-    }
+/// is refused exactly as an unknown one). Returns the keys of the `env`
+/// items replicas receive, which provide environment variables the bento
+/// requires. Both kinds of target deliver secrets: the local one into the
+/// replicas' environment and home, a Kubernetes cluster through Secrets the
+/// pods and the operator's build refer to.
+pub async fn check_attached(state: &AppState, org_uid: &str, names: &[String]) -> AppResult<Vec<String>> {
     let mut env_keys = Vec::new();
     let mut unknown = Vec::new();
     for name in names {
         match state.store.get_secret(org_uid, name).await? {
             Some(row) => {
                 let view = SecretView::of(row);
+                let runtime = view.row.stage != yatai_core::secret::SecretStage::Build;
+                if view.row.kind == SecretType::MountFile && !runtime {
+                    return Err(AppError::invalid_field(
+                        "secrets",
+                        format!(
+                            "secret {name:?} holds files for the build only, and builds receive only environment                              variables: give build-time values as an env secret (e.g. UV_INDEX_URL for a private                              package index), or make its stage runtime or all"
+                        ),
+                    ));
+                }
                 // A build-only secret never reaches the replicas' environment.
-                if view.row.kind == SecretType::Env && view.row.stage != yatai_core::secret::SecretStage::Build {
+                if view.row.kind == SecretType::Env && runtime {
                     env_keys.extend(view.items.into_iter().map(|i| i.key));
                 }
             }

@@ -5,15 +5,19 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{
+    EnvVar, EnvVarSource, Secret, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use yatai_core::deploy::{DeploymentSpec, ForeignDeployment, InstanceType, Resources as SpecResources};
+use yatai_core::secret::{DeploySecret, SecretType};
 use yatai_kube_api::names;
 use yatai_kube_api::resources::{BentoModel, BentoRequestSpec, BentoSpec};
 use yatai_kube_api::serving::v2alpha1::{
-    Autoscaling, BentoDeployment, BentoDeploymentSpec, Ingress, ResourceItem, Resources,
+    Autoscaling, BentoDeployment, BentoDeploymentSpec, ExtraPodMetadata, Ingress, ResourceItem, Resources,
 };
 use yatai_kube_api::{Bento, BentoRequest};
 
@@ -45,6 +49,138 @@ pub mod marks {
     pub const REVISION_UID: &str = "yatai.ai/revision-uid";
     /// Annotation: the organization that owns the deployment.
     pub const ORGANIZATION_UID: &str = "yatai.ai/organization-uid";
+    /// Label: on a Secret yatai wrote, the name of the yatai secret it holds.
+    pub const SECRET_NAME: &str = "yatai.ai/secret-name";
+    /// Annotation: on such a Secret, the revision of the values it holds.
+    pub const SECRET_REVISION: &str = "yatai.ai/secret-revision";
+    /// Pod annotation: the revisions of the secrets the replicas read, so that replacing
+    /// one rolls the pods (a Secret's change alone restarts nothing).
+    pub const SECRETS_REVISION: &str = "yatai.ai/secrets-revision";
+}
+
+/// Where an image made by yatai or BentoML keeps `BENTOML_HOME`, under which `mountfile`
+/// secrets are mounted (unless the deployment's envs set another).
+const IMAGE_BENTOML_HOME: &str = "/home/bentoml";
+
+/// The Secret that holds a yatai secret's values in a namespace. Shared by the deployments
+/// of the namespace that use it; written by each apply, collected when none uses it.
+pub fn secret_object_name(secret: &str) -> String {
+    format!("yatai-secret-{secret}")
+}
+
+/// The data key of an item: the variable's name for `env`, `file-<index>` for `mountfile`
+/// (a file's key may hold characters a Secret's key may not).
+fn data_key(secret: &DeploySecret, index: usize) -> String {
+    match secret.content.kind {
+        SecretType::Env => secret.content.items[index].key.clone(),
+        SecretType::MountFile => format!("file-{index}"),
+    }
+}
+
+fn reaches_pods(s: &DeploySecret) -> bool {
+    s.content.stage.at_runtime()
+}
+
+fn reaches_build(s: &DeploySecret) -> bool {
+    s.content.kind == SecretType::Env && s.content.stage.at_build()
+}
+
+/// The Secrets the spec's secrets become: one per secret that reaches the pods, or the
+/// operator's build (only when the image is still to be built).
+pub fn secrets(spec: &DeploymentSpec) -> Vec<Secret> {
+    spec.secrets
+        .iter()
+        .filter(|s| reaches_pods(s) || (reaches_build(s) && spec.image.is_none()))
+        .map(|s| {
+            let mut labels = labels();
+            labels.insert(marks::SECRET_NAME.to_string(), s.name.clone());
+            let mut metadata = meta(secret_object_name(&s.name), &spec.namespace, labels);
+            metadata.annotations = Some(BTreeMap::from([(marks::SECRET_REVISION.to_string(), s.revision.clone())]));
+            let data = s
+                .content
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (data_key(s, i), ByteString(item.value.clone().into_bytes())))
+                .collect();
+            Secret { metadata, data: Some(data), type_: Some("Opaque".into()), ..Default::default() }
+        })
+        .collect()
+}
+
+/// `env` items as references to the secret's Secret: the value is never in the object.
+fn secret_env(s: &DeploySecret) -> impl Iterator<Item = EnvVar> + '_ {
+    s.content.items.iter().enumerate().map(move |(i, item)| EnvVar {
+        name: item.key.clone(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret_object_name(&s.name),
+                key: data_key(s, i),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
+/// The pods' volumes and mounts for the `mountfile` secrets: one volume per secret, one
+/// read-only mount per file (so that the rest of `BENTOML_HOME`, the bento, stays visible).
+fn secret_mounts(spec: &DeploymentSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let home = spec
+        .envs
+        .iter()
+        .find(|(k, _)| k == "BENTOML_HOME")
+        .map(|(_, v)| v.trim_end_matches('/').to_string())
+        .filter(|h| h.starts_with('/'))
+        .unwrap_or_else(|| IMAGE_BENTOML_HOME.to_string());
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    for (n, s) in spec.secrets.iter().filter(|s| s.content.kind == SecretType::MountFile).enumerate() {
+        let files = s.files();
+        if files.is_empty() {
+            continue;
+        }
+        let volume = format!("yatai-secret-{n}");
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_object_name(&s.name)),
+                // Readable by the bento's user (the pod's fsGroup) and root only.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        for (i, (path, _)) in files.iter().enumerate() {
+            mounts.push(VolumeMount {
+                name: volume.clone(),
+                mount_path: format!("{home}/{path}"),
+                sub_path: Some(data_key(s, i)),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    (volumes, mounts)
+}
+
+/// The pods' annotation that changes when a secret they read is replaced.
+fn secrets_revision(spec: &DeploymentSpec) -> Option<String> {
+    let revisions: Vec<String> =
+        spec.secrets.iter().filter(|s| reaches_pods(s)).map(|s| format!("{}={}", s.name, s.revision)).collect();
+    (!revisions.is_empty()).then(|| revisions.join(","))
+}
+
+/// The names of the Secrets an object of the namespace refers to (envs and volumes).
+pub fn referenced_secrets<'a>(
+    envs: impl IntoIterator<Item = &'a EnvVar>,
+    volumes: impl IntoIterator<Item = &'a Volume>,
+) -> impl Iterator<Item = String> {
+    let from_envs = envs
+        .into_iter()
+        .filter_map(|e| e.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()).map(|r| r.name.clone()));
+    let from_volumes = volumes.into_iter().filter_map(|v| v.secret.as_ref().and_then(|s| s.secret_name.clone()));
+    from_envs.chain(from_volumes).collect::<Vec<_>>().into_iter()
 }
 
 /// `repository:version` of the spec's bento.
@@ -79,10 +215,22 @@ pub fn bento(spec: &DeploymentSpec, image: &str) -> Bento {
 }
 
 /// The BentoRequest that has the operator build the image (downloading the bento from yatai).
+/// Secrets of stage `build` reach the operator's build as the builder's environment,
+/// by reference.
 pub fn bento_request(spec: &DeploymentSpec) -> BentoRequest {
     BentoRequest {
         metadata: meta(bento_object_name(spec), &spec.namespace, labels()),
-        spec: BentoRequestSpec { bento_tag: bento_tag(spec), models: models(spec), ..Default::default() },
+        spec: BentoRequestSpec {
+            bento_tag: bento_tag(spec),
+            models: models(spec),
+            image_builder_extra_container_env: spec
+                .secrets
+                .iter()
+                .filter(|s| reaches_build(s))
+                .flat_map(secret_env)
+                .collect(),
+            ..Default::default()
+        },
         status: None,
     }
 }
@@ -111,6 +259,17 @@ pub fn bento_deployment(spec: &DeploymentSpec) -> BentoDeployment {
     let limits = item(&r.cpu_limit, &r.memory_limit);
     let resources = (requests.is_some() || limits.is_some()).then_some(Resources { requests, limits });
     let window = spec.scaling.scale_down_window.as_secs().min(3600) as i32;
+    let mut envs: Vec<EnvVar> =
+        spec.envs.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None }).collect();
+    envs.extend(
+        spec.secrets.iter().filter(|s| reaches_pods(s) && s.content.kind == SecretType::Env).flat_map(secret_env),
+    );
+    let (volumes, volume_mounts) = secret_mounts(spec);
+    // Set only with secrets: the annotations a person sets by hand stay theirs.
+    let extra_pod_metadata = secrets_revision(spec).map(|r| ExtraPodMetadata {
+        annotations: BTreeMap::from([(marks::SECRETS_REVISION.to_string(), r)]),
+        ..Default::default()
+    });
     BentoDeployment {
         metadata,
         spec: BentoDeploymentSpec {
@@ -128,11 +287,10 @@ pub fn bento_deployment(spec: &DeploymentSpec) -> BentoDeployment {
                     scale_up: None,
                 }),
             }),
-            envs: spec
-                .envs
-                .iter()
-                .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None })
-                .collect(),
+            envs,
+            volumes,
+            volume_mounts,
+            extra_pod_metadata,
             // The operator's host is `<name>-<namespace>.<suffix>`: the label the store gave
             // this deployment. One whose label another deployment holds gets no Ingress.
             ingress: Ingress { enabled: spec.host.is_some(), ..Default::default() },
@@ -303,5 +461,75 @@ pub(crate) mod tests {
         assert_eq!(foreign(&bd, None, Some(&r)).bento, "iris_classifier:v1");
         let bare = foreign(&bd, None, None);
         assert_eq!((bare.bento.as_str(), bare.bento_is_tag), ("iris-classifier--v1", false));
+    }
+
+    fn secret(name: &str, kind: &str, stage: &str, items: &[(&str, Option<&str>, &str)]) -> DeploySecret {
+        let items = items
+            .iter()
+            .map(|(k, sub, v)| yatai_core::secret::SecretItem {
+                key: k.to_string(),
+                sub_path: sub.map(String::from),
+                value: v.to_string(),
+            })
+            .collect();
+        let path = (kind == "mountfile").then_some("$BENTOML_HOME/creds");
+        let content = yatai_core::secret::check_content(kind, Some(stage), path, items).unwrap();
+        DeploySecret { name: name.into(), revision: format!("rev-{name}"), content }
+    }
+
+    #[test]
+    fn secrets_become_secrets_and_the_objects_only_refer_to_them() {
+        let mut s = spec();
+        s.image = None;
+        s.secrets = vec![
+            secret("api", "env", "runtime", &[("API_KEY", None, "value-api-1")]),
+            secret("db", "mountfile", "all", &[("cfg", Some("conf/db.ini"), "value-db-2")]),
+            secret("index", "env", "build", &[("UV_INDEX_URL", None, "value-index-3")]),
+        ];
+        let written = secrets(&s);
+        let names: Vec<String> = written.iter().map(|x| x.name_any()).collect();
+        assert_eq!(names, ["yatai-secret-api", "yatai-secret-db", "yatai-secret-index"]);
+        assert_eq!(written[0].labels()[marks::SECRET_NAME], "api");
+        assert_eq!(written[0].annotations()[marks::SECRET_REVISION], "rev-api");
+        let data = written[1].data.as_ref().unwrap();
+        assert_eq!(data["file-0"].0, b"value-db-2");
+
+        let bd = bento_deployment(&s);
+        let request = bento_request(&s);
+        for (what, json) in
+            [("BentoDeployment", serde_json::to_string(&bd)), ("BentoRequest", serde_json::to_string(&request))]
+        {
+            let json = json.unwrap();
+            assert!(!json.contains("value-"), "a value in the {what}: {json}");
+        }
+        // Runtime env → a secretKeyRef after the plain envs; the build-only secret stays out.
+        let envs: Vec<&str> = bd.spec.envs.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(envs, ["A", "API_KEY"]);
+        let r = bd.spec.envs[1].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("yatai-secret-api", "API_KEY"));
+        // The file, mounted alone below the image's BENTOML_HOME.
+        assert_eq!(bd.spec.volumes[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("yatai-secret-db"));
+        let m = &bd.spec.volume_mounts[0];
+        assert_eq!((m.mount_path.as_str(), m.sub_path.as_deref()), ("/home/bentoml/creds/conf/db.ini", Some("file-0")));
+        assert_eq!(
+            bd.spec.extra_pod_metadata.as_ref().unwrap().annotations[marks::SECRETS_REVISION],
+            "api=rev-api,db=rev-db"
+        );
+        // Build → the builder's environment, by reference.
+        let build: Vec<&str> = request.spec.image_builder_extra_container_env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(build, ["UV_INDEX_URL"]);
+        let used: Vec<String> = referenced_secrets(
+            bd.spec.envs.iter().chain(&request.spec.image_builder_extra_container_env),
+            &bd.spec.volumes,
+        )
+        .collect();
+        assert_eq!(used, ["yatai-secret-api", "yatai-secret-index", "yatai-secret-db"]);
+        // An image already built: the build's secret is not written (nothing would refer to it).
+        s.image = Some("r/x:y".into());
+        assert_eq!(secrets(&s).len(), 2);
+
+        // Without secrets: no volumes, no pod annotation (hand-set ones stay theirs).
+        let plain = bento_deployment(&spec());
+        assert!(plain.spec.volumes.is_empty() && plain.spec.extra_pod_metadata.is_none());
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -338,6 +338,10 @@ impl Inner {
             Err(e) => return Err(api_error(e, "read BentoDeployments", ns)),
         }
         let _writing = self.bento_objects.lock().await;
+        // The secrets' Secrets first: a pod created from the new spec finds them.
+        for secret in objects::secrets(&spec) {
+            self.write_secret(&secret, ns).await?;
+        }
         match &spec.image {
             Some(image) => {
                 server_side_apply(&self.client, &objects::bento(&spec, image), "write the Bento", ns).await?
@@ -347,9 +351,30 @@ impl Inner {
             }
         };
         server_side_apply(&self.client, &objects::bento_deployment(&spec), "write the BentoDeployment", ns).await?;
+        // Secrets this deployment no longer names, and no one else uses.
+        self.collect_secrets(ns, None).await;
+        drop(_writing);
         self.track(&spec.uid, ns, &spec.name, true);
         self.tick();
         Ok(())
+    }
+
+    /// Writes the Secret of a yatai secret, unless a Secret of that name that yatai did not
+    /// write is there: that one is someone else's and is never overwritten.
+    async fn write_secret(&self, secret: &Secret, ns: &str) -> Result<(), TargetError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let name = secret.name_any();
+        match secrets.get_metadata_opt(&name).await {
+            Ok(Some(existing)) if existing.labels().get(marks::SECRET_NAME).is_none() => {
+                return Err(TargetError::Conflict(format!(
+                    "a Secret named {name} already exists in namespace {ns} and was not written by yatai: yatai keeps                      the values of secret {:?} there; rename or delete that Secret, or use another secret name",
+                    secret.labels().get(marks::SECRET_NAME).cloned().unwrap_or_default()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(api_error(e, "read Secrets", ns)),
+        }
+        server_side_apply(&self.client, secret, "write the Secret of a secret", ns).await
     }
 
     async fn terminate(&self, uid: &str) {
@@ -390,6 +415,51 @@ impl Inner {
             _ => return,
         };
         self.collect_bento_objects(&ns, &name).await;
+        let _writing = self.bento_objects.lock().await;
+        self.collect_secrets(&ns, Some(&name)).await;
+    }
+
+    /// Deletes the Secrets yatai wrote in `ns` for its secrets that no BentoDeployment (but
+    /// `removed`, going) and no BentoRequest refers to any more. Called with `bento_objects`
+    /// held, so that an apply's new Secret is not collected before its BentoDeployment is in.
+    async fn collect_secrets(&self, ns: &str, removed: Option<&str>) {
+        let bds: Api<BentoDeployment> = Api::namespaced(self.client.clone(), ns);
+        let requests: Api<BentoRequest> = Api::namespaced(self.client.clone(), ns);
+        let (Ok(bds), Ok(requests)) = (bds.list(&Default::default()).await, requests.list(&Default::default()).await)
+        else {
+            tracing::warn!(namespace = %ns, "not collecting Secrets: listing what refers to them failed");
+            return;
+        };
+        let mut used = std::collections::HashSet::new();
+        for bd in bds.items.iter().filter(|bd| Some(bd.name_any().as_str()) != removed) {
+            let runners = bd.spec.runners.iter().flat_map(|r| r.envs.iter());
+            used.extend(objects::referenced_secrets(bd.spec.envs.iter().chain(runners), bd.spec.volumes.iter()));
+        }
+        for r in &requests.items {
+            used.extend(objects::referenced_secrets(r.spec.image_builder_extra_container_env.iter(), []));
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let ours = ListParams::default().labels(&format!(
+            "{}={},{}",
+            marks::MANAGED_BY,
+            marks::MANAGED_BY_VALUE,
+            marks::SECRET_NAME
+        ));
+        let listed = match secrets.list_metadata(&ours).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, "not collecting Secrets: listing them failed: {e}");
+                return;
+            }
+        };
+        for s in listed {
+            let name = s.name_any();
+            if !used.contains(&name)
+                && let Err(e) = secrets.delete(&name, &DeleteParams::background()).await
+            {
+                tracing::warn!(namespace = %ns, "deleting the Secret {name} failed: {e}");
+            }
+        }
     }
 
     /// Deletes the BentoRequests and Bentos yatai wrote in `ns` that no BentoDeployment uses

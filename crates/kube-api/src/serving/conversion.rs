@@ -11,8 +11,8 @@
 //! What does not survive a round trip, as in Yatai: v1alpha3 → v2alpha1 → v1alpha3 adds the
 //! default CPU target (80 %) to an autoscaling block without metrics and drops `gpu`; v2alpha1 →
 //! v1alpha3 → v2alpha1 drops metrics other than CPU utilization, average memory and the
-//! `http_request` pods metric, HPA `behavior`, `envs` that use `valueFrom`, sidecar
-//! `containers`, `serviceAccountName`, `monitorExporter` and the status conditions.
+//! `http_request` pods metric, HPA `behavior`, `envs` that use `valueFrom`, `volumes` and
+//! `volumeMounts` (yatai-rs additions), sidecar `containers`, `serviceAccountName`, `monitorExporter` and the status conditions.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +62,8 @@ pub fn to_v2alpha1(old: &v1alpha3::BentoDeployment) -> Result<v2alpha1::BentoDep
             resources: s.resources.clone(),
             autoscaling: s.autoscaling.as_ref().map(autoscaling_to_v2),
             envs: envs_to_v2(s.envs.as_deref()),
+            volumes: Vec::new(),
+            volume_mounts: Vec::new(),
             runners: s.runners.iter().map(runner_to_v2).collect(),
             ingress: s.ingress.clone(),
             monitor_exporter: None,

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscalerBehavior, MetricSpec};
-use k8s_openapi::api::core::v1::{Affinity, Container, EnvVar, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EnvVar, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -43,8 +45,21 @@ pub struct BentoDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// User values win over the ones the operator injects; `PORT` changes the container port.
+    /// A `valueFrom.secretKeyRef` takes the value from a Secret of the namespace (what yatai
+    /// writes for a deployment's `env` secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envs: Vec<EnvVar>,
+    /// Volumes added to the pods (not in Yatai): e.g. the Secrets yatai mounts for a
+    /// deployment's `mountfile` secrets. Merged by name under server-side apply, so yatai's
+    /// entries and ones set by hand live side by side. `shm` is the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub volumes: Vec<Volume>,
+    /// Mounts of those volumes into the main container (not in Yatai), merged by
+    /// `mountPath` under server-side apply. `/dev/shm` is the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["mountPath"]))]
+    pub volume_mounts: Vec<VolumeMount>,
     /// Per-runner settings, for legacy bentos with runners (matched by name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runners: Vec<RunnerSpec>,

@@ -77,6 +77,9 @@ struct Component<'a> {
     resources: Option<&'a Resources>,
     autoscaling: Option<&'a Autoscaling>,
     envs: &'a [EnvVar],
+    /// The BentoDeployment's own volumes and main-container mounts (every component's).
+    volumes: &'a [Volume],
+    volume_mounts: &'a [VolumeMount],
     extra_pod_metadata: Option<&'a ExtraPodMetadata>,
     extra_pod_spec: Option<&'a ExtraPodSpec>,
     /// Arguments to the image's entrypoint; `None` runs it as it is (`bentoml serve`).
@@ -145,6 +148,42 @@ pub fn check(bd: &BentoDeployment, bento: &Bento) -> Result<(), Invalid> {
         strategy_for(strategy)?;
     }
     port(bd)?;
+    check_volumes(&bd.spec.volumes, &bd.spec.volume_mounts)?;
+    Ok(())
+}
+
+/// The operator's own volume and mount, which `spec.volumes` / `spec.volumeMounts` may not take.
+const SHM_VOLUME: &str = "shm";
+const SHM_PATH: &str = "/dev/shm";
+
+/// Volumes with distinct names other than the operator's; mounts at distinct absolute paths
+/// other than its own, each of a volume the spec declares.
+fn check_volumes(volumes: &[Volume], mounts: &[VolumeMount]) -> Result<(), Invalid> {
+    let mut names = std::collections::BTreeSet::new();
+    for v in volumes {
+        if v.name == SHM_VOLUME || !names.insert(v.name.as_str()) {
+            return Err(Invalid(format!(
+                "spec.volumes: the name {:?} is taken (by the operator's {SHM_VOLUME:?} volume or another entry):                  rename it",
+                v.name
+            )));
+        }
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for m in mounts {
+        let path = m.mount_path.trim_end_matches('/');
+        if !m.mount_path.starts_with('/') || path == SHM_PATH || !paths.insert(path) {
+            return Err(Invalid(format!(
+                "spec.volumeMounts: the mount path {:?} must be absolute, not {SHM_PATH} and not mounted twice",
+                m.mount_path
+            )));
+        }
+        if !names.contains(m.name.as_str()) {
+            return Err(Invalid(format!(
+                "spec.volumeMounts: {:?} mounts the volume {:?}, which spec.volumes does not declare",
+                m.mount_path, m.name
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -178,6 +217,8 @@ pub fn build(
             resources: overrides.and_then(|r| r.resources.as_ref()),
             autoscaling: overrides.and_then(|r| r.autoscaling.as_ref()),
             envs: overrides.map(|r| r.envs.as_slice()).unwrap_or_default(),
+            volumes: &bd.spec.volumes,
+            volume_mounts: &bd.spec.volume_mounts,
             extra_pod_metadata: overrides.and_then(|r| r.extra_pod_metadata.as_ref()),
             extra_pod_spec: overrides.and_then(|r| r.extra_pod_spec.as_ref()),
             args: Some(
@@ -218,6 +259,8 @@ pub fn build(
         resources: bd.spec.resources.as_ref(),
         autoscaling: bd.spec.autoscaling.as_ref(),
         envs: &bd.spec.envs,
+        volumes: &bd.spec.volumes,
+        volume_mounts: &bd.spec.volume_mounts,
         extra_pod_metadata: bd.spec.extra_pod_metadata.as_ref(),
         extra_pod_spec: bd.spec.extra_pod_spec.as_ref(),
         args: api_args,
@@ -532,11 +575,11 @@ fn pod_template(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "shm".into(),
-            mount_path: "/dev/shm".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount { name: SHM_VOLUME.into(), mount_path: SHM_PATH.into(), ..Default::default() })
+                .chain(c.volume_mounts.iter().cloned())
+                .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
@@ -558,15 +601,19 @@ fn pod_template(
             seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
             ..Default::default()
         }),
-        volumes: Some(vec![Volume {
-            name: "shm".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(Quantity(shm_size)),
-                mode: None,
-            }),
-            ..Default::default()
-        }]),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: SHM_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity(shm_size)),
+                    mode: None,
+                }),
+                ..Default::default()
+            })
+            .chain(c.volumes.iter().cloned())
+            .collect(),
+        ),
         ..Default::default()
     };
     if let Some(extra) = c.extra_pod_spec {
@@ -726,5 +773,55 @@ mod tests {
         let bad = check(&with_autoscaling(1, 0), &bento).unwrap_err();
         assert!(bad.0.contains("both 0 to scale to zero"), "{}", bad.0);
         check(&with_autoscaling(0, 0), &bento).unwrap();
+    }
+
+    #[test]
+    fn secret_refs_and_volumes_reach_the_pod_as_references() {
+        use k8s_openapi::api::core::v1::{EnvVarSource, SecretKeySelector, SecretVolumeSource};
+        let bento =
+            Bento::new("iris--v1", BentoSpec { tag: "iris:v1".into(), image: "r/i:1".into(), ..Default::default() });
+        let mut bd = with_autoscaling(1, 1);
+        bd.spec.envs.push(EnvVar {
+            name: "API_KEY".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: "s".into(), key: "API_KEY".into(), optional: None }),
+                ..Default::default()
+            }),
+        });
+        bd.spec.volumes.push(Volume {
+            name: "secret-db".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some("s".into()), ..Default::default() }),
+            ..Default::default()
+        });
+        bd.spec.volume_mounts.push(VolumeMount {
+            name: "secret-db".into(),
+            mount_path: "/home/bentoml/creds/token".into(),
+            sub_path: Some("file-0".into()),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        let pod = build(&bd, &bento, &Network::default(), None).unwrap().deployment.spec.template.spec.unwrap();
+        let main = &pod.containers[0];
+        let env = main.env.as_ref().unwrap().iter().find(|e| e.name == "API_KEY").unwrap();
+        assert!(env.value.is_none() && env.value_from.is_some(), "{env:?}");
+        let volumes: Vec<&str> = pod.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(volumes, ["shm", "secret-db"]);
+        let mounts: Vec<&str> = main.volume_mounts.as_ref().unwrap().iter().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(mounts, ["/dev/shm", "/home/bentoml/creds/token"]);
+
+        // The operator's own names, a mount of an undeclared volume, twice the same path: refused.
+        let mut shm = bd.clone();
+        shm.spec.volumes[0].name = "shm".into();
+        assert!(check(&shm, &bento).unwrap_err().0.contains("taken"));
+        let mut undeclared = bd.clone();
+        undeclared.spec.volume_mounts[0].name = "nope".into();
+        assert!(check(&undeclared, &bento).unwrap_err().0.contains("does not declare"));
+        let mut twice = bd.clone();
+        twice.spec.volume_mounts.push(twice.spec.volume_mounts[0].clone());
+        assert!(check(&twice, &bento).unwrap_err().0.contains("twice"));
+        let mut dev_shm = bd;
+        dev_shm.spec.volume_mounts[0].mount_path = "/dev/shm/".into();
+        assert!(check(&dev_shm, &bento).is_err());
     }
 }
