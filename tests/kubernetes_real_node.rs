@@ -7,7 +7,9 @@
 //! delete leaves no object. Then the paths around it: a bento of two services (BentoML >= 1.2
 //! dependencies) deployed from the dashboard's form in Chromium serves through Traefik; a
 //! readiness that never comes and an image that cannot be pulled are reported with their reasons
-//! in the API, the CLI and the dashboard, and the operator does not hot-loop meanwhile.
+//! in the API, the CLI and the dashboard, and the operator does not hot-loop meanwhile. And a
+//! deployment's secrets reach a real pod as environment variables and files (by reference to
+//! Secrets, never in the pod spec), and a replaced value reaches new pods.
 //!
 //! Runs only with `YATAI_TEST_REAL_NODE=1` (root; the real node changes the host's network while
 //! the testbed runs). Otherwise it passes with a note on stderr.
@@ -490,5 +492,102 @@ fn a_two_service_bento_deployed_from_the_dashboard_serves_and_failures_say_why()
 
     client.ok(&["deployment", "delete", "stuck", "--cluster", "testbed"]);
     client.ok(&["deployment", "delete", "pipeline", "--cluster", "testbed"]);
+    rt.block_on(namespace.delete()).unwrap();
+}
+
+#[test]
+fn secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it() {
+    if !real_node_enabled() {
+        eprintln!(
+            "secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it: skipped (YATAI_TEST_REAL_NODE)"
+        );
+        return;
+    }
+    const VALUE: &str = "real-node-env-value-6d2f";
+    const NEW_VALUE: &str = "real-node-rotated-value-8b1c";
+    const FILE_VALUE: &str = "real-node-file-value-4a9e";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("kubernetes_real_node (secrets): {what} at {:.1}s", t0.elapsed().as_secs_f64());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let testbed = rt.block_on(Testbed::shared_real_node()).unwrap();
+    let node = testbed.real_node().expect("the testbed has a real node");
+    let Seed { namespace, ns, admin, server, operator: _operator, .. } = set_up(&rt, testbed, "secrets", &step);
+
+    let client = Bentoml::new(&server.url, &server.token);
+    let bento = client.build_fixture("secrets_echo", &[]);
+    client.ok(&["push", &bento]);
+    client.ok(&["secret", "create", "api-keys", &format!("API_KEY={VALUE}")]);
+    client.ok(&[
+        "secret",
+        "create",
+        "certs",
+        "-t",
+        "file",
+        "-p",
+        "$BENTOML_HOME/certs",
+        &format!("token.txt={FILE_VALUE}"),
+    ]);
+    client.ok(&[
+        "deployment",
+        "create",
+        &bento,
+        "--name",
+        "echo",
+        "--cluster",
+        "testbed",
+        "--scaling-min",
+        "1",
+        "--scaling-max",
+        "1",
+        "--secret",
+        "api-keys",
+        "--secret",
+        "certs",
+        "--no-wait",
+    ]);
+    let running = poll(BUILD_AND_START, || (deployment(&server, "echo")["status"] == "running").then_some(()));
+    running.unwrap_or_else(|| panic!("{:#}\n{}", deployment(&server, "echo"), diagnose(&rt, &admin, &ns)));
+    step("deployed with two secrets: running");
+
+    let host = format!("echo-{ns}.127.0.0.1.sslip.io");
+    let ask = |api: &str, body: Value| {
+        poll(WAIT, || {
+            let r = via_ingress(node, &host, "POST", api, Some(&body)).ok()?;
+            (r.status == 200).then(|| r.json())
+        })
+        .unwrap_or_else(|| panic!("no answer from {api} through the ingress\n{}", diagnose(&rt, &admin, &ns)))
+    };
+    let env = ask("/env", json!({"names": ["API_KEY"]}));
+    assert_eq!(env["API_KEY"], VALUE, "{env}");
+    let files = ask("/files", json!({"paths": ["certs/token.txt"]}));
+    let file = &files["certs/token.txt"];
+    assert_eq!(file["content"], FILE_VALUE, "{files}");
+    assert_eq!(file["mode"], "0o440", "readable by the bento's group and root only: {files}");
+    step("the pod reads the env value and the file");
+
+    // The pod spec refers to the Secrets; it holds no value.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let listed = rt.block_on(pods.list(&ListParams::default().labels("yatai.ai/bento-deployment=echo"))).unwrap();
+    let spec = serde_json::to_string(&listed.items[0].spec).unwrap();
+    assert!(spec.contains("yatai-secret-api-keys") && spec.contains("yatai-secret-certs"), "{spec}");
+    assert!(!spec.contains(VALUE) && !spec.contains(FILE_VALUE), "a value in the pod spec: {spec}");
+
+    // A replaced value reaches the replicas: yatai updates the Secret and rolls the pods.
+    let replaced = server.http().patch(
+        "/api/v1/org_secrets/api-keys",
+        Some(
+            &json!({"content": {"type": "env", "stage": "runtime", "items": [{"key": "API_KEY", "value": NEW_VALUE}]}}),
+        ),
+    );
+    assert_eq!(replaced.status, 200, "{}", replaced.text());
+    poll(BUILD_AND_START, || {
+        let r = via_ingress(node, &host, "POST", "/env", Some(&json!({"names": ["API_KEY"]}))).ok()?;
+        (r.status == 200 && r.json()["API_KEY"] == NEW_VALUE).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the new value never reached a replica\n{}", diagnose(&rt, &admin, &ns)));
+    step("the replaced value is served");
+
+    client.ok(&["deployment", "delete", "echo", "--cluster", "testbed"]);
     rt.block_on(namespace.delete()).unwrap();
 }
