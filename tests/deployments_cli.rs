@@ -273,14 +273,14 @@ fn a_restarted_or_crashed_server_brings_deployments_back_without_orphans() {
     assert_eq!(classify(&endpoint(&d)).json(), json!([0]));
     assert_eq!(serve_processes_under(&server.data_dir()).len(), 1);
 
-    // A crash leaves the replica running; the next start stops it and runs one anew.
+    // A crash (SIGKILL: nothing of the server runs) takes the replica down with it — it is
+    // unreachable without the server's proxy — and the next start runs one anew.
     let orphans = serve_processes_under(&server.data_dir());
     server.crash();
-    assert!(orphans.iter().all(|p| pid_alive(*p)), "the replica died with the server");
-    server.start_again();
-    wait_for("the orphan to be stopped", Duration::from_secs(30), || {
-        orphans.iter().all(|p| !pid_alive(*p)).then_some(())
+    wait_for("the replica and its workers to stop after the server's crash", Duration::from_secs(30), || {
+        (orphans.iter().all(|p| !pid_alive(*p)) && processes_naming(&server.data_dir()).is_empty()).then_some(())
     });
+    server.start_again();
     let d = wait_status(&server, "durable", "running", Duration::from_secs(120));
     assert_eq!(classify(&endpoint(&d)).json(), json!([0]));
     let now = serve_processes_under(&server.data_dir());

@@ -707,6 +707,22 @@ pub fn serve_processes_under(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// Every process whose command line names `dir` (a server's data dir): after the server is
+/// gone, whatever it left running (replicas and their workers).
+pub fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; look at its state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

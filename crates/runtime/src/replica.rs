@@ -1,7 +1,9 @@
 //! One replica: a `bentoml serve` process in its own process group, its
 //! output pumped into the deployment's log, probes against its health
 //! endpoints, and a pid file so that a replica left over by a crashed server
-//! is found and stopped at the next start.
+//! is found and stopped at the next start. A replica does not outlive its
+//! server: it is unreachable without the server's proxy, so the kernel sends
+//! it SIGTERM when the server dies, however it dies.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -95,6 +97,24 @@ pub async fn launch(
                 Ok(())
             });
         }
+    }
+    // SIGTERM when the server dies (bentoml serve then stops its workers). Set after the
+    // switch of user above (a change of credentials clears it), and checked against a server
+    // that died before it was set. The signal follows the *thread* that forked: replicas are
+    // started from the runtime's worker threads, which live as long as the server does.
+    let server = std::process::id() as libc::pid_t;
+    // SAFETY: prctl(2) and getppid(2) are async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != server {
+                return Err(std::io::Error::other("the server exited while starting the replica"));
+            }
+            Ok(())
+        });
     }
     let path = format!("{}:{}", spec.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     cmd.env("PATH", path)
