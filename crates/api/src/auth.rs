@@ -17,6 +17,8 @@ pub const TOKEN_HEADER: &str = "x-yatai-api-token";
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let header = req.headers().get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let caller = state.auth.authenticate(header).await?;
+    // Who acts, in the request's log lines (the token's name, never the token).
+    tracing::Span::current().record("user", format!("{} (token {})", caller.user.name, caller.token_name));
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod schemas;
@@ -62,9 +63,14 @@ pub fn app_with(state: AppState, extra: Router<AppState>, hosts: Option<Arc<dyn 
         .layer_all(|r| r.route_layer(from_fn_with_state(state.clone(), auth::require_token)));
     let (router, doc) = authenticated.merge(routes::public(state.clone())).finish();
     let swagger: Router<AppState> = SwaggerUi::new("/api/docs").url("/api/openapi.json", doc.clone()).into();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics_route: Router<AppState> = Router::new()
+        .route("/metrics", axum::routing::get(metrics::serve).with_state((state.clone(), metrics.clone())));
     let router = router
         .merge(swagger)
         .merge(extra)
+        .merge(metrics_route)
+        .route_layer(from_fn(metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(close_if_body_unread))
@@ -73,7 +79,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>, hosts: Option<Arc<dyn 
             ApiError::internal("the server hit a bug handling this request").into_response()
         }))
         .layer(from_fn_with_state((state.clone(), hosts), route_deployment_hosts))
-        .layer(from_fn(request_context))
+        .layer(from_fn_with_state(metrics, request_context))
         .with_state(state);
     (router, doc)
 }
@@ -174,18 +180,37 @@ static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Gives each request an id (in `x-request-id`, and in `x-trace-id`, which
 /// the bentoml client prints on server errors), a tracing span, and a log
 /// line when it completes.
-async fn request_context(req: Request, next: Next) -> Response {
+/// The request is counted in yatai's metrics by the route it matched. The span's `user` is
+/// filled in once the request is authenticated; the query string (a transfer URL's signature)
+/// is never logged.
+async fn request_context(
+    axum::extract::State(metrics): axum::extract::State<Arc<metrics::Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let id = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
         Some(v) if !v.is_empty() && v.len() <= 64 => v.to_owned(),
         _ => format!("{:x}-{:x}", std::process::id(), REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)),
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", %id, %method, %path);
+    let request_bytes = metrics::content_length(req.headers());
+    let span = tracing::info_span!("request", %id, %method, %path, user = tracing::field::Empty);
     let started = Instant::now();
+    let in_flight = metrics.start();
     let mut resp = next.run(req).instrument(span.clone()).await;
+    drop(in_flight);
     let status = resp.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics.observe(
+        method.as_str(),
+        metrics::route_of(&resp),
+        status.as_u16(),
+        elapsed,
+        request_bytes,
+        metrics::content_length(resp.headers()),
+    );
+    let elapsed_ms = elapsed * 1000.0;
     span.in_scope(|| {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");

@@ -189,6 +189,11 @@ pub async fn run(state: AppState, every: Duration) {
         let partials = sweep_partials(&state, Duration::ZERO).await;
         let mut r = sweep(&state, strays).await;
         r.partials += partials;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            state.counters.janitor_runs.fetch_add(1, Relaxed);
+            state.counters.janitor_removed.fetch_add((r.uploads + r.blobs + r.strays + r.partials) as u64, Relaxed);
+        }
         if r != SweepReport::default() {
             tracing::info!(
                 uploads = r.uploads,

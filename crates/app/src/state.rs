@@ -62,6 +62,8 @@ pub struct AppConfig {
     pub cold_start_timeout: Duration,
     /// Where and how the server builds images of bentos (none: builds are off).
     pub image_builds: Option<crate::images::ImageBuildSettings>,
+    /// `GET /metrics` needs `Authorization: Bearer <this>` (none: open).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -77,8 +79,17 @@ impl Default for AppConfig {
             deployment_domain: None,
             cold_start_timeout: Duration::from_secs(300),
             image_builds: None,
+            metrics_token: None,
         }
     }
+}
+
+/// Counts of what the server's background work did, for its metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub janitor_runs: std::sync::atomic::AtomicU64,
+    /// Uploads, archives and temporary files the janitor removed.
+    pub janitor_removed: std::sync::atomic::AtomicU64,
 }
 
 pub struct Inner {
@@ -93,6 +104,8 @@ pub struct Inner {
     pub targets: Targets,
     /// The extracted files of archives, for image builds (none: builds are off).
     pub files: Option<Arc<dyn crate::images::ArtifactFiles>>,
+    /// What background work did, for the metrics.
+    pub counters: Counters,
     /// Seals clusters' credentials (set by the server and the admin commands).
     cluster_key: OnceLock<crate::clusters::ClusterKey>,
 }
@@ -123,6 +136,7 @@ impl AppState {
             signer: UrlSigner::new(signing_key),
             config,
             uploads_in_progress: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
             cluster_key: OnceLock::new(),
         }))
     }

@@ -17,6 +17,7 @@ mod registry;
 mod secrets;
 mod sessions;
 mod settings;
+mod totals;
 mod uploads;
 
 pub use clusters::{ClusterPatch, NewCluster, StoredCluster};
@@ -34,6 +35,7 @@ pub use registry::{
 };
 pub use secrets::{NewSecret, SecretChange, SecretRow};
 pub use sessions::{NewSession, SessionIdentity};
+pub use totals::Totals;
 pub use uploads::{FinalizeOutcome, UploadRow};
 
 use std::str::FromStr;

@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// Default: each deployment has a port of its own.
     #[arg(long, env = "YATAI_DEPLOYMENT_DOMAIN")]
     pub deployment_domain: Option<String>,
+    /// Require `Authorization: Bearer <TOKEN>` on `GET /metrics` (Prometheus' `authorization`
+    /// setting). Default: the metrics are open, like `/healthz`.
+    #[arg(long, env = "YATAI_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// How long a replica may take to become ready before it is restarted.
     #[arg(long, env = "YATAI_COLD_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub cold_start_timeout: Duration,
@@ -297,6 +301,7 @@ impl ServeArgs {
             multipart_threshold: self.multipart_threshold,
             upload_ttl: self.upload_ttl,
             deployment_domain: self.deployment_domain.clone(),
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             cold_start_timeout: self.cold_start_timeout,
             image_builds: self.image_registry.clone().map(|registry| yatai_app::images::ImageBuildSettings {
                 registry,
