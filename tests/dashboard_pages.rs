@@ -391,6 +391,9 @@ const PAGES: &[&str] = &[
     "/clusters/new",
     "/clusters/local",
     "/clusters/local/edit",
+    "/secrets",
+    "/secrets/new",
+    "/secrets/x",
     "/account",
 ];
 
@@ -420,6 +423,9 @@ const FORMS: &[&str] = &[
     "/clusters/new",
     "/clusters/local/edit",
     "/clusters/local/remove",
+    "/secrets/new",
+    "/secrets/x/replace",
+    "/secrets/x/delete",
 ];
 
 #[test]
