@@ -429,11 +429,15 @@ async fn secrets_made_in_the_dashboard_reach_replicas_and_no_page() {
     assert_eq!(b.text("[data-testid=path]").await, "$BENTOML_HOME/certs");
 
     // ---- a deployment uses both; its replica holds the values ----
-    let out = client.ok(&["deployment", "create", bento, "--name", "echo", "--secret", "api-keys", "--secret", "certs"]);
+    let out =
+        client.ok(&["deployment", "create", bento, "--name", "echo", "--secret", "api-keys", "--secret", "certs"]);
     assert!(out.contains("is ready"), "{out}");
     let d = server.http().get("/api/v2/deployments/echo").json();
     let ep = Http { base: d["urls"][0].as_str().unwrap().to_owned(), token: None };
-    assert_eq!(echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})), json!({"API_KEY": ENV_VALUE, "REGION": "eu"}));
+    assert_eq!(
+        echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})),
+        json!({"API_KEY": ENV_VALUE, "REGION": "eu"})
+    );
     let files = echo(&ep, "/files", json!({"paths": ["certs/token.txt", "certs/ca.pem"]}));
     assert_eq!(files["certs/token.txt"]["content"], FILE_VALUE, "{files:#}");
     assert_eq!(files["certs/ca.pem"]["content"], format!("{CA_VALUE}\nsecond line"), "{files:#}");
@@ -444,7 +448,10 @@ async fn secrets_made_in_the_dashboard_reach_replicas_and_no_page() {
     assert_eq!(b.text(&format!("{} [data-testid=keys]", row("api-keys"))).await, "2");
     assert_eq!(b.text(&format!("{} [data-testid=type]", row("certs"))).await, "mountfile");
     assert_eq!(b.text(&format!("{} a[data-testid=used-by]", row("api-keys"))).await, "yatai/echo");
-    assert_eq!(b.attr(&format!("{} a[data-testid=used-by]", row("certs")), "href").await.as_deref(), Some("/deployments/echo"));
+    assert_eq!(
+        b.attr(&format!("{} a[data-testid=used-by]", row("certs")), "href").await.as_deref(),
+        Some("/deployments/echo")
+    );
     visit(&b, "/secrets?q=cert", "secrets").await;
     assert_eq!(b.count("[data-testid=row]").await, 1);
     visit(&b, "/secrets/api-keys", "secret").await;
@@ -472,7 +479,11 @@ async fn secrets_made_in_the_dashboard_reach_replicas_and_no_page() {
         let r = ep.post("/env", &json!({"names": ["API_KEY", "REGION"]}));
         (r.status == 200 && r.json()["API_KEY"] == NEW_ENV_VALUE).then(|| r.json())
     });
-    assert_eq!(echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})), json!({"API_KEY": NEW_ENV_VALUE, "REGION": "eu"}), "REGION kept its value");
+    assert_eq!(
+        echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})),
+        json!({"API_KEY": NEW_ENV_VALUE, "REGION": "eu"}),
+        "REGION kept its value"
+    );
     let listed = client.ok(&["secret", "list", "-o", "json"]);
     assert!(listed.contains("API_KEY") && listed.contains("REGION"), "{listed}");
 

@@ -233,11 +233,8 @@ pub async fn replace_keeping(
     let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
     // Opened only when a value is to be kept: new values for every key
     // replace even a secret whose stored values cannot be opened any more.
-    let stored = if input.items.iter().any(|i| i.value.is_none()) {
-        open_row(state, &row).await?.0.items
-    } else {
-        Vec::new()
-    };
+    let stored =
+        if input.items.iter().any(|i| i.value.is_none()) { open_row(state, &row).await?.0.items } else { Vec::new() };
     let items = fill_kept(input.items, &stored)?;
     let input = ContentInput { kind: input.kind, stage: input.stage, path: input.path, items };
     replace(state, caller, name, description, input).await

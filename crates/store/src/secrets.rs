@@ -230,9 +230,7 @@ where
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(uid, ns, n, config)| {
-            serde_json::from_str(&config).ok().map(|c| (uid, format!("{ns}/{n}"), c))
-        })
+        .filter_map(|(uid, ns, n, config)| serde_json::from_str(&config).ok().map(|c| (uid, format!("{ns}/{n}"), c)))
         .collect())
 }
 
@@ -240,10 +238,7 @@ impl Store {
     /// Every secret of the organization that a deployment's active revision
     /// names, with those deployments (`namespace/name`, sorted, each once):
     /// one read for a whole list of secrets.
-    pub async fn secrets_usage(
-        &self,
-        org_uid: &str,
-    ) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    pub async fn secrets_usage(&self, org_uid: &str) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
         let mut usage: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (_, shown, config) in active_configs(self.pool(), org_uid).await? {
             for name in secret_names(&config) {
