@@ -391,6 +391,9 @@ const PAGES: &[&str] = &[
     "/clusters/new",
     "/clusters/local",
     "/clusters/local/edit",
+    "/secrets",
+    "/secrets/new",
+    "/secrets/x",
     "/account",
 ];
 
@@ -420,6 +423,9 @@ const FORMS: &[&str] = &[
     "/clusters/new",
     "/clusters/local/edit",
     "/clusters/local/remove",
+    "/secrets/new",
+    "/secrets/x/replace",
+    "/secrets/x/delete",
 ];
 
 #[test]
@@ -850,6 +856,46 @@ fn clusters_are_changed_by_admins_only_and_a_kubeconfig_is_never_shown() {
         assert_eq!(bob.submit("/clusters", path, &[("description", "bob was here")]).status, 404, "bob POST {path}");
     }
     assert!(b.page("/clusters/local").contains("the build box"), "unchanged");
+}
+
+#[test]
+fn secret_pages_show_no_value_and_only_their_organization() {
+    let server = Server::start(Backend::SqliteLocal);
+    let mut b = setup(&server);
+    let value = unique("secret-value");
+    let item = [("item_key", "TOKEN"), ("item_sub_path", ""), ("item_value", value.as_str())];
+    let mut fields = vec![("name", "db"), ("description", "the database"), ("type", "env"), ("stage", "runtime")];
+    fields.extend(item);
+    let r = b.submit("/secrets/new", "/secrets/new", &fields);
+    assert_eq!((r.status, location(&r)), (303, "/secrets/db?notice=Created+secret+db."), "{}", r.text());
+    // Refused: the same name again; the typed value does not come back.
+    let r = b.submit("/secrets/new", "/secrets/new", &fields);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("already exists") && r.text().contains("data-retype"), "{}", r.text());
+    assert!(!r.text().contains(&value));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // A replace that keeps the value (empty) changes the description only.
+    let r = b.submit(
+        "/secrets/db",
+        "/secrets/db/replace",
+        &[("description", "kept"), ("type", "env"), ("item_key", "TOKEN"), ("item_sub_path", ""), ("item_value", "")],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    for page in ["/secrets", "/secrets/db", "/secrets/new", "/events", "/"] {
+        let html = b.page(page);
+        assert!(!html.contains(&value), "{page} shows the value");
+    }
+    assert!(b.page("/secrets/db").contains(r#"data-testid="description">kept<"#));
+    assert!(!server.log_text().contains(&value), "the value is in the server's log");
+
+    // Another organization sees none of it.
+    let mut bob = other_org(&server);
+    assert!(!bob.page("/secrets").contains(r#"data-name="db""#));
+    assert_eq!(bob.get("/secrets/db").status, 404);
+    for path in ["/secrets/db/replace", "/secrets/db/delete"] {
+        assert_eq!(bob.submit("/secrets", path, &item).status, 404, "bob POST {path}");
+    }
+    assert!(b.page("/secrets/db").contains(r#"data-testid="description">kept<"#), "unchanged");
 }
 
 #[test]

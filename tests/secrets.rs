@@ -3,9 +3,13 @@
 //! machine. A small bento (`tests/fixtures/secrets_echo`) echoes what its
 //! replica received; everything a user or an operator can read besides it
 //! (the CLI's and the API's deployment views, events, the server log, the
-//! database) must hold no value in clear.
+//! database) must hold no value in clear. The dashboard's secret pages are
+//! driven in a real browser: no page, URL or notice holds a value.
 
 mod support;
+
+#[path = "support/browser.rs"]
+mod browser;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -287,4 +291,274 @@ backend_test! {
         assert!(events.contains("\"deleted\""), "{events}");
         assert_no_value("the events", &events);
     }
+}
+
+// ---- the dashboard ----------------------------------------------------------------
+
+const PASSWORD: &str = "correct horse battery";
+/// A value only the mountfile secret made in the browser holds.
+const CA_VALUE: &str = "ca-value-9d1e3f5a7c";
+
+async fn on_page(b: &browser::Browser, page: &str) {
+    b.wait_for(&format!("main#main[data-page={page}]")).await;
+}
+
+/// The page shown holds no value: not in its HTML, not in its URL.
+async fn shows_no_value(b: &browser::Browser, what: &str) {
+    let html = b.html().await;
+    assert_no_value(what, &html);
+    assert!(!html.contains(CA_VALUE), "{what} holds the value {CA_VALUE:?}");
+    let url = b.current_url().await;
+    assert_no_value(&format!("{what}'s URL"), &url);
+}
+
+/// Opens `path`, checks it is `page` without console errors, markup
+/// problems or values, and saves a screenshot.
+async fn visit(b: &browser::Browser, path: &str, page: &str) {
+    b.goto(path).await;
+    on_page(b, page).await;
+    b.assert_no_console_errors();
+    let problems = b.page_problems().await;
+    assert!(problems.is_empty(), "{path}: {problems:?}");
+    shows_no_value(b, path).await;
+    b.screenshot(&format!("secrets-{page}")).await;
+}
+
+async fn submit_to(b: &browser::Browser, form: &str, page: &str) {
+    b.submit(&format!("form[data-form={form}]")).await;
+    on_page(b, page).await;
+    shows_no_value(b, &format!("the page after submitting {form}")).await;
+}
+
+/// Submits a form the server refuses (422, which Chromium logs as a failed load).
+async fn submit_expecting_errors(b: &browser::Browser, form: &str, page: &str) {
+    b.assert_no_console_errors();
+    submit_to(b, form, page).await;
+    b.assert_no_console_errors_but(|e| e.kind == "log:network" && e.text.contains("status of 422"));
+    b.clear_console_errors();
+    let problems = b.page_problems().await;
+    assert!(problems.is_empty(), "{form} refused: {problems:?}");
+}
+
+async fn sign_in(b: &browser::Browser, login: &str) {
+    b.submit("form[data-form=logout]").await;
+    on_page(b, "login").await;
+    b.fill("form[data-form=login] [name=login]", login).await;
+    b.fill("form[data-form=login] [name=password]", PASSWORD).await;
+    b.submit("form[data-form=login]").await;
+    on_page(b, "home").await;
+}
+
+async fn delete_in_page(b: &browser::Browser) {
+    b.click("button[data-dialog=confirm-delete]").await;
+    b.wait_until("document.getElementById('confirm-delete').open").await;
+    b.click_and_wait("#confirm-delete [data-action=confirm]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_made_in_the_dashboard_reach_replicas_and_no_page() {
+    let server = Server::start(Backend::SqliteLocal);
+    let (home, bento) = echo_home();
+    let client = Bentoml::with_home_from(&server.url, &server.token, home.path());
+    client.ok(&["push", bento]);
+    let mut b = browser::Browser::launch().await.with_base(&server.url);
+    b.timeout = Duration::from_secs(60);
+    b.set_up_admin(&server.token, "ada", PASSWORD).await;
+
+    // ---- the list, empty, with its nav link and the admin's button ----
+    visit(&b, "/secrets", "secrets").await;
+    assert_eq!(b.count("header nav a[href='/secrets'][aria-current=page]").await, 1);
+    b.click_and_wait("a[data-action=new-secret]").await;
+    on_page(&b, "secret-new").await;
+    for field in ["name", "description", "type", "stage", "path", "item-key-1", "item-sub-1", "item-value-1"] {
+        assert_eq!(b.count(&format!("form[data-form=secret] label[for={field}]")).await, 1, "label for {field}");
+    }
+    b.wait_until("!document.querySelector('button[data-add-item]').hidden").await;
+    assert!(b.page_problems().await.is_empty(), "{:?}", b.page_problems().await);
+
+    // ---- refused (a key that is no variable name): keys kept, values to type again ----
+    b.fill("form[data-form=secret] [name=name]", "api-keys").await;
+    b.fill("form[data-form=secret] [name=description]", "keys of the echo service").await;
+    b.fill("#item-key-1", "API_KEY").await;
+    b.fill("#item-value-1", ENV_VALUE).await;
+    b.fill("#item-key-2", "1BAD").await;
+    b.fill("#item-value-2", "eu").await;
+    submit_expecting_errors(&b, "secret", "secret-new").await;
+    let error = b.text(".field-error[data-error-for=items]").await;
+    assert!(error.contains("environment variable name"), "{error}");
+    assert_eq!(b.prop("#name", "value").await, "api-keys");
+    assert_eq!(b.prop("#item-key-1", "value").await, "API_KEY");
+    assert_eq!(b.prop("#item-key-2", "value").await, "1BAD");
+    assert_eq!(b.prop("#item-value-1", "value").await, "", "a value is not sent back");
+    assert_eq!(b.count("[data-retype]").await, 2, "both typed values are asked again");
+    assert!(b.text("[data-testid=retype]").await.contains("never sent back"));
+    b.screenshot("secrets-new-refused").await;
+
+    // ---- created ----
+    b.fill("#item-key-2", "REGION").await;
+    b.fill("#item-value-1", ENV_VALUE).await;
+    b.fill("#item-value-2", "eu").await;
+    submit_to(&b, "secret", "secret").await;
+    assert!(b.current_url().await.contains("/secrets/api-keys?notice="), "{}", b.current_url().await);
+    b.wait_for_text("p.notice[role=status]", "Created secret api-keys").await;
+    assert_eq!(b.texts("[data-testid=key]").await, ["API_KEY", "REGION"]);
+    assert_eq!(b.text("[data-testid=type]").await, "env (environment variables)");
+    assert_eq!(b.text("[data-testid=stage]").await, "runtime");
+    b.wait_for("[data-testid=unused]").await;
+
+    // ---- a mountfile secret, with an item row the script adds ----
+    visit(&b, "/secrets/new", "secret-new").await;
+    b.fill("form[data-form=secret] [name=name]", "certs").await;
+    b.select("#type", "mountfile").await;
+    b.fill("#path", "$BENTOML_HOME/certs").await;
+    b.fill("#item-key-1", "token").await;
+    b.fill("#item-sub-1", "token.txt").await;
+    b.fill("#item-value-1", FILE_VALUE).await;
+    assert_eq!(b.count("fieldset[data-item]").await, 3);
+    b.click("button[data-add-item]").await;
+    assert_eq!(b.count("fieldset[data-item]").await, 4);
+    assert!(b.focused().await.starts_with("input#item-key-4"), "{}", b.focused().await);
+    b.fill("#item-key-4", "ca.pem").await;
+    b.fill("#item-value-4", &format!("{CA_VALUE}\nsecond line")).await;
+    submit_to(&b, "secret", "secret").await;
+    assert_eq!(b.texts("[data-testid=key] td:first-child").await, ["token", "ca.pem"]);
+    assert_eq!(
+        b.texts("[data-testid=key] td:nth-child(2)").await,
+        ["$BENTOML_HOME/certs/token.txt", "$BENTOML_HOME/certs/ca.pem"]
+    );
+    assert_eq!(b.text("[data-testid=path]").await, "$BENTOML_HOME/certs");
+
+    // ---- a deployment uses both; its replica holds the values ----
+    let out =
+        client.ok(&["deployment", "create", bento, "--name", "echo", "--secret", "api-keys", "--secret", "certs"]);
+    assert!(out.contains("is ready"), "{out}");
+    let d = server.http().get("/api/v2/deployments/echo").json();
+    let ep = Http { base: d["urls"][0].as_str().unwrap().to_owned(), token: None };
+    assert_eq!(
+        echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})),
+        json!({"API_KEY": ENV_VALUE, "REGION": "eu"})
+    );
+    let files = echo(&ep, "/files", json!({"paths": ["certs/token.txt", "certs/ca.pem"]}));
+    assert_eq!(files["certs/token.txt"]["content"], FILE_VALUE, "{files:#}");
+    assert_eq!(files["certs/ca.pem"]["content"], format!("{CA_VALUE}\nsecond line"), "{files:#}");
+
+    // ---- the list and the page say where each is used ----
+    visit(&b, "/secrets", "secrets").await;
+    let row = |name: &str| format!("[data-testid=row][data-name={}]", browser::js_str(name));
+    assert_eq!(b.text(&format!("{} [data-testid=keys]", row("api-keys"))).await, "2");
+    assert_eq!(b.text(&format!("{} [data-testid=type]", row("certs"))).await, "mountfile");
+    assert_eq!(b.text(&format!("{} a[data-testid=used-by]", row("api-keys"))).await, "yatai/echo");
+    assert_eq!(
+        b.attr(&format!("{} a[data-testid=used-by]", row("certs")), "href").await.as_deref(),
+        Some("/deployments/echo")
+    );
+    visit(&b, "/secrets?q=cert", "secrets").await;
+    assert_eq!(b.count("[data-testid=row]").await, 1);
+    visit(&b, "/secrets/api-keys", "secret").await;
+    assert_eq!(b.text("a[data-testid=used-by]").await, "yatai/echo");
+
+    // ---- replace: a new key without a value is refused, naming it ----
+    assert_eq!(b.prop("#item-key-1", "value").await, "API_KEY");
+    assert_eq!(b.prop("#item-key-2", "value").await, "REGION");
+    assert_eq!(b.prop("#item-value-1", "value").await, "");
+    b.fill("#item-value-1", NEW_ENV_VALUE).await;
+    b.fill("#item-key-3", "EXTRA").await;
+    submit_expecting_errors(&b, "secret-replace", "secret").await;
+    let error = b.text(".field-error[data-error-for=items]").await;
+    assert!(error.contains("\"EXTRA\"") && error.contains("new"), "{error}");
+    assert_eq!(b.count("[data-retype]").await, 1, "the new value typed for API_KEY is asked again");
+    assert_eq!(b.prop("#item-key-3", "value").await, "EXTRA");
+
+    // ---- replace one value, keep the other ----
+    b.fill("#item-key-3", "").await;
+    b.fill("#item-value-1", NEW_ENV_VALUE).await;
+    submit_to(&b, "secret-replace", "secret").await;
+    b.wait_for_text("p.notice[role=status]", "Saved secret api-keys").await;
+    assert_eq!(b.texts("[data-testid=key]").await, ["API_KEY", "REGION"]);
+    wait_for("the replaced value to reach the replica", Duration::from_secs(240), || {
+        let r = ep.post("/env", &json!({"names": ["API_KEY", "REGION"]}));
+        (r.status == 200 && r.json()["API_KEY"] == NEW_ENV_VALUE).then(|| r.json())
+    });
+    assert_eq!(
+        echo(&ep, "/env", json!({"names": ["API_KEY", "REGION"]})),
+        json!({"API_KEY": NEW_ENV_VALUE, "REGION": "eu"}),
+        "REGION kept its value"
+    );
+    let listed = client.ok(&["secret", "list", "-o", "json"]);
+    assert!(listed.contains("API_KEY") && listed.contains("REGION"), "{listed}");
+
+    // ---- not deleted while the deployment uses it, naming it ----
+    delete_in_page(&b).await;
+    on_page(&b, "secret").await;
+    shows_no_value(&b, "the refused delete").await;
+    let notice = b.text("p.notice[role=status]").await;
+    assert!(notice.starts_with("Not deleted") && notice.contains("yatai/echo"), "{notice}");
+    b.assert_no_console_errors();
+
+    // ---- a developer reads, and changes nothing ----
+    server.admin(&["user", "create", "dev", "--email", "dev@example.com", "--org", "default", "--role", "developer"]);
+    server.admin_with_env(&["user", "set-password", "dev"], &[("YATAI_PASSWORD", PASSWORD)]);
+    sign_in(&b, "dev").await;
+    visit(&b, "/secrets", "secrets").await;
+    assert_eq!(b.count("a[data-action=new-secret]").await, 0);
+    assert_eq!(b.count(&row("api-keys")).await, 1);
+    visit(&b, "/secrets/api-keys", "secret").await;
+    assert_eq!(b.count("main form").await, 0, "a developer sees no form");
+    b.wait_for("[data-testid=read-only]").await;
+    assert_eq!(b.texts("[data-testid=key]").await, ["API_KEY", "REGION"]);
+    b.goto("/secrets/new").await;
+    on_page(&b, "error").await;
+    assert!(b.text("main").await.contains("403"), "{}", b.text("main").await);
+    b.assert_no_console_errors_but(|e| e.kind == "log:network" && e.text.contains("status of 403"));
+    b.clear_console_errors();
+    visit(&b, "/secrets/api-keys", "secret").await;
+    // Posted with the developer's own valid CSRF token: refused all the same.
+    let statuses = b
+        .eval(
+            "(() => { const csrf = document.querySelector('form[data-form=logout] [name=csrf]').value; \
+             return Promise.all(['/secrets/new', '/secrets/api-keys/replace', '/secrets/api-keys/delete'].map(p => \
+               fetch(p, {method: 'POST', redirect: 'manual', body: new URLSearchParams({csrf, name: 'mine', type: 'env', \
+                 item_key: 'API_KEY', item_sub_path: '', item_value: 'dev-was-here'})}).then(r => r.status))); })()",
+        )
+        .await;
+    assert_eq!(statuses, json!([403, 403, 403]));
+    b.clear_console_errors();
+    assert_eq!(server.http().get("/api/v1/org_secrets").json()["total"], 2, "nothing made or deleted");
+    assert_eq!(echo(&ep, "/env", json!({"names": ["API_KEY"]}))["API_KEY"], NEW_ENV_VALUE, "nothing replaced");
+    sign_in(&b, "ada").await;
+
+    // ---- at phone width ----
+    b.set_viewport(375, 812, true).await;
+    for (path, page) in [("/secrets", "secrets"), ("/secrets/certs", "secret"), ("/secrets/new", "secret-new")] {
+        b.goto(path).await;
+        on_page(&b, page).await;
+        let o = b.horizontal_overflow().await;
+        assert!(o.viewport == 375 && o.over == 0, "{path} is wider than a 375 px phone: {o:?}");
+        b.screenshot(&format!("secrets-{page}-phone")).await;
+    }
+    b.reset_viewport().await;
+
+    // ---- once the deployment is gone, both are deleted ----
+    client.ok(&["deployment", "terminate", "echo", "--wait"]);
+    client.ok(&["deployment", "delete", "echo"]);
+    for name in ["api-keys", "certs"] {
+        visit(&b, &format!("/secrets/{name}"), "secret").await;
+        b.wait_for("[data-testid=unused]").await;
+        delete_in_page(&b).await;
+        on_page(&b, "secrets").await;
+        b.wait_for_text("p.notice[role=status]", &format!("Deleted secret {name}")).await;
+        assert_eq!(b.count(&row(name)).await, 0);
+    }
+    b.assert_no_console_errors();
+
+    // Nothing the server showed, recorded or logged holds a value.
+    for (path, page) in [("/events", "events"), ("/", "home"), ("/deployments", "deployments")] {
+        visit(&b, path, page).await;
+    }
+    let events = server.http().get("/api/v1/events?resource_type=secret&count=100").text();
+    assert!(events.contains("\"deleted\"") && events.contains("\"updated\""), "{events}");
+    assert_no_value("the events", &events);
+    let log = server.log_text();
+    assert_no_value("the server log", &log);
+    assert!(!log.contains(CA_VALUE) && !events.contains(CA_VALUE));
 }

@@ -297,11 +297,20 @@ impl Server {
 
     /// Runs an admin subcommand against this server's database.
     pub fn admin(&self, args: &[&str]) -> String {
+        self.admin_with_env(args, &[])
+    }
+
+    /// Runs an admin subcommand against this server's database, with more
+    /// environment (`YATAI_PASSWORD` for `user set-password`).
+    pub fn admin_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let mut cmd = Command::new(yatai_bin());
         cmd.args(args);
         let db_args = self.db_args();
         cmd.args(&db_args);
         for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();

@@ -6,8 +6,9 @@
 //! ([`crate::clusters::ClusterKey`], kept outside the database; the row's uid
 //! is the associated data) before they reach the store, and opened only by
 //! [`open_for_deployment`], when a deploy target is about to apply a
-//! revision. No view, event or log line carries one: what is shown is the
-//! keys, the type, the stage and the path.
+//! revision, and by [`replace_keeping`], to seal the kept values again with
+//! the new ones. No view, event or log line carries one: what is shown is
+//! the keys, the type, the stage and the path.
 //!
 //! Any member may read the keys; a developer may attach a secret to a
 //! deployment; only an admin creates, replaces or deletes one. A secret used
@@ -30,6 +31,34 @@ pub struct ContentInput {
     pub stage: Option<String>,
     pub path: Option<String>,
     pub items: Vec<SecretItem>,
+}
+
+/// An item of a replacement whose value may be left out: `None` keeps the
+/// value the key has now (the dashboard's form, which never shows values).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeptItem {
+    pub key: String,
+    pub sub_path: Option<String>,
+    pub value: Option<String>,
+}
+
+impl std::fmt::Debug for KeptItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptItem")
+            .field("key", &self.key)
+            .field("sub_path", &self.sub_path)
+            .field("value", &self.value.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+/// A secret's new content in which an item's value may be left out to keep it.
+#[derive(Debug, Clone)]
+pub struct KeepingInput {
+    pub kind: String,
+    pub stage: Option<String>,
+    pub path: Option<String>,
+    pub items: Vec<KeptItem>,
 }
 
 /// An item as shown: its key and where it is mounted, never its value.
@@ -190,6 +219,68 @@ pub async fn replace(
     Ok(SecretView::of(row))
 }
 
+/// Replaces a secret's content as [`replace`] does, except that an item
+/// without a value keeps the value its key has now. A key the secret does
+/// not have yet needs a value; a key left out is removed.
+pub async fn replace_keeping(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    description: Option<&str>,
+    input: KeepingInput,
+) -> AppResult<SecretView> {
+    caller.require(Permission::Admin)?;
+    let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    // Opened only when a value is to be kept: new values for every key
+    // replace even a secret whose stored values cannot be opened any more.
+    let stored =
+        if input.items.iter().any(|i| i.value.is_none()) { open_row(state, &row).await?.0.items } else { Vec::new() };
+    let items = fill_kept(input.items, &stored)?;
+    let input = ContentInput { kind: input.kind, stage: input.stage, path: input.path, items };
+    replace(state, caller, name, description, input).await
+}
+
+/// The items of a replacement with the values left out taken from `stored`
+/// (by key); a new key without a value is refused, naming it.
+fn fill_kept(items: Vec<KeptItem>, stored: &[SecretItem]) -> AppResult<Vec<SecretItem>> {
+    let mut missing = Vec::new();
+    let filled: Vec<SecretItem> = items
+        .into_iter()
+        .filter_map(|i| {
+            let value = match i.value {
+                Some(v) => v,
+                None => match stored.iter().find(|s| s.key == i.key) {
+                    Some(s) => s.value.clone(),
+                    None => {
+                        missing.push(format!("{:?}", i.key.chars().take(60).collect::<String>()));
+                        return None;
+                    }
+                },
+            };
+            Some(SecretItem { key: i.key, sub_path: i.sub_path, value })
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(AppError::invalid_field(
+            "items",
+            format!(
+                "{} {} new: give {} a value (an empty value keeps the stored value of a key the secret already has)",
+                if missing.len() == 1 { "key" } else { "keys" },
+                missing.join(", "),
+                if missing.len() == 1 { "it" } else { "each" },
+            ),
+        ));
+    }
+    Ok(filled)
+}
+
+/// For each secret of the organization that deployments use, those
+/// deployments (`namespace/name`).
+pub async fn usage(state: &AppState, caller: &Caller) -> AppResult<std::collections::BTreeMap<String, Vec<String>>> {
+    caller.require(Permission::ReadCluster)?;
+    Ok(state.store.secrets_usage(&caller.org.uid).await?)
+}
+
 pub async fn delete(state: &AppState, caller: &Caller, name: &str) -> AppResult<SecretView> {
     caller.require(Permission::Admin)?;
     let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
@@ -294,6 +385,54 @@ fn revision_of(sealed: &str) -> String {
 mod tests {
     use super::*;
     use crate::clusters::ClusterKey;
+
+    fn item(key: &str, value: &str) -> SecretItem {
+        SecretItem { key: key.into(), sub_path: None, value: value.into() }
+    }
+
+    fn kept(key: &str, value: Option<&str>) -> KeptItem {
+        KeptItem { key: key.into(), sub_path: None, value: value.map(str::to_owned) }
+    }
+
+    #[test]
+    fn a_value_left_out_keeps_the_stored_one_by_key() {
+        let stored = [item("A", "old-a"), item("B", "old-b"), item("C", "old-c")];
+        // A keeps its value, B gets a new one, C is left out (removed), D is new; the order is the new one.
+        let filled = fill_kept(
+            vec![
+                kept("B", Some("new-b")),
+                KeptItem { sub_path: Some("a.txt".into()), ..kept("A", None) },
+                kept("D", Some("")),
+            ],
+            &stored,
+        )
+        .unwrap();
+        assert_eq!(
+            filled,
+            vec![
+                item("B", "new-b"),
+                SecretItem { sub_path: Some("a.txt".into()), ..item("A", "old-a") },
+                item("D", "")
+            ]
+        );
+        // Nothing stored: every value must be given.
+        assert_eq!(fill_kept(vec![kept("A", Some("x"))], &[]).unwrap(), vec![item("A", "x")]);
+    }
+
+    #[test]
+    fn a_new_key_without_a_value_is_refused_naming_it() {
+        let stored = [item("A", "old-a")];
+        let e = fill_kept(vec![kept("A", None), kept("NEW", None), kept("OTHER", None)], &stored).unwrap_err();
+        match &e {
+            AppError::Invalid { field: Some("items"), message } => {
+                assert!(message.contains("\"NEW\", \"OTHER\"") && message.contains("keys"), "{message}");
+                assert!(!message.contains("old-a"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The debug form of an item never shows its value.
+        assert!(!format!("{:?}", kept("A", Some("s3cr3t"))).contains("s3cr3t"));
+    }
 
     #[test]
     fn sealed_values_open_only_for_their_own_row_and_key() {

@@ -204,35 +204,73 @@ async fn using_secret(
     org_uid: &str,
     name: &str,
 ) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = active_configs(&mut **tx, org_uid)
+        .await?
+        .into_iter()
+        .filter(|(_, _, config)| names_secret(config, name))
+        .map(|(uid, shown, _)| (uid, shown))
+        .collect();
+    out.dedup();
+    Ok(out)
+}
+
+/// The active targets' configurations of the organization's deployments:
+/// `(uid, namespace/name, config)`, by namespace and name.
+async fn active_configs<'e, E>(db: E, org_uid: &str) -> Result<Vec<(String, String, serde_json::Value)>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(built(format!(
         "SELECT d.uid, d.namespace, d.name, t.config FROM {} JOIN deployments d ON d.uid = t.deployment_uid \
          WHERE d.org_uid = $1 ORDER BY d.namespace, d.name",
         crate::deployments::active_targets()
     )))
     .bind(org_uid)
-    .fetch_all(&mut **tx)
+    .fetch_all(db)
     .await?;
-    let mut out: Vec<(String, String)> = rows
+    Ok(rows
         .into_iter()
-        .filter(|(_, _, _, config)| {
-            serde_json::from_str::<serde_json::Value>(config).ok().is_some_and(|c| names_secret(&c, name))
-        })
-        .map(|(uid, ns, n, _)| (uid, format!("{ns}/{n}")))
-        .collect();
-    out.dedup();
-    Ok(out)
+        .filter_map(|(uid, ns, n, config)| serde_json::from_str(&config).ok().map(|c| (uid, format!("{ns}/{n}"), c)))
+        .collect())
+}
+
+impl Store {
+    /// Every secret of the organization that a deployment's active revision
+    /// names, with those deployments (`namespace/name`, sorted, each once):
+    /// one read for a whole list of secrets.
+    pub async fn secrets_usage(&self, org_uid: &str) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        let mut usage: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (_, shown, config) in active_configs(self.pool(), org_uid).await? {
+            for name in secret_names(&config) {
+                let users = usage.entry(name).or_default();
+                if users.last() != Some(&shown) {
+                    users.push(shown.clone());
+                }
+            }
+        }
+        Ok(usage)
+    }
+}
+
+/// The secrets a deployment configuration names, on the deployment and its canary versions.
+fn secret_names(config: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let names = |v: Option<&serde_json::Value>| -> Vec<String> {
+        v.and_then(serde_json::Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut out: std::collections::BTreeSet<String> = names(config.get("secrets")).into_iter().collect();
+    if let Some(versions) = config.pointer("/canary/versions").and_then(serde_json::Value::as_object) {
+        for v in versions.values() {
+            out.extend(names(v.get("secrets")));
+        }
+    }
+    out
 }
 
 /// Whether a deployment configuration names the secret, on the deployment or a canary version.
 fn names_secret(config: &serde_json::Value, name: &str) -> bool {
-    let in_list = |v: Option<&serde_json::Value>| {
-        v.and_then(serde_json::Value::as_array).is_some_and(|a| a.iter().any(|s| s.as_str() == Some(name)))
-    };
-    in_list(config.get("secrets"))
-        || config
-            .pointer("/canary/versions")
-            .and_then(serde_json::Value::as_object)
-            .is_some_and(|versions| versions.values().any(|v| in_list(v.get("secrets"))))
+    secret_names(config).contains(name)
 }
 
 #[cfg(test)]
@@ -299,5 +337,8 @@ mod tests {
         let c = serde_json::json!({"secrets": ["db"], "canary": {"versions": {"v2": {"secrets": ["api"]}}}});
         assert!(names_secret(&c, "db") && names_secret(&c, "api") && !names_secret(&c, "d"));
         assert!(!names_secret(&serde_json::json!({"secrets": null}), "db"));
+        let names: Vec<String> = secret_names(&c).into_iter().collect();
+        assert_eq!(names, ["api", "db"]);
+        assert!(secret_names(&serde_json::json!({"secrets": null})).is_empty());
     }
 }

@@ -87,6 +87,11 @@ pub fn router() -> Router<AppState> {
         .route("/clusters/{name}", get(clusters::detail))
         .route("/clusters/{name}/edit", get(clusters::edit_page).post(clusters::update))
         .route("/clusters/{name}/remove", post(clusters::remove))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/new", get(secrets::new_page).post(secrets::create))
+        .route("/secrets/{name}", get(secrets::detail))
+        .route("/secrets/{name}/replace", post(secrets::replace))
+        .route("/secrets/{name}/delete", post(secrets::delete))
         .layer(Extension(Arc::new(Web::default())))
         .layer(axum::middleware::map_response(security_headers))
 }

@@ -108,6 +108,7 @@ pub fn page(s: &Session, page: &str, title: &str, body: Markup) -> Response {
         ("/deployments", "Deployments", "deployments"),
         ("/events", "Events", "events"),
         ("/clusters", "Clusters", "clusters"),
+        ("/secrets", "Secrets", "secrets"),
         ("/settings/tokens", "API tokens", "tokens"),
         ("/settings/members", "Members", "members"),
         ("/settings", "Settings", "settings"),
@@ -126,7 +127,7 @@ pub fn page(s: &Session, page: &str, title: &str, body: Markup) -> Response {
                         ul {
                             @for (href, label, id) in nav {
                                 li {
-                                    a href=(href) aria-current=[(id == section || (id == "models" && section == "model") || (id == "bentos" && section == "bento") || (id == "deployments" && section == "deployment") || (id == "clusters" && section == "cluster")).then_some("page")] { (label) }
+                                    a href=(href) aria-current=[(id == section || (id == "models" && section == "model") || (id == "bentos" && section == "bento") || (id == "deployments" && section == "deployment") || (id == "clusters" && section == "cluster") || (id == "secrets" && section == "secret")).then_some("page")] { (label) }
                                 }
                             }
                         }

@@ -182,8 +182,37 @@
     });
   }
 
+  // The secret forms: "Add an item" appends an empty copy of the last row
+  // (without the script, the rows the server rendered are there).
+  function secretItems() {
+    document.querySelectorAll("button[data-add-item]").forEach(function (b) {
+      var box = b.form && b.form.querySelector("[data-items]");
+      if (!box) return;
+      b.hidden = false;
+      b.addEventListener("click", function () {
+        var rows = box.querySelectorAll("[data-item]");
+        var last = rows[rows.length - 1];
+        var n = rows.length + 1;
+        var row = last.cloneNode(true);
+        row.removeAttribute("data-key");
+        row.querySelectorAll("[id]").forEach(function (el) { el.id = el.id.replace(/-\d+$/, "-" + n); });
+        row.querySelectorAll("label[for]").forEach(function (el) {
+          el.htmlFor = el.htmlFor.replace(/-\d+$/, "-" + n);
+        });
+        row.querySelectorAll("input, textarea").forEach(function (el) { el.value = ""; });
+        row.querySelectorAll("textarea").forEach(function (el) { el.placeholder = ""; });
+        row.querySelectorAll("[data-retype]").forEach(function (el) { el.remove(); });
+        var legend = row.querySelector("legend");
+        if (legend) legend.textContent = "Item " + n;
+        box.appendChild(row);
+        row.querySelector("input").focus();
+      });
+    });
+  }
+
   onReady(function () {
     versionPicker();
+    secretItems();
     kubeconfigFile();
     copyButtons();
     dialogs();

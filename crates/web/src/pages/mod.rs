@@ -10,4 +10,5 @@ pub mod home;
 pub mod invitations;
 pub mod members;
 pub mod registry;
+pub mod secrets;
 pub mod tokens;
