@@ -23,7 +23,8 @@ fn sample(all: &BTreeMap<String, f64>, key: &str) -> f64 {
     *all.get(key).unwrap_or_else(|| panic!("no sample {key} in:\n{all:#?}"))
 }
 
-struct Prometheus(Child, Scratch);
+/// The process, and its directory (removed after it, at drop).
+struct Prometheus(Child, #[allow(dead_code)] Scratch);
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
