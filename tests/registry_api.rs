@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -761,4 +762,203 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
         assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
         assert!(!head.contains("connection: close"), "request {i}: {head}");
     }
+}
+
+/// Fills a route template's parameters with the names of org A's objects.
+fn concrete(path: &str, a: &BTreeMap<&str, String>) -> String {
+    let kind = if path.contains("/model_repositories/") {
+        "model"
+    } else if path.contains("/bento_repositories/") {
+        "bento"
+    } else if path.contains("/org_secrets/") {
+        "secret"
+    } else if path.contains("/api_tokens/") {
+        "token"
+    } else {
+        "deployment"
+    };
+    let mut out = String::new();
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        let value = match seg {
+            "{name}" => a[kind].clone(),
+            "{version}" => a[&*format!("{kind}_version")].clone(),
+            "{uid}" if kind == "token" => a["token_uid"].clone(),
+            "{uid}" => a["build_uid"].clone(),
+            "{cluster}" => "local".into(),
+            "{namespace}" => a["namespace"].clone(),
+            "{revision}" => a["revision"].clone(),
+            other if other.starts_with('{') => panic!("no value for {other} in {path}: add it to the matrix"),
+            other => other.into(),
+        };
+        out.push_str(&value);
+    }
+    out
+}
+
+/// A body that would change org A's object if the route let it through (else `{}`).
+fn hostile_body(method: &str, path: &str, a: &BTreeMap<&str, String>) -> Option<Value> {
+    if method == "GET" || method == "DELETE" {
+        return None;
+    }
+    let content = json!({"type": "env", "stage": "runtime", "items": [{"key": "STOLEN", "value": "x"}]});
+    Some(match path {
+        p if p.ends_with("/org_secrets/{name}") => json!({"description": "pwned", "content": content}),
+        p if p.ends_with("_repositories/{name}") => json!({"description": "pwned", "labels": []}),
+        p if p.ends_with("/{version}") => json!({"description": "pwned", "labels": []}),
+        "/api/v2/deployments" | "/api/v1/clusters/{cluster}/deployments" => {
+            json!({"bento": a["bento_tag"], "name": "stolen", "secrets": [a["secret"]]})
+        }
+        p if p.ends_with("/deployments/{name}") => json!({"bento": a["bento_tag"], "secrets": [a["secret"]]}),
+        p if p.ends_with("rollback") => json!({"revision_uid": a["revision"]}),
+        _ => json!({}),
+    })
+}
+
+/// What org A can see of its own objects: must read the same after everything another
+/// organization and A's under-privileged members tried.
+fn fingerprint(http: &Http, a: &BTreeMap<&str, String>) -> Vec<String> {
+    let strip = |mut v: Value| {
+        for key in ["last_used_at", "updated_at", "status_updated_at"] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove(key);
+            }
+        }
+        v.to_string()
+    };
+    let d = http.get(&format!("/api/v2/deployments/{}", a["deployment"])).json();
+    vec![
+        strip(http.get(&format!("/api/v1/bento_repositories/{}", a["bento"])).json()["description"].clone()),
+        strip(http.get(&format!("/api/v1/bento_repositories/{}/bentos", a["bento"])).json()["total"].clone()),
+        http.get(&format!("/api/v1/model_repositories/{}/models/{}", a["model"], a["model_version"])).text(),
+        strip(http.get(&format!("/api/v1/org_secrets/{}", a["secret"])).json()["content"].clone()),
+        strip(http.get(&format!("/api/v1/org_secrets/{}", a["secret"])).json()["description"].clone()),
+        strip(d["status"].clone()),
+        http.get(&format!("/api/v2/deployments/{}/revisions", a["deployment"])).text(),
+        http.get("/api/v1/api_tokens").json()["total"].to_string(),
+    ]
+}
+
+/// The isolation matrix, generated from the OpenAPI document: every authenticated route is
+/// called with the names of organization A's objects by an admin of organization B (with
+/// bodies that would change them), and by members of A whose role or token scope falls short
+/// of what the route declares (`x-yatai-permission`). B gets a 4xx (or its own, empty view)
+/// and never a byte of A's; the short-handed members get 403; A's objects read the same after.
+#[test]
+fn no_route_lets_another_organization_or_a_lesser_role_see_or_change_anything() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    let iris = iris_home();
+    let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
+    client.ok(&["push", &iris.bento]);
+    client.ok(&["secret", "create", "victim-secret-4d1f", "API_KEY=victim-value-8c2e"]);
+    let (bento, bento_version) = iris.bento.split_once(':').unwrap();
+    let model = http.get(&format!("/api/v1/bento_repositories/{bento}/bentos/{bento_version}/models")).json();
+    let model =
+        &model.as_array().or(model["items"].as_array()).unwrap_or_else(|| panic!("the bento's models: {model}"))[0];
+    let created = http.post(
+        "/api/v2/deployments",
+        &json!({"bento": iris.bento, "name": "victim-dep-2b7a", "secrets": ["victim-secret-4d1f"]}),
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(http.post("/api/v2/deployments/victim-dep-2b7a/terminate", &json!({})).status, 200);
+    let revisions = http.get("/api/v2/deployments/victim-dep-2b7a/revisions").json();
+    let token = http.post("/api/v1/api_tokens", &json!({"name": "victim-token-9e3c", "scopes": ["api"]})).json();
+    let mut a: BTreeMap<&str, String> = BTreeMap::new();
+    a.insert("bento", bento.into());
+    a.insert("bento_version", bento_version.into());
+    a.insert("bento_tag", iris.bento.clone());
+    let repo = model["repository"]["name"].as_str().or(model["name"].as_str());
+    a.insert("model", repo.unwrap_or_else(|| panic!("model repository in {model}")).into());
+    a.insert("model_version", model["version"].as_str().expect("model version").into());
+    a.insert("secret", "victim-secret-4d1f".into());
+    a.insert("deployment", "victim-dep-2b7a".into());
+    a.insert("namespace", created.json()["namespace"].as_str().unwrap_or("yatai").into());
+    a.insert("revision", revisions["items"][0]["uid"].as_str().expect("a revision").into());
+    a.insert("token_uid", token["uid"].as_str().expect("token uid").into());
+    a.insert("build_uid", "no-such-build".into());
+    let markers: Vec<String> = ["bento", "model", "model_version", "secret", "deployment", "token_uid", "revision"]
+        .iter()
+        .map(|k| a[k].clone())
+        .chain(["victim-token-9e3c".into(), "victim-value-8c2e".into()])
+        .collect();
+    // An admin of A whose token has one narrow scope.
+    let narrow = http.post("/api/v1/api_tokens", &json!({"name": "narrow", "scopes": ["read_cluster"]})).json();
+    let narrow = http.with_token(narrow["token"].as_str().unwrap());
+    let before = fingerprint(&http, &a);
+
+    // B's admin, and A's members who lack the role or the scope a route needs.
+    server.admin(&["org", "create", "other"]);
+    server.admin(&["user", "create", "eve", "--email", "eve@example.com", "--org", "other", "--role", "admin"]);
+    let eve =
+        http.with_token(server.admin(&["token", "create", "--name", "eve", "--user", "eve", "--org", "other"]).trim());
+    let mut by_role: BTreeMap<&str, Http> = BTreeMap::new();
+    for role in ["guest", "developer"] {
+        let user = format!("a-{role}");
+        server.admin(&[
+            "user",
+            "create",
+            &user,
+            "--email",
+            &format!("{user}@example.com"),
+            "--org",
+            "default",
+            "--role",
+            role,
+        ]);
+        let t = server.admin(&["token", "create", "--name", &user, "--user", &user]);
+        by_role.insert(role, http.with_token(t.trim()));
+    }
+
+    let doc = http.without_token().get("/api/openapi.json").json();
+    let rank = |r: &str| ["guest", "developer", "admin"].iter().position(|x| *x == r).unwrap();
+    let (mut cross, mut denied) = (0, 0);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(need) = op.get("x-yatai-permission") else {
+                assert!(op.get("security").is_none(), "{method} {path} needs a token but declares no permission");
+                continue;
+            };
+            let method = method.to_uppercase();
+            let url = concrete(path, &a);
+            let body = hostile_body(&method, path, &a);
+
+            // Another organization: nothing of A's, whatever the status.
+            let r = eve.request(&method, &url, body.as_ref());
+            let text = r.text();
+            // A name B sent may come back in the refusal; nothing else of A's may.
+            let sent = format!("{url} {}", body.as_ref().map(Value::to_string).unwrap_or_default());
+            for m in markers.iter().filter(|m| !sent.contains(m.as_str())) {
+                assert!(
+                    !text.contains(m.as_str()),
+                    "{method} {url} showed org A's {m:?} to org B ({}): {text}",
+                    r.status
+                );
+            }
+            if path.contains('{') && !path.starts_with("/api/v1/clusters/{cluster}") || path.contains("/namespaces/") {
+                assert!(r.status >= 400 && r.status < 500, "{method} {url} answered {} to org B: {text}", r.status);
+            }
+            cross += 1;
+
+            // A's members below the route's role, and a token without a granting scope.
+            let min_role = need["min_role"].as_str().unwrap();
+            for (role, member) in &by_role {
+                if rank(role) < rank(min_role) {
+                    let r = member.request(&method, &url, body.as_ref());
+                    assert_eq!(r.status, 403, "{method} {url} answered a {role} ({}): {}", r.status, r.text());
+                    denied += 1;
+                }
+            }
+            let scopes: Vec<&str> = need["scopes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            if !scopes.contains(&"read_cluster") {
+                let r = narrow.request(&method, &url, body.as_ref());
+                assert_eq!(r.status, 403, "{method} {url} answered a read_cluster token ({}): {}", r.status, r.text());
+                denied += 1;
+            }
+        }
+    }
+    assert!(cross > 80, "only {cross} routes tried across organizations");
+    assert!(denied > 80, "only {denied} calls checked for role and scope");
+    assert_eq!(fingerprint(&http, &a), before, "org A's objects changed");
+    eprintln!("isolation matrix: {cross} routes tried by another organization, {denied} refusals by role or scope");
 }

@@ -226,8 +226,15 @@ impl Api {
                     .build(),
             );
         }
-        if op.permission.is_some() {
+        if let Some(p) = op.permission {
             b = b.security(SecurityRequirement::new("api_token", Vec::<String>::new()));
+            // Who may call it, in the document: the isolation matrix test reads it back and
+            // proves it holds for every route.
+            let (role, scopes) = p.requirement();
+            let extension = serde_json::json!({"permission": p.as_str(), "min_role": role.as_str(), "scopes": scopes});
+            b = b.extensions(Some(
+                utoipa::openapi::extensions::ExtensionsBuilder::new().add("x-yatai-permission", extension).build(),
+            ));
         }
         let method = match op.method {
             Method::GET => HttpMethod::Get,

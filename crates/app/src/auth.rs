@@ -86,6 +86,26 @@ impl Permission {
         }
     }
 
+    /// The permission's name in the OpenAPI document (`x-yatai-permission`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ReadRegistry => "read_registry",
+            Permission::WriteRegistry => "write_registry",
+            Permission::ReadCluster => "read_cluster",
+            Permission::WriteCluster => "write_cluster",
+            Permission::ManageOwnTokens => "manage_own_tokens",
+            Permission::Admin => "admin",
+        }
+    }
+
+    /// What the OpenAPI document says a route needs: the least role, and the token scopes
+    /// that grant it (`api` always does, within the role).
+    pub fn requirement(self) -> (MemberRole, Vec<&'static str>) {
+        let mut scopes = vec![Scope::Api.as_str()];
+        scopes.extend(self.granting_scopes().iter().map(|s| s.as_str()));
+        (self.min_role(), scopes)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Permission::ReadRegistry => "read the registry",
