@@ -98,11 +98,25 @@ pub struct ServerOptions {
     /// the default (relative) data directory and environment directory, and
     /// `uv` found on PATH.
     pub readme_defaults: bool,
+    /// PostgreSQL: reach it at this `HOST:PORT` (a fault-injecting proxy) instead.
+    pub database_through: Option<String>,
 }
 
 impl ServerOptions {
     pub fn new(backend: Backend) -> Self {
-        ServerOptions { backend, args: Vec::new(), env: Vec::new(), random_token: false, readme_defaults: false }
+        ServerOptions {
+            backend,
+            args: Vec::new(),
+            env: Vec::new(),
+            random_token: false,
+            readme_defaults: false,
+            database_through: None,
+        }
+    }
+    /// PostgreSQL reached through `addr` (`HOST:PORT`), e.g. a proxy that injects faults.
+    pub fn database_through(mut self, addr: &str) -> Self {
+        self.database_through = Some(addr.to_owned());
+        self
     }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
@@ -179,10 +193,13 @@ impl Server {
             let db = unique("t");
             create_pg_database(&db);
             let base = env_required("YATAI_TEST_PG_URL");
-            let url = match base.rsplit_once('/') {
+            let mut url = match base.rsplit_once('/') {
                 Some((head, _)) => format!("{head}/{db}"),
                 None => panic!("YATAI_TEST_PG_URL must end in /DATABASE"),
             };
+            if let Some(addr) = &opts.database_through {
+                url = url.replace(&pg_addr(), addr);
+            }
             args.extend(["--database-url".into(), url]);
             let bucket = unique("b").replace('x', "-");
             let dir = PathBuf::from(env_required("YATAI_TEST_S3_ROOT")).join(&bucket);
@@ -368,6 +385,13 @@ fn spawn_server(args: &[String], env: &[(String, String)], cwd: &Path, log: &Pat
             panic!("yatai serve did not start; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
     }
+}
+
+/// `HOST:PORT` of the test PostgreSQL server.
+pub fn pg_addr() -> String {
+    let base = env_required("YATAI_TEST_PG_URL");
+    let after_at = base.split_once('@').map(|(_, r)| r).unwrap_or(&base);
+    after_at.split('/').next().unwrap_or_default().to_owned()
 }
 
 fn create_pg_database(name: &str) {

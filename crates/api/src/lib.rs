@@ -73,6 +73,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>, hosts: Option<Arc<dyn 
         .route_layer(from_fn(metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.config.request_timeout, deadline))
         .layer(from_fn(close_if_body_unread))
         .layer(DefaultBodyLimit::max(state.config.max_json_body))
         .layer(CatchPanicLayer::custom(|_| {
@@ -82,6 +83,37 @@ pub fn app_with(state: AppState, extra: Router<AppState>, hosts: Option<Arc<dyn 
         .layer(from_fn_with_state(metrics, request_context))
         .with_state(state);
     (router, doc)
+}
+
+/// Answers 503 when a request takes longer than the server's `--request-timeout` to its
+/// response's head, dropping what it waited on. Requests that stream an archive's bytes (`PUT`
+/// uploads, transfer URLs) and server-sent events take as long as the bytes do.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<Option<std::time::Duration>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let streams = req.method() == Method::PUT
+        || req.uri().path().starts_with("/transfer/")
+        || req
+            .headers()
+            .get(axum::http::header::ACCEPT)
+            .is_some_and(|a| a.as_bytes().starts_with(b"text/event-stream"));
+    let Some(limit) = limit.filter(|_| !streams) else {
+        return next.run(req).await;
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(after_s = limit.as_secs_f64(), "request timed out");
+            ApiError::unavailable(format!(
+                "the server could not answer within {:?} (its database or storage may be unreachable); try again, \
+                 and tell the operator if it persists",
+                limit
+            ))
+            .into_response()
+        }
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

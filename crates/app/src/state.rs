@@ -64,6 +64,10 @@ pub struct AppConfig {
     pub image_builds: Option<crate::images::ImageBuildSettings>,
     /// `GET /metrics` needs `Authorization: Bearer <this>` (none: open).
     pub metrics_token: Option<String>,
+    /// The longest an API request may take to its response's head (archive uploads and
+    /// transfers excepted): past it, the client gets a 503 and whatever the request waited on
+    /// (a database that stopped answering) is let go. `None`: no limit.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for AppConfig {
@@ -80,6 +84,7 @@ impl Default for AppConfig {
             cold_start_timeout: Duration::from_secs(300),
             image_builds: None,
             metrics_token: None,
+            request_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

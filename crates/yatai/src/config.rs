@@ -181,6 +181,11 @@ pub struct ServeArgs {
     /// setting). Default: the metrics are open, like `/healthz`.
     #[arg(long, env = "YATAI_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// The longest an API request may take to its response's head (archive uploads and
+    /// downloads excepted): past it the client gets a 503 saying so, and what the request
+    /// waited on is let go (e.g. a database connection that stopped answering). `0s`: no limit.
+    #[arg(long, env = "YATAI_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
     /// How long a replica may take to become ready before it is restarted.
     #[arg(long, env = "YATAI_COLD_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub cold_start_timeout: Duration,
@@ -302,6 +307,7 @@ impl ServeArgs {
             upload_ttl: self.upload_ttl,
             deployment_domain: self.deployment_domain.clone(),
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
+            request_timeout: Some(self.request_timeout).filter(|t| !t.is_zero()),
             cold_start_timeout: self.cold_start_timeout,
             image_builds: self.image_registry.clone().map(|registry| yatai_app::images::ImageBuildSettings {
                 registry,
