@@ -149,3 +149,116 @@ fn a_database_that_goes_away_gives_503s_in_time_and_the_server_recovers_without_
     assert!(!names.contains(&"during-stall"), "a write refused with 503 was stored: {listed}");
     assert_eq!(http.get("/api/v1/model_repositories/before-faults").json()["description"], "kept");
 }
+
+/// A small tmpfs, unmounted at drop.
+struct SmallDisk(std::path::PathBuf, #[allow(dead_code)] Scratch);
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> SmallDisk {
+        let scratch = Scratch::new("small-disk");
+        let dir = scratch.path().join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(dir, scratch)
+    }
+
+    /// Fills the disk until at most `leave` bytes are free (a file of zeros).
+    fn fill(&self, name: &str, leave: u64) {
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while self.free() > leave + chunk.len() as u64 {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) -> u64 {
+        let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(&self.0).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn model_version(http: &Http, repo: &str, version: &str) -> String {
+    let r = http.post("/api/v1/model_repositories", &json!({"name": repo, "description": ""}));
+    assert!(r.status == 200 || r.status == 409, "{}", r.text());
+    let manifest = json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}});
+    let r = http.post(
+        &format!("/api/v1/model_repositories/{repo}/models"),
+        &json!({"version": version, "description": "", "manifest": manifest, "build_at": "2026-11-24 19:44:50.976764", "labels": []}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    format!("/api/v1/model_repositories/{repo}/models/{version}")
+}
+
+fn upload(http: &Http, version_path: &str, payload: &[u8]) -> Response {
+    let r = http.patch(&format!("{version_path}/start_upload"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.put_bytes(&format!("{version_path}/upload"), &tar_of(&[("./data", payload)]))
+}
+
+fn downloaded(http: &Http, version_path: &str) -> Vec<u8> {
+    let r = http.get(&format!("{version_path}/download"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    tar_member(&r.body, "./data").expect("the archive's payload")
+}
+
+#[test]
+fn a_full_disk_gives_507_loses_nothing_and_writes_resume_once_there_is_room() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("a_full_disk_gives_507…: skipped (mounting a small filesystem needs root)");
+        return;
+    }
+    let disk = SmallDisk::mount(32);
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).data_dir(&disk.0));
+    let http = server.http();
+    let kept: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let first = model_version(&http, "kept", "v1");
+    assert_eq!(upload(&http, &first, &kept).status, 200);
+
+    // An archive larger than what is left: 507 with a reason, and the version stays un-uploaded.
+    let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let second = model_version(&http, "big", "v1");
+    disk.fill("filler", 2 * 1024 * 1024);
+    let r = upload(&http, &second, &big);
+    assert_eq!(r.status, 507, "an upload onto a full disk: {} {}", r.status, r.text());
+    let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("no space left"), "{message}");
+    assert_ne!(http.get(&second).json()["upload_status"], "success");
+
+    // With no room at all, metadata writes are refused as well, or succeed for real: never a 500.
+    disk.fill("filler-2", 0);
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let r = http.post("/api/v1/model_repositories", &json!({"name": format!("full-{i}"), "description": ""}));
+        assert!(r.status == 200 || r.status == 507, "creating a repository on a full disk: {} {}", r.status, r.text());
+        statuses.push(r.status);
+        if r.status == 200 {
+            assert_eq!(http.get(&format!("/api/v1/model_repositories/full-{i}")).status, 200);
+        }
+    }
+    eprintln!("faults: repositories created with the disk full: {statuses:?}");
+    // What was stored before reads back whole.
+    assert_eq!(downloaded(&http, &first), kept);
+
+    // Room again: the same upload succeeds, without a restart, and reads back whole.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    std::fs::remove_file(disk.0.join("filler-2")).unwrap();
+    let r = upload(&http, &second, &big);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(downloaded(&http, &second), big);
+    assert_eq!(downloaded(&http, &first), kept);
+    drop(server);
+}

@@ -100,6 +100,8 @@ pub struct ServerOptions {
     pub readme_defaults: bool,
     /// PostgreSQL: reach it at this `HOST:PORT` (a fault-injecting proxy) instead.
     pub database_through: Option<String>,
+    /// The data directory instead of one in the server's scratch (e.g. on a small filesystem).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -111,7 +113,13 @@ impl ServerOptions {
             random_token: false,
             readme_defaults: false,
             database_through: None,
+            data_dir: None,
         }
+    }
+    /// Keep the data (SQLite, archives, keys) in `dir`.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
     }
     /// PostgreSQL reached through `addr` (`HOST:PORT`), e.g. a proxy that injects faults.
     pub fn database_through(mut self, addr: &str) -> Self {
@@ -168,7 +176,7 @@ impl Server {
         let data_dir = if opts.readme_defaults {
             scratch.path().join("yatai-data")
         } else {
-            let dir = scratch.path().join("data");
+            let dir = opts.data_dir.clone().unwrap_or_else(|| scratch.path().join("data"));
             args.extend(["--data-dir".into(), dir.display().to_string()]);
             dir
         };

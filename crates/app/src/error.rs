@@ -25,6 +25,10 @@ pub enum AppError {
     /// Something the server depends on failed or is busy; retrying may work.
     #[error("{0}")]
     Unavailable(String),
+    /// The server's disk (its database's or its archives') is full: nothing was stored;
+    /// retrying works once an operator has made room.
+    #[error("{0}")]
+    StorageFull(String),
     /// A bug or a broken invariant.
     #[error("{0}")]
     Internal(String),
@@ -72,6 +76,7 @@ impl AppError {
             | AppError::Conflict(m)
             | AppError::TooLarge(m)
             | AppError::Unavailable(m)
+            | AppError::StorageFull(m)
             | AppError::Internal(m) => m,
         }
     }
@@ -93,12 +98,35 @@ impl AppError {
     }
 }
 
+/// Whether an error's text says a disk is full: ENOSPC (`No space left on device`, what Rust's
+/// `StorageFull` prints), SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full` (53100), an exceeded quota.
+fn disk_full(text: &str) -> bool {
+    [
+        "No space left on device",
+        "database or disk is full",
+        "53100",
+        "could not extend file",
+        "Disk quota exceeded",
+        "storage full",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => AppError::NotFound(m),
             StoreError::Conflict(m) => AppError::Conflict(m),
             StoreError::Invalid(m) => AppError::invalid(m),
+            StoreError::Db(e) if disk_full(&e.to_string()) => {
+                tracing::error!(error = %e, "the database's disk is full");
+                AppError::StorageFull(
+                    "the server's database has no space left on its disk: nothing was stored; try again once the \
+                     operator has made room"
+                        .into(),
+                )
+            }
             StoreError::Db(e) => {
                 tracing::error!(error = %e, "database error");
                 AppError::unavailable("the metadata database failed; try again, and tell the operator if it persists")
@@ -118,6 +146,14 @@ impl From<BlobError> for AppError {
             ),
             BlobError::Exists(_) => {
                 AppError::conflict("this archive was already received; ask the server for a new URL to upload again")
+            }
+            BlobError::Storage(m) if disk_full(m) => {
+                tracing::error!(error = %m, "artifact storage is full");
+                AppError::StorageFull(
+                    "the server's artifact storage has no space left: nothing was stored; try again once the \
+                     operator has made room"
+                        .into(),
+                )
             }
             BlobError::Storage(m) => {
                 tracing::error!(error = %m, "artifact storage error");

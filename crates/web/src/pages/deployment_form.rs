@@ -312,7 +312,7 @@ pub async fn create(State(state): State<AppState>, post: Post) -> WebResult {
     };
     match svc::create(&state, &s.caller, request).await {
         Ok(d) => Ok(Redirect::to(&href(&d.name)).into_response()),
-        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => {
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_) | AppError::StorageFull(_))) => {
             // The deployment may exist (stored, then failed to start): show it.
             if let Ok(d) = svc::find(&state, &s.caller, cluster, &v.name).await {
                 return Ok(ui::back(&href(&d.name), &format!("Created, but it did not start: {}", e.message())));
@@ -368,7 +368,7 @@ pub async fn update(State(state): State<AppState>, Path(name): Path<String>, pos
     };
     match svc::update(&state, &s.caller, &d, &tag, &config).await {
         Ok(d) => Ok(ui::back(&href(&d.name), "Updated: rolling out a new revision.")),
-        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => Err(e.into()),
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_) | AppError::StorageFull(_))) => Err(e.into()),
         Err(e) => form_page(&state, s, Some(&d), &v, &vec![(place(&e).into(), e.message().to_owned())]).await,
     }
 }

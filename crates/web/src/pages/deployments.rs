@@ -179,7 +179,7 @@ async fn act(state: &AppState, name: &str, post: &Post) -> WebResult<DeploymentR
 fn outcome(d: &DeploymentRow, r: Result<DeploymentRow, AppError>, done: &str) -> WebResult {
     match r {
         Ok(d) => Ok(ui::back(&href(&d.name), done)),
-        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_))) => Err(e.into()),
+        Err(e @ (AppError::Internal(_) | AppError::Unavailable(_) | AppError::StorageFull(_))) => Err(e.into()),
         Err(e) => Ok(ui::back(&href(&d.name), &format!("Not done: {}", e.message()))),
     }
 }
