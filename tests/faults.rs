@@ -262,3 +262,135 @@ fn a_full_disk_gives_507_loses_nothing_and_writes_resume_once_there_is_room() {
     assert_eq!(downloaded(&http, &first), kept);
     drop(server);
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether the server has closed this connection (end of stream or reset), without waiting.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a response (408) before the close
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
+    let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[
+        "--client-header-timeout",
+        "3s",
+        "--client-body-timeout",
+        "3s",
+        "--client-send-timeout",
+        "5s",
+    ]));
+    let http = server.http();
+    let pid = server.child.id();
+    // A 32 MiB archive: more than the socket buffers of both ends hold.
+    let payload: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 249) as u8).collect();
+    let big = model_version(&http, "big", "v1");
+    assert_eq!(upload(&http, &big, &payload).status, 200);
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+
+    // 300 clients that never finish their request's head (slowloris), a byte now and then.
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(http.addr()).unwrap();
+            s.write_all(b"GET /api/v1/version HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(http.get("/livez").status, 200);
+    }
+    let answered_in = started.elapsed();
+    assert!(answered_in < Duration::from_secs(5), "20 requests took {answered_in:?} beside 300 slow clients");
+    let closed = wait_for("the slow heads to be cut off", Duration::from_secs(30), || {
+        let mut closed = 0;
+        for s in &mut slow {
+            let _ = s.write_all(b"a");
+            if closed_by_server(s) {
+                closed += 1;
+            }
+        }
+        (closed == slow.len()).then_some(closed)
+    });
+    let cut_after = started.elapsed();
+    eprintln!(
+        "faults: {closed} slow request heads cut off within {cut_after:?}; 20 requests answered in {answered_in:?} meanwhile"
+    );
+
+    // An upload that stalls in its body: the request fails, the version can be uploaded again.
+    let stalled = model_version(&http, "stalled", "v1");
+    assert_eq!(http.patch(&format!("{stalled}/start_upload"), None).status, 200);
+    let mut s = TcpStream::connect(http.addr()).unwrap();
+    let head = format!(
+        "PUT {stalled}/upload HTTP/1.1\r\nHost: x\r\nX-YATAI-API-TOKEN: {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: 10485760\r\n\r\n",
+        server.token
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&[0u8; 4096]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let stall_started = Instant::now();
+    let response = read_response(&mut s);
+    assert!(response.status >= 400, "a stalled upload answered {}: {}", response.status, response.text());
+    eprintln!("faults: a stalled upload failed with {} after {:?}", response.status, stall_started.elapsed());
+    assert_eq!(upload(&http, &stalled, b"whole").status, 200, "the version could not be uploaded after a stall");
+
+    // Downloads to clients that stopped reading: the connections end, their files are closed.
+    let stuck: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(http.addr()).unwrap();
+            // A small receive buffer: what the client does not read soon fills every buffer.
+            let small: libc::c_int = 4096;
+            // SAFETY: setsockopt on our own socket, with a pointer to a live c_int.
+            unsafe {
+                use std::os::fd::AsRawFd;
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&small as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            let req = format!("GET {big}/download HTTP/1.1\r\nHost: x\r\nX-YATAI-API-TOKEN: {}\r\n\r\n", server.token);
+            s.write_all(req.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    wait_for("the server to serve the downloads", Duration::from_secs(30), || {
+        (open_fds(pid) >= fds_before + 4).then_some(())
+    });
+    let stuck_started = Instant::now();
+    wait_for("the stuck downloads' connections to end", Duration::from_secs(60), || {
+        (open_fds(pid) <= fds_before + 2).then_some(())
+    });
+    eprintln!("faults: 4 downloads to clients that stopped reading ended after {:?}", stuck_started.elapsed());
+    drop(stuck);
+
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "faults: server RSS {rss_before} KiB before, {rss_after} KiB after; fds {fds_before} → {}",
+        open_fds(pid)
+    );
+    assert!(rss_after < rss_before + 64 * 1024, "memory grew from {rss_before} KiB to {rss_after} KiB");
+    assert_eq!(downloaded(&http, &big).len(), payload.len());
+}

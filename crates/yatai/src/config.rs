@@ -186,6 +186,19 @@ pub struct ServeArgs {
     /// waited on is let go (e.g. a database connection that stopped answering). `0s`: no limit.
     #[arg(long, env = "YATAI_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// The most client connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "YATAI_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A request's head must arrive within this (slow clients holding connections).
+    #[arg(long, env = "YATAI_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub client_header_timeout: Duration,
+    /// A request body that sends nothing for this long fails (a stalled upload).
+    #[arg(long, env = "YATAI_CLIENT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub client_body_timeout: Duration,
+    /// A connection whose client acknowledges nothing sent for this long is closed (a download
+    /// to a client that stopped reading).
+    #[arg(long, env = "YATAI_CLIENT_SEND_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub client_send_timeout: Duration,
     /// How long a replica may take to become ready before it is restarted.
     #[arg(long, env = "YATAI_COLD_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub cold_start_timeout: Duration,

@@ -95,12 +95,17 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("yatai listening on http://{addr}");
 
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async {
-            shutdown_signal().await;
-            yatai_api::shutdown::begin();
-        })
-        .await?;
+    let limits = crate::connections::Limits {
+        max_connections: args.max_connections.min(connection_budget()),
+        header_timeout: args.client_header_timeout,
+        body_idle_timeout: args.client_body_timeout,
+        send_timeout: args.client_send_timeout,
+    };
+    crate::connections::serve(listener, app, limits, async {
+        shutdown_signal().await;
+        yatai_api::shutdown::begin();
+    })
+    .await?;
     janitor.abort();
     tracing::info!("stopping the deployments' replicas");
     runtime.shutdown().await;
@@ -108,6 +113,25 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("yatai stopped");
     Ok(())
+}
+
+/// How many connections the process can hold: its open-file limit, raised to the hard limit,
+/// less room for the database, archives, replicas' pipes and logs.
+fn connection_budget() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    (limit.rlim_cur as usize).saturating_sub(512).max(64)
 }
 
 /// The key that signs transfer URLs, from a file only the server can read.
