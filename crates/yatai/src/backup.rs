@@ -485,7 +485,13 @@ fn write_archive(
             let f = std::fs::File::open(spool.join(table))?;
             tar.append_data(&mut header(m.size, mtime), &m.path, f).with_context(|| m.path.clone())?;
         } else if let Some(key) = &m.storage_key {
-            let reader = handle.block_on(blobs.open(key)).with_context(|| format!("cannot read {key}"))?;
+            let reader = match handle.block_on(blobs.open(key)) {
+                Ok(r) => r,
+                Err(BlobError::NotFound(_)) => {
+                    bail!("the archive {key} was deleted while the backup ran: run the backup again")
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {key}")),
+            };
             let stream = reader.stream.map(|r| r.map_err(std::io::Error::other));
             let sync = tokio_util::io::SyncIoBridge::new_with_handle(
                 tokio_util::io::StreamReader::new(stream),
