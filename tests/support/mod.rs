@@ -102,6 +102,8 @@ pub struct ServerOptions {
     pub database_through: Option<String>,
     /// The data directory instead of one in the server's scratch (e.g. on a small filesystem).
     pub data_dir: Option<PathBuf>,
+    /// Serve this data directory (and database and bucket) instead of fresh ones.
+    pub on: Option<Target>,
 }
 
 impl ServerOptions {
@@ -114,6 +116,7 @@ impl ServerOptions {
             readme_defaults: false,
             database_through: None,
             data_dir: None,
+            on: None,
         }
     }
     /// Keep the data (SQLite, archives, keys) in `dir`.
@@ -124,6 +127,12 @@ impl ServerOptions {
     /// PostgreSQL reached through `addr` (`HOST:PORT`), e.g. a proxy that injects faults.
     pub fn database_through(mut self, addr: &str) -> Self {
         self.database_through = Some(addr.to_owned());
+        self
+    }
+    /// Serve `target` (e.g. one a backup was restored into).
+    pub fn on(mut self, target: Target) -> Self {
+        self.backend = target.backend;
+        self.on = Some(target);
         self
     }
     pub fn arg(mut self, a: &str) -> Self {
@@ -142,62 +151,39 @@ impl ServerOptions {
     }
 }
 
-/// A running `yatai serve`, stopped at drop.
-pub struct Server {
-    pub child: Child,
-    pub url: String,
-    pub token: String,
+/// A data directory, and with [`Backend::PostgresS3`] a new database and bucket, with nothing
+/// started on them yet: where a server runs, or a backup is restored to.
+pub struct Target {
     pub scratch: Scratch,
+    pub data_dir: PathBuf,
     pub backend: Backend,
-    /// `serve` arguments, to restart the same server.
+    /// `--data-dir` (unless the README's defaults are used), and the database and storage arguments.
     pub args: Vec<String>,
+    /// The S3 credentials.
     pub env: Vec<(String, String)>,
-    /// Where the bucket of this server lives on disk (S3 backend).
     pub bucket_dir: Option<PathBuf>,
-    pub log: PathBuf,
-    /// What the server printed on stdout before it listened.
-    pub banner: Vec<String>,
-    data_dir: PathBuf,
 }
 
-pub fn yatai_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_yatai")
-}
-
-impl Server {
-    pub fn start(backend: Backend) -> Server {
-        Self::start_with(ServerOptions::new(backend))
+impl Target {
+    pub fn fresh(backend: Backend) -> Target {
+        Self::new(&ServerOptions::new(backend))
     }
 
-    pub fn start_with(opts: ServerOptions) -> Server {
+    /// What `opts` asks for: the README's defaults, a given data directory, PostgreSQL through a proxy.
+    fn new(opts: &ServerOptions) -> Target {
+        let (backend, readme_defaults) = (opts.backend, opts.readme_defaults);
         let scratch = Scratch::new("server");
-        let token = format!("yatai_test_{}", unique("t"));
-        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into()];
-        let data_dir = if opts.readme_defaults {
+        let mut args = Vec::new();
+        let data_dir = if readme_defaults {
             scratch.path().join("yatai-data")
         } else {
             let dir = opts.data_dir.clone().unwrap_or_else(|| scratch.path().join("data"));
             args.extend(["--data-dir".into(), dir.display().to_string()]);
             dir
         };
-        let mut env = vec![
-            ("YATAI_LOG".to_owned(), "info,yatai_api=debug,sqlx=warn".to_owned()),
-            // Tests do not measure durability; syncing slows them down.
-            ("YATAI_FSYNC".to_owned(), "false".to_owned()),
-            // Deployments: build Python environments with the test venv's uv,
-            // cached across tests and runs (the first build downloads from PyPI).
-            ("UV_CACHE_DIR".to_owned(), cache_dir().join("uv-cache").display().to_string()),
-            ("YATAI_STOP_GRACE".to_owned(), "5s".to_owned()),
-        ];
-        if opts.readme_defaults {
-            let path = std::env::var("PATH").unwrap_or_default();
-            env.push(("PATH".to_owned(), format!("{}:{path}", venv().join("bin").display())));
-        } else {
-            env.push(("YATAI_UV".to_owned(), venv().join("bin/uv").display().to_string()));
-            env.push(("YATAI_ENV_DIR".to_owned(), cache_dir().join("test-envs").display().to_string()));
-        }
+        let mut env = Vec::new();
         let mut bucket_dir = None;
-        if opts.backend == Backend::PostgresS3 {
+        if backend == Backend::PostgresS3 {
             let db = unique("t");
             create_pg_database(&db);
             let base = env_required("YATAI_TEST_PG_URL");
@@ -222,11 +208,84 @@ impl Server {
             env.push(("YATAI_S3_ACCESS_KEY_ID".into(), env_required("YATAI_TEST_S3_KEY")));
             env.push(("YATAI_S3_SECRET_ACCESS_KEY".into(), env_required("YATAI_TEST_S3_SECRET")));
         }
+        Target { scratch, data_dir, backend, args, env, bucket_dir }
+    }
+
+    /// Runs `yatai ARGS` on this target's database and storage (it may fail).
+    pub fn yatai(&self, args: &[&str]) -> Output {
+        run_yatai(args, &self.args, &self.env)
+    }
+}
+
+fn run_yatai(args: &[&str], backend_args: &[String], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(yatai_bin());
+    cmd.args(args).args(backend_args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A running `yatai serve`, stopped at drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub scratch: Scratch,
+    pub backend: Backend,
+    /// `serve` arguments, to restart the same server.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Where the bucket of this server lives on disk (S3 backend).
+    pub bucket_dir: Option<PathBuf>,
+    pub log: PathBuf,
+    /// What the server printed on stdout before it listened.
+    pub banner: Vec<String>,
+    data_dir: PathBuf,
+    /// `--data-dir`, and the database and storage arguments of the backend.
+    pub backend_args: Vec<String>,
+}
+
+pub fn yatai_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_yatai")
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Server {
+        Self::start_with(ServerOptions::new(backend))
+    }
+
+    pub fn start_with(opts: ServerOptions) -> Server {
+        let token = format!("yatai_test_{}", unique("t"));
+        let target = match opts.on {
+            Some(t) => t,
+            None => Target::new(&opts),
+        };
+        let mut args: Vec<String> = vec!["serve".into(), "--bind".into(), "127.0.0.1:0".into()];
+        args.extend(target.args.iter().cloned());
+        let mut env = vec![
+            ("YATAI_LOG".to_owned(), "info,yatai_api=debug,sqlx=warn".to_owned()),
+            // Tests do not measure durability; syncing slows them down.
+            ("YATAI_FSYNC".to_owned(), "false".to_owned()),
+            // Deployments: build Python environments with the test venv's uv,
+            // cached across tests and runs (the first build downloads from PyPI).
+            ("UV_CACHE_DIR".to_owned(), cache_dir().join("uv-cache").display().to_string()),
+            ("YATAI_STOP_GRACE".to_owned(), "5s".to_owned()),
+        ];
+        if opts.readme_defaults {
+            let path = std::env::var("PATH").unwrap_or_default();
+            env.push(("PATH".to_owned(), format!("{}:{path}", venv().join("bin").display())));
+        } else {
+            env.push(("YATAI_UV".to_owned(), venv().join("bin/uv").display().to_string()));
+            env.push(("YATAI_ENV_DIR".to_owned(), cache_dir().join("test-envs").display().to_string()));
+        }
+        env.extend(target.env.iter().cloned());
         if !opts.random_token {
             env.push(("YATAI_INITIAL_API_TOKEN".to_owned(), token.clone()));
         }
         args.extend(opts.args);
         env.extend(opts.env);
+        let Target { scratch, data_dir, bucket_dir, backend, args: backend_args, .. } = target;
         let log = scratch.path().join("server.log");
         let (child, url, banner) = spawn_server(&args, &env, scratch.path(), &log);
         let token = if opts.random_token {
@@ -234,7 +293,7 @@ impl Server {
         } else {
             token
         };
-        Server { child, url, token, scratch, backend: opts.backend, args, env, bucket_dir, log, banner, data_dir }
+        Server { child, url, token, scratch, backend, args, env, bucket_dir, log, banner, data_dir, backend_args }
     }
 
     /// Stops the server (SIGTERM, then waits) and starts it again with the
@@ -318,6 +377,11 @@ impl Server {
     /// An HTTP client for direct API calls.
     pub fn http(&self) -> Http {
         Http { base: self.url.clone(), token: Some(self.token.clone()) }
+    }
+
+    /// Runs `yatai ARGS` on this server's database and storage (it may fail).
+    pub fn yatai(&self, args: &[&str]) -> Output {
+        run_yatai(args, &self.backend_args, &self.env)
     }
 
     /// Runs an admin subcommand against this server's database.

@@ -104,8 +104,10 @@ impl ClusterKey {
     /// Opens what [`ClusterKey::seal`] sealed for the same cluster.
     pub fn open(&self, cluster_uid: &str, sealed: &str) -> Result<KubeClusterConfig, String> {
         let bad = || {
-            "the cluster's stored credentials cannot be opened: the cluster key is not the one they were sealed with, \
-             or they were altered; register the cluster's kubeconfig again"
+            "the cluster's stored credentials cannot be opened: the cluster key (--cluster-key-file, by default \
+             DATA_DIR/secrets/cluster.key) is not the one they were sealed with (a database restored from a backup \
+             taken without --include-keys needs the original cluster.key back), or they were altered; register the \
+             cluster's kubeconfig again"
                 .to_owned()
         };
         let plain = self.open_bytes(cluster_uid, sealed).ok_or_else(bad)?;

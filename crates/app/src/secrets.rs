@@ -356,8 +356,10 @@ pub async fn open_for_deployment(state: &AppState, org_uid: &str, names: &[Strin
 async fn open_row(state: &AppState, row: &SecretRow) -> AppResult<(SecretContent, String)> {
     let broken = || {
         AppError::internal(format!(
-            "the values of secret {:?} cannot be opened: the server's key is not the one they were sealed with, or \
-             they were altered; replace them with `bentoml secret apply`",
+            "the values of secret {:?} cannot be opened: the server's cluster key (--cluster-key-file, by default \
+             DATA_DIR/secrets/cluster.key) is not the one they were sealed with (a database restored from a backup \
+             taken without --include-keys needs the original cluster.key back), or they were altered; replace them \
+             with `bentoml secret apply`",
             row.name
         ))
     };

@@ -14,6 +14,7 @@ mod image_builds;
 mod invitations;
 mod members;
 mod registry;
+pub mod schema;
 mod secrets;
 mod sessions;
 mod settings;

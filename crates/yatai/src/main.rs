@@ -2,6 +2,7 @@
 //! registry; the other subcommands administer the same database.
 
 mod admin;
+mod backup;
 mod config;
 mod connections;
 mod local_target;
@@ -46,6 +47,11 @@ enum Command {
     Cluster(admin::ClusterCommand),
     /// Delete abandoned uploads and archives nothing refers to, now.
     Gc(admin::GcArgs),
+    /// Write the metadata and every archive (and, with --include-keys, the server's keys) to one
+    /// file, while the server runs.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into an empty data directory, database or bucket.
+    Restore(backup::RestoreArgs),
     /// Bring the database schema up to date and exit.
     Migrate(config::DbArgs),
     /// Print the CustomResourceDefinitions (BentoDeployment, BentoRequest, Bento) as YAML,
@@ -87,6 +93,8 @@ fn main() -> anyhow::Result<()> {
             Command::User(cmd) => admin::user(cmd).await,
             Command::Org(cmd) => admin::org(cmd).await,
             Command::Gc(args) => admin::gc(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
             Command::Cluster(cmd) => {
                 admin::cluster(cmd, Some(std::sync::Arc::new(yatai_kube_target::KubeConnector))).await
             }
