@@ -848,15 +848,7 @@ impl PrivateIndex {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let port = line.trim().parse().unwrap_or_else(|_| panic!("the private index printed {line:?}, not its port"));
-        PrivateIndex {
-            child,
-            port,
-            user: user.into(),
-            token: token.into(),
-            version: version.into(),
-            log,
-            _dir: dir,
-        }
+        PrivateIndex { child, port, user: user.into(), token: token.into(), version: version.into(), log, _dir: dir }
     }
 
     /// The index's URL with the credentials in it, as an installer takes it.

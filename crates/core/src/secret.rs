@@ -375,7 +375,8 @@ mod tests {
     fn redaction_masks_values_their_parts_and_url_passwords() {
         let url = "https://user:s3cr3t-token@pypi.example/simple";
         let extra = "https://a.example/simple https://bob:pw-2@b.example/simple";
-        let text = format!("failed to fetch {url}; extra {extra}; uv shows https://user:s3cr3t-token@pypi.example/x/; eu");
+        let text =
+            format!("failed to fetch {url}; extra {extra}; uv shows https://user:s3cr3t-token@pypi.example/x/; eu");
         let red = redact(&text, [url, extra, "eu"]);
         assert!(!red.contains("s3cr3t-token") && !red.contains("pw-2@"), "{red}");
         assert!(!red.contains("a.example"), "each URL of a list is masked: {red}");
@@ -389,11 +390,18 @@ mod tests {
 
     #[test]
     fn pip_index_variables_reach_uv_and_the_reverse_unless_set() {
-        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let env =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         let pip = env(&[("PIP_INDEX_URL", "i"), ("PIP_EXTRA_INDEX_URL", "e"), ("OTHER", "o")]);
         assert_eq!(
             install_env(&pip, true),
-            env(&[("PIP_INDEX_URL", "i"), ("PIP_EXTRA_INDEX_URL", "e"), ("OTHER", "o"), ("UV_INDEX_URL", "i"), ("UV_EXTRA_INDEX_URL", "e")])
+            env(&[
+                ("PIP_INDEX_URL", "i"),
+                ("PIP_EXTRA_INDEX_URL", "e"),
+                ("OTHER", "o"),
+                ("UV_INDEX_URL", "i"),
+                ("UV_EXTRA_INDEX_URL", "e")
+            ])
         );
         assert_eq!(install_env(&pip, false), pip, "pip reads its own");
         let both = env(&[("PIP_INDEX_URL", "i"), ("UV_INDEX_URL", "u")]);

@@ -169,7 +169,15 @@ pub(crate) async fn deps_layer(
         Some(r) => r,
         None => {
             ctx.step(format!("resolving Python requirements for {} / python {}", target.uv_platform, target.python));
-            let r = uv.compile(&req_file, &cwd, target, Some(&bento.creation_time), &build_envs).await?;
+            // An index of the build's own (a private one, usually) may not publish upload times
+            // (PEP 700 is in the JSON API only; plain HTML indexes have none), and uv drops every
+            // file without one under `--exclude-newer`: no cutoff then.
+            let own_index = crate::secrets::names_an_index(build_envs.iter().chain(ctx.cfg.secret_envs.vars()));
+            let exclude_newer = (!own_index).then_some(bento.creation_time.as_str());
+            if own_index {
+                ctx.step("the build names a package index of its own: no --exclude-newer cutoff (such indexes may not publish upload times)");
+            }
+            let r = uv.compile(&req_file, &cwd, target, exclude_newer, &build_envs).await?;
             let r = r.replace(&bento_root, "${BENTO}");
             ctx.cache.put_meta(&resolve_key, &r)?;
             r

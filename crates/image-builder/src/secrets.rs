@@ -82,6 +82,23 @@ impl SecretEnvs {
     }
 }
 
+/// The variables that make uv (or pip, whose names uv is given too) look at another index.
+const INDEX_VARS: &[&str] = &[
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_FIND_LINKS",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+];
+
+/// Whether `envs` name a package index (or a find-links location) of their own.
+pub fn names_an_index<'a>(envs: impl IntoIterator<Item = &'a (String, String)>) -> bool {
+    envs.into_iter().any(|(k, v)| INDEX_VARS.contains(&k.as_str()) && !v.trim().is_empty())
+}
+
 /// An error whose text quoted a secret value, with the value masked.
 #[derive(Debug, thiserror::Error)]
 #[error("{text}")]
@@ -121,6 +138,14 @@ mod tests {
         assert_eq!(s.vars()[1], ("A_TOKEN".to_string(), "ghijkl".to_string()));
         let cfg = crate::BuildConfig { secret_envs: s, ..crate::BuildConfig::new("a:b", "r/x", "/tmp") };
         assert!(!format!("{cfg:?}").contains("tok-123456"));
+    }
+
+    #[test]
+    fn index_variables_are_told_apart() {
+        let e = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert!(names_an_index(&[e("A", "1"), e("PIP_EXTRA_INDEX_URL", TOKEN_URL)]));
+        assert!(names_an_index(&[e("UV_DEFAULT_INDEX", TOKEN_URL)]));
+        assert!(!names_an_index(&[e("UV_INDEX_URL", " "), e("HF_TOKEN", "x")]));
     }
 
     #[test]

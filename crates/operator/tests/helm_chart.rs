@@ -226,7 +226,10 @@ async fn the_operator_runs_with_the_chart_s_rbac_and_no_more() -> anyhow::Result
     assert!(!can_i(&as_operator, "list", "secrets", workloads.name()).await?, "the operator may list Secrets");
     assert!(!can_i(&as_operator, "watch", "secrets", workloads.name()).await?, "the operator may watch Secrets");
     assert!(!can_i(&as_operator, "list", "secrets", release_ns.name()).await?, "the operator may list Secrets");
-    assert!(!can_i(&as_operator, "get", "secrets", "default").await?, "the operator reads Secrets beyond its namespaces");
+    assert!(
+        !can_i(&as_operator, "get", "secrets", "default").await?,
+        "the operator reads Secrets beyond its namespaces"
+    );
     assert!(
         !can_i(&as_operator, "create", "apps/deployments", "default").await?,
         "the operator reaches beyond its namespaces"

@@ -25,7 +25,11 @@ pub struct Unresolved {
 
 /// The variables of `env`, with the values of the Secrets they name (read from `secrets`, the
 /// API of the request's namespace).
-pub async fn resolve(secrets: &Api<Secret>, namespace: &str, env: &[EnvVar]) -> Result<Vec<(String, String)>, Unresolved> {
+pub async fn resolve(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    env: &[EnvVar],
+) -> Result<Vec<(String, String)>, Unresolved> {
     let mut read: HashMap<String, Option<Secret>> = HashMap::new();
     let mut out = Vec::new();
     for var in env {
@@ -95,10 +99,7 @@ pub async fn resolve(secrets: &Api<Secret>, namespace: &str, env: &[EnvVar]) -> 
             None => {
                 return Err(Unresolved {
                     reason: reasons::SECRET_NOT_FOUND,
-                    message: format!(
-                        "{field}: Secret {namespace}/{} has no key {:?}; waiting for it",
-                        r.name, r.key
-                    ),
+                    message: format!("{field}: Secret {namespace}/{} has no key {:?}; waiting for it", r.name, r.key),
                     retry: true,
                 });
             }
@@ -201,7 +202,10 @@ mod tests {
         let (got, _) = run(vec![from_secret("UV_INDEX_URL", "nope", "url", false)]).await;
         let err = got.unwrap_err();
         assert_eq!((err.reason, err.retry), (reasons::SECRET_NOT_FOUND, true));
-        assert!(err.message.contains("Secret ml/nope does not exist") && err.message.contains("UV_INDEX_URL"), "{err:?}");
+        assert!(
+            err.message.contains("Secret ml/nope does not exist") && err.message.contains("UV_INDEX_URL"),
+            "{err:?}"
+        );
 
         let (got, _) = run(vec![from_secret("UV_INDEX_URL", "index-creds", "token", false)]).await;
         let err = got.unwrap_err();

@@ -94,10 +94,7 @@ async fn a_missing_build_secret_is_named_in_the_condition_and_retried_without_a_
     assert_eq!(building["status"], "False");
     assert_eq!(building["reason"], reasons::SECRET_NOT_FOUND);
     let message = building["message"].as_str().unwrap();
-    assert!(
-        message.contains("UV_INDEX_URL") && message.contains("Secret ml/index-creds does not exist"),
-        "{message}"
-    );
+    assert!(message.contains("UV_INDEX_URL") && message.contains("Secret ml/index-creds does not exist"), "{message}");
     assert_eq!(seen[3].2["type"], "Warning");
     assert_eq!(seen[3].2["reason"], reasons::SECRET_NOT_FOUND);
 }
