@@ -50,7 +50,7 @@ fn env_content(items: Value) -> Value {
 }
 
 /// Every byte a server keeps in its metadata database, as text.
-fn database_text(server: &Server) -> String {
+fn database_text(server: &Server, secret: &str) -> String {
     match server.backend {
         Backend::SqliteLocal => {
             let mut text = String::new();
@@ -60,7 +60,7 @@ fn database_text(server: &Server) -> String {
                     text.push_str(&String::from_utf8_lossy(&bytes));
                 }
             }
-            assert!(text.contains("api-keys"), "the database file should hold the secret's row");
+            assert!(text.contains(secret), "the database file should hold the secret's row");
             text
         }
         Backend::PostgresS3 => {
@@ -262,7 +262,7 @@ backend_test! {
         let ops: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["operation_name"].as_str().unwrap()).collect();
         assert!(ops.contains(&"created") && ops.contains(&"updated"), "{ops:?}");
         assert_no_value("the server log", &server.log_text());
-        assert_no_value("the database", &database_text(&server));
+        assert_no_value("the database", &database_text(&server, "api-keys"));
 
         // An update without `certs` frees it; the revision that named it cannot come back without it.
         let first = server.http().get("/api/v2/deployments/echo").json()["latest_revision"]["uid"].as_str().unwrap().to_owned();
@@ -561,4 +561,121 @@ async fn secrets_made_in_the_dashboard_reach_replicas_and_no_page() {
     let log = server.log_text();
     assert_no_value("the server log", &log);
     assert!(!log.contains(CA_VALUE) && !events.contains(CA_VALUE));
+}
+
+/// The `private_dep` bento, requiring `yatai-private-probe==version` (only on the private
+/// index), built in `client`'s home; its tag.
+fn private_dep_bento(client: &Bentoml, version: &str) -> String {
+    let src = Scratch::new("private-dep");
+    for file in ["bentofile.yaml", "service.py"] {
+        let text = std::fs::read_to_string(format!("{FIXTURES}/private_dep/{file}")).unwrap();
+        std::fs::write(src.path().join(file), text.replace("VERSION", version)).unwrap();
+    }
+    let built = client.ok_in(src.path(), &["build", ".", "--output", "tag"]);
+    built
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("__tag__:").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no tag in bentoml build output:\n{built}"))
+}
+
+/// Waits for a deployment to reach `status`; the deployment.
+fn wait_status(server: &Server, name: &str, status: &str) -> Value {
+    wait_for(&format!("deployment {name} to be {status}"), Duration::from_secs(300), || {
+        let d = server.http().get(&format!("/api/v2/deployments/{name}")).json();
+        if d["status"] == status {
+            return Some(d);
+        }
+        let other = if status == "running" { "failed" } else { "running" };
+        assert_ne!(d["status"], other, "deployment {name}: {d:#}");
+        None
+    })
+}
+
+#[test]
+fn a_build_secret_reaches_the_install_of_a_private_requirement_and_nothing_else() {
+    // A version no earlier run served: no cached environment holds it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let version = format!("0.{}.{}", now.as_secs(), std::process::id());
+    let token = format!("idx-token-{}", now.as_nanos());
+    let wrong = format!("wrong-token-{}", now.as_nanos());
+    let index = PrivateIndex::start("probe", &token, &version);
+    let (url, wrong_url) = (index.url_with(&token), index.url_with(&wrong));
+    let hidden = [token.as_str(), wrong.as_str(), url.as_str(), wrong_url.as_str()];
+    let assert_hidden = |what: &str, text: &str| {
+        for v in hidden {
+            assert!(!text.contains(v), "{what} holds {v:?}:\n{}", &text[..text.len().min(4000)]);
+        }
+    };
+
+    let server = Server::start(Backend::SqliteLocal);
+    let client = Bentoml::new(&server.url, &server.token);
+    let bento = private_dep_bento(&client, &version);
+    client.ok(&["push", &bento]);
+    let http = server.http();
+    let create = |name: &str, secrets: Value| {
+        let r = http.post("/api/v2/deployments", &json!({"bento": bento, "name": name, "secrets": secrets}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+
+    // Without the secret: the requirement is nowhere, and the deployment says so.
+    create("no-secret", json!([]));
+    let d = wait_status(&server, "no-secret", "failed");
+    let why = d["status_message"].as_str().unwrap_or_default();
+    assert!(why.contains("yatai-private-probe was not found in the package registry"), "{d:#}");
+    assert_eq!(index.requests(), "", "no installer knew of the index");
+
+    // The secrets: pip's variable (given to uv under its own name), of stage build.
+    for (name, u) in [("index-wrong", &wrong_url), ("index", &url)] {
+        let out = client.ok(&["secret", "create", name, "-s", "build", &format!("PIP_EXTRA_INDEX_URL={u}")]);
+        assert!(out.contains("created successfully"), "{out}");
+    }
+    // A wrong token: the index refuses it, and the deployment fails without quoting it.
+    create("wrong-secret", json!(["index-wrong"]));
+    let d = wait_status(&server, "wrong-secret", "failed");
+    let why = d["status_message"].as_str().unwrap_or_default();
+    assert!(why.contains("401 Unauthorized"), "the reason says the index refused: {d:#}");
+    assert!(index.requests().contains("/simple/yatai-private-probe/ 401"), "{}", index.requests());
+    assert_hidden("the failed deployment", &d.to_string());
+
+    // The right one: installed from the private index, and served.
+    create("private", json!(["index"]));
+    let d = wait_status(&server, "private", "running");
+    let requests = index.requests();
+    assert!(requests.contains(&format!("GET /files/yatai_private_probe-{version}-py3-none-any.whl 200")), "{requests}");
+    let ep = Http { base: d["urls"][0].as_str().unwrap().to_owned(), token: None };
+    let r = ep.post("/probe", &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["message"], format!("served by the private index, version {version}"));
+    let d_text = d.to_string();
+    assert!(d_text.contains("\"index\""), "the secret's name is shown: {d_text}");
+
+    // Nothing a user or an operator reads holds the token.
+    for name in ["no-secret", "wrong-secret", "private"] {
+        assert_hidden("bentoml deployment get", &client.ok(&["deployment", "get", name, "-o", "json"]));
+        for path in [
+            format!("/api/v2/deployments/{name}"),
+            format!("/api/v2/deployments/{name}/revisions"),
+            format!("/api/v2/deployments/{name}/logs?tail=1000"),
+        ] {
+            let r = http.get(&path);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert_hidden(&path, &r.text());
+        }
+    }
+    for path in ["/api/v2/deployments", "/api/v1/events?count=1000", "/api/v1/org_secrets"] {
+        assert_hidden(path, &http.get(path).text());
+    }
+    assert_hidden("the server log", &server.log_text());
+    assert_hidden("the database", &database_text(&server, "index-wrong"));
+    assert_hidden("the data directory", &files_text(&server.data_dir()));
+    let env_logs: String = std::fs::read_dir(cache_dir().join("test-envs"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_hidden("the environments' install logs", &env_logs);
 }

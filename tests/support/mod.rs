@@ -881,3 +881,54 @@ pub fn tar_member(tar: &[u8], name: &str) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// A private package index on loopback (`tests/support/private_index.py`): PEP 503 pages
+/// behind basic auth `user:token`, holding one wheel, `yatai-private-probe==version`, whose
+/// module says which version it is. Stopped at drop.
+pub struct PrivateIndex {
+    child: Child,
+    pub port: u16,
+    pub user: String,
+    pub token: String,
+    pub version: String,
+    log: PathBuf,
+    _dir: Scratch,
+}
+
+impl PrivateIndex {
+    pub fn start(user: &str, token: &str, version: &str) -> PrivateIndex {
+        let dir = Scratch::new("private-index");
+        let log = dir.path().join("requests.log");
+        std::fs::write(&log, "").unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/support/private_index.py");
+        let mut child = Command::new("python3")
+            .args([script, user, token, version])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 for the private index");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the private index printed {line:?}, not its port"));
+        PrivateIndex { child, port, user: user.into(), token: token.into(), version: version.into(), log, _dir: dir }
+    }
+
+    /// The index's URL with the credentials in it, as an installer takes it.
+    pub fn url_with(&self, token: &str) -> String {
+        format!("http://{}:{token}@127.0.0.1:{}/simple", self.user, self.port)
+    }
+
+    /// `METHOD PATH STATUS` of each request so far.
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateIndex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

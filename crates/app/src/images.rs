@@ -72,12 +72,16 @@ pub async fn start(state: &AppState, caller: &Caller, bento: &VersionRow, force:
 
 struct Log {
     text: Mutex<String>,
+    /// Values no line may show (masked as `****`). Server-side builds have no secret
+    /// environment today, so this is empty; a build given one masks its log here too.
+    secrets: yatai_build::SecretEnvs,
 }
 
 impl Log {
     fn push(&self, line: &str) {
+        let line = self.secrets.redact(line);
         let mut t = self.text.lock().expect("lock");
-        t.push_str(line);
+        t.push_str(&line);
         t.push('\n');
         if t.len() > LOG_LIMIT {
             let cut = t.len() - LOG_LIMIT / 2;
@@ -104,7 +108,7 @@ async fn run(
     bento: VersionRow,
     force: bool,
 ) {
-    let log = Arc::new(Log { text: Mutex::new(String::new()) });
+    let log = Arc::new(Log { text: Mutex::new(String::new()), secrets: yatai_build::SecretEnvs::default() });
     log.push(&format!("queued: build of bento {} into {}", bento.tag(), settings.registry));
     let _slot = slots().acquire().await;
     if let Err(e) = state.store.start_image_build(&uid, &bento.uid).await {
@@ -130,7 +134,7 @@ async fn run(
         }
         Err(e) => {
             let kind = yatai_build::failure_kind(&e);
-            let msg = format!("{e:#}");
+            let msg = log.secrets.redact(&format!("{e:#}"));
             log.push(&format!("failed ({kind:?}): {msg}"));
             ("failed", String::new(), String::new(), msg, json!({"failure": format!("{kind:?}")}).to_string())
         }

@@ -296,12 +296,118 @@ pub fn check_content(
     Ok(SecretContent { kind, stage, path, items })
 }
 
+/// What a secret value becomes in text people read (logs, errors, statuses).
+pub const REDACTED: &str = "****";
+/// Shorter values are left as they are: masking `a` or `eu` everywhere would
+/// garble the text and tell as much.
+pub const MIN_REDACTED_LEN: usize = 4;
+
+/// `text` with every occurrence of a secret value (of at least
+/// [`MIN_REDACTED_LEN`] characters) replaced by [`REDACTED`]. Besides each
+/// whole value, its whitespace-separated parts (`PIP_EXTRA_INDEX_URL` holds
+/// several URLs) and the password of each URL in it (`https://user:PASSWORD@host`,
+/// what a tool echoing the URL with the user shown would print) are masked too.
+pub fn redact<'a>(text: &str, values: impl IntoIterator<Item = &'a str>) -> String {
+    let mut fragments: Vec<&str> = Vec::new();
+    for value in values {
+        fragments.push(value);
+        for part in value.split_whitespace() {
+            fragments.push(part);
+            if let Some(password) = url_password(part) {
+                fragments.push(password);
+            }
+        }
+    }
+    fragments.retain(|f| f.chars().count() >= MIN_REDACTED_LEN);
+    // Longest first: a value that holds another is masked whole.
+    fragments.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    fragments.dedup();
+    let mut out = text.to_owned();
+    for f in fragments {
+        if out.contains(f) {
+            out = out.replace(f, REDACTED);
+        }
+    }
+    out
+}
+
+/// The password of `scheme://user:password@host/...`.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty())
+}
+
+/// pip's index variables and uv's, which reads only its own (`uv pip` ignores
+/// `PIP_INDEX_URL` and `PIP_EXTRA_INDEX_URL`).
+const INDEX_ALIASES: [(&str, &str); 2] =
+    [("PIP_INDEX_URL", "UV_INDEX_URL"), ("PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL")];
+
+/// The environment of a package install by uv (`for_uv`) or by pip: `envs`,
+/// plus, for each index variable of the other tool (`PIP_INDEX_URL` ↔
+/// `UV_INDEX_URL`, `PIP_EXTRA_INDEX_URL` ↔ `UV_EXTRA_INDEX_URL`) that is set
+/// while the tool's own is not, the tool's own with the same value. So a
+/// build secret written for pip works with uv, and the reverse.
+pub fn install_env(envs: &[(String, String)], for_uv: bool) -> Vec<(String, String)> {
+    let mut out = envs.to_vec();
+    for (pip, uv) in INDEX_ALIASES {
+        let (from, to) = if for_uv { (pip, uv) } else { (uv, pip) };
+        if envs.iter().any(|(k, _)| k == to) {
+            continue;
+        }
+        if let Some((_, v)) = envs.iter().rev().find(|(k, _)| k == from) {
+            out.push((to.to_owned(), v.clone()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn item(key: &str, value: &str) -> SecretItem {
         SecretItem { key: key.into(), sub_path: None, value: value.into() }
+    }
+
+    #[test]
+    fn redaction_masks_values_their_parts_and_url_passwords() {
+        let url = "https://user:s3cr3t-token@pypi.example/simple";
+        let extra = "https://a.example/simple https://bob:pw-2@b.example/simple";
+        let text =
+            format!("failed to fetch {url}; extra {extra}; uv shows https://user:s3cr3t-token@pypi.example/x/; eu");
+        let red = redact(&text, [url, extra, "eu"]);
+        assert!(!red.contains("s3cr3t-token") && !red.contains("pw-2@"), "{red}");
+        assert!(!red.contains("a.example"), "each URL of a list is masked: {red}");
+        assert_eq!(red, "failed to fetch ****; extra ****; uv shows https://user:****@pypi.example/x/; eu");
+        assert_eq!(redact("abc abcd", ["abc", "abcd"]), "abc ****", "values under 4 characters stay");
+        assert_eq!(redact("nothing here", std::iter::empty()), "nothing here");
+        assert_eq!(url_password("http://u@h/x"), None);
+        assert_eq!(url_password("http://u:p@ss@h/x"), Some("p@ss"));
+        assert_eq!(url_password("http://h/x?a=u:p@q"), None, "an @ after the host is not userinfo");
+    }
+
+    #[test]
+    fn pip_index_variables_reach_uv_and_the_reverse_unless_set() {
+        let env =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let pip = env(&[("PIP_INDEX_URL", "i"), ("PIP_EXTRA_INDEX_URL", "e"), ("OTHER", "o")]);
+        assert_eq!(
+            install_env(&pip, true),
+            env(&[
+                ("PIP_INDEX_URL", "i"),
+                ("PIP_EXTRA_INDEX_URL", "e"),
+                ("OTHER", "o"),
+                ("UV_INDEX_URL", "i"),
+                ("UV_EXTRA_INDEX_URL", "e")
+            ])
+        );
+        assert_eq!(install_env(&pip, false), pip, "pip reads its own");
+        let both = env(&[("PIP_INDEX_URL", "i"), ("UV_INDEX_URL", "u")]);
+        assert_eq!(install_env(&both, true), both, "uv's own wins");
+        let uv = env(&[("UV_EXTRA_INDEX_URL", "u")]);
+        assert_eq!(install_env(&uv, false), env(&[("UV_EXTRA_INDEX_URL", "u"), ("PIP_EXTRA_INDEX_URL", "u")]));
     }
 
     fn refused(kind: &str, path: Option<&str>, items: Vec<SecretItem>) -> Refusal {

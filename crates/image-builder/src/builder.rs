@@ -16,6 +16,7 @@ use crate::layers::{Built, Ctx, bento_layer, commands_layer, deps_layer, model_l
 use crate::progress::{BlobAction, Event, LayerKind, Progress};
 use crate::python::{self, Target, VENV};
 use crate::registry::{self, ImageRef, Mount, Registry, auth};
+use crate::secrets::{Redacted, RedactingProgress, SecretEnvs};
 use crate::source::{BentoSource, BentoTag, InvalidBentoTag};
 
 /// Bumped whenever the layout of a layer changes, so old cache entries are not reused.
@@ -58,6 +59,10 @@ pub struct BuildConfig {
     /// The interpreter inside the base image (e.g. `/usr/bin/python3.11`). When set, the base
     /// layers are not scanned (useful for multi-GB bases) and no passwd entry is added.
     pub base_python: Option<String>,
+    /// Secret environment of the build (a private index's credentials): given to uv and to
+    /// the `RUN` steps only, never kept in the image or a cache key; masked in progress and
+    /// errors. See [`crate::secrets`].
+    pub secret_envs: SecretEnvs,
 }
 
 impl BuildConfig {
@@ -78,6 +83,7 @@ impl BuildConfig {
             base_python: None,
             run_commands: false,
             work_dir: None,
+            secret_envs: SecretEnvs::default(),
         }
     }
 }
@@ -161,6 +167,9 @@ pub fn failure_kind(err: &anyhow::Error) -> FailureKind {
         if cause.is::<BuildError>() || cause.is::<crate::python::NoWheel>() || cause.is::<InvalidBentoTag>() {
             return FailureKind::Unbuildable;
         }
+        if let Some(r) = cause.downcast_ref::<Redacted>() {
+            return r.kind;
+        }
         if let Some(r) = cause.downcast_ref::<R>() {
             return match r {
                 R::Unauthorized { .. } => FailureKind::RegistryAuth,
@@ -172,8 +181,21 @@ pub fn failure_kind(err: &anyhow::Error) -> FailureKind {
     FailureKind::Other
 }
 
-/// Builds the image of `cfg.bento` from `source` and pushes it to `cfg.registry`.
+/// Builds the image of `cfg.bento` from `source` and pushes it to `cfg.registry`. Progress
+/// lines and the error name no value of `cfg.secret_envs`.
 pub async fn build(
+    cfg: &BuildConfig,
+    source: &dyn BentoSource,
+    progress: &dyn Progress,
+) -> anyhow::Result<BuildOutcome> {
+    if cfg.secret_envs.is_empty() {
+        return build_job(cfg, source, progress).await;
+    }
+    let redacting = RedactingProgress { inner: progress, secrets: &cfg.secret_envs };
+    build_job(cfg, source, &redacting).await.map_err(|e| cfg.secret_envs.redact_error(e))
+}
+
+async fn build_job(
     cfg: &BuildConfig,
     source: &dyn BentoSource,
     progress: &dyn Progress,

@@ -78,6 +78,11 @@ pub struct BuildArgs {
     /// the base image's files (for multi-GB bases).
     #[arg(long, env = "YATAI_BUILD_BASE_PYTHON")]
     pub base_python: Option<String>,
+    /// An environment variable of this process that the dependency install and the image
+    /// commands get as a secret (e.g. UV_INDEX_URL with a private index's credentials): never
+    /// kept in the image or the cache's keys, masked in the output. Repeatable.
+    #[arg(long = "secret-env", value_name = "NAME")]
+    pub secret_env: Vec<String>,
 }
 
 impl BuildArgs {
@@ -99,6 +104,13 @@ impl BuildArgs {
         c.base_python = self.base_python.clone();
         c.run_commands = self.run_commands;
         c.work_dir = self.work_dir.clone();
+        let mut secrets = Vec::new();
+        for name in &self.secret_env {
+            let value = std::env::var(name)
+                .with_context(|| format!("--secret-env {name}: no such environment variable (or not UTF-8)"))?;
+            secrets.push((name.clone(), value));
+        }
+        c.secret_envs = crate::SecretEnvs::new(secrets);
         Ok(c)
     }
 

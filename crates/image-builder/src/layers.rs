@@ -49,7 +49,13 @@ pub(crate) async fn commands_layer(
         bail!("image commands {steps:?} can only run for this host's platform ({}), not {platform}", Platform::host());
     }
     let envs = bento.build_envs();
-    let key = format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}", base.digest, ctx.encoding);
+    // Secret envs by name only: a new token for the same index reuses the layer.
+    let secrets = &ctx.cfg.secret_envs;
+    let key = if secrets.is_empty() {
+        format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:{:?}", base.digest, ctx.encoding)
+    } else {
+        format!("commands:{FORMAT}:{}:{steps:?}:{envs:?}:secrets={}:{:?}", base.digest, secrets.key(), ctx.encoding)
+    };
     let name = format!("{} command(s)", steps.len());
     let created_by = format!("yatai-rs: RUN {}", steps.join(" && "));
     if let Some(blob) = ctx.cache.layer(&key) {
@@ -59,7 +65,8 @@ pub(crate) async fn commands_layer(
     let rootfs = crate::sandbox::base_rootfs(breg, base, &ctx.cache).await?;
     ctx.step(format!("running in a sandbox (overlay + chroot): {steps:?}"));
     let log = |l: String| ctx.progress.event(&Event::Step(l));
-    let blob = crate::sandbox::commands_layer(&rootfs, steps, &envs, &ctx.cache, ctx.encoding, &log).await?;
+    let blob =
+        crate::sandbox::commands_layer(&rootfs, steps, &envs, secrets.vars(), &ctx.cache, ctx.encoding, &log).await?;
     ctx.cache.put_layer(&key, &blob)?;
     Ok(Built { kind: LayerKind::Commands, name, blob, cached: false, created_by })
 }
@@ -139,11 +146,16 @@ pub(crate) async fn deps_layer(
     let uv = Uv {
         bin: ctx.cfg.uv.clone(),
         cache_dir: ctx.cfg.uv_cache.clone().unwrap_or_else(|| ctx.cache.root().join("uv")),
+        secrets: ctx.cfg.secret_envs.clone(),
     };
     let uv_version = uv.version().await?;
     let (req_file, cwd, req_keys) = requirements(bento, bento_dir, work)?;
     let build_envs = bento.build_envs();
-    let envs_key = blob::sha256_digest(format!("{build_envs:?}").as_bytes());
+    let mut envs_key = blob::sha256_digest(format!("{build_envs:?}").as_bytes());
+    if !ctx.cfg.secret_envs.is_empty() {
+        // The names of the secret envs (which index variables are set), never their values.
+        envs_key.push_str(&format!(":secrets={}", ctx.cfg.secret_envs.key()));
+    }
     let bento_root = bento_dir.display().to_string();
 
     // 1. Pin. Cached by the requirements, the platform and the python minor (not by bento), so
@@ -157,7 +169,15 @@ pub(crate) async fn deps_layer(
         Some(r) => r,
         None => {
             ctx.step(format!("resolving Python requirements for {} / python {}", target.uv_platform, target.python));
-            let r = uv.compile(&req_file, &cwd, target, Some(&bento.creation_time), &build_envs).await?;
+            // An index of the build's own (a private one, usually) may not publish upload times
+            // (PEP 700 is in the JSON API only; plain HTML indexes have none), and uv drops every
+            // file without one under `--exclude-newer`: no cutoff then.
+            let own_index = crate::secrets::names_an_index(build_envs.iter().chain(ctx.cfg.secret_envs.vars()));
+            let exclude_newer = (!own_index).then_some(bento.creation_time.as_str());
+            if own_index {
+                ctx.step("the build names a package index of its own: no --exclude-newer cutoff (such indexes may not publish upload times)");
+            }
+            let r = uv.compile(&req_file, &cwd, target, exclude_newer, &build_envs).await?;
             let r = r.replace(&bento_root, "${BENTO}");
             ctx.cache.put_meta(&resolve_key, &r)?;
             r
@@ -268,4 +288,105 @@ pub(crate) fn bento_layer(ctx: &Ctx, bento: &BentoInfo, dir: &Path) -> anyhow::R
     }
     tree.file(&ep, Source::Path(dir.join("env/docker/entrypoint.sh")), true, &bento_owner);
     small_layer(ctx, LayerKind::Bento, &bento.tag(), tree, format!("yatai-rs: bento {}", bento.tag()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SecretEnvs;
+
+    const TOKEN: &str = "tok-9d8c7b6a5f";
+
+    /// A `uv` that appends each call's index variables to `record`, pins `six`, installs one
+    /// file, and fails (echoing the index URL, as uv does) when the URL says so.
+    fn fake_uv(dir: &Path, record: &Path) -> PathBuf {
+        let uv = dir.join("uv");
+        let script = format!(
+            r#"#!/bin/sh
+if [ "$1" = "--version" ]; then echo "uv 0.0.0-fake"; exit 0; fi
+{{ echo "CALL $1 $2"; env | grep -E '^(UV_|PIP_|IRIS_)' | grep -v '^UV_CACHE_DIR\|^UV_NO_PROGRESS' | sort; }} >> {record}
+case "$UV_EXTRA_INDEX_URL" in *fail*) echo "error: failed to fetch $UV_EXTRA_INDEX_URL/six/" >&2; exit 2;; esac
+prev=""
+for a in "$@"; do
+  case "$prev" in
+    --output-file) echo "six==1.16.0" > "$a";;
+    --target) mkdir -p "$a/six" && echo "x = 1" > "$a/six/__init__.py";;
+  esac
+  prev="$a"
+done
+"#,
+            record = record.display()
+        );
+        std::fs::write(&uv, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&uv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        uv
+    }
+
+    async fn deps(cfg: &BuildConfig, bento_dir: &Path) -> anyhow::Result<Built> {
+        let yaml = "name: iris\nversion: v1\ncreation_time: '2026-01-01T00:00:00+00:00'\n\
+                    envs: [{name: IRIS_MODE, value: test, stage: build}]\n";
+        let bento = BentoInfo::parse(yaml).unwrap();
+        let ctx = Ctx { cfg, cache: Cache::new(&cfg.cache_dir)?, progress: &|_: &Event| {}, encoding: Encoding::None };
+        let work = tempfile::tempdir()?;
+        // A python minor no build host has: no bytecode step.
+        let target = Target { uv_platform: "x86_64-manylinux_2_28".into(), python: "3.99".into() };
+        deps_layer(&ctx, &bento, bento_dir, &target, work.path()).await
+    }
+
+    #[tokio::test]
+    async fn the_install_sees_secret_envs_that_no_cache_key_layer_or_history_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("record");
+        let bento_dir = dir.path().join("bento");
+        std::fs::create_dir_all(bento_dir.join("env/python")).unwrap();
+        std::fs::write(bento_dir.join("env/python/requirements.txt"), "six\n").unwrap();
+        let mut cfg = BuildConfig::new("iris:v1", "r.test/b", dir.path().join("cache"));
+        cfg.uv = fake_uv(dir.path(), &record);
+        let url = |token: &str| format!("https://user:{token}@pypi.example/simple");
+        cfg.secret_envs = SecretEnvs::new([("PIP_EXTRA_INDEX_URL", url(TOKEN))]);
+
+        let first = deps(&cfg, &bento_dir).await.unwrap();
+        assert!(!first.cached);
+        let calls = std::fs::read_to_string(&record).unwrap();
+        assert_eq!(calls.matches("CALL pip").count(), 2, "compile and install: {calls}");
+        // Both calls saw the bento's build env, pip's variable, and the same under uv's name.
+        for var in [format!("UV_EXTRA_INDEX_URL={}", url(TOKEN)), format!("PIP_EXTRA_INDEX_URL={}", url(TOKEN))] {
+            assert_eq!(calls.matches(&var).count(), 2, "{var}: {calls}");
+        }
+        assert_eq!(calls.matches("IRIS_MODE=test").count(), 2, "{calls}");
+        let blob = std::fs::read(Cache::new(&cfg.cache_dir).unwrap().blob_path(&first.blob.digest)).unwrap();
+        assert!(String::from_utf8_lossy(&blob).contains("x = 1"), "an uncompressed layer, readable");
+        assert!(!String::from_utf8_lossy(&blob).contains(TOKEN), "no value in the layer");
+        assert!(!first.created_by.contains(TOKEN) && !first.name.contains(TOKEN));
+        let cache_text = files_text(&cfg.cache_dir);
+        assert!(!cache_text.contains(TOKEN), "no value in the cache (keys, metadata)");
+
+        // Another token for the same variable: the same keys, so nothing is resolved or installed again.
+        cfg.secret_envs = SecretEnvs::new([("PIP_EXTRA_INDEX_URL", url("other-token-1234"))]);
+        let second = deps(&cfg, &bento_dir).await.unwrap();
+        assert!(second.cached, "the layer comes from the cache");
+        assert_eq!(second.blob.digest, first.blob.digest);
+        assert_eq!(std::fs::read_to_string(&record).unwrap(), calls, "uv was not called again");
+
+        // A failing index: uv's message names the URL, the error does not name the token.
+        std::fs::write(bento_dir.join("env/python/requirements.txt"), "six\nsomething-else\n").unwrap();
+        cfg.secret_envs = SecretEnvs::new([("UV_EXTRA_INDEX_URL", url("fail-token-5678"))]);
+        let Err(err) = deps(&cfg, &bento_dir).await else { panic!("the index fails") };
+        let err = format!("{err:#}");
+        assert!(err.contains("failed to fetch ****/six/") && !err.contains("fail-token-5678"), "{err}");
+    }
+
+    fn files_text(dir: &Path) -> String {
+        let mut text = String::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                text.push_str(&files_text(&p));
+            } else {
+                text.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+            }
+        }
+        text
+    }
 }

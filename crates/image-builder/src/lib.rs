@@ -24,6 +24,7 @@ pub mod progress;
 pub mod python;
 pub mod registry;
 pub mod sandbox;
+pub mod secrets;
 pub mod source;
 pub mod tarball;
 
@@ -31,3 +32,4 @@ pub use blob::Compression;
 pub use builder::{BuildConfig, BuildError, BuildOutcome, FailureKind, LayerReport, build, failure_kind};
 pub use cli::{BuildArgs, run};
 pub use progress::{BlobAction, Event, LayerKind, Progress};
+pub use secrets::SecretEnvs;

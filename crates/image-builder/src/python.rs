@@ -8,6 +8,7 @@ use std::process::Stdio;
 use anyhow::{Context, bail};
 use tokio::process::Command;
 
+use crate::secrets::SecretEnvs;
 use crate::tarball::{BENTO_UID, Source, Tree};
 
 pub const VENV: &str = "/app/.venv";
@@ -41,6 +42,9 @@ pub struct NoWheel {
 pub struct Uv {
     pub bin: PathBuf,
     pub cache_dir: PathBuf,
+    /// Given to every uv command after the bento's build envs (pip's index variables under
+    /// uv's names too); masked in the errors.
+    pub secrets: SecretEnvs,
 }
 
 impl Uv {
@@ -59,7 +63,7 @@ impl Uv {
             .env_remove("VIRTUAL_ENV")
             .env_remove("UV_SYSTEM_PYTHON")
             .stdin(Stdio::null());
-        for (k, v) in envs {
+        for (k, v) in envs.iter().cloned().chain(self.secrets.for_uv()) {
             c.env(k, v);
         }
         c
@@ -84,7 +88,7 @@ impl Uv {
         if let Some(t) = exclude_newer {
             c.args(["--exclude-newer", t]);
         }
-        run(c, "uv pip compile", target).await?;
+        run(c, "uv pip compile", target, &self.secrets).await?;
         Ok(std::fs::read_to_string(out_file.path())?)
     }
 
@@ -104,16 +108,16 @@ impl Uv {
             .arg(site)
             .arg("-r")
             .arg(requirements);
-        run(c, "uv pip install", target).await
+        run(c, "uv pip install", target, &self.secrets).await
     }
 }
 
-async fn run(mut c: Command, what: &str, target: &Target) -> anyhow::Result<()> {
+async fn run(mut c: Command, what: &str, target: &Target, secrets: &SecretEnvs) -> anyhow::Result<()> {
     let out = c.output().await.with_context(|| format!("running {what}"))?;
     if out.status.success() {
         return Ok(());
     }
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let err = secrets.redact(String::from_utf8_lossy(&out.stderr).trim());
     if err.contains("no usable wheels")
         || err.contains("building from source is disabled")
         || err.contains("no wheels with a matching")

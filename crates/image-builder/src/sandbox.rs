@@ -124,10 +124,16 @@ fn remove_any(p: &Path) {
 }
 
 /// Runs `steps` in the base under overlay + chroot and returns the layer of what they changed.
+/// `envs` (the bento's build envs) and then `secret_envs` are the steps' environment, besides
+/// a fixed PATH, HOME, DEBIAN_FRONTEND and LANG; all reach them through the environment, never
+/// a command line (which every user of the host can read in /proc), and nothing of them is in
+/// the layer.
+#[allow(clippy::too_many_arguments)]
 pub async fn commands_layer(
     rootfs: &Path,
     steps: &[String],
     envs: &[(String, String)],
+    secret_envs: &[(String, String)],
     cache: &Cache,
     encoding: Encoding,
     log: &(dyn Fn(String) + Send + Sync),
@@ -155,7 +161,7 @@ mount -t overlay overlay -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M"
 for d in proc dev tmp; do [ -d "$M/$d" ] || { echo "the base image has no /$d" >&2; exit 96; }; done
 mount -t proc proc "$M/proc"; mount --rbind /dev "$M/dev"; mount -t tmpfs tmpfs "$M/tmp"
 if [ -e "$M/etc/resolv.conf" ] || [ -L "$M/etc/resolv.conf" ]; then mount --bind "$RC" "$M/etc/resolv.conf" 2>/dev/null || true; fi
-exec chroot "$M" /usr/bin/env -i "$@""#,
+exec chroot "$M" "$@""#,
         )
         .arg("sh")
         .arg(rootfs)
@@ -163,12 +169,14 @@ exec chroot "$M" /usr/bin/env -i "$@""#,
         .arg(&ovl_work)
         .arg(&merged)
         .arg(&resolv)
-        .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg("HOME=/root")
-        .arg("DEBIAN_FRONTEND=noninteractive")
-        .arg("LANG=C.UTF-8");
-    for (k, v) in envs {
-        cmd.arg(format!("{k}={v}"));
+        // The steps' environment is this one, all of it: nothing of the builder's own.
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LANG", "C.UTF-8");
+    for (k, v) in envs.iter().chain(secret_envs) {
+        cmd.env(k, v);
     }
     cmd.args(["/bin/sh", "-c", &script]).stdin(Stdio::null());
     let out = cmd.output().await.context("running unshare (util-linux) for the image commands")?;

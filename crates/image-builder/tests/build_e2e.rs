@@ -415,3 +415,132 @@ async fn assert_no_tags(reg: &TestRegistry, repo: &str) {
     let t = tags(reg, repo).await;
     assert!(t.is_empty(), "tags left behind: {t:?}");
 }
+
+/// A private index on loopback (`tests/support/private_index.py`, basic auth) holding
+/// `yatai-private-probe==version`; stopped at drop.
+struct PrivateIndex {
+    child: std::process::Child,
+    port: u16,
+    log: tempfile::TempDir,
+}
+
+impl PrivateIndex {
+    fn start(token: &str, version: &str) -> Self {
+        use std::io::BufRead;
+        let log = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/support/private_index.py");
+        let mut child = std::process::Command::new("python3")
+            .args([script, "probe", token, version])
+            .arg(log.path().join("requests"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        Self { child, port: line.trim().parse().unwrap(), log }
+    }
+
+    fn url(&self, token: &str) -> String {
+        format!("http://probe:{token}@127.0.0.1:{}/simple", self.port)
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(self.log.path().join("requests")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateIndex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir` as text (names included).
+fn all_text(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let (p, t) = (e.path(), e.file_type().unwrap());
+        text.push_str(&p.display().to_string());
+        if t.is_dir() {
+            text.push_str(&all_text(&p));
+        } else if t.is_file() {
+            text.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()));
+        }
+    }
+    text
+}
+
+/// A requirement only a private index has, and a RUN step that needs the index's URL: the
+/// secret env reaches uv (pip's variable, given to uv under its own name) and the sandbox, and
+/// no layer, config, history or cache key holds it — a new token reuses every cached step.
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_envs_reach_the_install_and_run_steps_and_no_image() {
+    let fx = fixtures();
+    let reg = TestRegistry::start(None);
+    reg.push_base();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let (version, token) = (format!("0.{}.{}", now.as_secs(), std::process::id()), format!("tok-{}", now.as_nanos()));
+    let index = PrivateIndex::start(&token, &version);
+    let dir = extract(&fx.bento("iris-v1"));
+    let req = dir.path().join("env/python/requirements.txt");
+    let text = std::fs::read_to_string(&req).unwrap();
+    std::fs::write(&req, format!("{text}yatai-private-probe=={version}\n")).unwrap();
+    let path = dir.path().join("bento.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let step = r#"['case "$PIP_EXTRA_INDEX_URL" in http://probe:*@127.0.0.1:*) mkdir -p /opt/index && touch /opt/index/seen;; esac']"#;
+    std::fs::write(&path, with_commands(&yaml, step, "[]")).unwrap();
+
+    let mut cfg = config(&reg, "iris_classifier", "private-deps");
+    cfg.run_commands = true;
+    cfg.secret_envs = yatai_build::SecretEnvs::new([("PIP_EXTRA_INDEX_URL", index.url(&token))]);
+    let lines = Arc::new(Mutex::new(String::new()));
+    let log = {
+        let lines = lines.clone();
+        move |e: &Event| lines.lock().unwrap().push_str(&format!("{e}\n"))
+    };
+    let out = build(&cfg, &local(dir.path()), &log).await.expect("build with the private index");
+    assert!(
+        index.requests().contains(&format!("yatai_private_probe-{version}-py3-none-any.whl 200")),
+        "{}",
+        index.requests()
+    );
+
+    let (_tmp, bundle) = unpack(&pinned(&out));
+    let root = bundle.join("rootfs");
+    assert!(root.join("opt/index/seen").exists(), "the RUN step saw the variable");
+    let lib = std::fs::read_dir(root.join("app/.venv/lib")).unwrap().next().unwrap().unwrap().path();
+    let module = lib.join("site-packages/yatai_private_probe/__init__.py");
+    assert!(std::fs::read_to_string(&module).unwrap().contains(&version), "installed from the private index");
+    let config = skopeo_inspect(&pinned(&out), Some("--config")).to_string();
+    for (what, text) in [
+        ("the image's files", all_text(&bundle)),
+        ("the config", config),
+        ("the progress", lines.lock().unwrap().clone()),
+    ] {
+        assert!(!text.contains(&token), "{what} hold the token");
+    }
+    // The builder's cache (its keys, the pinned requirements), uv's own cache aside.
+    for d in ["layers", "meta"] {
+        assert!(!all_text(&cfg.cache_dir.join(d)).contains(&token), "the cache's {d} hold the token");
+    }
+
+    // Another token: every step from the cache (nothing asks the index), the same image.
+    let before = index.requests();
+    let mut rotated = cfg.clone();
+    rotated.force = true;
+    rotated.secret_envs = yatai_build::SecretEnvs::new([("PIP_EXTRA_INDEX_URL", index.url("rotated-token"))]);
+    let again = build(&rotated, &local(dir.path()), &quiet()).await.expect("rebuild with a rotated token");
+    assert_eq!(again.digest, out.digest);
+    assert!(again.layers.iter().filter(|l| matches!(l.kind, LayerKind::Commands | LayerKind::Deps)).all(|l| l.cached));
+    assert_eq!(index.requests(), before);
+
+    // Without it, the requirement is nowhere.
+    let mut without = cfg.clone();
+    without.force = true;
+    without.run_commands = false;
+    std::fs::write(&path, &yaml).unwrap();
+    without.secret_envs = Default::default();
+    let err = build(&without, &local(dir.path()), &quiet()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("yatai-private-probe"), "{err:#}");
+}

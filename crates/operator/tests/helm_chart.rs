@@ -220,9 +220,16 @@ async fn the_operator_runs_with_the_chart_s_rbac_and_no_more() -> anyhow::Result
         .await?,
     )?;
 
-    // Least privilege: no reading of Secrets it does not own, nothing outside its namespaces.
-    assert!(!can_i(&as_operator, "get", "secrets", workloads.name()).await?, "the operator may read Secrets");
+    // Least privilege: Secrets one by one in the namespaces it builds in (those a BentoRequest's
+    // build environment names), never listed, and nothing outside its namespaces.
+    assert!(can_i(&as_operator, "get", "secrets", workloads.name()).await?, "a build's secretKeyRef is read");
+    assert!(!can_i(&as_operator, "list", "secrets", workloads.name()).await?, "the operator may list Secrets");
+    assert!(!can_i(&as_operator, "watch", "secrets", workloads.name()).await?, "the operator may watch Secrets");
     assert!(!can_i(&as_operator, "list", "secrets", release_ns.name()).await?, "the operator may list Secrets");
+    assert!(
+        !can_i(&as_operator, "get", "secrets", "default").await?,
+        "the operator reads Secrets beyond its namespaces"
+    );
     assert!(
         !can_i(&as_operator, "create", "apps/deployments", "default").await?,
         "the operator reaches beyond its namespaces"

@@ -65,7 +65,17 @@ impl EnvCache {
         hex::encode(h.finalize())[..20].to_owned()
     }
 
-    pub async fn prepare(&self, bento_dir: &Path, python_version: Option<&str>) -> Result<PreparedEnv, RuntimeError> {
+    /// The environment of a bento, built (or taken from the cache) from its requirements.
+    /// `build_env` (the build-stage env secrets of the deployment: a private index's
+    /// credentials) is the install's environment, pip's and uv's index variables under both
+    /// names ([`yatai_core::secret::install_env`]); it is no part of the cache key, and its
+    /// values are masked in the install's log and in the error.
+    pub async fn prepare(
+        &self,
+        bento_dir: &Path,
+        python_version: Option<&str>,
+        build_env: &[(String, String)],
+    ) -> Result<PreparedEnv, RuntimeError> {
         let started = Instant::now();
         let req_path = bento_dir.join("env/python/requirements.txt");
         let requirements = tokio::fs::read_to_string(&req_path).await.unwrap_or_default();
@@ -100,16 +110,24 @@ impl EnvCache {
         let log =
             std::fs::File::create(&log_path).map_err(|e| RuntimeError::Env(format!("{}: {e}", log_path.display())))?;
         tracing::info!(env = %key, python = ?python_version, "building a Python environment");
-        let result = tokio::time::timeout(BUILD_TIMEOUT, self.build(&venv, &req_path, python_version, &log)).await;
+        let result =
+            tokio::time::timeout(BUILD_TIMEOUT, self.build(&venv, &req_path, python_version, build_env, &log)).await;
         let failure = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
             Err(_) => Some(format!("gave up after {BUILD_TIMEOUT:?}")),
         };
+        let redact = |text: &str| yatai_core::secret::redact(text, build_env.iter().map(|(_, v)| v.as_str()));
+        if !build_env.is_empty()
+            && let Ok(text) = std::fs::read_to_string(&log_path)
+        {
+            // The installer may have echoed an index URL with its credentials.
+            let _ = std::fs::write(&log_path, redact(&text));
+        }
         if let Some(why) = failure {
             let _ = tokio::fs::remove_dir_all(&venv).await;
             let tail = tail_lines(&log_path, 15);
-            return Err(RuntimeError::Env(format!("could not build the Python environment: {why}\n{tail}")));
+            return Err(RuntimeError::Env(redact(&format!("could not build the Python environment: {why}\n{tail}"))));
         }
         if self.for_others
             && let Some(closed) = crate::isolation::closed_ancestor(&venv)
@@ -132,6 +150,7 @@ impl EnvCache {
         venv: &Path,
         requirements: &Path,
         python: Option<&str>,
+        build_env: &[(String, String)],
         log: &std::fs::File,
     ) -> Result<(), String> {
         let has_reqs = requirements.exists();
@@ -152,7 +171,8 @@ impl EnvCache {
                         .args(["pip", "install", "--python"])
                         .arg(venv.join("bin/python"))
                         .arg("-r")
-                        .arg(requirements);
+                        .arg(requirements)
+                        .envs(yatai_core::secret::install_env(build_env, true));
                     run(install, log, "uv pip install").await?;
                 }
             }
@@ -168,7 +188,10 @@ impl EnvCache {
                 run(create, log, "python -m venv").await?;
                 if has_reqs {
                     let mut install = tokio::process::Command::new(venv.join("bin/pip"));
-                    install.args(["install", "--disable-pip-version-check", "-q", "-r"]).arg(requirements);
+                    install
+                        .args(["install", "--disable-pip-version-check", "-q", "-r"])
+                        .arg(requirements)
+                        .envs(yatai_core::secret::install_env(build_env, false));
                     run(install, log, "pip install").await?;
                 }
             }
@@ -251,6 +274,58 @@ pub(crate) fn tail_lines(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `uv` that makes a venv with a `bentoml`, recording the install's index variables, and
+    /// fails the install (echoing the index URL, as installers do) when the URL says so.
+    fn fake_uv(dir: &Path) -> PathBuf {
+        let uv = dir.join("uv");
+        let record = dir.join("record");
+        let script = format!(
+            r#"#!/bin/sh
+if [ "$1" = venv ]; then mkdir -p "$2/bin"; exit 0; fi
+env | grep -E '^(UV|PIP)_(EXTRA_)?INDEX_URL=' | sort >> {record}
+case "$UV_EXTRA_INDEX_URL" in *fail*) echo "error: 401 Unauthorized for $UV_EXTRA_INDEX_URL/probe/"; exit 1;; esac
+touch "$(dirname "$4")/bentoml"
+"#,
+            record = record.display()
+        );
+        std::fs::write(&uv, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&uv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        uv
+    }
+
+    #[tokio::test]
+    async fn the_install_gets_the_build_env_masked_in_its_errors_and_out_of_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let bento = dir.path().join("bento");
+        std::fs::create_dir_all(bento.join("env/python")).unwrap();
+        std::fs::write(bento.join("env/python/requirements.txt"), "bentoml\nprobe\n").unwrap();
+        let envs = EnvCache::new(dir.path().join("envs"), Some(fake_uv(dir.path())), false);
+        let env = |url: &str| vec![("PIP_EXTRA_INDEX_URL".to_string(), url.to_string())];
+
+        let failing = "http://user:fail-token-8f7e@127.0.0.1:1/simple";
+        let err = envs.prepare(&bento, None, &env(failing)).await.unwrap_err().to_string();
+        assert!(err.contains("uv pip install failed") && err.contains("401 Unauthorized for ****/probe/"), "{err}");
+        assert!(!err.contains("fail-token-8f7e"), "{err}");
+        let logs: String = std::fs::read_dir(dir.path().join("envs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        assert!(logs.contains("****") && !logs.contains("fail-token-8f7e"), "the kept log is masked: {logs}");
+
+        let good = "http://user:good-token-1a2b@127.0.0.1:1/simple";
+        let prepared = envs.prepare(&bento, None, &env(good)).await.unwrap();
+        assert!(!prepared.cached);
+        let record = std::fs::read_to_string(dir.path().join("record")).unwrap();
+        assert!(record.contains(&format!("PIP_EXTRA_INDEX_URL={good}\nUV_EXTRA_INDEX_URL={good}\n")), "{record}");
+        // The key is the requirements': the same environment, whatever the credentials.
+        let again = envs.prepare(&bento, None, &[]).await.unwrap();
+        assert!(again.cached);
+        assert_eq!(again.venv, prepared.venv);
+    }
 
     #[test]
     fn keys_depend_on_requirements_and_python() {

@@ -242,7 +242,14 @@ impl Supervisor {
                     "event",
                     &format!("bento and {} model(s) ready at {}", task_spec.models.len(), bento_dir.display()),
                 );
-                let env = shared.envs.prepare(&bento_dir, task_spec.python_version.as_deref()).await?;
+                // The build-stage env secrets reach the install only (not the cache key).
+                let build_env: Vec<(String, String)> = task_spec
+                    .secrets
+                    .iter()
+                    .flat_map(|s| s.build_env())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                let env = shared.envs.prepare(&bento_dir, task_spec.python_version.as_deref(), &build_env).await?;
                 logs.append(
                     "yatai",
                     "event",

@@ -58,6 +58,9 @@ pub struct Job {
     pub plain_http: bool,
     pub origin: Origin,
     pub timeout: Option<Duration>,
+    /// `spec.imageBuilderExtraContainerEnv`, resolved: the install's and the `RUN` steps'
+    /// environment, masked in the build's messages (`Debug` shows the names only).
+    pub secret_envs: yatai_build::SecretEnvs,
 }
 
 /// What a build learnt about the bento, for the Bento CR.
@@ -89,7 +92,7 @@ pub async fn run(settings: &Settings, auth: Option<&RegistryAuth>, job: &Job) ->
     let work = async {
         match job.timeout {
             Some(t) => match tokio::time::timeout(t, build(settings, auth, job)).await {
-                Ok(r) => r.map_err(classify),
+                Ok(r) => r.map_err(|e| classify(e, job)),
                 Err(_) => Err(Failed {
                     reason: reasons::TIMEOUT,
                     message: format!(
@@ -99,19 +102,20 @@ pub async fn run(settings: &Settings, auth: Option<&RegistryAuth>, job: &Job) ->
                     ),
                 }),
             },
-            None => build(settings, auth, job).await.map_err(classify),
+            None => build(settings, auth, job).await.map_err(|e| classify(e, job)),
         }
     };
     let (image, digest, facts) = work.await?;
     Ok(Built { image, digest, seconds: started.elapsed().as_secs_f64(), facts })
 }
 
-fn classify(e: anyhow::Error) -> Failed {
+/// The failure's condition reason, and its message without a value of the build's environment.
+fn classify(e: anyhow::Error, job: &Job) -> Failed {
     let reason = match failure_kind(&e) {
         FailureKind::Unbuildable => reasons::UNBUILDABLE,
         _ => reasons::BUILD_FAILED,
     };
-    Failed { reason, message: format!("{e:#}") }
+    Failed { reason, message: job.secret_envs.redact(&format!("{e:#}")) }
 }
 
 async fn build(
@@ -142,6 +146,7 @@ async fn build(
     cfg.docker_config = docker_config;
     cfg.uv = settings.build_uv.clone();
     cfg.uv_cache = settings.build_uv_cache.clone();
+    cfg.secret_envs = job.secret_envs.clone();
 
     let inner: Box<dyn BentoSource> = match &job.origin {
         Origin::Url(url) => Box::new(UrlSource::new(url)?),

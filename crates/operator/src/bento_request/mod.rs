@@ -10,6 +10,9 @@
 //! controller's error policy).
 
 pub mod build;
+pub mod build_env;
+#[cfg(test)]
+mod mock_tests;
 pub mod plan;
 pub mod registry;
 
@@ -331,12 +334,19 @@ async fn reconcile(req: Arc<BentoRequest>, state: Arc<State>) -> Result<Action, 
                     Ok(o) => o,
                     Err(message) => return rec.refuse(c::IMAGE_BUILDING, reasons::INVALID_SPEC, &message).await,
                 };
+                let secrets: Api<Secret> = Api::namespaced(state.ctx.client.clone(), &ns);
+                let env = match build_env::resolve(&secrets, &ns, &req.spec.image_builder_extra_container_env).await {
+                    Ok(env) => env,
+                    Err(u) if u.retry => return rec.fail(c::IMAGE_BUILDING, u.reason, &u.message).await,
+                    Err(u) => return rec.refuse(c::IMAGE_BUILDING, u.reason, &u.message).await,
+                };
                 let job = Job {
                     tag: req.spec.bento_tag.clone(),
                     image: image.clone(),
                     plain_http,
                     origin,
                     timeout: plan::build_timeout(&req),
+                    secret_envs: yatai_build::SecretEnvs::new(env),
                 };
                 let msg = format!(
                     "building {image} from {} (at most {} builds at once)",

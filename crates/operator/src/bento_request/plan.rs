@@ -22,6 +22,10 @@ pub mod reasons {
     pub const NO_IMAGE_REGISTRY: &str = "NoImageRegistry";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const BENTO_WRITTEN: &str = "BentoWritten";
+    /// A Secret (or its key) that `spec.imageBuilderExtraContainerEnv` names is missing.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// Reading a Secret that `spec.imageBuilderExtraContainerEnv` names failed.
+    pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
 }
 
 /// What the reconcile does now.
