@@ -609,3 +609,77 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
         confirmed.len()
     );
 }
+
+/// Pushes at once: 100 clients pushing distinct models, then 20 pushing the same new version.
+/// No 5xx; every stored archive reads back whole; of the 20, one upload wins (the others get
+/// 409) and what is stored is its archive, whole; the server's memory stays bounded.
+#[test]
+fn concurrent_pushes_store_every_archive_whole_and_one_winner_for_a_contested_version() {
+    let server = Server::start(Backend::SqliteLocal);
+    let pid = server.child.id();
+    let rss_before = rss_kib(pid);
+    let payload = |i: usize, size: usize| -> Vec<u8> { (0..size).map(|j| ((i * 7919 + j) % 251) as u8).collect() };
+
+    let started = Instant::now();
+    let pushes: Vec<_> = (0..100)
+        .map(|i| {
+            let http = server.http();
+            std::thread::spawn(move || {
+                let path = model_version(&http, &format!("many-{i}"), "v1");
+                let r = upload(&http, &path, &payload(i, 256 * 1024));
+                (path, r.status, r.text())
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut stored = Vec::new();
+    for (i, p) in pushes.into_iter().enumerate() {
+        let (path, status, text) = p.join().expect("a pushing thread");
+        assert!(status < 500, "push {i} got {status}: {text}");
+        *statuses.entry(status).or_insert(0) += 1;
+        stored.push((i, path));
+    }
+    let took = started.elapsed();
+    assert_eq!(statuses.get(&200), Some(&100), "statuses of 100 distinct pushes: {statuses:?}");
+    let http = server.http();
+    for (i, path) in &stored {
+        assert_eq!(downloaded(&http, path), payload(*i, 256 * 1024), "model many-{i}");
+    }
+    eprintln!("faults: 100 concurrent pushes of 256 KiB models: all stored whole in {took:?}");
+
+    // 20 clients push the same new version with different bytes.
+    let path = model_version(&http, "contested", "v1");
+    let contenders: Vec<_> = (0..20)
+        .map(|i| {
+            let (http, path) = (server.http(), path.clone());
+            std::thread::spawn(move || {
+                let start = http.patch(&format!("{path}/start_upload"), None);
+                if start.status != 200 {
+                    return (start.status, start.text());
+                }
+                let r =
+                    http.put_bytes(&format!("{path}/upload"), &tar_of(&[("./data", &payload(1000 + i, 512 * 1024))]));
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let mut outcome = std::collections::BTreeMap::new();
+    for c in contenders {
+        let (status, text) = c.join().expect("a contending thread");
+        assert!(status < 500, "a contended push got {status}: {text}");
+        *outcome.entry(status).or_insert(0) += 1;
+    }
+    let stored = downloaded(&http, &path);
+    let winner = (0..20).find(|i| payload(1000 + i, 512 * 1024) == stored);
+    assert!(winner.is_some(), "the stored archive is none of those sent (torn or mixed)");
+    // One upload wins; the others are told the version is being (or was) uploaded.
+    assert_eq!(outcome.get(&200), Some(&1), "contended pushes: {outcome:?}");
+    assert_eq!(outcome.get(&409), Some(&19), "contended pushes: {outcome:?}");
+    eprintln!(
+        "faults: 20 pushes of one version: {outcome:?}; the stored bytes are contender {}'s, whole",
+        winner.unwrap()
+    );
+    let rss_after = rss_kib(pid);
+    eprintln!("faults: RSS {rss_before} KiB before, {rss_after} KiB after the 120 pushes");
+    assert!(rss_after < rss_before + 256 * 1024, "memory grew from {rss_before} KiB to {rss_after} KiB");
+}

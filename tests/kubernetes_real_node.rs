@@ -528,6 +528,11 @@ fn secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it() {
         "$BENTOML_HOME/certs",
         &format!("token.txt={FILE_VALUE}"),
     ]);
+    // A secret for the build only: the operator's build reads it from its Secret; pods never see it.
+    let build_only = json!({"name": "build-token", "content": {"type": "env", "stage": "build",
+        "items": [{"key": "BUILD_ONLY_TOKEN", "value": "real-node-build-value-1f3d"}]}});
+    let created = server.http().post("/api/v1/org_secrets", &build_only);
+    assert_eq!(created.status, 200, "{}", created.text());
     client.ok(&[
         "deployment",
         "create",
@@ -544,6 +549,8 @@ fn secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it() {
         "api-keys",
         "--secret",
         "certs",
+        "--secret",
+        "build-token",
         "--no-wait",
     ]);
     let running = poll(BUILD_AND_START, || (deployment(&server, "echo")["status"] == "running").then_some(()));
@@ -558,8 +565,14 @@ fn secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it() {
         })
         .unwrap_or_else(|| panic!("no answer from {api} through the ingress\n{}", diagnose(&rt, &admin, &ns)))
     };
-    let env = ask("/env", json!({"names": ["API_KEY"]}));
+    let env = ask("/env", json!({"names": ["API_KEY", "BUILD_ONLY_TOKEN"]}));
     assert_eq!(env["API_KEY"], VALUE, "{env}");
+    assert!(env["BUILD_ONLY_TOKEN"].is_null(), "a build-only secret reached the pod: {env}");
+    // The operator's build took it by reference from the BentoRequest.
+    let requests: Api<BentoRequest> = Api::namespaced(admin.clone(), &ns);
+    let request = rt.block_on(requests.list(&ListParams::default())).unwrap().items.remove(0);
+    let refs = serde_json::to_string(&request.spec.image_builder_extra_container_env).unwrap();
+    assert!(refs.contains("yatai-secret-build-token") && !refs.contains("real-node-build-value"), "{refs}");
     let files = ask("/files", json!({"paths": ["certs/token.txt"]}));
     let file = &files["certs/token.txt"];
     assert_eq!(file["content"], FILE_VALUE, "{files}");
@@ -572,6 +585,7 @@ fn secrets_reach_a_real_pod_by_reference_and_a_replaced_value_rolls_it() {
     let spec = serde_json::to_string(&listed.items[0].spec).unwrap();
     assert!(spec.contains("yatai-secret-api-keys") && spec.contains("yatai-secret-certs"), "{spec}");
     assert!(!spec.contains(VALUE) && !spec.contains(FILE_VALUE), "a value in the pod spec: {spec}");
+    assert!(!spec.contains("BUILD_ONLY_TOKEN"), "the build's secret in the pod spec: {spec}");
 
     // A replaced value reaches the replicas: yatai updates the Secret and rolls the pods.
     let replaced = server.http().patch(
