@@ -104,6 +104,8 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
     /// Serve this data directory (and database and bucket) instead of fresh ones.
     pub on: Option<Target>,
+    /// S3: reach it at this `HOST:PORT` (a fault-injecting proxy) instead.
+    pub storage_through: Option<String>,
 }
 
 impl ServerOptions {
@@ -117,7 +119,13 @@ impl ServerOptions {
             database_through: None,
             data_dir: None,
             on: None,
+            storage_through: None,
         }
+    }
+    /// The S3 server reached through `addr` (`HOST:PORT`), e.g. a proxy that injects faults.
+    pub fn storage_through(mut self, addr: &str) -> Self {
+        self.storage_through = Some(addr.to_owned());
+        self
     }
     /// Keep the data (SQLite, archives, keys) in `dir`.
     pub fn data_dir(mut self, dir: &Path) -> Self {
@@ -203,7 +211,10 @@ impl Target {
                 "--storage".into(),
                 format!("s3://{bucket}"),
                 "--s3-endpoint".into(),
-                env_required("YATAI_TEST_S3_ENDPOINT"),
+                match &opts.storage_through {
+                    Some(addr) => format!("http://{addr}"),
+                    None => env_required("YATAI_TEST_S3_ENDPOINT"),
+                },
             ]);
             env.push(("YATAI_S3_ACCESS_KEY_ID".into(), env_required("YATAI_TEST_S3_KEY")));
             env.push(("YATAI_S3_SECRET_ACCESS_KEY".into(), env_required("YATAI_TEST_S3_SECRET")));

@@ -66,9 +66,18 @@ pub fn part_size_for(len: Option<u64>) -> u64 {
 
 impl S3Blobs {
     pub fn new(c: &S3Config) -> Result<Self, BlobError> {
+        // A store that stops answering fails a request within about a minute (each attempt
+        // times out after 30 s; retries stop 20 s after the first), rather than object_store's
+        // 3 minutes per request — which a multipart upload pays once per part.
+        let retry = object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: std::time::Duration::from_secs(20),
+            ..Default::default()
+        };
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&c.bucket)
             .with_region(&c.region)
+            .with_retry(retry)
             .with_virtual_hosted_style_request(!c.path_style);
         if let Some(endpoint) = &c.endpoint {
             b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
