@@ -28,6 +28,24 @@ fn deployment(server: &Server, name: &str) -> Value {
     r.json()
 }
 
+/// Pushes `bento` with the CLI and has the server build its image, waiting for the build.
+fn push_and_build_image(server: &Server, client: &Bentoml, bento: &str) {
+    client.ok(&["push", bento]);
+    let (repo, version) = bento.split_once(':').unwrap();
+    let build = server
+        .http()
+        .post(&format!("/api/v1/bento_repositories/{repo}/bentos/{version}/image_builds"), &json!({"force": false}));
+    assert_eq!(build.status, 200, "{}", build.text());
+    let uid = build.json()["uid"].as_str().unwrap().to_string();
+    wait_for("the image build", Duration::from_secs(600), || {
+        let b = server.http().get(&format!("/api/v1/image_builds/{uid}")).json();
+        (b["status"] == "success").then_some(()).or_else(|| {
+            assert_ne!(b["status"], "failed", "{b:#}");
+            None
+        })
+    });
+}
+
 fn wait_status(server: &Server, name: &str, status: &str) -> Value {
     let mut last = Value::Null;
     wait_for(&format!("deployment {name} {status}"), WAIT, || {
@@ -69,20 +87,7 @@ fn bentoml_deploys_to_a_kubernetes_cluster_through_the_operator() {
     // Push, build the image once, deploy with the CLI.
     let iris = iris_home();
     let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
-    client.ok(&["push", &iris.bento]);
-    let (repo, version) = iris.bento.split_once(':').unwrap();
-    let build = server
-        .http()
-        .post(&format!("/api/v1/bento_repositories/{repo}/bentos/{version}/image_builds"), &json!({"force": false}));
-    assert_eq!(build.status, 200, "{}", build.text());
-    let uid = build.json()["uid"].as_str().unwrap().to_string();
-    wait_for("the image build", Duration::from_secs(600), || {
-        let b = server.http().get(&format!("/api/v1/image_builds/{uid}")).json();
-        (b["status"] == "success").then_some(()).or_else(|| {
-            assert_ne!(b["status"], "failed", "{b:#}");
-            None
-        })
-    });
+    push_and_build_image(&server, &client, &iris.bento);
 
     let started = Instant::now();
     let out = client.ok(&[
@@ -327,20 +332,7 @@ fn secrets_reach_the_pods_as_references_to_secrets_yatai_keeps_in_sync() {
 
     let iris = iris_home();
     let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
-    client.ok(&["push", &iris.bento]);
-    let (repo, version) = iris.bento.split_once(':').unwrap();
-    let build = server
-        .http()
-        .post(&format!("/api/v1/bento_repositories/{repo}/bentos/{version}/image_builds"), &json!({"force": false}));
-    assert_eq!(build.status, 200, "{}", build.text());
-    let uid = build.json()["uid"].as_str().unwrap().to_string();
-    wait_for("the image build", Duration::from_secs(600), || {
-        let b = server.http().get(&format!("/api/v1/image_builds/{uid}")).json();
-        (b["status"] == "success").then_some(()).or_else(|| {
-            assert_ne!(b["status"], "failed", "{b:#}");
-            None
-        })
-    });
+    push_and_build_image(&server, &client, &iris.bento);
 
     client.ok(&["secret", "create", "api-keys", &format!("API_KEY={VALUE}")]);
     client.ok(&[
