@@ -755,7 +755,7 @@ impl Http {
     }
 }
 
-pub fn read_response(s: &mut std::net::TcpStream) -> Response {
+pub fn read_response(s: &mut impl Read) -> Response {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let split = buf
