@@ -191,10 +191,14 @@ impl Drop for SmallDisk {
     }
 }
 
+fn model_manifest() -> serde_json::Value {
+    json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}})
+}
+
 fn model_version(http: &Http, repo: &str, version: &str) -> String {
     let r = http.post("/api/v1/model_repositories", &json!({"name": repo, "description": ""}));
     assert!(r.status == 200 || r.status == 409, "{}", r.text());
-    let manifest = json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}});
+    let manifest = model_manifest();
     let r = http.post(
         &format!("/api/v1/model_repositories/{repo}/models"),
         &json!({"version": version, "description": "", "manifest": manifest, "build_at": "2026-11-24 19:44:50.976764", "labels": []}),
@@ -489,20 +493,8 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
             let (http, payload, version, victim) =
                 (http.without_token().with_token(&server.token), payload.clone(), version.clone(), victim.clone());
             std::thread::spawn(move || -> bool {
-                // Requests that may meet a dead server: a failure is an answer, not a panic.
-                let token = http.token.clone().unwrap();
-                let send = |method: &str, path: &str, body: &[u8], kind: &str| -> Option<u16> {
-                    let mut s = TcpStream::connect(http.addr()).ok()?;
-                    let head = format!(
-                        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-YATAI-API-TOKEN: {token}\r\n\
-                         Content-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    s.write_all(head.as_bytes()).ok()?;
-                    s.write_all(body).ok()?;
-                    let mut answer = Vec::new();
-                    s.read_to_end(&mut answer).ok()?;
-                    std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()
+                let send = |method: &str, path: &str, body: &[u8], kind: &str| {
+                    Some(request_tolerant(&http, method, path, body, kind).status).filter(|s| *s != 0)
                 };
                 let json = |v: serde_json::Value| v.to_string().into_bytes();
                 let base = format!("/api/v1/model_repositories/{repo}");
@@ -510,7 +502,7 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
                     return send("DELETE", &format!("{base}/models/{}", victim.unwrap()), b"", "application/json")
                         == Some(200);
                 }
-                let manifest = json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}});
+                let manifest = model_manifest();
                 let _ = send(
                     "POST",
                     "/api/v1/model_repositories",
@@ -697,23 +689,29 @@ fn upload_tolerant(http: &Http, version_path: &str, payload: &[u8]) -> Response 
 /// `PUT {version_path}/upload` of `body`, reading the answer even when the server answers (and
 /// closes) before the whole body was sent — a refused upload (409) does not read it.
 fn put_tolerant(http: &Http, version_path: &str, body: &[u8]) -> Response {
-    let mut s = TcpStream::connect(http.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    request_tolerant(http, "PUT", &format!("{version_path}/upload"), body, "application/octet-stream")
+}
+
+/// A request that may meet a server that is dead, or answers and closes before the body was
+/// sent: a failure is an answer (status 0 when there is none), never a panic.
+fn request_tolerant(http: &Http, method: &str, path: &str, body: &[u8], kind: &str) -> Response {
+    let none = || Response { status: 0, headers: Vec::new(), body: Vec::new() };
+    let Ok(mut s) = TcpStream::connect(http.addr()) else { return none() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
     let head = format!(
-        "PUT {version_path}/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-YATAI-API-TOKEN: {}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        http.token.as_deref().unwrap(),
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-YATAI-API-TOKEN: {}\r\n\
+         Content-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+        http.token.as_deref().unwrap_or_default(),
         body.len()
     );
     let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
-    // A server that refused early may reset the connection before its answer is read: status 0.
+    // A server that refused early may reset the connection before its answer is read.
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     if !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        return Response { status: 0, headers: Vec::new(), body: Vec::new() };
+        return none();
     }
-    let mut replay = std::io::Cursor::new(answer);
-    read_response(&mut replay)
+    read_response(&mut std::io::Cursor::new(answer))
 }
 
 /// The S3 server behind a proxy this test switches: an upload while it is down, and one cut off
