@@ -4,6 +4,13 @@
 //! is found and stopped at the next start. A replica does not outlive its
 //! server: it is unreachable without the server's proxy, so the kernel sends
 //! it SIGTERM when the server dies, however it dies.
+//!
+//! bentoml's workers leave the replica's process group (circus calls
+//! `setsid` for each), so a signal to the group misses them, and a worker
+//! whose arbiter was killed lives on. Every process of a replica therefore
+//! carries a mark in its environment (`YATAI_REPLICA`, one per launch, copied
+//! to the workers with the rest of it), and stopping a replica ends whatever
+//! carries its mark.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -40,6 +47,19 @@ pub struct ReplicaProcess {
     pub pid: u32,
     child: tokio::process::Child,
     pid_file: PathBuf,
+    mark: String,
+}
+
+/// The environment variable that marks every process of one launch.
+const MARK_VAR: &str = "YATAI_REPLICA";
+
+/// A mark no other launch of this server, or of an earlier one, carries.
+fn new_mark(id: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).collect();
+    format!("{id}.{}.{}.{seq}", std::process::id(), now.as_nanos())
 }
 
 /// Starts a replica. Its stdout and stderr lines go to `logs` under `id`.
@@ -129,6 +149,9 @@ pub async fn launch(
     for (k, v) in spec.secrets.iter().flat_map(|s| s.env()) {
         cmd.env(k, v);
     }
+    // Last, so that nothing the deployment sets replaces it.
+    let mark = new_mark(id);
+    cmd.env(MARK_VAR, &mark);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(false);
     let mut child = cmd.spawn().map_err(|e| RuntimeError::Launch(format!("cannot start bentoml serve: {e}")))?;
     let pid = child.id().unwrap_or_default();
@@ -136,7 +159,7 @@ pub async fn launch(
     if let Some(dir) = pid_file.parent() {
         let _ = tokio::fs::create_dir_all(dir).await;
     }
-    let _ = tokio::fs::write(&pid_file, format!("{pid} {start_time}\n")).await;
+    let _ = tokio::fs::write(&pid_file, format!("{pid} {start_time} {mark}\n")).await;
     for (stream, name) in
         [(child.stdout.take().map(Pipe::Out), "stdout"), (child.stderr.take().map(Pipe::Err), "stderr")]
     {
@@ -153,7 +176,7 @@ pub async fn launch(
             }
         });
     }
-    Ok(ReplicaProcess { pid, child, pid_file })
+    Ok(ReplicaProcess { pid, child, pid_file, mark })
 }
 
 /// Makes `home` and `tmp` the replica user's own, closed to everyone else.
@@ -190,16 +213,55 @@ impl ReplicaProcess {
         self.child.try_wait().ok().flatten()
     }
 
-    /// SIGTERM to the process group, then SIGKILL after `grace`.
+    /// SIGTERM to the process group, then SIGKILL after `grace` to it and
+    /// to every process carrying the launch's mark.
     pub async fn stop(mut self, grace: Duration) {
         signal_group(self.pid, libc::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
             signal_group(self.pid, libc::SIGKILL);
             let _ = self.child.wait().await;
         }
-        // Workers of the group may outlive the leader for a moment.
+        // Workers may outlive the leader for a moment, or for good when it was killed.
         signal_group(self.pid, libc::SIGKILL);
+        end_marked(&self.mark).await;
         let _ = tokio::fs::remove_file(&self.pid_file).await;
+    }
+}
+
+/// The processes whose environment carries `mark`.
+pub fn marked_processes(mark: &str) -> Vec<u32> {
+    let needle = format!("{MARK_VAR}={mark}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// SIGKILL to every process carrying `mark` until none is left (a worker
+/// being forked at that moment is found on the next pass), for at most 5 s.
+async fn end_marked(mark: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = marked_processes(mark);
+        if pids.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !pids.is_empty() {
+                tracing::warn!(?pids, "processes of a stopped replica did not end");
+            }
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill(2); the pid carried the mark a moment ago. A pid reused since then
+            // by a process without the mark is not ours, and the window is this loop's pass.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -233,9 +295,11 @@ pub async fn stop_orphans(pid_dir: &Path, grace: Duration) -> usize {
         let path = e.path();
         let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
         let mut parts = text.split_whitespace();
-        let (Some(pid), Some(start)) =
-            (parts.next().and_then(|p| p.parse::<u32>().ok()), parts.next().and_then(|s| s.parse::<u64>().ok()))
-        else {
+        let (Some(pid), Some(start), mark) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next().and_then(|s| s.parse::<u64>().ok()),
+            parts.next(),
+        ) else {
             let _ = tokio::fs::remove_file(&path).await;
             continue;
         };
@@ -248,6 +312,10 @@ pub async fn stop_orphans(pid_dir: &Path, grace: Duration) -> usize {
             }
             signal_group(pid, libc::SIGKILL);
             stopped += 1;
+        }
+        // Its workers, even when the replica itself is already gone.
+        if let Some(mark) = mark {
+            end_marked(mark).await;
         }
         let _ = tokio::fs::remove_file(&path).await;
     }
@@ -270,4 +338,74 @@ pub async fn probe(port: u16, path: &str, timeout: Duration) -> bool {
 /// A port free on loopback right now.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A "bentoml" that ignores SIGTERM and starts a worker in a session of its own, as
+    /// circus does: a signal to the replica's group cannot reach that worker.
+    fn fake_venv(dir: &Path) -> PathBuf {
+        let venv = dir.join("venv");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        let script = venv.join("bin/bentoml");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ntrap '' TERM\nsetsid sh -c 'echo $$ > worker.pid; exec sleep 300' &\nexec sleep 300\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        venv
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    }
+
+    async fn launch_fake(dir: &Path) -> (ReplicaProcess, u32) {
+        let venv = fake_venv(dir);
+        let home = dir.join("home");
+        let spec =
+            LaunchSpec { venv: &venv, bento_dir: dir, home: &home, port: 1, envs: &[], secrets: &[], run_as: None };
+        let logs = LogBook::open(&dir.join("logs"), 1 << 20, 1).unwrap();
+        let replica = launch(&spec, "r-1", logs, dir.join("pids/d.r-1")).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let worker = loop {
+            if let Some(pid) = std::fs::read_to_string(home.join("worker.pid")).ok().and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the fake replica started no worker");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(marked_processes(&replica.mark).len(), 2, "the replica and its worker carry the mark");
+        (replica, worker)
+    }
+
+    #[tokio::test]
+    async fn stopping_a_replica_ends_workers_that_left_its_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (replica, worker) = launch_fake(dir.path()).await;
+        let mark = replica.mark.clone();
+        replica.stop(Duration::from_millis(200)).await;
+        assert!(!alive(worker), "worker {worker} outlived its replica");
+        assert!(marked_processes(&mark).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_replicas_workers_are_stopped_even_when_the_replica_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut replica, worker) = launch_fake(dir.path()).await;
+        // The replica dies alone (as bentoml serve killed by SIGKILL would); its worker lives on.
+        signal_group(replica.pid, libc::SIGKILL);
+        let _ = replica.child.wait().await;
+        assert!(alive(worker));
+        let stopped = stop_orphans(&dir.path().join("pids"), Duration::from_millis(200)).await;
+        assert_eq!(stopped, 0, "the replica itself was already gone");
+        assert!(!alive(worker), "worker {worker} of a dead replica was left running");
+    }
 }
