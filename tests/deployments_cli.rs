@@ -235,6 +235,13 @@ fn a_killed_replica_comes_back_and_status_returns_to_running() {
     client.ok(&["deployment", "create", &iris.bento, "--name", "phoenix"]);
     let d = wait_status(&server, "phoenix", "running", Duration::from_secs(120));
     let pid = d["replicas"][0]["pid"].as_u64().unwrap() as i32;
+    // Its workers: bentoml's run in sessions of their own, out of the replica's process group.
+    let workers: Vec<u32> = processes_naming(&server.data_dir())
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| *p as i32 != pid && *p != server.child.id())
+        .collect();
+    assert!(!workers.is_empty(), "no worker of the replica found");
     // SAFETY: SIGKILL to the replica we just looked up.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -245,6 +252,9 @@ fn a_killed_replica_comes_back_and_status_returns_to_running() {
     });
     let d = wait_status(&server, "phoenix", "running", Duration::from_secs(120));
     assert_ne!(d["replicas"][0]["pid"].as_u64().unwrap() as i32, pid);
+    // The killed replica's workers, which would go on answering on its port, are gone.
+    let left: Vec<u32> = workers.iter().copied().filter(|p| pid_alive(*p)).collect();
+    assert!(left.is_empty(), "workers {left:?} of the killed replica are still running");
     assert_eq!(classify(&endpoint(&d)).json(), json!([0]));
     let events = server.http().get("/api/v1/events?resource_type=deployment&operation_name=status&count=50").json();
     let statuses: Vec<&str> =

@@ -213,6 +213,13 @@ impl ReplicaProcess {
         self.child.try_wait().ok().flatten()
     }
 
+    /// After the replica exited by itself (or was killed): ends the workers it left, which
+    /// would otherwise go on serving its port with what it was started with.
+    pub async fn reap(self) {
+        end_marked(&self.mark).await;
+        let _ = tokio::fs::remove_file(&self.pid_file).await;
+    }
+
     /// SIGTERM to the process group, then SIGKILL after `grace` to it and
     /// to every process carrying the launch's mark.
     pub async fn stop(mut self, grace: Duration) {
@@ -394,6 +401,25 @@ mod tests {
         replica.stop(Duration::from_millis(200)).await;
         assert!(!alive(worker), "worker {worker} outlived its replica");
         assert!(marked_processes(&mark).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_killed_replicas_workers_are_ended_when_it_is_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut replica, worker) = launch_fake(dir.path()).await;
+        // SIGKILL to the replica alone, as a crash or the OOM killer would.
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(replica.pid as i32, libc::SIGKILL);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while replica.exited().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the replica did not exit on SIGKILL");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(alive(worker), "the worker should have survived its replica until the reap");
+        replica.reap().await;
+        assert!(!alive(worker), "worker {worker} of a killed replica was left running");
     }
 
     #[tokio::test]

@@ -429,7 +429,9 @@ impl Supervisor {
             // Exit?
             let exited = r.process.as_mut().and_then(|p| p.exited());
             if let Some(status) = exited {
-                r.process = None;
+                if let Some(p) = r.process.take() {
+                    p.reap().await;
+                }
                 r.failures_in_row += 1;
                 r.restarts += 1;
                 let wait = self.backoff(r.failures_in_row);
