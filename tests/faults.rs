@@ -191,34 +191,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn model_manifest() -> serde_json::Value {
-    json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}})
-}
-
-fn model_version(http: &Http, repo: &str, version: &str) -> String {
-    let r = http.post("/api/v1/model_repositories", &json!({"name": repo, "description": ""}));
-    assert!(r.status == 200 || r.status == 409, "{}", r.text());
-    let manifest = model_manifest();
-    let r = http.post(
-        &format!("/api/v1/model_repositories/{repo}/models"),
-        &json!({"version": version, "description": "", "manifest": manifest, "build_at": "2026-11-24 19:44:50.976764", "labels": []}),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    format!("/api/v1/model_repositories/{repo}/models/{version}")
-}
-
-fn upload(http: &Http, version_path: &str, payload: &[u8]) -> Response {
-    let r = http.patch(&format!("{version_path}/start_upload"), None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    http.put_bytes(&format!("{version_path}/upload"), &tar_of(&[("./data", payload)]))
-}
-
-fn downloaded(http: &Http, version_path: &str) -> Vec<u8> {
-    let r = http.get(&format!("{version_path}/download"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    tar_member(&r.body, "./data").expect("the archive's payload")
-}
-
 #[test]
 fn a_full_disk_gives_507_loses_nothing_and_writes_resume_once_there_is_room() {
     if unsafe { libc::geteuid() } != 0 {
@@ -229,12 +201,12 @@ fn a_full_disk_gives_507_loses_nothing_and_writes_resume_once_there_is_room() {
     let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).data_dir(&disk.0));
     let http = server.http();
     let kept: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let first = model_version(&http, "kept", "v1");
-    assert_eq!(upload(&http, &first, &kept).status, 200);
+    let first = create_model_version(&http, "kept", "v1");
+    assert_eq!(upload_payload(&http, &first, &kept).status, 200);
 
     // An archive larger than what is left: 507 with a reason, and the version stays un-uploaded.
     let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
-    let second = model_version(&http, "big", "v1");
+    let second = create_model_version(&http, "big", "v1");
     disk.fill("filler", 2 * 1024 * 1024);
     // The server may answer before it has read the whole body.
     let r = upload_tolerant(&http, &second, &big);
@@ -256,20 +228,16 @@ fn a_full_disk_gives_507_loses_nothing_and_writes_resume_once_there_is_room() {
     }
     eprintln!("faults: repositories created with the disk full: {statuses:?}");
     // What was stored before reads back whole.
-    assert_eq!(downloaded(&http, &first), kept);
+    assert_eq!(downloaded_payload(&http, &first), kept);
 
     // Room again: the same upload succeeds, without a restart, and reads back whole.
     std::fs::remove_file(disk.0.join("filler")).unwrap();
     std::fs::remove_file(disk.0.join("filler-2")).unwrap();
-    let r = upload(&http, &second, &big);
+    let r = upload_payload(&http, &second, &big);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(downloaded(&http, &second), big);
-    assert_eq!(downloaded(&http, &first), kept);
+    assert_eq!(downloaded_payload(&http, &second), big);
+    assert_eq!(downloaded_payload(&http, &first), kept);
     drop(server);
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// The server's open sockets, and its open files below `dir` (archives being read).
@@ -284,12 +252,6 @@ fn sockets_and_files(pid: u32, dir: &std::path::Path) -> (usize, usize) {
         }
     }
     (sockets, files)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Whether the server has closed this connection (end of stream or reset), without waiting.
@@ -322,8 +284,8 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
     let pid = server.child.id();
     // A 32 MiB archive: more than the socket buffers of both ends hold.
     let payload: Vec<u8> = (0..32 * 1024 * 1024u32).map(|i| (i % 249) as u8).collect();
-    let big = model_version(&http, "big", "v1");
-    assert_eq!(upload(&http, &big, &payload).status, 200);
+    let big = create_model_version(&http, "big", "v1");
+    assert_eq!(upload_payload(&http, &big, &payload).status, 200);
     let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
 
     // 300 clients that never finish their request's head (slowloris), a byte now and then.
@@ -356,7 +318,7 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
     );
 
     // An upload that stalls in its body: the request fails, the version can be uploaded again.
-    let stalled = model_version(&http, "stalled", "v1");
+    let stalled = create_model_version(&http, "stalled", "v1");
     assert_eq!(http.patch(&format!("{stalled}/start_upload"), None).status, 200);
     let mut s = TcpStream::connect(http.addr()).unwrap();
     let head = format!(
@@ -371,7 +333,11 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
     let response = read_response(&mut s);
     assert!(response.status >= 400, "a stalled upload answered {}: {}", response.status, response.text());
     eprintln!("faults: a stalled upload failed with {} after {:?}", response.status, stall_started.elapsed());
-    assert_eq!(upload(&http, &stalled, b"whole").status, 200, "the version could not be uploaded after a stall");
+    assert_eq!(
+        upload_payload(&http, &stalled, b"whole").status,
+        200,
+        "the version could not be uploaded after a stall"
+    );
 
     // Downloads to clients that stopped reading: the connections end, their files are closed.
     // Measured by the server's sockets and the archives it holds open: its database pool may
@@ -417,7 +383,7 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
         open_fds(pid)
     );
     assert!(rss_after < rss_before + 64 * 1024, "memory grew from {rss_before} KiB to {rss_after} KiB");
-    assert_eq!(downloaded(&http, &big).len(), payload.len());
+    assert_eq!(downloaded_payload(&http, &big).len(), payload.len());
 }
 
 /// A small deterministic generator (xorshift), seeded per run and printed, so that a failing
@@ -434,11 +400,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Every version of model repository `repo`: `(version, upload status, archive digest, size)`.
@@ -573,17 +534,17 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
                 "round {round} (seed {seed}): the confirmed push {v} is gone or not uploaded: {found:?}"
             );
             let path = format!("/api/v1/model_repositories/{repo}/models/{v}");
-            assert_eq!(&downloaded(&http, &path), payload, "round {round}: {v}'s payload");
+            assert_eq!(&downloaded_payload(&http, &path), payload, "round {round}: {v}'s payload");
         }
         // The interrupted push of this round can be pushed again.
         if !delete && !succeeded {
             let exists = listed.iter().find(|l| l.0 == version);
             let path = match exists {
                 Some(_) => format!("/api/v1/model_repositories/{repo}/models/{version}"),
-                None => model_version(&http, repo, &version),
+                None => create_model_version(&http, repo, &version),
             };
             if exists.is_none_or(|l| l.1 != "success") {
-                let r = upload(&http, &path, &payload);
+                let r = upload_payload(&http, &path, &payload);
                 assert_eq!(r.status, 200, "round {round}: pushing {version} again after the crash: {}", r.text());
             }
             confirmed.insert(version, payload);
@@ -618,8 +579,8 @@ fn concurrent_pushes_store_every_archive_whole_and_one_winner_for_a_contested_ve
         .map(|i| {
             let http = server.http();
             std::thread::spawn(move || {
-                let path = model_version(&http, &format!("many-{i}"), "v1");
-                let r = upload(&http, &path, &payload(i, 256 * 1024));
+                let path = create_model_version(&http, &format!("many-{i}"), "v1");
+                let r = upload_payload(&http, &path, &payload(i, 256 * 1024));
                 (path, r.status, r.text())
             })
         })
@@ -636,12 +597,12 @@ fn concurrent_pushes_store_every_archive_whole_and_one_winner_for_a_contested_ve
     assert_eq!(statuses.get(&200), Some(&100), "statuses of 100 distinct pushes: {statuses:?}");
     let http = server.http();
     for (i, path) in &stored {
-        assert_eq!(downloaded(&http, path), payload(*i, 256 * 1024), "model many-{i}");
+        assert_eq!(downloaded_payload(&http, path), payload(*i, 256 * 1024), "model many-{i}");
     }
     eprintln!("faults: 100 concurrent pushes of 256 KiB models: all stored whole in {took:?}");
 
     // 20 clients push the same new version with different bytes.
-    let path = model_version(&http, "contested", "v1");
+    let path = create_model_version(&http, "contested", "v1");
     let contenders: Vec<_> = (0..20)
         .map(|i| {
             let (http, path) = (server.http(), path.clone());
@@ -661,7 +622,7 @@ fn concurrent_pushes_store_every_archive_whole_and_one_winner_for_a_contested_ve
         assert!(status < 500, "a contended push got {status}: {text}");
         *outcome.entry(status).or_insert(0) += 1;
     }
-    let stored = downloaded(&http, &path);
+    let stored = downloaded_payload(&http, &path);
     let winner = (0..20).find(|i| payload(1000 + i, 512 * 1024) == stored);
     assert!(winner.is_some(), "the stored archive is none of those sent (torn or mixed)");
     // One upload wins; the others are told the version is being (or was) uploaded (409), or
@@ -728,7 +689,7 @@ fn s3_that_goes_away_fails_the_upload_and_a_retry_succeeds() {
     );
     let http = server.http();
     let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
-    let path = model_version(&http, "s3-faults", "v1");
+    let path = create_model_version(&http, "s3-faults", "v1");
 
     // S3 down for the whole upload.
     proxy.set(Mode::Down);
@@ -765,8 +726,8 @@ fn s3_that_goes_away_fails_the_upload_and_a_retry_succeeds() {
     // Back: the same upload succeeds and reads back whole.
     proxy.set(Mode::Up);
     if http.get(&path).json()["upload_status"] != "success" {
-        let r = upload(&http, &path, &payload);
+        let r = upload_payload(&http, &path, &payload);
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert_eq!(downloaded(&http, &path), payload);
+    assert_eq!(downloaded_payload(&http, &path), payload);
 }

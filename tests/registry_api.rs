@@ -11,12 +11,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-const MODEL_MANIFEST: &str = r#"{"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {}, "context": {}, "options": {}}"#;
-
-fn manifest() -> Value {
-    serde_json::from_str(MODEL_MANIFEST).unwrap()
-}
-
 /// Creates model repository `repo` and version `version`; returns the
 /// version's path.
 fn create_model(http: &Http, repo: &str, version: &str) -> String {
@@ -24,7 +18,7 @@ fn create_model(http: &Http, repo: &str, version: &str) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = http.post(
         &format!("/api/v1/model_repositories/{repo}/models"),
-        &json!({"version": version, "description": "", "manifest": manifest(), "build_at": "2026-11-24 19:44:50.976764", "labels": [{"key": "team", "value": "x"}]}),
+        &json!({"version": version, "description": "", "manifest": model_manifest(), "build_at": "2026-11-24 19:44:50.976764", "labels": [{"key": "team", "value": "x"}]}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     format!("/api/v1/model_repositories/{repo}/models/{version}")
@@ -34,12 +28,6 @@ fn create_model(http: &Http, repo: &str, version: &str) -> String {
 /// the payload travels as the member `./data` (and [`download`] unpacks it).
 fn archive(payload: &[u8]) -> Vec<u8> {
     tar_of(&[("./data", payload)])
-}
-
-fn upload(http: &Http, version_path: &str, payload: &[u8]) -> Response {
-    let r = http.patch(&format!("{version_path}/start_upload"), None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    http.put_bytes(&format!("{version_path}/upload"), &archive(payload))
 }
 
 /// Downloads a version's archive; a 200's body is the payload inside it.
@@ -68,7 +56,8 @@ fn bad_tags_are_refused_with_a_clear_400() {
     assert_error(&http.post("/api/v1/bento_repositories", &json!({"name": "-leading"})), 400, "bento name");
     assert_error(&http.get("/api/v1/model_repositories/under_score_"), 400, "model name");
     create_model(&http, "good", "v1");
-    let r = http.post("/api/v1/model_repositories/good/models", &json!({"version": "V2", "manifest": manifest()}));
+    let r =
+        http.post("/api/v1/model_repositories/good/models", &json!({"version": "V2", "manifest": model_manifest()}));
     assert_error(&r, 400, "model version");
     assert_error(&http.get("/api/v1/model_repositories/good/models/a..b."), 400, "model version");
     // Nothing was created by the refused requests.
@@ -96,7 +85,7 @@ fn malformed_bodies_are_refused_with_400_and_create_nothing() {
     assert_error(&r, 400, "manifest");
     let r = http.post(
         "/api/v1/model_repositories/m/models",
-        &json!({"version": "v1", "manifest": manifest(), "build_at": "yesterday"}),
+        &json!({"version": "v1", "manifest": model_manifest(), "build_at": "yesterday"}),
     );
     assert_error(&r, 400, "build_at");
     let r = http.raw("POST", "/api/v1/model_repositories", &[("Content-Type", "text/plain")], b"{}", Some(2), false);
@@ -125,7 +114,7 @@ fn unknown_repositories_versions_and_routes_are_404_json() {
     assert_error(&http.get("/api/v1/model_repositories/nope"), 404, "not found");
     assert_error(&http.get("/api/v1/model_repositories/nope/models/v1"), 404, "not found");
     assert_error(
-        &http.post("/api/v1/model_repositories/nope/models", &json!({"version": "v1", "manifest": manifest()})),
+        &http.post("/api/v1/model_repositories/nope/models", &json!({"version": "v1", "manifest": model_manifest()})),
         404,
         "not found",
     );
@@ -148,7 +137,7 @@ backend_test! {
         assert_eq!(download(&http, &v).status, 404);
         assert!(server.stored_archives().is_empty(), "{:?}", server.stored_archives());
         // The client can simply try again.
-        let r = upload(&http, &v, b"complete bytes");
+        let r = upload_payload(&http, &v, b"complete bytes");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(download(&http, &v).body, b"complete bytes");
     }
@@ -207,16 +196,16 @@ backend_test! {
         let server = Server::start(backend);
         let http = server.http();
         let v = create_model(&http, "replace", "v1");
-        assert_eq!(upload(&http, &v, b"first content").status, 200);
+        assert_eq!(upload_payload(&http, &v, b"first content").status, 200);
         // A raw upload without start_upload (what only --force sends) is refused.
         let r = http.put_bytes(&format!("{v}/upload"), b"other content");
         assert_error(&r, 409, "--force");
         assert_eq!(download(&http, &v).body, b"first content");
         // Re-sending the same bytes is a no-op.
-        assert_eq!(upload(&http, &v, b"first content").status, 200);
+        assert_eq!(upload_payload(&http, &v, b"first content").status, 200);
         assert_eq!(server.stored_archives().len(), 1);
         // The forced flow (start_upload, then upload) replaces them.
-        let r = upload(&http, &v, b"second content");
+        let r = upload_payload(&http, &v, b"second content");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(download(&http, &v).body, b"second content");
         assert_eq!(server.stored_archives().len(), 1, "the replaced archive was not collected");
@@ -230,8 +219,8 @@ backend_test! {
         let a = create_model(&http, "same-a", "v1");
         let b = create_model(&http, "same-b", "v7");
         let bytes = vec![9u8; 300_000];
-        assert_eq!(upload(&http, &a, &bytes).status, 200);
-        assert_eq!(upload(&http, &b, &bytes).status, 200);
+        assert_eq!(upload_payload(&http, &a, &bytes).status, 200);
+        assert_eq!(upload_payload(&http, &b, &bytes).status, 200);
         let (ja, jb) = (http.get(&a).json(), http.get(&b).json());
         assert_eq!(ja["archive_digest"], jb["archive_digest"]);
         assert_eq!(server.stored_archives().len(), 1);
@@ -250,14 +239,14 @@ backend_test! {
         let server = Server::start(backend);
         let http = server.http();
         let m = create_model(&http, "used-model", "m1");
-        assert_eq!(upload(&http, &m, b"model bytes").status, 200);
+        assert_eq!(upload_payload(&http, &m, b"model bytes").status, 200);
         http.post("/api/v1/bento_repositories", &json!({"name": "svc"}));
         let bento_manifest = json!({"service": "service:Svc", "bentoml_version": "1.4.40", "size_bytes": 1, "models": ["used-model:m1"],
             "services": [{"name": "Svc", "models": [{"tag": "used-model:m1"}, {"tag": "not-pushed:v9"}]}]});
         let r = http.post("/api/v1/bento_repositories/svc/bentos", &json!({"version": "b1", "manifest": bento_manifest}));
         assert_eq!(r.status, 200, "{}", r.text());
         let b = "/api/v1/bento_repositories/svc/bentos/b1";
-        assert_eq!(upload(&http, b, b"bento bytes").status, 200);
+        assert_eq!(upload_payload(&http, b, b"bento bytes").status, 200);
         assert_eq!(server.stored_archives().len(), 2);
 
         let r = http.delete(&m);
@@ -283,7 +272,7 @@ backend_test! {
         let server = Server::start(backend);
         let admin = server.http();
         let v = create_model(&admin, "secret-model", "v1");
-        assert_eq!(upload(&admin, &v, b"secret").status, 200);
+        assert_eq!(upload_payload(&admin, &v, b"secret").status, 200);
 
         server.admin(&["org", "create", "other"]);
         server.admin(&["user", "create", "bob", "--email", "bob@example.com", "--org", "other"]);
@@ -299,7 +288,7 @@ backend_test! {
         assert_eq!(bob.delete(&v).status, 404);
         // The same name in another organization is another repository.
         let bv = create_model(&bob, "secret-model", "v1");
-        assert_eq!(upload(&bob, &bv, b"bob's").status, 200);
+        assert_eq!(upload_payload(&bob, &bv, b"bob's").status, 200);
         assert_eq!(download(&admin, &v).body, b"secret");
         assert_eq!(download(&bob, &bv).body, b"bob's");
         // And admin's token list does not show bob's token.
@@ -403,7 +392,7 @@ fn events_say_who_did_what_with_which_token() {
     let server = Server::start(Backend::SqliteLocal);
     let http = server.http();
     let v = create_model(&http, "audited", "v1");
-    upload(&http, &v, b"bytes");
+    upload_payload(&http, &v, b"bytes");
     download(&http, &v);
     let events = http.get("/api/v1/events?count=10").json();
     let ops: Vec<&str> =
@@ -454,7 +443,7 @@ fn the_operator_token_only_reads_the_registry_and_rotates() {
     opts.env.push(("YATAI_OPERATOR_API_TOKEN".into(), first.clone()));
     let mut server = Server::start_with(opts);
     let v = create_model(&server.http(), "for-the-operator", "v1");
-    assert_eq!(upload(&server.http(), &v, b"weights").status, 200);
+    assert_eq!(upload_payload(&server.http(), &v, b"weights").status, 200);
 
     let operator = server.http().with_token(&first);
     assert_eq!(download(&operator, &v).body, b"weights");
@@ -487,7 +476,7 @@ fn a_restarted_server_keeps_data_tokens_and_bootstraps_once() {
     assert!(server.banner.iter().any(|l| l.contains("bentoml cloud login --endpoint")), "{:?}", server.banner);
     let http = server.http();
     let v = create_model(&http, "durable", "v1");
-    assert_eq!(upload(&http, &v, b"kept").status, 200);
+    assert_eq!(upload_payload(&http, &v, b"kept").status, 200);
     server.restart();
     assert!(server.banner.iter().all(|l| !l.contains("yatai_")), "a second token was printed: {:?}", server.banner);
     let http = server.http();
@@ -535,7 +524,7 @@ fn fields_over_their_limits_are_refused_and_nothing_is_stored() {
     let long_description = "d".repeat(64 * 1024 + 1);
     let many_labels: Vec<Value> = (0..65).map(|i| json!({"key": format!("k{i}"), "value": "v"})).collect();
     let long_value = vec![json!({"key": "k", "value": "v".repeat(4097)})];
-    let mut big_manifest = manifest();
+    let mut big_manifest = model_manifest();
     big_manifest["metadata"] = json!({"blob": "m".repeat(1024 * 1024)});
 
     let cases: Vec<(&str, &str, Value, &str)> = vec![
@@ -547,13 +536,13 @@ fn fields_over_their_limits_are_refused_and_nothing_is_stored() {
         (
             "POST",
             "/api/v1/model_repositories/capped/models",
-            json!({"version": "v2", "manifest": manifest(), "description": long_description}),
+            json!({"version": "v2", "manifest": model_manifest(), "description": long_description}),
             "65536",
         ),
         (
             "POST",
             "/api/v1/model_repositories/capped/models",
-            json!({"version": "v2", "manifest": manifest(), "labels": many_labels}),
+            json!({"version": "v2", "manifest": model_manifest(), "labels": many_labels}),
             "64",
         ),
         (
@@ -580,7 +569,7 @@ fn fields_over_their_limits_are_refused_and_nothing_is_stored() {
     assert_eq!(http.get("/api/v1/model_repositories/capped/models/v2").status, 404);
     let got = http.get(&v).json();
     assert_eq!(got["description"], "");
-    assert_eq!(got["manifest"], manifest());
+    assert_eq!(got["manifest"], model_manifest());
     assert_eq!(got["labels"], json!([{"key": "team", "value": "x"}]));
     let tokens = http.get("/api/v1/api_tokens").json();
     assert_eq!(tokens["total"], 1, "{tokens}");
@@ -601,7 +590,7 @@ fn a_list_of_large_versions_stays_within_its_memory_bound() {
     let server = Server::start(Backend::SqliteLocal);
     let http = server.http();
     http.post("/api/v1/model_repositories", &json!({"name": "heavy"}));
-    let mut big = manifest();
+    let mut big = model_manifest();
     big["metadata"] = json!({"blob": "m".repeat(1024 * 1024 - 300)});
     let n = 20;
     for i in 0..n {
@@ -646,19 +635,19 @@ fn a_version_named_latest_and_impossible_sizes_are_refused() {
     let http = server.http();
     create_model(&http, "aliased", "v1");
     let v1 = "/api/v1/model_repositories/aliased/models/v1";
-    assert_eq!(upload(&http, v1, b"v1 bytes").status, 200);
+    assert_eq!(upload_payload(&http, v1, b"v1 bytes").status, 200);
     for kind in ["model", "bento"] {
         http.post(&format!("/api/v1/{kind}_repositories"), &json!({"name": "aliased"}));
         let r = http.post(
             &format!("/api/v1/{kind}_repositories/aliased/{kind}s"),
-            &json!({"version": "latest", "manifest": manifest()}),
+            &json!({"version": "latest", "manifest": model_manifest()}),
         );
         assert_error(&r, 400, "reserved");
     }
     assert_eq!(http.get("/api/v1/model_repositories/aliased/models/latest").json()["version"], "v1");
     let sizes = [json!(-1), json!(u64::MAX), json!((1u64 << 50) + 1), json!(1.5), json!("10")];
     for size in &sizes {
-        let mut m = manifest();
+        let mut m = model_manifest();
         m["size_bytes"] = size.clone();
         let r = http.post("/api/v1/model_repositories/aliased/models", &json!({"version": "v2", "manifest": m}));
         assert_error(&r, 400, "size_bytes");
@@ -700,7 +689,7 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
     let server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--max-json-body", "4KiB"]));
     let http = server.http();
     http.post("/api/v1/model_repositories", &json!({"name": "kept"}));
-    let body = serde_json::to_vec(&json!({"version": "v1", "manifest": manifest()})).unwrap();
+    let body = serde_json::to_vec(&json!({"version": "v1", "manifest": model_manifest()})).unwrap();
     let big = vec![b' '; 8 << 10];
     let token = format!("X-YATAI-API-TOKEN: {}\r\n", server.token);
     let json_type = "Content-Type: application/json\r\n";
@@ -751,7 +740,7 @@ fn an_early_error_with_an_unread_body_says_connection_close() {
     let mut s = std::net::TcpStream::connect(http.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     for (i, version) in ["v1", "v2"].iter().enumerate() {
-        let body = serde_json::to_vec(&json!({"version": version, "manifest": manifest()})).unwrap();
+        let body = serde_json::to_vec(&json!({"version": version, "manifest": model_manifest()})).unwrap();
         let head = format!(
             "POST /api/v1/model_repositories/kept/models HTTP/1.1\r\nHost: x\r\n{token}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()

@@ -117,11 +117,6 @@ fn bento_manifest(models: &[&str]) -> Value {
            "models": models})
 }
 
-fn model_manifest() -> Value {
-    json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10, "metadata": {},
-           "context": {}, "options": {}})
-}
-
 fn deployment(name: &str, bento: &str) -> Value {
     json!({"name": name, "bento": bento, "access_authorization": false, "envs": null, "labels": null, "secrets": null,
            "services": {"Evil": {"scaling": {"min_replicas": 1, "max_replicas": 1}}}, "canary": null, "dev": false})

@@ -9,13 +9,8 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
-
-fn model_manifest() -> Value {
-    json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10,
-           "metadata": {}, "context": {}, "options": {}})
-}
 
 /// Creates model `repo:version` (and its repository if needed); returns the
 /// version's API path.

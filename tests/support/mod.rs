@@ -257,8 +257,11 @@ pub struct Server {
     pub backend_args: Vec<String>,
 }
 
+/// The `yatai` binary under test: this build's, or `YATAI_TEST_BIN` (a release build, to
+/// record figures with the suite's own load tests).
 pub fn yatai_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_yatai")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| std::env::var("YATAI_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_yatai").to_owned()))
 }
 
 impl Server {
@@ -942,4 +945,55 @@ impl Drop for PrivateIndex {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A model's manifest as the bentoml client sends it, for tests that push through the API.
+pub fn model_manifest() -> serde_json::Value {
+    serde_json::json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10,
+                       "metadata": {}, "context": {}, "options": {}})
+}
+
+/// Creates model `repo:version` through the API (and its repository if needed); returns the
+/// version's API path.
+pub fn create_model_version(http: &Http, repo: &str, version: &str) -> String {
+    let r = http.post("/api/v1/model_repositories", &serde_json::json!({"name": repo, "description": ""}));
+    assert!(r.status == 200 || r.status == 409, "{}", r.text());
+    let r = http.post(
+        &format!("/api/v1/model_repositories/{repo}/models"),
+        &serde_json::json!({"version": version, "description": "", "manifest": model_manifest(),
+                            "build_at": "2026-11-24 19:44:50.976764", "labels": []}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    format!("/api/v1/model_repositories/{repo}/models/{version}")
+}
+
+/// Uploads `payload` as the archive member `./data` of the version at `version_path`.
+pub fn upload_payload(http: &Http, version_path: &str, payload: &[u8]) -> Response {
+    let r = http.patch(&format!("{version_path}/start_upload"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    http.put_bytes(&format!("{version_path}/upload"), &tar_of(&[("./data", payload)]))
+}
+
+/// The payload of the archive [`upload_payload`] stored.
+pub fn downloaded_payload(http: &Http, version_path: &str) -> Vec<u8> {
+    let r = http.get(&format!("{version_path}/download"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    tar_member(&r.body, "./data").expect("the archive's payload")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
