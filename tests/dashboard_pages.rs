@@ -1182,3 +1182,306 @@ fn pages_render_fast_with_100000_versions() {
     // Typically a few milliseconds; the bound leaves room for a busy machine.
     assert!(worst < Duration::from_millis(100), "slowest page took {worst:?}");
 }
+
+/// Every route of the dashboard's router, read from its source (crates/web/src/lib.rs), so a
+/// page added there is in the isolation matrix below without anyone remembering to add it.
+fn dashboard_routes() -> Vec<(&'static str, String)> {
+    let source = include_str!("../crates/web/src/lib.rs");
+    let mut routes = Vec::new();
+    for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line[".route(\"".len()..].split('"').next().unwrap().to_owned();
+        for (method, call) in [("GET", "get("), ("POST", "post(")] {
+            if line.contains(call) {
+                routes.push((method, path.clone()));
+            }
+        }
+    }
+    assert!(routes.len() > 60, "the router's routes were not found in crates/web/src/lib.rs: {routes:?}");
+    routes
+}
+
+/// Who may use a dashboard route of organization A's objects: the least role, or `None` for
+/// routes that are not about an organization's objects (assets, sign-in, one's own account,
+/// invitation links, which are capabilities held by whoever has the link). A route missing
+/// here fails the matrix: decide who may use it when adding it.
+fn least_role(method: &str, path: &str) -> Option<&'static str> {
+    let public = ["/static/", "/favicon.ico", "/setup", "/login", "/logout", "/account", "/invitations/"];
+    if public.iter().any(|p| path.starts_with(p)) {
+        return None;
+    }
+    let admin_forms = ["/settings", "/settings/members", "/clusters/new", "/secrets/new"];
+    Some(match (method, path) {
+        ("GET", "/deployments/new" | "/deployments/{name}/edit") => "developer",
+        ("GET", "/clusters/new" | "/clusters/{name}/edit" | "/secrets/new") => "admin",
+        ("GET", p)
+            if p == "/"
+                || ["/models", "/bentos", "/deployments", "/settings", "/events", "/clusters", "/secrets"]
+                    .iter()
+                    .any(|prefix| p.starts_with(prefix)) =>
+        {
+            "guest"
+        }
+        ("POST", p) if admin_forms.contains(&p) => "admin",
+        ("POST", p)
+            if p.starts_with("/settings/members/") || p.starts_with("/clusters/") || p.starts_with("/secrets/") =>
+        {
+            "admin"
+        }
+        // A token of A's admin: only its owner or an admin may revoke it.
+        ("POST", "/settings/tokens/{uid}/revoke") => "admin",
+        ("POST", "/settings/tokens") => "guest",
+        ("POST", p) if p.starts_with("/models/") || p.starts_with("/bentos/") || p.starts_with("/deployments/") => {
+            "developer"
+        }
+        _ => panic!("{method} {path}: no least role in the dashboard's isolation matrix; add it to least_role"),
+    })
+}
+
+/// A route with organization A's names in place of its parameters.
+fn concrete_page(path: &str, a: &std::collections::BTreeMap<&str, String>) -> String {
+    let kind = path.split('/').nth(1).unwrap_or("");
+    let mut out = String::new();
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        out.push_str(&match (kind, seg) {
+            ("models", "{repo}") => a["model"].clone(),
+            ("models", "{version}") => a["model_version"].clone(),
+            ("bentos", "{repo}") => a["bento"].clone(),
+            ("bentos", "{version}") => a["bento_version"].clone(),
+            ("deployments", "{name}") => a["deployment"].clone(),
+            ("clusters", "{name}") => "local".into(),
+            ("secrets", "{name}") => a["secret"].clone(),
+            ("settings", "{uid}") if path.contains("/invitations/") => a["invitation_uid"].clone(),
+            ("settings", "{uid}") if path.contains("/tokens/") => a["token_uid"].clone(),
+            ("settings", "{uid}") => a["member_uid"].clone(),
+            ("account", "{uid}") => a["invitation_uid"].clone(),
+            ("invitations", "{token}") => "0".repeat(43),
+            (_, s) if s.starts_with('{') => panic!("no value for {s} in {path}: add it to the matrix"),
+            (_, s) => s.into(),
+        });
+    }
+    if path == "/deployments/new/versions" {
+        out.push_str(&format!("?bento_repository={}", a["bento"]));
+    }
+    out
+}
+
+/// Form fields that would change A's objects if a route let them through.
+fn hostile_fields(a: &std::collections::BTreeMap<&str, String>) -> Vec<(&'static str, String)> {
+    [
+        ("name", "stolen".to_owned()),
+        ("description", "pwned".into()),
+        ("invitee", "mallory@example.com".into()),
+        ("role", "admin".into()),
+        ("type", "env".into()),
+        ("stage", "runtime".into()),
+        ("item_key", "API_KEY".into()),
+        ("item_sub_path", String::new()),
+        ("item_value", "pwned-value".into()),
+        ("bento_repository", a["bento"].clone()),
+        ("bento_version", a["bento_version"].clone()),
+        ("cluster", "local".into()),
+        ("min_replicas", "1".into()),
+        ("max_replicas", "1".into()),
+        ("envs", "PWNED=1".into()),
+        ("revision_uid", a["revision"].clone()),
+        ("org", a["org_uid"].clone()),
+        ("namespace", "stolen".into()),
+        ("domain_suffix", "pwned.example".into()),
+    ]
+    .into()
+}
+
+/// What A's admin sees of A's objects through the API; must read the same after everything.
+fn org_fingerprint(http: &Http, a: &std::collections::BTreeMap<&str, String>) -> Vec<String> {
+    let strip = |mut v: serde_json::Value| {
+        for key in ["last_used_at", "status_updated_at", "replicas", "status"] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove(key);
+            }
+        }
+        v.to_string()
+    };
+    let mut out = vec![
+        http.get(&format!("/api/v1/model_repositories/{}/models/{}", a["model"], a["model_version"])).text(),
+        http.get(&format!("/api/v1/bento_repositories/{}/bentos/{}", a["bento"], a["bento_version"])).text(),
+        strip(http.get(&format!("/api/v2/deployments/{}", a["deployment"])).json()),
+        http.get(&format!("/api/v2/deployments/{}/revisions", a["deployment"])).text(),
+        http.get(&format!("/api/v1/org_secrets/{}", a["secret"])).text(),
+        http.get("/api/v1/org_secrets").json()["total"].to_string(),
+        http.get("/api/v1/current_org").text(),
+        strip(http.get("/api/v1/clusters/local").json()),
+        http.get("/api/v2/deployments").json()["total"].to_string(),
+    ];
+    let tokens = http.get("/api/v1/api_tokens").json();
+    out.extend(tokens["items"].as_array().unwrap().iter().map(|t| strip(t.clone())));
+    out
+}
+
+/// Each member on the members page as an admin sees it: name and selected role.
+fn members_and_roles(html: &str) -> Vec<String> {
+    html.split(r#"data-testid="row" data-name=""#)
+        .skip(1)
+        .map(|row| {
+            let row = &row[..row.find("</tr>").unwrap_or(row.len())];
+            let name = row.split('"').next().unwrap();
+            let role = row.split("<option").find(|o| o.contains("selected")).and_then(|o| o.split('"').nth(1));
+            format!("{name}:{}", role.unwrap_or("?"))
+        })
+        .collect()
+}
+
+#[test]
+fn no_page_or_form_lets_another_organization_or_a_lesser_role_see_or_change_anything() {
+    let server = Server::start(Backend::SqliteLocal);
+    let http = server.http();
+    let mut admin = setup(&server);
+    let iris = iris_home();
+    let client = Bentoml::with_home_from(&server.url, &server.token, iris.home.path());
+    client.ok(&["push", &iris.bento]);
+    client.ok(&["secret", "create", "alpha-secret-2d9b", "API_KEY=alpha-value-6a4f"]);
+    let (bento, bento_version) = iris.bento.split_once(':').unwrap();
+    api_model(&server, "alpha_model_7f3c", "alphav1");
+    let created = http.post(
+        "/api/v2/deployments",
+        &json!({"bento": iris.bento, "name": "alpha-dep-5c1e", "secrets": ["alpha-secret-2d9b"]}),
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(http.post("/api/v2/deployments/alpha-dep-5c1e/terminate", &json!({})).status, 200);
+    let revisions = http.get("/api/v2/deployments/alpha-dep-5c1e/revisions").json();
+    let token = http.post("/api/v1/api_tokens", &json!({"name": "alpha-token-8b2d", "scopes": ["api"]})).json();
+    let r = admin.submit("/clusters/local/edit", "/clusters/local/edit", &[("description", "alpha-cluster-3a6e")]);
+    assert_eq!(r.status, 303, "{}", r.text());
+    let r = admin.submit("/settings", "/settings", &[("description", "alpha-org-9c4d")]);
+    assert!(r.status == 303 || r.status == 200, "{}", r.text());
+    // Members below admin, and an invitation still pending.
+    let mut by_role = std::collections::BTreeMap::new();
+    for role in ["guest", "developer"] {
+        let user = format!("alpha{role}");
+        server.admin(&["user", "create", &user, "--email", &format!("{user}@example.com"), "--role", role]);
+        admin_with_env(&server, &["user", "set-password", &user], &[("YATAI_PASSWORD", PASSWORD)]);
+        let (b, r) = login(&server, &user, PASSWORD);
+        assert_eq!(r.status, 303, "{user} signs in: {}", r.text());
+        by_role.insert(role, b);
+    }
+    let r = admin.submit(
+        "/settings/members",
+        "/settings/members",
+        &[("invitee", "alpha-invitee@example.com"), ("role", "guest")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let members = admin.page("/settings/members");
+    let member_uid = action_of(&members, "/settings/members/").split('/').nth(3).unwrap().to_owned();
+    let invitation_uid = action_of(&members, "/settings/members/invitations/").split('/').nth(4).unwrap().to_owned();
+    let org = http.get("/api/v1/current_org").json();
+    let members_before = members_and_roles(&members);
+    assert_eq!(members_before.len(), 3, "{members_before:?}");
+    assert!(members_before.iter().all(|m| !m.ends_with(":?")), "{members_before:?}");
+
+    let mut a = std::collections::BTreeMap::new();
+    a.insert("bento", bento.to_owned());
+    a.insert("bento_version", bento_version.to_owned());
+    a.insert("model", "alpha_model_7f3c".to_owned());
+    a.insert("model_version", "alphav1".to_owned());
+    a.insert("deployment", "alpha-dep-5c1e".to_owned());
+    a.insert("secret", "alpha-secret-2d9b".to_owned());
+    a.insert("revision", revisions["items"][0]["uid"].as_str().unwrap().to_owned());
+    a.insert("token_uid", token["uid"].as_str().unwrap().to_owned());
+    a.insert("member_uid", member_uid);
+    a.insert("invitation_uid", invitation_uid);
+    a.insert("org_uid", org["uid"].as_str().unwrap().to_owned());
+    let markers: Vec<String> =
+        ["bento_version", "model", "deployment", "secret", "token_uid", "revision", "invitation_uid"]
+            .iter()
+            .map(|k| a[k].clone())
+            .chain(
+                [
+                    "alpha-value-6a4f",
+                    "alpha-token-8b2d",
+                    "alpha-cluster-3a6e",
+                    "alpha-org-9c4d",
+                    "alphaguest",
+                    "alpha-invitee",
+                ]
+                .map(String::from),
+            )
+            .collect();
+    let before = org_fingerprint(&http, &a);
+
+    let mut bob = other_org(&server);
+    // bob's API token opens no page: the dashboard takes sessions only.
+    let bob_token =
+        http.with_token(server.admin(&["token", "create", "--name", "bob", "--user", "bob", "--org", "other"]).trim());
+    let rank = |r: &str| ["guest", "developer", "admin"].iter().position(|x| *x == r).unwrap();
+    let (mut cross, mut denied) = (0, 0);
+    let routes = dashboard_routes();
+    // Signing out last: the matrix needs bob's session until then.
+    let (last, routes): (Vec<_>, Vec<_>) = routes.into_iter().partition(|(_, p)| p == "/logout");
+    for (method, path) in routes.iter().chain(&last) {
+        let url = concrete_page(path, &a);
+        let need = least_role(method, path);
+        // Another organization's admin: nothing of A's, whatever the status.
+        let r = match *method {
+            "GET" => bob.get(&url),
+            _ => {
+                let csrf = bob.csrf_for_tests();
+                let mut fields: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+                let hostile = hostile_fields(&a);
+                fields.extend(hostile.iter().map(|(k, v)| (*k, v.as_str())));
+                // bob's own password is left alone: the form would sign him out.
+                fields.retain(|(k, _)| *k != "current");
+                bob.post(&url, &fields)
+            }
+        };
+        let text = r.text();
+        // A name B sent may come back (a form keeps its input); nothing else of A's may.
+        let sent = format!("{url} {:?}", if *method == "POST" { hostile_fields(&a) } else { Vec::new() });
+        for m in markers.iter().filter(|m| !sent.contains(m.as_str())) {
+            assert!(!text.contains(m.as_str()), "{method} {url} showed org A's {m:?} to org B ({}): {text}", r.status);
+        }
+        if need.is_some() && path.contains('{') && !path.starts_with("/clusters/") {
+            assert!((400..500).contains(&r.status), "{method} {url} answered {} to org B: {text}", r.status);
+        }
+        cross += 1;
+        if need.is_some() {
+            let r = bob_token.request(method, &url, None);
+            assert_eq!(r.status, 303, "{method} {url} with org B's API token: {}", r.text());
+            assert!(!markers.iter().any(|m| r.text().contains(m.as_str())));
+        }
+
+        // A's members below the route's role: refused, with their own valid CSRF token.
+        let Some(need) = need else { continue };
+        for (role, member) in by_role.iter_mut() {
+            if rank(role) >= rank(need) {
+                continue;
+            }
+            let r = match *method {
+                "GET" => member.get(&url),
+                _ => {
+                    let csrf = member.csrf_for_tests();
+                    let mut fields: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+                    let hostile = hostile_fields(&a);
+                    fields.extend(hostile.iter().map(|(k, v)| (*k, v.as_str())));
+                    member.post(&url, &fields)
+                }
+            };
+            assert!(
+                r.status == 403 || (r.status == 404 && path.starts_with("/settings/tokens/")),
+                "{method} {url} answered A's {role} ({}): {}",
+                r.status,
+                r.text()
+            );
+            assert!(!r.text().contains("alpha-value-6a4f"));
+            denied += 1;
+        }
+    }
+    assert!(cross > 60, "only {cross} routes tried across organizations");
+    assert!(denied > 30, "only {denied} requests checked for role");
+    assert_eq!(org_fingerprint(&http, &a), before, "org A's objects changed");
+    // bob did not join A, the invitation is still pending, and A's members keep their roles.
+    let members = admin.page("/settings/members");
+    assert!(!members.contains(r#"data-name="bob""#), "bob joined A: {members}");
+    assert!(members.contains(r#"data-invitee="alpha-invitee@example.com""#), "the invitation was used: {members}");
+    assert_eq!(members_and_roles(&members), members_before, "A's members changed");
+    eprintln!("dashboard isolation matrix: {cross} routes tried by another organization, {denied} refusals by role");
+}
