@@ -255,6 +255,13 @@ fn a_killed_replica_comes_back_and_status_returns_to_running() {
     // The killed replica's workers, which would go on answering on its port, are gone.
     let left: Vec<u32> = workers.iter().copied().filter(|p| pid_alive(*p)).collect();
     assert!(left.is_empty(), "workers {left:?} of the killed replica are still running");
+    // The restart is counted in the server's metrics.
+    let metrics = server.http().get("/metrics").text();
+    let restarts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("yatai_replica_restarts_total "))
+        .unwrap_or_else(|| panic!("no yatai_replica_restarts_total in:\n{metrics}"));
+    assert!(restarts.trim().parse::<f64>().unwrap() >= 1.0, "restarts: {restarts}");
     assert_eq!(classify(&endpoint(&d)).json(), json!([0]));
     let events = server.http().get("/api/v1/events?resource_type=deployment&operation_name=status&count=50").json();
     let statuses: Vec<&str> =

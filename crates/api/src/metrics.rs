@@ -70,6 +70,7 @@ pub struct Metrics {
     pool_idle: Gauge,
     janitor_runs: Counter,
     janitor_removed: Counter,
+    replica_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -127,7 +128,14 @@ impl Metrics {
             "Abandoned uploads, unreferenced archives and temporary files the janitor removed",
             janitor_removed.clone(),
         );
+        let replica_restarts = Counter::default();
+        registry.register(
+            "replica_restarts",
+            "Replicas of local deployments restarted (exited, crashed or not ready in time)",
+            replica_restarts.clone(),
+        );
         Metrics {
+            replica_restarts,
             registry,
             requests,
             duration,
@@ -194,6 +202,7 @@ impl Metrics {
         let counters = &state.counters;
         self.janitor_runs.inner().store(counters.janitor_runs.load(Ordering::Relaxed), Ordering::Relaxed);
         self.janitor_removed.inner().store(counters.janitor_removed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.replica_restarts.inner().store(state.targets.replica_restarts(), Ordering::Relaxed);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;

@@ -31,6 +31,11 @@ impl Targets {
         self
     }
 
+    /// Replicas the targets restarted themselves since the server started.
+    pub fn replica_restarts(&self) -> u64 {
+        self.by_kind.values().map(|t| t.replica_restarts()).sum()
+    }
+
     /// Runs the cluster with uid `cluster_uid`.
     pub fn with_cluster(self, cluster_uid: &str, target: Arc<dyn DeployTarget>) -> Self {
         self.attach(cluster_uid, target);

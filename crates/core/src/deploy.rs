@@ -314,6 +314,12 @@ pub trait DeployTarget: Send + Sync {
     /// Replica output, also of a deployment that no longer runs.
     fn logs(&self, deployment_uid: &str) -> Option<Arc<dyn LogSource>>;
     fn metrics(&self, deployment_uid: &str) -> Option<Metrics>;
+    /// Replicas this target restarted itself since the server started (they exited, crashed or
+    /// were not ready in time). 0 for targets whose restarts are the cluster's own (a pod's
+    /// `restartCount`, which Kubernetes reports).
+    fn replica_restarts(&self) -> u64 {
+        0
+    }
     /// Where the deployment answers when the target publishes it itself (a
     /// Kubernetes Ingress host); `None`: the server's own endpoint for it.
     fn url(&self, _deployment_uid: &str) -> Option<String> {

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub envs: EnvCache,
     pub sink: Arc<dyn StatusSink>,
     pub verifier: OnceLock<Arc<dyn AccessVerifier>>,
+    /// Replicas restarted since the server started, for the metrics.
+    pub restarts: std::sync::atomic::AtomicU64,
 }
 
 struct Running {
@@ -162,7 +164,14 @@ impl LocalRuntime {
         let materializer = Materializer::new(config.root.join("artifacts"), blobs);
         let envs = EnvCache::new(config.env_dir.clone(), config.uv.clone(), config.replica_ids.is_some());
         Arc::new(LocalRuntime {
-            shared: Arc::new(Shared { config, materializer, envs, sink, verifier: OnceLock::new() }),
+            shared: Arc::new(Shared {
+                config,
+                materializer,
+                envs,
+                sink,
+                verifier: OnceLock::new(),
+                restarts: Default::default(),
+            }),
             deployments: Mutex::new(HashMap::new()),
             replica_ids: Mutex::new(HashMap::new()),
         })
@@ -339,6 +348,10 @@ impl LocalRuntime {
 impl DeployTarget for LocalRuntime {
     fn kind(&self) -> ClusterKind {
         ClusterKind::Local
+    }
+
+    fn replica_restarts(&self) -> u64 {
+        self.shared.restarts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn max_replicas(&self) -> u32 {

@@ -434,6 +434,7 @@ impl Supervisor {
                 }
                 r.failures_in_row += 1;
                 r.restarts += 1;
+                self.shared.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let wait = self.backoff(r.failures_in_row);
                 self.say(&format!("replica {} exited ({status}); restarting in {:.1} s", r.id, wait.as_secs_f64()));
                 r.state = State::Backoff { until: now + wait };
@@ -512,6 +513,7 @@ impl Supervisor {
         }
         r.failures_in_row += 1;
         r.restarts += 1;
+        self.shared.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         r.state = State::Backoff { until: Instant::now() + self.backoff(r.failures_in_row) };
     }
 
