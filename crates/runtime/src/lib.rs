@@ -108,6 +108,8 @@ pub struct RuntimeConfig {
     /// User ids replicas run as, one per deployment (needs root); `None`:
     /// replicas run as the server's user.
     pub replica_ids: Option<IdRange>,
+    /// What each deployment's endpoint allows its clients (connections, timeouts).
+    pub client_limits: yatai_http_server::Limits,
 }
 
 impl RuntimeConfig {
@@ -127,6 +129,7 @@ impl RuntimeConfig {
             log_max_bytes: 10 << 20,
             log_keep: 3,
             replica_ids: None,
+            client_limits: yatai_http_server::Limits::default(),
         }
     }
 }
@@ -306,7 +309,7 @@ impl LocalRuntime {
             env_cached: None,
         }));
         let (stop_listener, stop_rx) = watch::channel(false);
-        tokio::spawn(proxy::serve(endpoint.clone(), listener, stop_rx));
+        tokio::spawn(proxy::serve(endpoint.clone(), listener, self.shared.config.client_limits, stop_rx));
         let history = Arc::new(metrics::History::default());
         tokio::spawn(metrics::sample_forever(endpoint.clone(), history.clone()));
         let (tx, rx) = mpsc::unbounded_channel();

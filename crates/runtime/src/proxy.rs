@@ -408,39 +408,22 @@ impl Body for Tracked {
     }
 }
 
-/// Serves an endpoint on its own listener until `stop` fires.
-pub async fn serve(endpoint: Arc<Endpoint>, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let Ok((stream, peer)) = accepted else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+/// Serves an endpoint on its own listener, with the server's client limits, until `stop` fires.
+pub async fn serve(
+    endpoint: Arc<Endpoint>,
+    listener: TcpListener,
+    limits: yatai_http_server::Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let handle = move |req: Request<yatai_http_server::IdleTimeout>, peer: SocketAddr| {
         let endpoint = endpoint.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let endpoint = endpoint.clone();
-                async move {
-                    let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-                    Ok::<_, std::convert::Infallible>(endpoint.handle(req, Some(peer)).await)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
+        async move { endpoint.handle(req.map(|b| b.boxed_unsync()), Some(peer)).await }
+    };
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = yatai_http_server::serve(listener, handle, limits, stopped).await {
+        tracing::warn!(error = %e, "a deployment's endpoint stopped");
     }
 }
 

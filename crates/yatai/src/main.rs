@@ -4,7 +4,6 @@
 mod admin;
 mod backup;
 mod config;
-mod connections;
 mod local_target;
 mod serve;
 

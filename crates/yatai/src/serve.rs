@@ -20,7 +20,15 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let first_token = bootstrap(&store, &args).await?;
     ensure_operator_token(&store, &args).await?;
 
-    let runtime_config = args.runtime_config()?;
+    // The same limits on every port: the API's and each deployment's endpoint.
+    let limits = yatai_http_server::Limits {
+        max_connections: args.max_connections.min(connection_budget()),
+        header_timeout: args.client_header_timeout,
+        body_idle_timeout: args.client_body_timeout,
+        send_timeout: args.client_send_timeout,
+    };
+    let mut runtime_config = args.runtime_config()?;
+    runtime_config.client_limits = limits;
     std::fs::create_dir_all(&runtime_config.root)
         .with_context(|| format!("cannot create the runtime directory {}", runtime_config.root.display()))?;
     let sink = Arc::new(yatai_app::deployments::DbStatusSink { store: store.clone() });
@@ -95,13 +103,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("yatai listening on http://{addr}");
 
-    let limits = crate::connections::Limits {
-        max_connections: args.max_connections.min(connection_budget()),
-        header_timeout: args.client_header_timeout,
-        body_idle_timeout: args.client_body_timeout,
-        send_timeout: args.client_send_timeout,
+    let handle = move |req: http::Request<yatai_http_server::IdleTimeout>, remote: std::net::SocketAddr| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+        let app = app.clone();
+        async move { tower::ServiceExt::oneshot(app, req).await.unwrap_or_else(|e| match e {}) }
     };
-    crate::connections::serve(listener, app, limits, async {
+    yatai_http_server::serve(listener, handle, limits, async {
         shutdown_signal().await;
         yatai_api::shutdown::begin();
     })

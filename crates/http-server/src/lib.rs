@@ -1,5 +1,7 @@
-//! The server's HTTP/1.1 connections: what `axum::serve` does, plus the limits a port open to a
-//! network needs, so that slow or stuck clients cannot hold the server:
+//! The HTTP/1.1 connections of yatai's ports, the API's and each deployment's endpoint: what
+//! `axum::serve` does, plus the limits a port open to a network needs, so that slow or stuck
+//! clients cannot hold the server (every port is served by the one `yatai serve` process, so a
+//! deployment's port left open to slowloris would take the API's descriptors too):
 //! - at most `max_connections` at once (the rest wait in the listen backlog);
 //! - a request's head must arrive within `header_timeout` (slowloris);
 //! - a request body that sends nothing for `body_idle_timeout` fails (a stalled upload);
@@ -11,22 +13,22 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tower::ServiceExt;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -36,13 +38,33 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains the connections.
-pub async fn serve(
+impl Default for Limits {
+    /// The defaults of `yatai serve`'s flags.
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serves `handle` on `listener` until `shutdown` completes, then drains the connections.
+/// `handle` gets each request (its body fails after `body_idle_timeout` without bytes) and the
+/// client's address.
+pub async fn serve<H, F, B>(
     listener: TcpListener,
-    app: Router,
+    handle: H,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    H: Fn(Request<IdleTimeout>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -66,19 +88,15 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         set_send_timeout(&stream, limits.send_timeout);
-        let (app, mut stopping) = (app.clone(), stopping.clone());
+        let (handle, mut stopping) = (handle.clone(), stopping.clone());
         connections.spawn(async move {
             let _permit = permit;
             let progress = Arc::new(Progress::default());
             let sending = progress.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                let req = req.map(|body| Body::new(IdleTimeout::new(body, limits.body_idle_timeout)));
-                let (app, sending) = (app.clone(), sending.clone());
-                async move {
-                    let resp = app.oneshot(req).await.unwrap_or_else(|e| match e {});
-                    Ok::<_, Infallible>(resp.map(|body| Body::new(Watched::new(body, sending))))
-                }
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let req = req.map(|body| IdleTimeout::new(body, limits.body_idle_timeout));
+                let (response, sending) = (handle(req, remote), sending.clone());
+                async move { Ok::<_, Infallible>(response.await.map(|body| Watched::new(body, sending))) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -137,34 +155,38 @@ impl Progress {
 }
 
 /// A response body that reports to its connection's [`Progress`].
-struct Watched {
-    inner: Body,
+struct Watched<B> {
+    inner: Pin<Box<B>>,
     progress: Arc<Progress>,
 }
 
-impl Watched {
-    fn new(inner: Body, progress: Arc<Progress>) -> Self {
+impl<B> Watched<B> {
+    fn new(inner: B, progress: Arc<Progress>) -> Self {
         progress.moved();
-        Watched { inner, progress }
+        Watched { inner: Box::pin(inner), progress }
     }
 }
 
-impl Drop for Watched {
+impl<B> Drop for Watched<B> {
     fn drop(&mut self) {
         self.progress.done();
     }
 }
 
-impl HttpBody for Watched {
+impl<B> HttpBody for Watched<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         // The body is polled with a waker that starts the clock when the body has bytes again:
         // from then on, waiting is the client's doing.
         let waker =
             std::task::Waker::from(Arc::new(Restart { progress: self.progress.clone(), next: cx.waker().clone() }));
-        let polled = Pin::new(&mut self.inner).poll_frame(&mut Context::from_waker(&waker));
+        let polled = self.inner.as_mut().poll_frame(&mut Context::from_waker(&waker)).map_err(Into::into);
         match &polled {
             // Bytes handed to hyper: it asks again as soon as the socket takes them.
             Poll::Ready(Some(_)) => self.progress.moved(),
@@ -222,7 +244,7 @@ fn set_send_timeout(stream: &tokio::net::TcpStream, timeout: Duration) {
 
 /// A request body that fails when no bytes come for `idle` (counted from the first read: a
 /// handler that reads the body late is not the client's fault).
-struct IdleTimeout {
+pub struct IdleTimeout {
     inner: Incoming,
     idle: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -236,7 +258,7 @@ impl IdleTimeout {
 
 impl HttpBody for IdleTimeout {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let idle = self.idle;
@@ -264,5 +286,90 @@ impl HttpBody for IdleTimeout {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// A server answering `ok` after reading the whole request body; its address and a stop.
+    async fn start(limits: Limits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = |req: Request<IdleTimeout>, _peer: SocketAddr| async move {
+            let status = match req.into_body().collect().await {
+                Ok(_) => 200,
+                Err(_) => 400,
+            };
+            Response::builder().status(status).body(Full::new(Bytes::from_static(b"ok"))).unwrap()
+        };
+        tokio::spawn(serve(listener, handle, limits, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            body_idle_timeout: Duration::from_millis(300),
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads until the server closes the connection; what it sent.
+    async fn until_closed(s: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_head_that_never_ends_is_cut_after_the_header_timeout() {
+        let (addr, _stop) = start(quick()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = Instant::now();
+        until_closed(&mut s).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(5), "closed after {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_the_request() {
+        let (addr, _stop) = start(quick()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+        let (addr, _stop) = start(Limits { header_timeout: Duration::from_secs(2), ..quick() }).await;
+        // Four silent clients hold every slot.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted in order: the fifth waits in the backlog behind them.
+        let mut fifth = TcpStream::connect(addr).await.unwrap();
+        fifth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut buf)).await;
+        assert!(early.is_err(), "the fifth connection was served while four held every slot");
+        // The silent ones are cut after the header timeout; then the fifth is served.
+        let answer = until_closed(&mut fifth).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(silent);
     }
 }
