@@ -126,3 +126,77 @@ async fn bad_names_and_bodies_get_a_4xx_that_says_what_is_wrong() {
         api.call("POST", "/api/v2/deployments", Some(&token), Some(json!({"bento": "iris:v1", "name": "iris"}))).await;
     assert!(status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE, "{status} {body}");
 }
+
+/// Found by the property tests of the upload checks: `--max-artifact-size` held each part of a
+/// multipart upload, but not the archive assembled from them, so two parts within the limit
+/// stored an archive over it.
+#[tokio::test]
+async fn an_archive_assembled_from_parts_is_held_to_the_size_limit() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use sha2::Digest;
+
+    const LIMIT: u64 = 3000;
+    let (dir, store) = common::open_store().await;
+    let api = Api::with_state(dir, store, |store, blobs| {
+        let config = yatai_api::AppConfig {
+            transmission: yatai_api::TransmissionMode::Multipart,
+            max_artifact_size: Some(LIMIT),
+            ..Default::default()
+        };
+        yatai_api::AppState::new(store, blobs, common::SIGNING_KEY, config)
+    });
+    let token = api.member("acme", MemberRole::Admin, &["api"]).await;
+    let repo = json!({"name": "m", "description": "", "labels": []});
+    let (status, body) = api.call_as("POST", "/api/v1/model_repositories", &token, Some(repo)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let manifest = json!({"module": "", "api_version": "v1", "bentoml_version": "1.4.40", "size_bytes": 10,
+                          "metadata": {}, "context": {}, "options": {}});
+    let version = json!({"version": "v1", "description": "", "manifest": manifest, "build_at": "2026-11-24 19:44:50"});
+    let (status, body) = api.call_as("POST", "/api/v1/model_repositories/m/models", &token, Some(version)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v = "/api/v1/model_repositories/m/models/v1";
+    let (status, body) = api.call_as("PATCH", &format!("{v}/start_multipart_upload"), &token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let upload_id = body["upload_id"].as_str().unwrap().to_owned();
+
+    // A tar of 4 KiB in two parts of 2 KiB, each within the limit.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(2048);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "weights.bin", &[7u8; 2048][..]).unwrap();
+    let archive = b.into_inner().unwrap();
+    assert!(archive.len() as u64 > LIMIT);
+    let mut parts = Vec::new();
+    for (i, bytes) in archive.chunks(archive.len().div_ceil(2)).enumerate() {
+        assert!(bytes.len() as u64 <= LIMIT);
+        let n = i + 1;
+        let presign = json!({"upload_id": upload_id, "part_number": n});
+        let req = Request::builder()
+            .method("PATCH")
+            .uri(format!("{v}/presign_multipart_upload_url"))
+            .header("host", "yatai.test")
+            .header("content-type", "application/json");
+        let (status, body) = api.send(req, Some(&token), Body::from(presign.to_string())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let url = body["presigned_upload_url"].as_str().unwrap();
+        let path = &url[url.find("/transfer/").expect("a URL yatai serves")..];
+        let put = Request::builder().method("PUT").uri(path).header("content-length", bytes.len());
+        let (status, body) = api.send(put, None, Body::from(bytes.to_vec())).await;
+        assert_eq!(status, StatusCode::OK, "part {n}: {body}");
+        let etag = format!("\"{}\"", &hex::encode(sha2::Sha256::digest(bytes))[..32]);
+        parts.push(json!({"part_number": n, "etag": etag}));
+    }
+    let complete = json!({"upload_id": upload_id, "parts": parts});
+    let (status, body) = api.call_as("PATCH", &format!("{v}/complete_multipart_upload"), &token, Some(complete)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let finish = json!({"status": "success", "reason": ""});
+    let (status, body) = api.call_as("PATCH", &format!("{v}/finish_upload"), &token, Some(finish)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["message"].as_str().unwrap().contains(&LIMIT.to_string()), "{body}");
+    let (status, body) = api.call_as("GET", v, &token, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(body["upload_status"], "success", "{body}");
+}

@@ -365,3 +365,51 @@ impl Meter {
         }
     }
 }
+
+/// Property test of [`Meter`], which holds every write (a proxy upload, a part, an assembled
+/// archive) to the announced length and the size limit.
+#[cfg(test)]
+mod meter_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Feeds `chunks` as a write does: stops at the first error.
+    fn write(limits: WriteLimits, chunks: &[usize]) -> Result<u64, BlobError> {
+        let mut meter = Meter::new(limits);
+        meter.check_start()?;
+        for &n in chunks {
+            meter.add(n)?;
+        }
+        meter.finish()?;
+        Ok(meter.received)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_write_is_stored_only_within_its_limit_and_announced_length(
+            chunks in prop::collection::vec(prop_oneof![0..70usize, Just(1 << 20)], 0..8),
+            expected in prop::option::of(prop_oneof![0..300u64, Just(u64::MAX)]),
+            max in prop::option::of(prop_oneof![0..300u64, Just(u64::MAX)]),
+        ) {
+            let total: u64 = chunks.iter().map(|&n| n as u64).sum();
+            let result = write(WriteLimits { expected_len: expected, max_len: max }, &chunks);
+            let within = max.is_none_or(|m| total <= m && expected.is_none_or(|e| e <= m));
+            let announced = expected.is_none_or(|e| e == total);
+            prop_assert_eq!(result.is_ok(), within && announced, "{:?}", result);
+            match result {
+                Ok(n) => prop_assert_eq!(n, total),
+                Err(BlobError::TooLarge { limit }) => prop_assert_eq!(Some(limit), max),
+                Err(BlobError::LengthMismatch { expected: e, received }) => {
+                    prop_assert_eq!(Some(e), expected);
+                    prop_assert_ne!(e, received);
+                    // A body longer than announced is cut off as soon as it is.
+                    prop_assert!(received <= e || received - e <= chunks.iter().copied().max().unwrap_or(0) as u64);
+                }
+                Err(e) => prop_assert!(false, "unexpected {}", e),
+            }
+        }
+    }
+}

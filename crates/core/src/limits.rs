@@ -134,3 +134,67 @@ mod tests {
         }
     }
 }
+
+/// Property tests: the checks take client values of any shape.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::manifest::properties::json_value;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_manifest_is_refused_exactly_when_its_text_is_over_the_limit(
+            len in prop_oneof![0..64usize, MAX_MANIFEST - 4..MAX_MANIFEST + 4],
+            fill in "[a-zé\u{0}]",
+        ) {
+            // The limit is on bytes: a multi-byte character counts for its bytes.
+            let text: String = fill.repeat(len.div_ceil(fill.len()));
+            let result = check_manifest(&text);
+            prop_assert_eq!(result.is_ok(), text.len() <= MAX_MANIFEST);
+            if let Err(e) = result {
+                prop_assert_eq!((e.len, e.limit), (text.len(), MAX_MANIFEST));
+                prop_assert!(e.to_string().contains("manifest"));
+            }
+        }
+
+        #[test]
+        fn any_json_manifest_is_measured_without_panicking(manifest in json_value()) {
+            let text = serde_json::to_string(&manifest).unwrap();
+            prop_assert_eq!(check_manifest(&text).is_ok(), text.len() <= MAX_MANIFEST);
+            let size = manifest.get("size_bytes").cloned().unwrap_or(serde_json::Value::Null);
+            match check_size_bytes(&size) {
+                Ok(n) => {
+                    prop_assert!((0..=MAX_SIZE_BYTES).contains(&n));
+                    prop_assert_eq!(size.as_i64(), Some(n));
+                }
+                Err(e) => prop_assert!(!size.as_i64().is_some_and(|n| (0..=MAX_SIZE_BYTES).contains(&n)), "{}", e),
+            }
+        }
+
+        #[test]
+        fn size_bytes_accepts_exactly_the_whole_numbers_in_range(n in prop_oneof![
+            any::<i64>(), -2..3i64, MAX_SIZE_BYTES - 2..MAX_SIZE_BYTES + 3,
+        ]) {
+            prop_assert_eq!(check_size_bytes(&serde_json::json!(n)).is_ok(), (0..=MAX_SIZE_BYTES).contains(&n));
+            prop_assert!(check_size_bytes(&serde_json::json!(n as f64 + 0.5)).is_err());
+        }
+
+        #[test]
+        fn labels_within_every_limit_are_accepted_and_no_others(
+            labels in prop::collection::vec(
+                (prop_oneof![0..4usize, MAX_LABEL_KEY - 1..MAX_LABEL_KEY + 2],
+                 prop_oneof![0..4usize, MAX_LABEL_VALUE - 1..MAX_LABEL_VALUE + 2]),
+                0..MAX_LABELS + 3,
+            )
+        ) {
+            let owned: Vec<(String, String)> = labels.iter().map(|(k, v)| ("k".repeat(*k), "v".repeat(*v))).collect();
+            let ok = labels.len() <= MAX_LABELS
+                && labels.iter().all(|(k, v)| (1..=MAX_LABEL_KEY).contains(k) && *v <= MAX_LABEL_VALUE);
+            let result = check_labels(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            prop_assert_eq!(result.is_ok(), ok, "{:?}", result);
+        }
+    }
+}

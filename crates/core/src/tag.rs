@@ -152,3 +152,107 @@ mod tests {
         assert!(msg.contains("model name"), "{msg}");
     }
 }
+
+/// Property tests: tags come from clients and name directories and blobs, so whatever string
+/// arrives, parsing must not panic, and what it accepts must be a safe, canonical tag.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid name or version, as bentoml's regex describes it.
+    const PART: &str = "[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?";
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// Strings close to tags: the tag alphabet with uppercase, separators, dots, whitespace,
+    /// NUL and non-ASCII mixed in, long enough to cross the length limit.
+    fn near_tag() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9._:/ \t\n\u{0}é\u{2028}İ-]{0,140}",
+            (PART, PART, "[:/. A-Z\u{0}]{0,3}").prop_map(|(a, b, sep)| format!("{a}{sep}{b}")),
+        ]
+    }
+
+    /// What every accepted name or version is: a single safe path component in bentoml's
+    /// alphabet, within the limit.
+    fn assert_safe_part(part: &str) {
+        assert!(!part.is_empty() && part.chars().count() <= MAX_PART_LEN, "{part:?}");
+        assert!(part != "." && part != "..", "{part:?}");
+        assert!(
+            part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')),
+            "{part:?}"
+        );
+        let (first, last) = (part.as_bytes()[0], part.as_bytes()[part.len() - 1]);
+        assert!(first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric(), "{part:?}");
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn whatever_parses_is_safe_and_round_trips(s in near_tag()) {
+            if let Ok(tag) = Tag::parse(&s) {
+                assert_safe_part(&tag.name);
+                if let Some(v) = &tag.version {
+                    assert_safe_part(v);
+                }
+                // Canonical: the text is exactly what was parsed, and parses back to the tag.
+                prop_assert_eq!(tag.to_string(), s.clone());
+                prop_assert_eq!(Tag::parse(&tag.to_string()), Ok(tag));
+            }
+        }
+
+        #[test]
+        fn the_server_refuses_what_the_client_would_lowercase(s in near_tag()) {
+            // The client lowercases before sending; an uppercase letter on the wire is refused.
+            if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                prop_assert!(Tag::parse(&s).is_err(), "{:?} was accepted", s);
+            }
+            if s.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace()) || !s.is_ascii() {
+                prop_assert!(Tag::parse(&s).is_err(), "{:?} was accepted", s);
+            }
+        }
+
+        #[test]
+        fn every_valid_tag_is_accepted(name in PART, version in proptest::option::of(PART)) {
+            let text = match &version {
+                Some(v) => format!("{name}:{v}"),
+                None => name.clone(),
+            };
+            prop_assert_eq!(Tag::parse(&text), Ok(Tag { name, version: version.clone() }));
+            if let Some(v) = version {
+                prop_assert_eq!(validate_new_version("version", &v).is_ok(), v != LATEST);
+            }
+        }
+
+        #[test]
+        fn parts_over_the_limit_are_refused_by_length(part in "[a-z0-9]{64,200}") {
+            let len = part.chars().count();
+            let refused = validate_name_part("name", &part);
+            prop_assert!(matches!(refused, Err(TagError::TooLong { len: l, .. }) if l == len), "{:?}", refused);
+            let tag = format!("ok:{part}");
+            prop_assert!(Tag::parse(&tag).is_err());
+        }
+
+        #[test]
+        fn only_the_first_colon_splits(a in PART, b in PART, c in PART) {
+            // bentoml splits at the first ':'; the rest is the version, which cannot hold one.
+            let (two_colons, trailing, no_name) = (format!("{a}:{b}:{c}"), format!("{a}:"), format!(":{b}"));
+            prop_assert!(Tag::parse(&two_colons).is_err());
+            prop_assert_eq!(Tag::parse(&trailing), Err(TagError::TrailingColon(trailing.clone())));
+            prop_assert_eq!(Tag::parse(&no_name), Err(TagError::Empty { what: "name" }));
+        }
+
+        #[test]
+        fn error_messages_stay_short(s in "\\PC{100,3000}") {
+            // Messages echo the input, truncated; a megabyte tag must not make a megabyte reply.
+            if let Err(e) = Tag::parse(&s) {
+                prop_assert!(e.to_string().chars().count() < 400, "{}", e);
+            }
+        }
+    }
+}

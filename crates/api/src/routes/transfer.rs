@@ -191,20 +191,53 @@ fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
 }
 
 fn limits(state: &AppState, headers: &HeaderMap) -> ApiResult<WriteLimits> {
-    let limits = WriteLimits { expected_len: content_length(headers)?, max_len: state.config.max_artifact_size };
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    write_limits(content_length(headers)?, chunked, state.config.max_artifact_size)
+}
+
+/// The limits of an upload's body from its announced length (`None`: not announced) and the
+/// server's limit (`--max-artifact-size`).
+fn write_limits(expected_len: Option<u64>, chunked: bool, max_len: Option<u64>) -> ApiResult<WriteLimits> {
     // No archive is empty; a body-less PUT would otherwise store one as a
     // successful upload that no client can unpack.
-    if limits.expected_len == Some(0)
-        || (limits.expected_len.is_none() && !headers.contains_key(header::TRANSFER_ENCODING))
-    {
+    if expected_len == Some(0) || (expected_len.is_none() && !chunked) {
         return Err(ApiError::bad_request("the upload is empty: send the archive as the request body"));
     }
-    if let (Some(len), Some(max)) = (limits.expected_len, limits.max_len)
-        && len > max
-    {
-        return Err(ApiError::too_large(format!("the archive is {len} bytes; this server accepts at most {max}")));
+    if let Some(len) = expected_len {
+        check_archive_size(len, max_len)?;
     }
-    Ok(limits)
+    Ok(WriteLimits { expected_len, max_len })
+}
+
+/// Refuses an archive over the server's limit: announced, streamed, or assembled from parts
+/// (each of which is within the limit) or written to a presigned URL (which cannot enforce it).
+fn check_archive_size(len: u64, max: Option<u64>) -> ApiResult<()> {
+    match max {
+        Some(max) if len > max => {
+            Err(ApiError::too_large(format!("the archive is {len} bytes; this server accepts at most {max}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A part number as S3 numbers parts, 1 to [`MAX_PART_NUMBER`]; `None` for any other.
+fn part_number(n: i64) -> Option<u32> {
+    u32::try_from(n).ok().filter(|n| (1..=MAX_PART_NUMBER as u32).contains(n))
+}
+
+/// The part numbers a completion lists: at least one, each a valid part number, once each and
+/// ascending (S3 assembles the parts in the order listed).
+fn check_completed_parts(parts: &[i64]) -> Result<(), String> {
+    if parts.is_empty() {
+        return Err("no parts to assemble".to_owned());
+    }
+    if parts.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("parts must be listed once each, in ascending part_number order".to_owned());
+    }
+    if let Some(bad) = parts.iter().find(|n| part_number(**n).is_none()) {
+        return Err(format!("part_number must be between 1 and {MAX_PART_NUMBER}, not {bad}"));
+    }
+    Ok(())
 }
 
 /// Marks something as being written by this process: a version receiving a
@@ -284,7 +317,11 @@ async fn finish(
     upload: &UploadRow,
     w: &Written,
 ) -> ApiResult<VersionRow> {
-    if let Err(refused) = check_archive(state, row, upload).await {
+    let checked = match check_archive_size(w.size, state.config.max_artifact_size) {
+        Ok(()) => check_archive(state, row, upload).await,
+        Err(too_large) => Err(too_large),
+    };
+    if let Err(refused) = checked {
         if refused.status.is_client_error() {
             abandon(state, caller, row, Some(upload), &refused.message).await;
         }
@@ -661,15 +698,15 @@ async fn presign_multipart_upload_url<K: KindParam>(
     JsonBody(body): JsonBody<PresignPartRequest>,
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
-    if !(1..=MAX_PART_NUMBER).contains(&body.part_number) {
+    let Some(part) = part_number(body.part_number) else {
         return Err(ApiError::bad_request(format!("part_number must be between 1 and {MAX_PART_NUMBER}")));
-    }
+    };
     let upload = multipart_upload(&state, &row, &body.upload_id).await?;
     let ttl = state.config.presign_ttl;
     let url = match upload.backend_upload_id.as_deref() {
         Some(backend_id) => state
             .blobs
-            .presign_part(&upload.storage_key, backend_id, body.part_number as u32, ttl)
+            .presign_part(&upload.storage_key, backend_id, part, ttl)
             .await?
             .map(|u| u.to_string())
             .unwrap_or_default(),
@@ -677,7 +714,7 @@ async fn presign_multipart_upload_url<K: KindParam>(
             &state,
             &base_url(&state, &headers)?,
             "PUT",
-            &format!("/transfer/uploads/{}/parts/{}", upload.uid, body.part_number),
+            &format!("/transfer/uploads/{}/parts/{part}", upload.uid),
             ttl,
         ),
     };
@@ -699,12 +736,8 @@ async fn complete_multipart_upload<K: KindParam>(
 ) -> ApiResult<Json<ArtifactSchema>> {
     let row = upload_target(&state, &caller, K::KIND, &name, &version).await?;
     let upload = multipart_upload(&state, &row, &body.upload_id).await?;
-    if body.parts.is_empty() {
-        return Err(ApiError::bad_request("no parts to assemble"));
-    }
-    if body.parts.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
-        return Err(ApiError::bad_request("parts must be listed once each, in ascending part_number order"));
-    }
+    let numbers: Vec<i64> = body.parts.iter().map(|p| p.part_number).collect();
+    check_completed_parts(&numbers).map_err(ApiError::bad_request)?;
     // One assembler per upload, and no part may still be arriving: what is
     // assembled is exactly the parts listed. In its own task, so that a
     // client going away does not leave the upload claimed.
@@ -925,9 +958,9 @@ async fn signed_put_part(
 ) -> ApiResult<Response> {
     let path = format!("/transfer/uploads/{upload_uid}/parts/{part}");
     state.signer.verify("PUT", &path, sig.expires, &sig.signature)?;
-    if !(1..=MAX_PART_NUMBER).contains(&part) {
+    let Some(part_no) = part_number(part) else {
         return Err(ApiError::bad_request(format!("part number must be between 1 and {MAX_PART_NUMBER}")));
-    }
+    };
     let upload = open_upload(&state, &upload_uid, UploadMode::Multipart).await?;
     let limits = limits(&state, &headers)?;
     // One writer per part; marked before the state is checked again, so that
@@ -938,7 +971,7 @@ async fn signed_put_part(
     })?;
     let upload = open_upload(&state, &upload_uid, UploadMode::Multipart).await?;
     tracing::debug!(upload = %upload.uid, part, expected = ?limits.expected_len, "receiving a part");
-    let key = BlobStore::part_key(&upload.uid, part as u32);
+    let key = BlobStore::part_key(&upload.uid, part_no);
     let w = tokio::spawn(receive_part(state.clone(), upload, part, key, body, limits, busy))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -1004,4 +1037,81 @@ async fn signed_get(
         .await?
         .ok_or_else(|| ApiError::not_found("this version no longer exists"))?;
     stream_archive(&state, &row).await
+}
+
+/// Property tests of what a client says about its upload: part numbers, the parts a
+/// completion lists, and sizes.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn number() -> impl Strategy<Value = i64> {
+        // Numbers that a cast to u32 would wrap into the valid range, too.
+        let wraps = (-3..4i64, prop::sample::select(vec![1i64 << 32, -(1i64 << 32), i64::MIN]))
+            .prop_map(|(n, w)| n.wrapping_add(w));
+        prop_oneof![-3..4i64, MAX_PART_NUMBER - 2..MAX_PART_NUMBER + 3, any::<i64>(), wraps]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn part_numbers_are_those_s3_accepts(n in number()) {
+            match part_number(n) {
+                Some(p) => {
+                    prop_assert!((1..=MAX_PART_NUMBER).contains(&n));
+                    prop_assert_eq!(p as i64, n);
+                }
+                None => prop_assert!(!(1..=MAX_PART_NUMBER).contains(&n)),
+            }
+        }
+
+        #[test]
+        fn a_completion_lists_valid_parts_once_each_in_order(parts in prop::collection::vec(number(), 0..8)) {
+            let valid = !parts.is_empty()
+                && parts.iter().all(|n| (1..=MAX_PART_NUMBER).contains(n))
+                && parts.windows(2).all(|w| w[0] < w[1]);
+            let result = check_completed_parts(&parts);
+            prop_assert_eq!(result.is_ok(), valid, "{:?}", result);
+            // At most as many parts as S3 assembles.
+            prop_assert!(result.is_err() || parts.len() as i64 <= MAX_PART_NUMBER);
+        }
+
+        #[test]
+        fn duplicated_or_reordered_parts_are_refused(mut parts in prop::collection::btree_set(1..=MAX_PART_NUMBER, 2..8).prop_map(Vec::from_iter), i in any::<prop::sample::Index>(), swap in any::<bool>()) {
+            prop_assert!(check_completed_parts(&parts).is_ok());
+            let i = i.index(parts.len() - 1);
+            if swap { parts.swap(i, i + 1) } else { parts[i + 1] = parts[i] }
+            prop_assert!(check_completed_parts(&parts).is_err());
+        }
+
+        #[test]
+        fn an_upload_body_is_accepted_only_within_the_limit(
+            expected in prop::option::of(prop_oneof![0..5u64, any::<u64>()]),
+            chunked in any::<bool>(),
+            max in prop::option::of(prop_oneof![0..5u64, any::<u64>()]),
+        ) {
+            let result = write_limits(expected, chunked, max);
+            let announced = match expected { Some(n) => n > 0, None => chunked };
+            let over = matches!((expected, max), (Some(n), Some(m)) if n > m);
+            prop_assert_eq!(result.is_ok(), announced && !over);
+            match result {
+                Ok(l) => prop_assert_eq!((l.expected_len, l.max_len), (expected, max)),
+                Err(e) if !announced => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                Err(e) => prop_assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE),
+            }
+        }
+
+        #[test]
+        fn an_archive_over_the_limit_is_refused_however_it_arrived(len in any::<u64>(), max in prop::option::of(any::<u64>())) {
+            let result = check_archive_size(len, max);
+            prop_assert_eq!(result.is_ok(), max.is_none_or(|m| len <= m));
+            if let Err(e) = result {
+                prop_assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+                prop_assert!(e.message.contains(&len.to_string()));
+            }
+        }
+    }
 }

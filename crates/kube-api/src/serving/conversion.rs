@@ -12,7 +12,10 @@
 //! default CPU target (80 %) to an autoscaling block without metrics and drops `gpu`; v2alpha1 →
 //! v1alpha3 → v2alpha1 drops metrics other than CPU utilization, average memory and the
 //! `http_request` pods metric, HPA `behavior`, `envs` that use `valueFrom`, `volumes` and
-//! `volumeMounts` (yatai-rs additions), sidecar `containers`, `serviceAccountName`, `monitorExporter` and the status conditions.
+//! `volumeMounts` (yatai-rs additions), sidecar `containers`, `serviceAccountName`, `monitorExporter`, and the status
+//! conditions, `observedGeneration` and `url`; it also puts the metrics v1alpha3 can say in its order (CPU, memory,
+//! `http_request`), spells an autoscaling block without metrics as the default CPU target, reads an env without a value
+//! as `""` and a zero replica count as not reported. Everything else comes back equal (the property tests below).
 
 use std::collections::BTreeMap;
 
@@ -292,7 +295,9 @@ fn status_to_v1(s: &v2alpha1::BentoDeploymentStatus) -> v1alpha3::BentoDeploymen
         ready_replicas: s.ready_replicas.unwrap_or(0),
         available_replicas: available,
         // What the Deployment reports as unavailable: desired minus available.
-        unavailable_replicas: (replicas - available).max(0),
+        // Saturating: the counts are whatever the status holds, and `i32::MIN - 1` overflowed
+        // (a panic in debug builds, a wrapped count in release ones).
+        unavailable_replicas: replicas.saturating_sub(available).max(0),
     }
 }
 
@@ -507,6 +512,19 @@ status:
         }
     }
 
+    /// Found by the property tests: any counts a status holds convert.
+    #[test]
+    fn extreme_replica_counts_convert() {
+        let mut v2 = to_v2alpha1(&example()).unwrap();
+        for (replicas, available, unavailable) in
+            [(i32::MIN, 1, 0), (i32::MAX, -1, i32::MAX), (i32::MIN, i32::MAX, 0), (3, 1, 2)]
+        {
+            let status = v2.status.get_or_insert_with(Default::default);
+            (status.replicas, status.available_replicas) = (Some(replicas), Some(available));
+            assert_eq!(to_v1alpha3(&v2).status.unwrap().unavailable_replicas, unavailable, "{replicas} - {available}");
+        }
+    }
+
     #[test]
     fn v2_only_fields_are_dropped_going_back() {
         let v2: v2alpha1::BentoDeployment = serde_json::from_value(json!({
@@ -538,5 +556,359 @@ status:
         assert_eq!(v1.spec.extra_pod_spec, Some(v1alpha3::ExtraPodSpec::default()));
         let status = v1.status.unwrap();
         assert_eq!((status.replicas, status.available_replicas, status.unavailable_replicas), (3, 1, 2));
+    }
+}
+
+/// Property tests: the webhook converts whatever the API server holds, written by people and
+/// tools in either version.
+#[cfg(test)]
+mod properties {
+    use k8s_openapi::api::autoscaling::v2::{ExternalMetricSource, HorizontalPodAutoscalerBehavior};
+    use k8s_openapi::api::core::v1::{EnvVarSource, SecretKeySelector, Toleration, Volume};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::serving::{ExtraPodMetadata, Ingress, IngressTls, ResourceItem, Resources};
+
+    /// The generated objects do not implement `PartialEq` whole; their parts do.
+    fn parts(
+        d: &v2alpha1::BentoDeployment,
+    ) -> (&ObjectMeta, &v2alpha1::BentoDeploymentSpec, &Option<v2alpha1::BentoDeploymentStatus>) {
+        (&d.metadata, &d.spec, &d.status)
+    }
+
+    fn parts_v1(
+        d: &v1alpha3::BentoDeployment,
+    ) -> (&ObjectMeta, &v1alpha3::BentoDeploymentSpec, &Option<v1alpha3::BentoDeploymentStatus>) {
+        (&d.metadata, &d.spec, &d.status)
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    fn map() -> impl Strategy<Value = BTreeMap<String, String>> {
+        prop::collection::btree_map("[a-z][a-z0-9./-]{0,12}", "[ -~]{0,10}", 0..3)
+    }
+
+    fn resources() -> impl Strategy<Value = Option<Resources>> {
+        let item = || {
+            ("([1-9][0-9]{0,3}m?)?", "([1-9][0-9]{0,3}(Mi|Gi))?", "[0-2]?", map())
+                .prop_map(|(cpu, memory, gpu, custom)| ResourceItem { cpu, memory, gpu, custom })
+        };
+        prop::option::of(
+            (prop::option::of(item()), prop::option::of(item()))
+                .prop_map(|(requests, limits)| Resources { requests, limits }),
+        )
+    }
+
+    fn metadata_extra() -> impl Strategy<Value = Option<ExtraPodMetadata>> {
+        prop::option::of((map(), map()).prop_map(|(annotations, labels)| ExtraPodMetadata { annotations, labels }))
+    }
+
+    fn ingress() -> impl Strategy<Value = Ingress> {
+        (any::<bool>(), map(), map(), prop::option::of("[a-z-]{0,10}")).prop_map(
+            |(enabled, annotations, labels, tls)| Ingress {
+                enabled,
+                annotations,
+                labels,
+                tls: tls.map(|secret_name| IngressTls { secret_name }),
+            },
+        )
+    }
+
+    fn tolerations() -> impl Strategy<Value = Vec<Toleration>> {
+        prop::collection::vec(
+            ("[a-z]{1,6}", prop::option::of("[a-z]{1,6}"), prop::sample::select(vec!["NoSchedule", "NoExecute"]))
+                .prop_map(|(key, value, effect)| Toleration {
+                    key: Some(key),
+                    operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
+                    value,
+                    effect: Some(effect.into()),
+                    ..Default::default()
+                }),
+            0..2,
+        )
+    }
+
+    /// Pod overrides v1alpha3 can hold: no sidecars, no service account.
+    fn pod_spec() -> impl Strategy<Value = Option<v2alpha1::ExtraPodSpec>> {
+        prop::option::of(("[a-z-]{0,10}", map(), tolerations()).prop_map(
+            |(scheduler_name, node_selector, tolerations)| v2alpha1::ExtraPodSpec {
+                scheduler_name,
+                node_selector,
+                tolerations,
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn envs() -> impl Strategy<Value = Vec<EnvVar>> {
+        prop::collection::vec(
+            ("[A-Z_][A-Z0-9_]{0,8}", "[ -~]{0,12}").prop_map(|(name, value)| EnvVar {
+                name,
+                value: Some(value),
+                value_from: None,
+            }),
+            0..3,
+        )
+    }
+
+    prop_compose! {
+        /// The metrics v1alpha3's flat form can say, in the order it says them (CPU utilization,
+        /// average memory, the `http_request` pods metric); none stands for the default CPU target.
+        fn autoscaling()(
+            min_replicas in any::<i32>(),
+            max_replicas in any::<i32>(),
+            cpu in prop::option::of(1..=i32::MAX),
+            memory in prop::option::of("[1-9][0-9]{0,4}(Mi|Gi|M)?"),
+            qps in prop::option::of(1..=i64::MAX),
+        ) -> v2alpha1::Autoscaling {
+            let cpu = match (cpu, &memory, qps) {
+                (None, None, None) => Some(DEFAULT_CPU_UTILIZATION),
+                _ => cpu,
+            };
+            let mut hpa = v1alpha3::HpaConf { cpu, memory, qps, ..Default::default() };
+            hpa.min_replicas = Some(min_replicas);
+            hpa.max_replicas = Some(max_replicas);
+            autoscaling_to_v2(&hpa)
+        }
+    }
+
+    prop_compose! {
+        fn runner()(
+            name in "[a-z_]{0,10}",
+            annotations in map(),
+            labels in map(),
+            resources in resources(),
+            autoscaling in prop::option::of(autoscaling()),
+            envs in envs(),
+            extra_pod_metadata in metadata_extra(),
+            extra_pod_spec in pod_spec(),
+        ) -> v2alpha1::RunnerSpec {
+            v2alpha1::RunnerSpec { name, annotations, labels, resources, autoscaling, envs, extra_pod_metadata, extra_pod_spec }
+        }
+    }
+
+    prop_compose! {
+        /// What v1alpha3 can report: no conditions, generation or URL, and zero is "not reported".
+        fn status()(
+            pod_selector in map(),
+            printer_ready in "([0-9]/[0-9])?",
+            counts in prop::array::uniform4(prop::option::of(prop_oneof![1..=i32::MAX, i32::MIN..0])),
+        ) -> v2alpha1::BentoDeploymentStatus {
+            let [replicas, updated_replicas, ready_replicas, available_replicas] = counts;
+            v2alpha1::BentoDeploymentStatus {
+                pod_selector, printer_ready, replicas, updated_replicas, ready_replicas, available_replicas,
+                ..Default::default()
+            }
+        }
+    }
+
+    prop_compose! {
+        /// The bento and the metadata that names its tag: recorded by an earlier conversion (any
+        /// tag the client writes, hashed names included), or absent when the object was written as
+        /// v2alpha1 with a `name--version` bento (then converting back records it).
+        fn bento()(
+            name in "[a-zA-Z][a-zA-Z0-9_.-]{0,70}",
+            version in "[a-z0-9]{1,16}",
+            recorded in any::<bool>(),
+            written in "[a-z]([a-z0-9-]{0,20}[a-z0-9])?",
+            annotations in map(),
+        ) -> (String, ObjectMeta, String) {
+            let mut metadata = ObjectMeta { name: Some("x".into()), namespace: Some("ns".into()), ..Default::default() };
+            metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
+            if recorded {
+                let tag = format!("{name}:{version}");
+                metadata.annotations.get_or_insert_with(BTreeMap::new).insert(BENTO_TAG_ANNOTATION.into(), tag.clone());
+                (bento_request_name(&tag), metadata, tag)
+            } else {
+                (format!("{written}--{version}"), metadata, format!("{written}:{version}"))
+            }
+        }
+    }
+
+    prop_compose! {
+        fn representable()(
+            (bento, metadata, tag) in bento(),
+            annotations in map(),
+            labels in map(),
+            resources in resources(),
+            autoscaling in prop::option::of(autoscaling()),
+            envs in envs(),
+            runners in prop::collection::vec(runner(), 0..3),
+            ingress in ingress(),
+            extra_pod_metadata in metadata_extra(),
+            extra_pod_spec in pod_spec(),
+            status in prop::option::of(status()),
+        ) -> (v2alpha1::BentoDeployment, String) {
+            let spec = v2alpha1::BentoDeploymentSpec {
+                annotations, labels, bento, resources, autoscaling, envs, runners, ingress, extra_pod_metadata,
+                extra_pod_spec, ..Default::default()
+            };
+            (v2alpha1::BentoDeployment { metadata, spec, status }, tag)
+        }
+    }
+
+    prop_compose! {
+        /// Anything v2alpha1 can hold, including what v1alpha3 cannot say.
+        fn anything()(
+            (mut v2, _) in representable(),
+            bento in prop_oneof!["[ -~]{0,30}", any::<String>()],
+            stale_tag in prop::option::of(prop_oneof!["[ -~]{0,30}", any::<String>()]),
+            counts in prop::array::uniform4(any::<Option<i32>>()),
+            raw_metrics in prop::collection::vec(
+                ("[a-zA-Z]{0,8}", prop::option::of("[a-z_]{0,8}"), "[a-zA-Z]{0,12}", any::<Option<i32>>(), prop::option::of("[ -~]{0,8}")),
+                0..4,
+            ),
+            secret_env in prop::option::of("[A-Z]{1,4}"),
+            extras in any::<bool>(),
+        ) -> v2alpha1::BentoDeployment {
+            v2.spec.bento = bento;
+            if let Some(tag) = stale_tag {
+                v2.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(BENTO_TAG_ANNOTATION.into(), tag);
+            }
+            let status = v2.status.get_or_insert_with(Default::default);
+            [status.replicas, status.updated_replicas, status.ready_replicas, status.available_replicas] = counts;
+            let metrics: Vec<MetricSpec> = raw_metrics
+                .into_iter()
+                .map(|(type_, name, target_type, utilization, value)| {
+                    let target = MetricTarget {
+                        type_: target_type,
+                        average_utilization: utilization,
+                        average_value: value.clone().map(Quantity),
+                        value: value.map(Quantity),
+                    };
+                    match name {
+                        Some(name) if type_.len() % 2 == 0 => resource_metric(&name, target),
+                        Some(name) => MetricSpec {
+                            type_,
+                            pods: Some(PodsMetricSource { metric: MetricIdentifier { name, selector: None }, target }),
+                            ..Default::default()
+                        },
+                        None => MetricSpec {
+                            type_,
+                            external: Some(ExternalMetricSource {
+                                metric: MetricIdentifier { name: "queue".into(), selector: None },
+                                target,
+                            }),
+                            ..Default::default()
+                        },
+                    }
+                })
+                .collect();
+            v2.spec.autoscaling = Some(v2alpha1::Autoscaling {
+                metrics,
+                behavior: extras.then(HorizontalPodAutoscalerBehavior::default),
+                ..v2.spec.autoscaling.unwrap_or_default()
+            });
+            if let Some(name) = secret_env {
+                let secret = SecretKeySelector { name: "s".into(), key: "k".into(), optional: None };
+                let value_from = EnvVarSource { secret_key_ref: Some(secret), ..Default::default() };
+                v2.spec.envs.push(EnvVar { name, value: None, value_from: Some(value_from) });
+            }
+            if extras {
+                v2.spec.volumes.push(Volume { name: "v".into(), ..Default::default() });
+                v2.spec.extra_pod_spec.get_or_insert_with(Default::default).service_account_name = "sa".into();
+                let condition: Condition = serde_json::from_value(serde_json::json!({
+                    "type": "Available", "status": "True", "reason": "Ready", "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"
+                }))
+                .unwrap();
+                status.conditions.push(condition);
+                status.observed_generation = Some(1);
+                status.url = "http://x".into();
+            }
+            v2
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// What v1alpha3 can say survives v2alpha1 → v1alpha3 → v2alpha1 whole; converting
+        /// back records the tag in the annotation when the object had none.
+        #[test]
+        fn v2alpha1_round_trips_through_v1alpha3((v2, tag) in representable()) {
+            let v1 = to_v1alpha3(&v2);
+            prop_assert_eq!(&v1.spec.bento_tag, &tag);
+            let back = to_v2alpha1(&v1).unwrap();
+            let mut expected = v2.clone();
+            expected.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(BENTO_TAG_ANNOTATION.into(), tag);
+            prop_assert_eq!(parts(&back), parts(&expected));
+        }
+
+        /// Whatever is stored, the v1alpha3 view is produced (a reader must be able to list it),
+        /// and converting that view back fails only for a bento that is no tag.
+        #[test]
+        fn any_v2alpha1_object_converts(v2 in anything()) {
+            let v1 = to_v1alpha3(&v2);
+            let tag_ok = split_tag(v1.spec.bento_tag.trim()).is_some();
+            match to_v2alpha1(&v1) {
+                Ok(again) => {
+                    prop_assert!(tag_ok);
+                    // One trip loses what v1alpha3 cannot say; a second loses nothing more.
+                    let view = to_v1alpha3(&again);
+                    let again_view = to_v1alpha3(&to_v2alpha1(&view).unwrap());
+                    prop_assert_eq!(parts_v1(&again_view), parts_v1(&view));
+                }
+                Err(e) => {
+                    prop_assert!(!tag_ok, "{}", e);
+                    prop_assert_eq!(e, ConversionError::BadTag(v1.spec.bento_tag.clone()));
+                }
+            }
+            if let Some(s) = &v1.status {
+                prop_assert!(s.unavailable_replicas >= 0);
+            }
+        }
+
+        /// v1alpha3 objects as people write them: any tag, autoscaling bounds and targets,
+        /// counts. Converting refuses exactly the malformed tags; a round trip keeps everything
+        /// but the documented losses and is then a fixed point.
+        #[test]
+        fn any_v1alpha3_object_converts(
+            (v2, _) in representable(),
+            bento_tag in prop_oneof!["[a-z_]{1,8}:[a-z0-9]{1,8}", " ?[a-zA-Z_:. -]{0,12} ?", any::<String>()],
+            hpa in prop::option::of((
+                any::<Option<i32>>(), any::<Option<i32>>(), any::<Option<i32>>(),
+                prop::option::of(" ?[0-9]{0,4}(Mi)? ?"), any::<Option<i64>>(), any::<Option<i32>>(),
+            )),
+            counts in prop::array::uniform5(any::<i32>()),
+        ) {
+            let mut v1 = to_v1alpha3(&v2);
+            v1.spec.bento_tag = bento_tag.clone();
+            v1.spec.autoscaling = hpa.map(|(cpu, gpu, min_replicas, memory, qps, max_replicas)| {
+                v1alpha3::HpaConf { cpu, gpu, memory, qps, min_replicas, max_replicas }
+            });
+            let [replicas, updated_replicas, ready_replicas, available_replicas, unavailable_replicas] = counts;
+            v1.status = Some(v1alpha3::BentoDeploymentStatus {
+                replicas, updated_replicas, ready_replicas, available_replicas, unavailable_replicas,
+                ..Default::default()
+            });
+            let converted = to_v2alpha1(&v1);
+            prop_assert_eq!(converted.is_ok(), split_tag(bento_tag.trim()).is_some(), "{:?}", converted);
+            let Ok(v2) = converted else { return Ok(()) };
+            let once = to_v1alpha3(&v2);
+            prop_assert_eq!(&once.spec.bento_tag, bento_tag.trim());
+            prop_assert_eq!((&once.spec.labels, &once.spec.annotations), (&v1.spec.labels, &v1.spec.annotations));
+            prop_assert_eq!((&once.spec.resources, &once.spec.ingress), (&v1.spec.resources, &v1.spec.ingress));
+            prop_assert_eq!(&once.spec.runners, &v1.spec.runners);
+            if let (Some(a), Some(b)) = (&once.spec.autoscaling, &v1.spec.autoscaling) {
+                prop_assert_eq!(a.min_replicas, Some(b.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS)));
+                prop_assert_eq!(a.max_replicas, Some(b.max_replicas.unwrap_or(DEFAULT_MAX_REPLICAS)));
+                prop_assert_eq!(a.gpu, None);
+                prop_assert_eq!(a.qps, b.qps.filter(|q| *q > 0));
+                let memory = b.memory.as_deref().map(str::trim).filter(|m| !m.is_empty());
+                prop_assert_eq!(a.memory.as_deref(), memory);
+                let default_cpu = b.cpu.is_none_or(|c| c <= 0) && memory.is_none() && a.qps.is_none();
+                prop_assert_eq!(a.cpu, if default_cpu { Some(DEFAULT_CPU_UTILIZATION) } else { b.cpu.filter(|c| *c > 0) });
+            }
+            let (s, t) = (once.status.as_ref().unwrap(), v1.status.as_ref().unwrap());
+            prop_assert_eq!((s.replicas, s.ready_replicas, s.available_replicas), (t.replicas, t.ready_replicas, t.available_replicas));
+            prop_assert!(s.unavailable_replicas >= 0);
+            let twice = to_v1alpha3(&to_v2alpha1(&once).unwrap());
+            prop_assert_eq!(parts_v1(&twice), parts_v1(&once));
+        }
     }
 }
