@@ -405,3 +405,52 @@ fn bad_deployment_requests_are_refused_and_start_nothing() {
 fn evil_tar(path: &str) -> Vec<u8> {
     tar_of(&[("./bento.yaml", b"service: service:Evil\n"), (path, b"pwned")])
 }
+
+#[test]
+fn a_deployments_port_cuts_slow_clients_and_keeps_answering() {
+    let opts = ServerOptions::new(Backend::SqliteLocal).args(&["--client-header-timeout", "2s"]);
+    let (server, client) = server_with_iris(Backend::SqliteLocal, opts);
+    let iris = iris_home();
+    client.ok(&["deployment", "create", &iris.bento, "--name", "sturdy"]);
+    let d = wait_status(&server, "sturdy", "running", Duration::from_secs(120));
+    let ep = endpoint(&d);
+    let pid = server.child.id();
+    let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+
+    // 200 clients on the deployment's port that never finish their request's head (slowloris).
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(ep.addr()).unwrap();
+            use std::io::Write;
+            s.write_all(b"POST /classify HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // The endpoint answers others meanwhile.
+    for _ in 0..5 {
+        assert_eq!(classify(&ep).json(), json!([0]));
+    }
+    // Each slow client is cut once the header timeout passes.
+    for s in &mut slow {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+    let cut_after = started.elapsed();
+    assert!(cut_after < Duration::from_secs(20), "the slow clients were cut only after {cut_after:?}");
+    eprintln!("deployment port: 200 slowloris clients cut after {cut_after:?}");
+    drop(slow);
+    assert_eq!(classify(&ep).json(), json!([0]));
+    let fds_after = wait_for("the server's descriptors to come back", Duration::from_secs(15), || {
+        let n = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        (n <= fds_before + 5).then_some(n)
+    });
+    eprintln!("deployment port: server descriptors {fds_before} before, {fds_after} after");
+}
