@@ -437,8 +437,18 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
     });
     eprintln!("faults: kill -9 loop, {rounds} rounds, YATAI_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut server = Server::start(Backend::SqliteLocal);
+    // Unfinished uploads expire soon (a presigned one when its URL does), so that the janitor's
+    // sweep of what crashes left can be checked at the end.
+    let mut server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[
+        "--upload-ttl",
+        "20s",
+        "--presign-ttl",
+        "20s",
+        "--janitor-interval",
+        "1s",
+    ]));
     let repo = "crashy";
+    let mut modes = [0u32; 3];
     // Payloads by version: what a confirmed push stored (deleted ones removed).
     let mut confirmed: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     let (mut interrupted, mut completed) = (0, 0);
@@ -447,6 +457,8 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
         let delete = !confirmed.is_empty() && rng.below(4) == 0;
         let victim = confirmed.keys().nth(rng.below(confirmed.len().max(1) as u64) as usize).cloned();
         let version = format!("r{round}");
+        let mode = [Mode3::Proxy, Mode3::Presigned, Mode3::Multipart][rng.below(3) as usize];
+        modes[mode as usize] += 1;
         let size = 64 * 1024 + rng.below(3 * 1024 * 1024) as usize;
         let fill = rng.next() as u8;
         let payload: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(fill)).collect();
@@ -475,11 +487,56 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
                     return false;
                 }
                 let path = format!("{base}/models/{version}");
-                if send("PATCH", &format!("{path}/start_upload"), b"", "application/json") != Some(200) {
-                    return false;
-                }
                 let archive = tar_of(&[("./data", &payload)]);
-                send("PUT", &format!("{path}/upload"), &archive, "application/octet-stream") == Some(200)
+                let patch = |route: &str, body: serde_json::Value| {
+                    let r =
+                        request_tolerant(&http, "PATCH", &format!("{path}/{route}"), &json(body), "application/json");
+                    (r.status == 200).then(|| serde_json::from_slice::<serde_json::Value>(&r.body).ok()).flatten()
+                };
+                // A URL the server signed, as the path to PUT to (it is the server's own).
+                let put_signed = |url: &str, body: &[u8]| {
+                    let target = url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]));
+                    let r = request_tolerant(&http.without_token(), "PUT", target?, body, "application/octet-stream");
+                    (r.status == 200).then_some(r)
+                };
+                let finish = || patch("finish_upload", json!({"status": "success", "reason": ""})).is_some();
+                match mode {
+                    Mode3::Proxy => {
+                        if patch("start_upload", json!({})).is_none() {
+                            return false;
+                        }
+                        send("PUT", &format!("{path}/upload"), &archive, "application/octet-stream") == Some(200)
+                    }
+                    Mode3::Presigned => {
+                        let Some(a) = patch("presign_upload_url", json!({})) else { return false };
+                        let url = a["presigned_upload_url"].as_str().unwrap_or_default().to_owned();
+                        patch("start_upload", json!({})).is_some() && put_signed(&url, &archive).is_some() && finish()
+                    }
+                    Mode3::Multipart => {
+                        if patch("start_upload", json!({})).is_none() {
+                            return false;
+                        }
+                        let Some(started) = patch("start_multipart_upload", json!({})) else { return false };
+                        let upload_id = started["upload_id"].as_str().unwrap_or_default().to_owned();
+                        let half = archive.len() / 2;
+                        let mut parts = Vec::new();
+                        for (n, bytes) in [(1, &archive[..half]), (2, &archive[half..])] {
+                            let Some(u) = patch(
+                                "presign_multipart_upload_url",
+                                json!({"upload_id": upload_id, "part_number": n}),
+                            ) else {
+                                return false;
+                            };
+                            let Some(r) = put_signed(u["presigned_upload_url"].as_str().unwrap_or_default(), bytes)
+                            else {
+                                return false;
+                            };
+                            parts.push(json!({"part_number": n, "etag": r.header("etag").unwrap_or_default()}));
+                        }
+                        patch("complete_multipart_upload", json!({"upload_id": upload_id, "parts": parts})).is_some()
+                            && finish()
+                    }
+                }
             })
         };
         // Within the operation's few dozen milliseconds, mostly.
@@ -557,11 +614,70 @@ fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
             .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "partial")).count())
             .unwrap_or(0)
     };
-    wait_for("the janitor to remove partial files", Duration::from_secs(30), || (partials(&tmp) == 0).then_some(()));
+    wait_for("the janitor to remove partial files", Duration::from_secs(60), || (partials(&tmp) == 0).then_some(()));
+    // And no archive is stored but those of uploaded versions (parts of interrupted multipart
+    // uploads, archives of presigned uploads never finished: gone once their uploads expired).
+    let uploaded = || {
+        versions(&server.http(), repo)
+            .iter()
+            .filter(|v| v.1 == "success")
+            .map(|v| v.2.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let stored = loop {
+        let files = server.stored_archives();
+        let tmp_files: Vec<_> = std::fs::read_dir(&tmp)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+            .unwrap_or_default();
+        let want = uploaded();
+        if files.len() == want.len() && tmp_files.is_empty() {
+            break files.len();
+        }
+        if Instant::now() > deadline {
+            let db = server.data_dir().join("yatai.db");
+            let tables = std::process::Command::new("python3")
+                .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(t, r) for t in ('uploads','blobs') for r in c.execute('select * from '+t)]"])
+                .arg(&db)
+                .output()
+                .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+                .unwrap_or_default();
+            let digests: Vec<String> = files
+                .iter()
+                .map(|f| format!("{} {}", f.display(), sha256_hex(&std::fs::read(f).unwrap_or_default())))
+                .collect();
+            panic!(
+                "the janitor left what interrupted uploads stored: {} archives for {} uploaded versions {want:?}:\n{}\ntemporary files: {tmp_files:?}\nuploads and blobs:\n{tables}\nserver log tail:\n{}",
+                files.len(),
+                want.len(),
+                digests.join("\n"),
+                server
+                    .log_text()
+                    .lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     eprintln!(
-        "faults: {rounds} kill -9 rounds (seed {seed}): {completed} operations completed, {interrupted} interrupted; {} versions intact",
+        "faults: {rounds} kill -9 rounds (seed {seed}; proxy, presigned, multipart: {modes:?}): {completed} operations \
+         completed, {interrupted} interrupted; {} versions intact; {stored} archives stored, none orphaned",
         confirmed.len()
     );
+}
+
+/// How a round of the kill -9 loop uploads.
+#[derive(Clone, Copy, Debug)]
+enum Mode3 {
+    Proxy,
+    Presigned,
+    Multipart,
 }
 
 /// Pushes at once: 100 clients pushing distinct models, then 20 pushing the same new version.
