@@ -187,6 +187,19 @@ pub async fn replace(
 ) -> AppResult<SecretView> {
     caller.require(Permission::Admin)?;
     let row = state.store.get_secret(&caller.org.uid, name).await?.ok_or_else(|| not_found(name))?;
+    replace_row(state, caller, &row, description, input, None).await
+}
+
+/// Replaces `row`'s content; with `if_updated_at`, only if nobody replaced it since it was read.
+async fn replace_row(
+    state: &AppState,
+    caller: &Caller,
+    row: &yatai_store::SecretRow,
+    description: Option<&str>,
+    input: ContentInput,
+    if_updated_at: Option<Option<i64>>,
+) -> AppResult<SecretView> {
+    let name = row.name.as_str();
     crate::registry::check_fields(description, None)?;
     let content = check(input)?;
     let sealed = seal(state, &row.uid, &content)?;
@@ -202,6 +215,7 @@ pub async fn replace(
                 path: content.path.as_deref(),
                 items: &keys_json(&content),
                 sealed: &sealed,
+                if_updated_at,
             },
         )
         .await?;
@@ -237,7 +251,8 @@ pub async fn replace_keeping(
         if input.items.iter().any(|i| i.value.is_none()) { open_row(state, &row).await?.0.items } else { Vec::new() };
     let items = fill_kept(input.items, &stored)?;
     let input = ContentInput { kind: input.kind, stage: input.stage, path: input.path, items };
-    replace(state, caller, name, description, input).await
+    // The kept values are those read above: refused if the secret was replaced since.
+    replace_row(state, caller, &row, description, input, Some(row.updated_at)).await
 }
 
 /// The items of a replacement with the values left out taken from `stored`

@@ -49,6 +49,9 @@ pub struct SecretChange<'a> {
     pub path: Option<&'a str>,
     pub items: &'a str,
     pub sealed: &'a str,
+    /// Only if the secret is still as it was read (its `updated_at`, `None` if never updated):
+    /// a replacement that keeps stored values must not keep those of an older version.
+    pub if_updated_at: Option<Option<i64>>,
 }
 
 const SECRET_SELECT: &str = "SELECT s.uid, s.org_uid, s.name, s.description, s.kind, s.stage, s.path, s.items, \
@@ -136,7 +139,8 @@ impl Store {
     pub async fn update_secret(&self, org_uid: &str, uid: &str, c: SecretChange<'_>) -> Result<()> {
         let done = sqlx::query(
             "UPDATE secrets SET description = COALESCE($1, description), kind = $2, stage = $3, path = $4, \
-             items = $5, sealed = $6, updated_at = $7 WHERE org_uid = $8 AND uid = $9",
+             items = $5, sealed = $6, updated_at = $7 WHERE org_uid = $8 AND uid = $9 \
+             AND ($10 = 0 OR COALESCE(updated_at, -1) = $11)",
         )
         .bind(c.description)
         .bind(c.kind)
@@ -147,10 +151,22 @@ impl Store {
         .bind(Timestamp::now().0)
         .bind(org_uid)
         .bind(uid)
+        .bind(i64::from(c.if_updated_at.is_some()))
+        .bind(c.if_updated_at.flatten().unwrap_or(-1))
         .execute(self.pool())
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("the secret was deleted meanwhile".into()));
+            let exists: Option<String> = sqlx::query_scalar("SELECT uid FROM secrets WHERE org_uid = $1 AND uid = $2")
+                .bind(org_uid)
+                .bind(uid)
+                .fetch_optional(self.pool())
+                .await?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict(
+                    "the secret was replaced by someone else meanwhile; reload it and enter the values again".into(),
+                ),
+                None => StoreError::NotFound("the secret was deleted meanwhile".into()),
+            });
         }
         Ok(())
     }
@@ -320,12 +336,25 @@ mod tests {
             path: Some("$BENTOML_HOME"),
             items: "[]",
             sealed: "sealed-2",
+            if_updated_at: None,
         };
         // Another organization's uid does not reach the row.
         assert!(store.update_secret(&b.uid, "s1", change).await.is_err());
-        let change =
-            SecretChange { description: None, kind: "env", stage: "all", path: None, items: "[]", sealed: "sealed-2" };
-        store.update_secret(&a.uid, "s1", change).await.unwrap();
+        let read = store.get_secret(&a.uid, "db").await.unwrap().unwrap().updated_at;
+        let change = |sealed| SecretChange {
+            description: None,
+            kind: "env",
+            stage: "all",
+            path: None,
+            items: "[]",
+            sealed,
+            if_updated_at: Some(read),
+        };
+        store.update_secret(&a.uid, "s1", change("sealed-2")).await.unwrap();
+        assert_eq!(store.secret_sealed("s1").await.unwrap().as_deref(), Some("sealed-2"));
+        // A second change based on the same read finds the secret changed: refused, kept.
+        let stale = store.update_secret(&a.uid, "s1", change("sealed-3")).await.unwrap_err();
+        assert!(matches!(stale, StoreError::Conflict(ref m) if m.contains("meanwhile")), "{stale}");
         assert_eq!(store.secret_sealed("s1").await.unwrap().as_deref(), Some("sealed-2"));
         assert!(store.delete_secret(&b.uid, "s1").await.is_err());
         store.delete_secret(&a.uid, "s1").await.unwrap();

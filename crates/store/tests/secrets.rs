@@ -83,6 +83,7 @@ async fn a_secret_named_by_an_active_revision_is_kept_until_no_revision_names_it
             path: Some("$BENTOML_HOME"),
             items: "[]",
             sealed: "xc20p1:other",
+            if_updated_at: None,
         };
         store.update_secret(&a.uid, "s-a", change).await.unwrap();
         assert_eq!(store.secret_sealed("s-a").await.unwrap().as_deref(), Some("xc20p1:other"));
