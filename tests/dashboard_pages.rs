@@ -998,15 +998,28 @@ backend_test! {
         // Deploy from the form.
         let r = b.submit("/deployments/new", "/deployments/new", &[
             ("name", "iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
-            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", "IRIS_VARIANT=web"),
+            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", "IRIS_VARIANT=web"), ("secrets", "ghost-secret"),
+        ]);
+        assert_eq!(r.status, 422, "a secret that does not exist: {}", r.text());
+        assert!(r.text().contains(r#"data-error-for="secrets""#) && r.text().contains("ghost-secret"), "{}", r.text());
+        // The organization's secrets are offered by name; their values never reach the form.
+        client.ok(&["secret", "create", "form-secret", "FORM_KEY=form-value-71c3"]);
+        let form = b.page("/deployments/new");
+        assert!(form.contains(r#"name="secrets" value="form-secret""#) && !form.contains("form-value-71c3"), "{form}");
+        let r = b.submit("/deployments/new", "/deployments/new", &[
+            ("name", "iris"), ("bento_repository", repo), ("bento_version", version), ("cluster", "local"),
+            ("min_replicas", "1"), ("max_replicas", "1"), ("envs", "IRIS_VARIANT=web"), ("secrets", "form-secret"),
         ]);
         assert_eq!((r.status, location(&r)), (303, "/deployments/iris"), "{}", r.text());
+        let revisions = server.http().get("/api/v2/deployments/iris/revisions").text();
+        assert!(revisions.contains("form-secret") && !revisions.contains("form-value-71c3"), "{revisions}");
         let detail = b.page("/deployments/iris");
         assert!(detail.contains(r#"data-testid="status""#) && detail.contains(r#"data-revision="1""#));
         assert!(b.page("/deployments").contains(r#"data-name="iris""#));
         assert!(b.page("/").contains(r#"data-name="iris""#));
         let edit = b.page("/deployments/iris/edit");
         assert!(edit.contains("IRIS_VARIANT=web"), "the edit form holds the current configuration");
+        assert!(edit.contains(r#"name="secrets" value="form-secret" checked"#), "and its secrets: {edit}");
 
         // Delete is refused while a deployment uses the bento, with the reason.
         let page = b.page(&format!("/bentos/{repo}/{version}"));

@@ -29,6 +29,8 @@ struct FormValues {
     min_replicas: String,
     max_replicas: String,
     envs: String,
+    /// Secrets of the organization attached to the deployment, by name.
+    secrets: Vec<String>,
     cpu: String,
     memory: String,
     description: String,
@@ -44,6 +46,7 @@ impl FormValues {
             min_replicas: f.get("min_replicas").to_owned(),
             max_replicas: f.get("max_replicas").to_owned(),
             envs: f.raw("envs").replace("\r\n", "\n"),
+            secrets: f.all("secrets").into_iter().filter(|n| !n.is_empty()).map(str::to_owned).collect(),
             cpu: f.get("cpu").to_owned(),
             memory: f.get("memory").to_owned(),
             description: f.get("description").to_owned(),
@@ -116,7 +119,12 @@ fn parse(v: &FormValues, entry: &str) -> Result<(String, DeploymentConfig), Erro
     let version = if v.bento_version.is_empty() { "latest" } else { &v.bento_version };
     Ok((
         format!("{}:{version}", v.bento_repository),
-        DeploymentConfig { envs: Some(envs), services: Some(services), ..Default::default() },
+        DeploymentConfig {
+            envs: Some(envs),
+            services: Some(services),
+            secrets: Some(v.secrets.clone()),
+            ..Default::default()
+        },
     ))
 }
 
@@ -145,6 +153,7 @@ async fn form_page(
         None => Vec::new(),
     };
     let clusters = state.store.list_clusters(s.org_uid()).await?;
+    let (secrets, _) = state.store.list_secrets(s.org_uid(), None, 0, 500).await?;
     let (page_id, title, action) = match editing {
         Some(d) => ("deployment-edit", format!("Update {}", d.name), format!("{}/edit", href(&d.name))),
         None => ("deployment-new", "New deployment".to_owned(), "/deployments/new".to_owned()),
@@ -199,6 +208,25 @@ async fn form_page(
             textarea id="envs" name="envs" rows="4" placeholder="KEY=VALUE" aria-describedby=(described("envs")) { (v.envs) }
             p.hint { "One KEY=VALUE per line." }
             (field_error("envs", errors))
+            fieldset data-testid="secrets" {
+                legend { "Secrets (optional)" }
+                @if secrets.is_empty() && v.secrets.is_empty() {
+                    p.hint { "The organization has no secrets. " a href="/secrets" { "Secrets" } " keep credentials out of the deployment's configuration." }
+                } @else {
+                    @for sec in &secrets {
+                        label.check {
+                            input type="checkbox" name="secrets" value=(sec.name) checked[v.secrets.contains(&sec.name)];
+                            " " code { (sec.name) } " " span.muted { (sec.kind) ", " (sec.stage) }
+                        }
+                    }
+                    // Attached but gone (deleted since): shown so that saving does not drop it silently.
+                    @for name in v.secrets.iter().filter(|n| !secrets.iter().any(|sec| &sec.name == *n)) {
+                        label.check { input type="checkbox" name="secrets" value=(name) checked; " " code { (name) } " " span.muted { "(not found)" } }
+                    }
+                    p.hint { "Their values reach the replicas as environment variables or files; they never show in the deployment's configuration." }
+                }
+                (field_error("secrets", errors))
+            }
             fieldset {
                 legend { "Resources (optional)" }
                 div.grid {
@@ -335,6 +363,7 @@ async fn current_values(state: &AppState, d: &DeploymentRow) -> WebResult<FormVa
         }
         let config: DeploymentConfig = serde_json::from_str(&t.config).unwrap_or_default();
         v.envs = config.envs.unwrap_or_default().iter().map(|e| format!("{}={}\n", e.name, e.value)).collect();
+        v.secrets = config.secrets.unwrap_or_default();
         if let Some(svc) = config.services.as_ref().and_then(|s| s.values().next()) {
             let num = |p: &str| svc.pointer(p).and_then(Value::as_i64).map(|n| n.to_string()).unwrap_or_default();
             v.min_replicas = num("/scaling/min_replicas");
