@@ -29,26 +29,13 @@ fn get_deployment(server: &Server, name: &str) -> Value {
 
 fn wait_status(server: &Server, name: &str, status: &str, timeout: Duration) -> Value {
     let mut last = Value::Null;
-    let found = wait_for_maybe(timeout, || {
+    let found = poll(timeout, || {
         last = get_deployment(server, name);
         (last["status"] == status).then(|| last.clone())
     });
     found.unwrap_or_else(|| {
         panic!("deployment {name} did not become {status}; last seen: {last:#}\nlogs:\n{}", logs(server, name))
     })
-}
-
-fn wait_for_maybe<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn logs(server: &Server, name: &str) -> String {
@@ -172,7 +159,7 @@ fn a_rolling_update_drops_no_request() {
     let out = client.ok(&["deployment", "update", "rolling", "--bento", &iris.bento_v2]);
     assert!(out.to_lowercase().contains("updated") || out.contains("rolling"), "{out}");
     // Wait until only the new revision's replicas are left and serving.
-    let done = wait_for_maybe(Duration::from_secs(180), || {
+    let done = poll(Duration::from_secs(180), || {
         let d = get_deployment(&server, "rolling");
         let rev = d["latest_revision"]["uid"].as_str().unwrap().to_owned();
         let replicas = d["replicas"].as_array().unwrap().clone();
@@ -207,7 +194,7 @@ fn a_rolling_update_drops_no_request() {
     assert!(ok > 50, "only {ok} requests were sent during the update");
     // The old replicas drain, then exit.
     let left = || serve_processes_under(&server.data_dir()).len();
-    wait_for_maybe(Duration::from_secs(60), || (left() == 2).then_some(()))
+    poll(Duration::from_secs(60), || (left() == 2).then_some(()))
         .unwrap_or_else(|| panic!("the old replicas were not stopped: {} serve processes", left()));
 
     // Roll back to the first revision: one more revision, same bento as the first.
@@ -215,7 +202,7 @@ fn a_rolling_update_drops_no_request() {
     assert_eq!(revs["total"], 2);
     let r = server.http().post("/api/v2/deployments/rolling/rollback", &json!({"revision_uid": first_revision}));
     assert_eq!(r.status, 200, "{}", r.text());
-    let back = wait_for_maybe(Duration::from_secs(180), || {
+    let back = poll(Duration::from_secs(180), || {
         let d = get_deployment(&server, "rolling");
         let replicas = d["replicas"].as_array().unwrap().clone();
         (d["status"] == "running"
@@ -328,7 +315,7 @@ fn scales_up_under_load_and_back_down() {
             })
         })
         .collect();
-    let up = wait_for_maybe(Duration::from_secs(120), || {
+    let up = poll(Duration::from_secs(120), || {
         let d = get_deployment(&server, "elastic");
         let ready = d["replicas"].as_array().unwrap().iter().filter(|r| r["state"] == "ready").count();
         (ready == 3).then_some(d)
@@ -340,7 +327,7 @@ fn scales_up_under_load_and_back_down() {
     up.unwrap_or_else(|| {
         panic!("did not scale up to 3: {:#}\n{}", get_deployment(&server, "elastic"), logs(&server, "elastic"))
     });
-    wait_for_maybe(Duration::from_secs(90), || {
+    poll(Duration::from_secs(90), || {
         let d = get_deployment(&server, "elastic");
         (d["replicas"].as_array().unwrap().len() == 1).then_some(())
     })

@@ -328,26 +328,13 @@ fn deployment_until(
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
-    wait_for_maybe(timeout, || {
+    poll(timeout, || {
         let r = http.get(&format!("/api/v2/deployments/{name}"));
         assert_eq!(r.status, 200, "{}", r.text());
         last = r.json();
         ok(&last).then(|| last.clone())
     })
     .unwrap_or_else(|| panic!("deployment {name} did not get there within {timeout:?}: {last:#}"))
-}
-
-fn wait_for_maybe<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One deployment's life through the API: created, answering, updated to the other build of
@@ -460,7 +447,7 @@ fn a_soak_of_pushes_pulls_deploys_and_deletes_keeps_memory_descriptors_and_disk_
     assert_eq!(listed["items"].as_array().unwrap().len(), live.len(), "versions listed: {listed}");
     let blobs = server.data_dir().join("artifacts/blobs");
     let stored = stored_archive_bytes(&http);
-    wait_for_maybe(Duration::from_secs(30), || (bytes_under(&blobs) == stored).then_some(())).unwrap_or_else(|| {
+    poll(Duration::from_secs(30), || (bytes_under(&blobs) == stored).then_some(())).unwrap_or_else(|| {
         panic!("archives on disk: {} bytes; archives of live versions: {stored}", bytes_under(&blobs))
     });
     let growth = rss_growth(&samples);

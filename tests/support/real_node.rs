@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
@@ -29,25 +29,6 @@ use crate::{build_common, kube_support};
 
 /// How long a request or a published object may take to come.
 pub const WAIT: Duration = Duration::from_secs(120);
-
-/// Polls `f` every 200 ms until it returns `Some`, or returns `None` at the deadline.
-pub fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
-    poll_every(Duration::from_millis(200), timeout, f)
-}
-
-/// Polls `f` every `every` until it returns `Some`, or returns `None` at the deadline.
-pub fn poll_every<T>(every: Duration, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
 
 /// What a person debugging a failure looks at: the CRs' status, the pods' state and the
 /// namespace's events (the operator's log is on stderr).
