@@ -441,3 +441,92 @@ fn a_deployments_port_cuts_slow_clients_and_keeps_answering() {
     });
     eprintln!("deployment port: server descriptors {fds_before} before, {fds_after} after");
 }
+
+/// `kill -9` of `yatai serve` at random moments while a deployment is updated, rolled back,
+/// terminated and restored: after each restart the deployment converges to what the server
+/// recorded (a confirmed change is there), every replica runs the latest revision and answers,
+/// and exactly as many replica processes run as the deployment shows: none orphaned, none
+/// doubled. `YATAI_DEPLOY_FAULT_ROUNDS` (default 8), `YATAI_DEPLOY_FAULT_SEED` to replay.
+#[test]
+fn kill_9_during_updates_rollbacks_and_terminations_converges_without_orphans() {
+    let rounds: u32 = std::env::var("YATAI_DEPLOY_FAULT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
+    let (mut rng, seed) = Rng::seeded("YATAI_DEPLOY_FAULT_SEED");
+    eprintln!("deploy faults: {rounds} rounds, YATAI_DEPLOY_FAULT_SEED={seed}");
+    let (mut server, client) = server_with_iris(Backend::SqliteLocal, ServerOptions::new(Backend::SqliteLocal));
+    let iris = iris_home();
+    client.ok(&["deployment", "create", &iris.bento, "--name", "phoenix"]);
+    wait_status(&server, "phoenix", "running", Duration::from_secs(120));
+    let first_revision = get_deployment(&server, "phoenix")["latest_revision"]["uid"].as_str().unwrap().to_owned();
+    let mut ops = std::collections::BTreeMap::<&str, u32>::new();
+    for round in 0..rounds {
+        let d = get_deployment(&server, "phoenix");
+        let terminated = d["status"] == "terminated";
+        let current = d["latest_revision"]["targets"][0]["bento"]["version"].as_str().unwrap().to_owned();
+        let other = [&iris.bento, &iris.bento_v2].into_iter().find(|b| !b.ends_with(&format!(":{current}"))).unwrap();
+        let (op, method, path, body) = match (terminated, rng.below(3)) {
+            (true, _) => ("restore", "POST", "/api/v2/deployments/phoenix/restore", json!({})),
+            (false, 0) => ("update", "PUT", "/api/v2/deployments/phoenix", json!({"bento": other})),
+            (false, 1) => {
+                ("rollback", "POST", "/api/v2/deployments/phoenix/rollback", json!({"revision_uid": first_revision}))
+            }
+            (false, _) => ("terminate", "POST", "/api/v2/deployments/phoenix/terminate", json!({})),
+        };
+        *ops.entry(op).or_default() += 1;
+        let http = server.http();
+        let sent = std::thread::spawn(move || {
+            std::panic::catch_unwind(|| http.request(method, path, Some(&body)).status).unwrap_or(0)
+        });
+        // Within the change's rollout (replicas take seconds to start), mostly.
+        std::thread::sleep(Duration::from_millis(rng.below(3000)));
+        server.crash();
+        let confirmed = sent.join().unwrap_or(0) == 200;
+        server.start_again();
+
+        // Converged to what the server recorded.
+        let settled = poll(Duration::from_secs(180), || {
+            let d = get_deployment(&server, "phoenix");
+            let latest = d["latest_revision"]["uid"].clone();
+            let replicas = d["replicas"].as_array().cloned().unwrap_or_default();
+            let done = match d["status"].as_str() {
+                Some("terminated") => replicas.is_empty(),
+                Some("running") => {
+                    !replicas.is_empty()
+                        && replicas.iter().all(|r| r["revision_uid"] == latest && r["state"] == "ready")
+                }
+                _ => false,
+            };
+            done.then_some(d)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "round {round} ({op}, seed {seed}): the deployment did not settle: {:#}\n{}",
+                get_deployment(&server, "phoenix"),
+                logs(&server, "phoenix")
+            )
+        });
+        if confirmed {
+            let version = settled["latest_revision"]["targets"][0]["bento"]["version"].as_str().unwrap_or_default();
+            match op {
+                "terminate" => assert_eq!(settled["status"], "terminated", "round {round}: a confirmed terminate"),
+                "restore" => assert_eq!(settled["status"], "running", "round {round}: a confirmed restore"),
+                "update" => assert!(other.ends_with(&format!(":{version}")), "round {round}: a confirmed update"),
+                _ => assert_eq!(settled["latest_revision"]["rollback_of"], first_revision.as_str(), "round {round}"),
+            }
+        }
+        // As many replica processes as replicas: none orphaned by the crash, none doubled.
+        let want = settled["replicas"].as_array().map(Vec::len).unwrap_or(0);
+        poll(Duration::from_secs(30), || (serve_processes_under(&server.data_dir()).len() == want).then_some(()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "round {round} ({op}): {} replica processes for {want} replicas",
+                    serve_processes_under(&server.data_dir()).len()
+                )
+            });
+        if settled["status"] == "running" {
+            assert_eq!(classify(&endpoint(&settled)).json(), json!([0]), "round {round}: the endpoint answers");
+        }
+    }
+    eprintln!(
+        "deploy faults: {rounds} kill -9 rounds (seed {seed}), operations {ops:?}: converged every time, no orphan"
+    );
+}

@@ -388,20 +388,6 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
 
 /// A small deterministic generator (xorshift), seeded per run and printed, so that a failing
 /// run can be replayed with `YATAI_FAULT_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Every version of model repository `repo`: `(version, upload status, archive digest, size)`.
 fn versions(http: &Http, repo: &str) -> Vec<(String, String, String, u64)> {
     let r = http.get(&format!("/api/v1/model_repositories/{repo}/models?count=1000"));
@@ -432,11 +418,8 @@ fn versions(http: &Http, repo: &str) -> Vec<(String, String, String, u64)> {
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_leaves_nothing_half_visible() {
     let rounds: u32 = std::env::var("YATAI_FAULT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(50);
-    let seed: u64 = std::env::var("YATAI_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let (mut rng, seed) = Rng::seeded("YATAI_FAULT_SEED");
     eprintln!("faults: kill -9 loop, {rounds} rounds, YATAI_FAULT_SEED={seed}");
-    let mut rng = Rng(seed);
     // Unfinished uploads expire soon (a presigned one when its URL does), so that the janitor's
     // sweep of what crashes left can be checked at the end.
     let mut server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&[

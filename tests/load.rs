@@ -411,13 +411,8 @@ fn a_soak_of_pushes_pulls_deploys_and_deletes_keeps_memory_descriptors_and_disk_
     // live: what is stored stays the same size while everything moves.
     let mut live: std::collections::VecDeque<(String, Vec<u8>)> = Default::default();
     let (mut pushed, mut pulled, mut deleted) = (0u64, 0u64, 0u64);
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut next = || rng.next();
     while Instant::now() < deadline {
         let size = 1024 + (next() % (512 * 1024)) as usize;
         let fill = next() as u8;

@@ -1016,3 +1016,26 @@ pub fn rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
+
+/// A small xorshift generator for tests that act at random moments, reproducible from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the environment variable `var` if set (to replay a failure), else from the
+    /// clock; returns the seed too, for the test to print.
+    pub fn seeded(var: &str) -> (Rng, u64) {
+        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        (Rng(seed), seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
