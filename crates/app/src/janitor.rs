@@ -18,6 +18,9 @@ const STRAY_AGE: Duration = Duration::from_secs(24 * 3600);
 /// `yatai gc` runs, may own it).
 const PARTIAL_IDLE: Duration = Duration::from_secs(3600);
 
+/// Expired events deleted per sweep at most.
+const EVENT_BATCH: i64 = 10_000;
+
 /// Deletes what an upload wrote (object, parts, backend multipart upload)
 /// and then its record. Safe to call twice.
 pub async fn discard_upload(state: &AppState, upload: &UploadRow) {
@@ -115,6 +118,14 @@ pub async fn sweep(state: &AppState, sweep_strays: bool) -> SweepReport {
         Err(e) => tracing::warn!(error = %e, "could not list unreferenced blobs"),
     }
     report.partials += sweep_partials(state, PARTIAL_IDLE).await;
+    if let Some(retention) = state.config.event_retention {
+        let before = yatai_core::Timestamp(Timestamp::now().0.saturating_sub(retention.as_micros() as i64));
+        // In batches, so that a first sweep over years of events does not hold the database.
+        match state.store.delete_events_before(before, EVENT_BATCH).await {
+            Ok(n) => report.events = n as usize,
+            Err(e) => tracing::warn!(error = %e, "could not delete expired events"),
+        }
+    }
     if sweep_strays {
         for prefix in ["blobs/", "staging/"] {
             let keys = match state.blobs.list(prefix).await {
@@ -169,6 +180,8 @@ pub struct SweepReport {
     pub strays: usize,
     /// Temporary files of interrupted uploads.
     pub partials: usize,
+    /// Events older than the retention.
+    pub events: usize,
 }
 
 /// Runs [`sweep`] every `every`, the stray sweep once an hour, and flushes
@@ -192,7 +205,10 @@ pub async fn run(state: AppState, every: Duration) {
         {
             use std::sync::atomic::Ordering::Relaxed;
             state.counters.janitor_runs.fetch_add(1, Relaxed);
-            state.counters.janitor_removed.fetch_add((r.uploads + r.blobs + r.strays + r.partials) as u64, Relaxed);
+            state
+                .counters
+                .janitor_removed
+                .fetch_add((r.uploads + r.blobs + r.strays + r.partials + r.events) as u64, Relaxed);
         }
         if r != SweepReport::default() {
             tracing::info!(
@@ -200,6 +216,7 @@ pub async fn run(state: AppState, every: Duration) {
                 blobs = r.blobs,
                 strays = r.strays,
                 partials = r.partials,
+                events = r.events,
                 "janitor cleaned up"
             );
         }

@@ -54,6 +54,8 @@ pub struct AppConfig {
     pub multipart_threshold: u64,
     /// How long an upload may stay unfinished before it is cleaned up.
     pub upload_ttl: Duration,
+    /// How long the audit events are kept (`None`: for ever).
+    pub event_retention: Option<Duration>,
     /// With a domain (e.g. `127.0.0.1.sslip.io`), deployments are also
     /// reachable on the main port as `<name>-<namespace>.<domain>`, and that
     /// is the URL they report.
@@ -80,6 +82,7 @@ impl Default for AppConfig {
             presign_ttl: Duration::from_secs(3600),
             multipart_threshold: 64 << 20,
             upload_ttl: Duration::from_secs(24 * 3600),
+            event_retention: None,
             deployment_domain: None,
             cold_start_timeout: Duration::from_secs(300),
             image_builds: None,

@@ -103,6 +103,19 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `limit` of the oldest events recorded before `before` (every organization's);
+    /// returns how many it deleted.
+    pub async fn delete_events_before(&self, before: Timestamp, limit: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(before.0)
+        .bind(limit)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Events of an organization, newest first, with the total that matches.
     pub async fn list_events(&self, org_uid: &str, f: &EventFilter) -> Result<(Vec<EventRow>, i64)> {
         let (filter, args) = event_filter(org_uid, f)?;

@@ -158,3 +158,26 @@ async fn the_feed_page_cursor_walks_every_event_once_newest_first() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn events_older_than_the_retention_are_deleted_oldest_first_in_batches() {
+    each_backend(|store| async move {
+        let (org, _) = org_with_admin(&store, "retention").await;
+        record(&store, &org.uid).await;
+        let all = store.event_page(&org.uid, &EventFilter::default(), 100).await.unwrap();
+        // Nothing is older than a moment before the first event.
+        let first = all.last().unwrap().created_at;
+        assert_eq!(store.delete_events_before(yatai_core::Timestamp(first), 100).await.unwrap(), 0);
+        // In batches, oldest first.
+        let now = yatai_core::Timestamp::now().after(std::time::Duration::from_secs(1));
+        assert_eq!(store.delete_events_before(now, 3).await.unwrap(), 3);
+        let left = store.event_page(&org.uid, &EventFilter::default(), 100).await.unwrap();
+        assert_eq!(
+            left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            all[..FEED.len() - 3].iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+        assert_eq!(store.delete_events_before(now, 100).await.unwrap(), (FEED.len() - 3) as u64);
+        assert!(store.event_page(&org.uid, &EventFilter::default(), 100).await.unwrap().is_empty());
+    })
+    .await;
+}

@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// How long an unfinished upload may wait before it is cleaned up.
     #[arg(long, env = "YATAI_UPLOAD_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub upload_ttl: Duration,
+    /// How long the audit events (the dashboard's Events, `/api/v1/events`) are kept; `0` keeps
+    /// them for ever. Each push, pull, delete or deployment change adds one (≈ 0.4 KB).
+    #[arg(long, env = "YATAI_EVENT_RETENTION", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
     /// How often the janitor looks for abandoned uploads and unreferenced archives.
     #[arg(long, env = "YATAI_JANITOR_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub janitor_interval: Duration,
@@ -318,6 +322,7 @@ impl ServeArgs {
             presign_ttl: self.presign_ttl,
             multipart_threshold: self.multipart_threshold,
             upload_ttl: self.upload_ttl,
+            event_retention: Some(self.event_retention).filter(|d| !d.is_zero()),
             deployment_domain: self.deployment_domain.clone(),
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             request_timeout: Some(self.request_timeout).filter(|t| !t.is_zero()),
