@@ -458,6 +458,20 @@ fn a_soak_of_pushes_pulls_deploys_and_deletes_keeps_memory_descriptors_and_disk_
         live.len(),
         std::fs::metadata(server.data_dir().join("yatai.db")).map(|m| m.len()).unwrap_or(0),
     );
+    // What the database holds after it all: rows by table (the events are the history kept).
+    const COUNT_ROWS: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+tables = [t for (t,) in c.execute("select name from sqlite_master where type = 'table'")]
+print(", ".join("%s: %d" % (t, c.execute('select count(*) from "%s"' % t).fetchone()[0]) for t in tables))
+"#;
+    let rows = std::process::Command::new("python3")
+        .args(["-c", COUNT_ROWS])
+        .arg(server.data_dir().join("yatai.db"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    eprintln!("soak: database rows by table: {rows}");
     // What a deleted deployment leaves in the runtime dir: nothing that adds up cycle after
     // cycle (the bentos' unpacked copies are shared; a deployment's logs and homes go with it).
     let (first, last) = (runtime_bytes[0], *runtime_bytes.last().unwrap());
