@@ -365,9 +365,12 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
             s
         })
         .collect();
+    // Serving them holds the archive open. (Not counted by sockets: the slow clients of the
+    // step before may still be closing, so the count taken above can be high; this once waited
+    // for a count it could not reach.)
     wait_for("the server to serve the downloads", Duration::from_secs(30), || {
-        let (sockets, files) = sockets_and_files(pid, &archives);
-        (sockets >= sockets_before + 4 && files >= 1).then_some(())
+        let (_, files) = sockets_and_files(pid, &archives);
+        (files >= 1).then_some(())
     });
     let stuck_started = Instant::now();
     wait_for("the stuck downloads' connections to end", Duration::from_secs(60), || {
@@ -386,8 +389,6 @@ fn slow_and_stuck_clients_are_timed_out_and_cannot_starve_the_server() {
     assert_eq!(downloaded_payload(&http, &big).len(), payload.len());
 }
 
-/// A small deterministic generator (xorshift), seeded per run and printed, so that a failing
-/// run can be replayed with `YATAI_FAULT_SEED`.
 /// Every version of model repository `repo`: `(version, upload status, archive digest, size)`.
 fn versions(http: &Http, repo: &str) -> Vec<(String, String, String, u64)> {
     let r = http.get(&format!("/api/v1/model_repositories/{repo}/models?count=1000"));
