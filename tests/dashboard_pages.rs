@@ -1305,6 +1305,19 @@ fn hostile_fields(a: &std::collections::BTreeMap<&str, String>) -> Vec<(&'static
     .into()
 }
 
+/// `method url` as the signed-in `b`: a GET, or a POST of [`hostile_fields`] with `b`'s own
+/// valid CSRF token.
+fn request_as(b: &mut Browser, method: &str, url: &str, a: &std::collections::BTreeMap<&str, String>) -> Response {
+    if method == "GET" {
+        return b.get(url);
+    }
+    let csrf = b.csrf_for_tests();
+    let hostile = hostile_fields(a);
+    let mut fields: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+    fields.extend(hostile.iter().map(|(k, v)| (*k, v.as_str())));
+    b.post(url, &fields)
+}
+
 /// What A's admin sees of A's objects through the API; must read the same after everything.
 fn org_fingerprint(http: &Http, a: &std::collections::BTreeMap<&str, String>) -> Vec<String> {
     let strip = |mut v: serde_json::Value| {
@@ -1434,18 +1447,7 @@ fn no_page_or_form_lets_another_organization_or_a_lesser_role_see_or_change_anyt
         let url = concrete_page(path, &a);
         let need = least_role(method, path);
         // Another organization's admin: nothing of A's, whatever the status.
-        let r = match *method {
-            "GET" => bob.get(&url),
-            _ => {
-                let csrf = bob.csrf_for_tests();
-                let mut fields: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
-                let hostile = hostile_fields(&a);
-                fields.extend(hostile.iter().map(|(k, v)| (*k, v.as_str())));
-                // bob's own password is left alone: the form would sign him out.
-                fields.retain(|(k, _)| *k != "current");
-                bob.post(&url, &fields)
-            }
-        };
+        let r = request_as(&mut bob, method, &url, &a);
         let text = r.text();
         // A name B sent may come back (a form keeps its input); nothing else of A's may.
         let sent = format!("{url} {:?}", if *method == "POST" { hostile_fields(&a) } else { Vec::new() });
@@ -1468,16 +1470,7 @@ fn no_page_or_form_lets_another_organization_or_a_lesser_role_see_or_change_anyt
             if rank(role) >= rank(need) {
                 continue;
             }
-            let r = match *method {
-                "GET" => member.get(&url),
-                _ => {
-                    let csrf = member.csrf_for_tests();
-                    let mut fields: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
-                    let hostile = hostile_fields(&a);
-                    fields.extend(hostile.iter().map(|(k, v)| (*k, v.as_str())));
-                    member.post(&url, &fields)
-                }
-            };
+            let r = request_as(member, method, &url, &a);
             assert!(
                 r.status == 403 || (r.status == 404 && path.starts_with("/settings/tokens/")),
                 "{method} {url} answered A's {role} ({}): {}",

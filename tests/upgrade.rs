@@ -48,10 +48,7 @@ fn untar(archive: &Path, into: &Path) {
 
 /// A new PostgreSQL database of the test cluster holding `dump` (plain SQL, gzip): its URL.
 fn database_from(dump: &Path) -> String {
-    let base = std::env::var("YATAI_TEST_PG_URL").expect("YATAI_TEST_PG_URL: run with scripts/test");
-    let db = unique("upgrade");
-    run(Command::new("psql").args([&base, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {db}")]));
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let url = new_pg_database("upgrade");
     let sql = run(Command::new("gzip").arg("-dc").arg(dump));
     let mut psql = Command::new("psql")
         .args([&url, "-v", "ON_ERROR_STOP=1", "-q"])
@@ -247,10 +244,7 @@ fn write_an_upgrade_fixture_when_asked() {
     server.stop();
     pack(&server.data_dir(), "sqlite-data.tar.gz");
     // PostgreSQL with local storage.
-    let base = std::env::var("YATAI_TEST_PG_URL").unwrap();
-    let db = unique("fixture");
-    run(Command::new("psql").args([&base, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {db}")]));
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let url = new_pg_database("fixture");
     let mut server = Server::start_with(ServerOptions::new(Backend::SqliteLocal).args(&["--database-url", &url]));
     let postgres = populate(&server, &server.token.clone());
     server.stop();

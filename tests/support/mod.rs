@@ -211,13 +211,7 @@ impl Target {
         let mut env = Vec::new();
         let mut bucket_dir = None;
         if backend == Backend::PostgresS3 {
-            let db = unique("t");
-            create_pg_database(&db);
-            let base = env_required("YATAI_TEST_PG_URL");
-            let mut url = match base.rsplit_once('/') {
-                Some((head, _)) => format!("{head}/{db}"),
-                None => panic!("YATAI_TEST_PG_URL must end in /DATABASE"),
-            };
+            let mut url = new_pg_database("t");
             if let Some(addr) = &opts.database_through {
                 url = url.replace(&pg_addr(), addr);
             }
@@ -497,6 +491,17 @@ pub fn pg_addr() -> String {
     let base = env_required("YATAI_TEST_PG_URL");
     let after_at = base.split_once('@').map(|(_, r)| r).unwrap_or(&base);
     after_at.split('/').next().unwrap_or_default().to_owned()
+}
+
+/// A new, empty database of the test PostgreSQL server, named from `prefix`: its URL.
+pub fn new_pg_database(prefix: &str) -> String {
+    let db = unique(prefix);
+    create_pg_database(&db);
+    let base = env_required("YATAI_TEST_PG_URL");
+    match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{db}"),
+        None => panic!("YATAI_TEST_PG_URL must end in /DATABASE"),
+    }
 }
 
 fn create_pg_database(name: &str) {
